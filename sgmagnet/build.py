@@ -1,0 +1,269 @@
+"""`sgmagnet build`: collocate an AHI + CloudSat archive into WebDataset shards (+ manifest).
+
+Work unit = one granule. Each granule's samples go to its own shards `<out>/<split>/<granule>-NNN.tar`
+(written under `_tmp/` and renamed when complete), then a record `<out>/_records/<granule>.json`
+is written last. A re-run skips granules whose record and shards (sha256) are intact, so a killed build
+resumes and gives byte-identical shards; any rank count gives the same files. The manifest is merged
+from the records in granule order, so it is identical too. Bad inputs never stop the build: they are
+listed in `skipped` with the file and the reason.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .collocate import Scene, collocate, make_patches
+from .formats import FormatError
+from .formats import ahi as ahi_fmt
+from .formats import cloudsat as cs_fmt
+from .grid import BAND_VARS, CLASS_NAMES, IGNORE, N_BANDS, N_LEVELS
+from .shards import encode_sample, sha256, write_dali_index
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class BuildConfig:
+    ahi: str
+    cloudsat: str
+    out: str
+    window_min: float = 5.0
+    patch_size: int = 128
+    min_labelled: int = 64
+    split_days: tuple = (10, 2, 2)       # train, val, test days per cycle, a gap day after each block
+    gap_days: int = 1
+    split_anchor: str | None = None      # first day of the cycle; default: earliest AHI day
+    shard_maxcount: int = 200
+    quality_mask: int = 0xFF
+    dali_index: bool = True
+
+
+def split_of_day(day: dt.date, anchor: dt.date, split_days, gap: int) -> str | None:
+    """Time-blocked split: [train x a][gap][val x b][gap][test x c][gap] repeating; gap days -> None."""
+    blocks = []
+    for name, n in zip(SPLITS, split_days):
+        blocks += [name] * int(n) + [None] * int(gap)
+    k = (day - anchor).days % len(blocks)
+    return blocks[k]
+
+
+def find_files(root: str, pattern: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, "**", pattern), recursive=True))
+
+
+def plan(cfg: BuildConfig) -> dict:
+    """Index the archive: granules (profile count, first profile time) and AHI scenes (timeline)."""
+    skipped, granules, scenes = [], [], []
+    for p in find_files(cfg.cloudsat, "*.hdf"):
+        try:
+            h = cs_fmt.read_granule(p, header_only=True)
+            granules.append({"path": p, "nray": int(h.attrs["nray"]), "t_first": str(h.time.values[0])})
+        except FormatError as e:
+            skipped.append({"file": e.path, "reason": e.problem})
+    for p in find_files(cfg.ahi, "*.nc"):
+        try:
+            n = ahi_fmt.parse_name(p)
+            scenes.append({"path": p, "timeline": n.timeline.isoformat()})
+        except FormatError as e:
+            skipped.append({"file": e.path, "reason": e.problem})
+    granules.sort(key=lambda g: (g["t_first"], g["path"]))
+    for k, g in enumerate(granules):   # the next granule owns profiles from its first one on
+        g["cutoff"] = granules[k + 1]["t_first"] if k + 1 < len(granules) else None
+    anchor = cfg.split_anchor or (min(s["timeline"] for s in scenes)[:10] if scenes else "1970-01-01")
+    return {"granules": granules, "scenes": scenes, "skipped": skipped, "split_anchor": anchor}
+
+
+def assign(granules: list[dict], n_ranks: int) -> list[list[int]]:
+    """Longest-processing-time assignment of granules to ranks, balanced by profile count."""
+    load = [0] * n_ranks
+    out = [[] for _ in range(n_ranks)]
+    for k in sorted(range(len(granules)), key=lambda k: (-granules[k]["nray"], k)):
+        r = min(range(n_ranks), key=lambda r: (load[r], r))
+        out[r].append(k)
+        load[r] += granules[k]["nray"]
+    return [sorted(x) for x in out]
+
+
+def _stem(path: str) -> str:
+    return os.path.basename(path)[:-4]
+
+
+def record_path(cfg: BuildConfig, granule_path: str) -> str:
+    return os.path.join(cfg.out, "_records", _stem(granule_path) + ".json")
+
+
+def _record_intact(cfg: BuildConfig, rp: str) -> bool:
+    try:
+        with open(rp) as f:
+            rec = json.load(f)
+        return all(os.path.exists(os.path.join(cfg.out, s["path"])) and sha256(os.path.join(cfg.out, s["path"])) == s["sha256"]
+                   for s in rec["shards"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.date) -> dict:
+    import webdataset as wds
+
+    stem = _stem(g["path"])
+    rec = {"granule": os.path.basename(g["path"]), "status": "ok", "skipped": [], "shards": [],
+           "samples": {s: 0 for s in SPLITS}, "hist": {s: [0] * 4 for s in SPLITS},
+           "band_sum": [0.0] * N_BANDS, "band_sumsq": [0.0] * N_BANDS, "band_count": [0] * N_BANDS,
+           "profiles": 0, "valid_profiles": 0, "matched_profiles": 0, "labelled_pixels": 0}
+    # clean leftovers of an interrupted run of this granule
+    for s in SPLITS:
+        for p in glob.glob(os.path.join(cfg.out, s, stem + "-*.tar*")) + glob.glob(os.path.join(cfg.out, "_tmp", s, stem + "-*")):
+            os.remove(p)
+    try:
+        gran = cs_fmt.read_granule(g["path"])
+    except FormatError as e:
+        rec.update(status="skipped")
+        rec["skipped"].append({"file": e.path, "reason": e.problem})
+        return rec
+    cutoff = np.datetime64(g["cutoff"]) if g.get("cutoff") else None
+    gm = collocate(gran, scenes, cfg.window_min, cutoff, cfg.quality_mask)
+    rec["profiles"], rec["valid_profiles"], rec["matched_profiles"] = gm.n_profiles, gm.n_valid, gm.n_matched
+    rec["skipped"] += [{"file": f, "reason": r} for f, r in gm.skipped]
+    if gm.n_valid == 0:
+        rec["status"] = "skipped"
+        rec["skipped"].append({"file": g["path"], "reason": "no valid profile (all fill, missing layer data or bad quality)"})
+        return rec
+    if gm.n_matched == 0:
+        rec["status"] = "skipped"
+        rec["skipped"].append({"file": g["path"], "reason": f"no AHI scene within +-{cfg.window_min:g} min of any profile"})
+        return rec
+    writers = {}
+    try:
+        for m in gm.matches:
+            split = split_of_day(m.scene.timeline.astype("datetime64[D]").astype(dt.date), anchor, cfg.split_days, cfg.gap_days)
+            if split is None:
+                continue
+            try:
+                for k, s in enumerate(make_patches(m, cfg.patch_size, cfg.min_labelled)):
+                    key = f"{m.scene.timeline.astype('datetime64[m]').astype(dt.datetime):%Y%m%dT%H%M}_{gran.attrs['granule']:05d}_{s['meta']['window_index']:03d}"
+                    s["meta"].update(granule=rec["granule"], split=split)
+                    if split not in writers:
+                        tmpd = os.path.join(cfg.out, "_tmp", split)
+                        os.makedirs(tmpd, exist_ok=True)
+                        writers[split] = wds.ShardWriter(os.path.join(tmpd, f"{stem}-%03d.tar"), maxcount=cfg.shard_maxcount,
+                                                         verbose=0, mtime=0.0, encoder=False)
+                    writers[split].write(encode_sample(key, s))
+                    rec["samples"][split] += 1
+                    lab = s["prof"][s["prof"] != IGNORE]
+                    rec["hist"][split] = (np.asarray(rec["hist"][split]) + np.bincount(lab, minlength=4)).tolist()
+                    rec["labelled_pixels"] += int(s["pix"].shape[0])
+                    if split == "train":
+                        x = s["input"].reshape(N_BANDS, -1).astype(np.float64)
+                        fin = np.isfinite(x)
+                        xs = np.where(fin, x, 0.0)
+                        rec["band_sum"] = (np.asarray(rec["band_sum"]) + xs.sum(1)).tolist()
+                        rec["band_sumsq"] = (np.asarray(rec["band_sumsq"]) + (xs * xs).sum(1)).tolist()
+                        rec["band_count"] = (np.asarray(rec["band_count"]) + fin.sum(1)).tolist()
+            except FormatError as e:
+                rec["skipped"].append({"file": e.path, "reason": e.problem})
+    finally:
+        for w in writers.values():
+            w.close()
+    for split in SPLITS:
+        for tmp in sorted(glob.glob(os.path.join(cfg.out, "_tmp", split, f"{stem}-*.tar"))):
+            final = os.path.join(cfg.out, split, os.path.basename(tmp))
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
+            entry = {"path": os.path.relpath(final, cfg.out), "split": split, "sha256": sha256(final)}
+            if cfg.dali_index:
+                entry["dali_index"] = os.path.relpath(write_dali_index(final), cfg.out)
+            rec["shards"].append(entry)
+    if sum(rec["samples"].values()) == 0:
+        rec["status"] = "empty"
+    return rec
+
+
+def write_json_atomic(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print) -> dict:
+    scenes = [Scene(s["path"], np.datetime64(s["timeline"], "ns")) for s in p["scenes"]]
+    anchor = dt.date.fromisoformat(p["split_anchor"])
+    stats = {"granules": 0, "resumed": 0, "profiles": 0, "seconds": 0.0}
+    t0 = time.perf_counter()
+    for k in my:
+        g = p["granules"][k]
+        rp = record_path(cfg, g["path"])
+        if os.path.exists(rp) and _record_intact(cfg, rp):
+            stats["resumed"] += 1
+            continue
+        try:
+            rec = process_granule(cfg, g, scenes, anchor)
+        except Exception as e:  # a long job never dies because of one bad file
+            rec = {"granule": os.path.basename(g["path"]), "status": "skipped", "shards": [],
+                   "skipped": [{"file": g["path"], "reason": f"unexpected error: {type(e).__name__}: {e}"}]}
+        write_json_atomic(rp, rec)
+        stats["granules"] += 1
+        stats["profiles"] += g["nray"]
+        log(f"{rec['granule']}: {rec['status']} " + " ".join(f"{s}={n}" for s, n in rec.get("samples", {}).items()))
+    stats["seconds"] = time.perf_counter() - t0
+    return stats
+
+
+def merge_manifest(cfg: BuildConfig, p: dict) -> dict:
+    recs = []
+    for g in p["granules"]:
+        rp = record_path(cfg, g["path"])
+        if os.path.exists(rp):
+            with open(rp) as f:
+                recs.append(json.load(f))
+    counts = {s: 0 for s in SPLITS}
+    hist = {s: np.zeros(4, np.int64) for s in SPLITS}
+    bs, bq, bc = np.zeros(N_BANDS), np.zeros(N_BANDS), np.zeros(N_BANDS, np.int64)
+    shards, skipped = [], list(p["skipped"])
+    for r in recs:
+        for s in SPLITS:
+            counts[s] += r.get("samples", {}).get(s, 0)
+            hist[s] += np.asarray(r.get("hist", {}).get(s, [0] * 4), np.int64)
+        if "band_sum" in r:
+            bs += np.asarray(r["band_sum"])
+            bq += np.asarray(r["band_sumsq"])
+            bc += np.asarray(r["band_count"], np.int64)
+        shards += r.get("shards", [])
+        skipped += r.get("skipped", [])
+    seen, uniq_skipped = set(), []
+    for s in skipped:
+        k = (s["file"], s["reason"])
+        if k not in seen:
+            seen.add(k)
+            uniq_skipped.append(s)
+    mean = np.where(bc > 0, bs / np.maximum(bc, 1), np.nan)
+    std = np.sqrt(np.maximum(np.where(bc > 0, bq / np.maximum(bc, 1), np.nan) - mean ** 2, 0))
+    tot = hist["train"].sum()
+    freq = hist["train"] / max(tot, 1)
+    cfg_d = asdict(cfg)
+    man = {
+        "format": "sgmagnet-shards/1",
+        "levels": {"n": N_LEVELS, "bottom_km": 0.0, "dz_km": 0.5},
+        "classes": list(CLASS_NAMES), "ignore_label": IGNORE,
+        "bands": list(BAND_VARS),
+        "sources": {"ahi": cfg.ahi, "cloudsat": cfg.cloudsat, "granules": len(p["granules"]), "scenes": len(p["scenes"])},
+        "config": cfg_d, "split_anchor": p["split_anchor"],
+        "counts": counts,
+        "class_histogram": {s: hist[s].tolist() for s in SPLITS},
+        "train_class_frequency": freq.tolist(),
+        "band_stats": {"mean": mean.tolist(), "std": std.tolist(), "count": bc.tolist()},
+        "shards": sorted(shards, key=lambda s: s["path"]),
+        "skipped": uniq_skipped,
+        "profiles": {k: int(sum(r.get(k, 0) for r in recs)) for k in ("profiles", "valid_profiles", "matched_profiles")},
+    }
+    write_json_atomic(os.path.join(cfg.out, "manifest.json"), man)
+    shutil.rmtree(os.path.join(cfg.out, "_tmp"), ignore_errors=True)
+    return man

@@ -1,0 +1,182 @@
+"""Collocation of CloudSat profiles with AHI scenes, and patches along the track (DESIGN.md, normative).
+
+A profile goes to the nearest grid pixel of a scene and matches it when |t_profile - t_pixel| <= window,
+t_pixel being the pixel's own scan time (`Hour`; the nominal slot time only when the file has none).
+When several scenes qualify the nearer in time wins (ties: the earlier). Off-disk or invalid pixels
+(any band missing) match nothing. Several profiles in one pixel are merged by a per-level majority vote.
+Patches: P x P windows centred on the track, stepped along it so that neighbours overlap by at most a
+quarter; a patch keeps >= min_labelled labelled pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from .formats import FormatError
+from .formats import ahi as ahi_fmt
+from .grid import BAND_VARS, IGNORE
+from .labels import profile_is_valid, profile_levels, vote
+
+
+@dataclass
+class Scene:
+    path: str
+    timeline: np.datetime64
+
+
+@dataclass
+class Match:
+    """Labelled pixels of one scene: grid rows/cols, labels [n,38], first profile time, profile counts."""
+    scene: Scene
+    grid: ahi_fmt.AhiGrid
+    rows: np.ndarray
+    cols: np.ndarray
+    labels: np.ndarray
+    t_first: np.ndarray
+    n_profiles: np.ndarray
+
+
+@dataclass
+class GranuleMatch:
+    matches: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)      # (file, reason)
+    n_profiles: int = 0
+    n_valid: int = 0
+    n_matched: int = 0
+
+
+def valid_profiles(g: xr.Dataset, cutoff: np.datetime64 | None = None, quality_mask: int = 0xFF) -> np.ndarray:
+    ok = profile_is_valid(g.n_layers.values, g.layer_base.values, g.layer_top.values, g.layer_phase.values,
+                          (g.data_quality.values & quality_mask) == 0)
+    t = g.time.values
+    ok &= ~np.isnat(t) & np.isfinite(g.latitude.values) & np.isfinite(g.longitude.values)
+    if cutoff is not None:
+        ok &= t < cutoff          # the next granule owns the overlapping profiles
+    return ok
+
+
+def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutoff=None,
+              quality_mask: int = 0xFF) -> GranuleMatch:
+    out = GranuleMatch(n_profiles=int(g.sizes["nray"]))
+    ok = valid_profiles(g, cutoff, quality_mask)
+    out.n_valid = int(ok.sum())
+    idx = np.nonzero(ok)[0]
+    if idx.size == 0:
+        return out
+    t = g.time.values[idx]
+    lat, lon = g.latitude.values[idx], g.longitude.values[idx]
+    win = np.timedelta64(int(window_min * 60e9), "ns")
+    cands = [s for s in scenes if t.min() - win - np.timedelta64(60, "m") <= s.timeline <= t.max() + win]
+    cands.sort(key=lambda s: s.timeline)
+    big = np.iinfo(np.int64).max
+    best_dt = np.full(idx.size, big, np.int64)
+    best_sc = np.full(idx.size, -1, np.int64)
+    best_ij = np.full((idx.size, 2), -1, np.int64)
+    grids = {}
+    for si, sc in enumerate(cands):
+        try:
+            grid = ahi_fmt.read_grid(sc.path)
+            i, j, inside = grid.nearest(lat, lon)
+            if not inside.any():
+                continue
+            r0, r1 = int(i[inside].min()), int(i[inside].max()) + 1
+            c0, c1 = int(j[inside].min()), int(j[inside].max()) + 1
+            ds = ahi_fmt.read_ahi(sc.path, rows=slice(r0, r1), cols=slice(c0, c1))
+        except FormatError as e:
+            out.skipped.append((e.path, e.problem))
+            continue
+        grids[si] = grid
+        ii, jj = np.where(inside, i - r0, 0), np.where(inside, j - c0, 0)
+        valid = inside & ds.valid.values[ii, jj]
+        tp = ds.obs_time.values[ii, jj]
+        dt_ns = np.abs((t - tp).astype("timedelta64[ns]").astype(np.int64))
+        good = valid & ~np.isnat(tp) & (dt_ns <= win.astype(np.int64)) & (dt_ns < best_dt)
+        best_dt[good] = dt_ns[good]
+        best_sc[good] = si
+        best_ij[good, 0], best_ij[good, 1] = i[good], j[good]
+    matched = best_sc >= 0
+    out.n_matched = int(matched.sum())
+    if not matched.any():
+        return out
+    sel = idx[matched]
+    labels = profile_levels(g.n_layers.values[sel], g.layer_base.values[sel], g.layer_top.values[sel],
+                            g.layer_phase.values[sel], g.dem_km.values[sel])
+    sc_m, ij_m, t_m = best_sc[matched], best_ij[matched], t[matched]
+    for si in np.unique(sc_m):
+        m = sc_m == si
+        grid = grids[int(si)]
+        flat = ij_m[m, 0] * grid.shape[1] + ij_m[m, 1]
+        uniq, inv = np.unique(flat, return_inverse=True)
+        lab = vote(labels[m], inv, uniq.size)
+        t_first = np.full(uniq.size, np.datetime64("NaT", "ns"))
+        order = np.argsort(t_m[m], kind="stable")
+        first_idx = np.full(uniq.size, -1)
+        for o in order[::-1]:
+            first_idx[inv[o]] = o
+        t_first = t_m[m][first_idx]
+        out.matches.append(Match(cands[int(si)], grid, uniq // grid.shape[1], uniq % grid.shape[1], lab, t_first,
+                                 np.bincount(inv, minlength=uniq.size)))
+    return out
+
+
+def patch_windows(rows: np.ndarray, cols: np.ndarray, t_first: np.ndarray, shape: tuple, size: int) -> list:
+    """Window origins (row0, col0) of P x P patches centred on the track, in along-track order.
+
+    Centres are track pixels: the first is the first pixel at Chebyshev distance >= P/2 from the
+    track start (or the last pixel of a short track), each next one the first pixel at distance
+    >= ceil(3P/4) from the previous centre, so neighbouring windows overlap by at most a quarter.
+    """
+    nlat, nlon = shape
+    if nlat < size or nlon < size or rows.size == 0:
+        return []
+    order = np.argsort(t_first, kind="stable")
+    r, c = rows[order], cols[order]
+    stride = math.ceil(0.75 * size)
+    half = size // 2
+    dist0 = np.maximum(np.abs(r - r[0]), np.abs(c - c[0]))
+    k = int(np.argmax(dist0 >= half)) if (dist0 >= half).any() else r.size - 1
+    centres = []
+    while True:
+        centres.append((int(r[k]), int(c[k])))
+        d = np.maximum(np.abs(r[k:] - r[k]), np.abs(c[k:] - c[k]))
+        nxt = np.nonzero(d >= stride)[0]
+        if nxt.size == 0:
+            break
+        k = k + int(nxt[0])
+    wins = []
+    for rc, cc in centres:
+        w = (int(np.clip(rc - half, 0, nlat - size)), int(np.clip(cc - half, 0, nlon - size)))
+        if w not in wins:
+            wins.append(w)
+    return wins
+
+
+def make_patches(match: Match, size: int, min_labelled: int = 64):
+    """Yield (sample dict of numpy arrays + meta) for each kept patch of a scene's labelled pixels."""
+    wins = patch_windows(match.rows, match.cols, match.t_first, match.grid.shape, size)
+    for k, (r0, c0) in enumerate(wins):
+        inwin = (match.rows >= r0) & (match.rows < r0 + size) & (match.cols >= c0) & (match.cols < c0 + size)
+        inwin &= (match.labels != IGNORE).any(1)
+        if inwin.sum() < min_labelled:
+            continue
+        ds = ahi_fmt.read_ahi(match.scene.path, rows=slice(r0, r0 + size), cols=slice(c0, c0 + size))
+        x = np.stack([ds[b].values for b in BAND_VARS]).astype(np.float32)
+        geom = np.stack([ds["SOZ"].values, ds["SAZ"].values]).astype(np.float32)
+        o = np.argsort(match.t_first[inwin], kind="stable")
+        pix = np.stack([match.rows[inwin] - r0, match.cols[inwin] - c0], 1)[o].astype(np.int16)
+        prof = match.labels[inwin][o].astype(np.uint8)
+        lat, lon = ds.latitude.values, ds.longitude.values
+        h = size // 2
+        meta = {
+            "scene_time": str(match.scene.timeline.astype("datetime64[s]")),
+            "ahi_file": ds.attrs["file"], "row0": int(r0), "col0": int(c0), "patch_size": int(size),
+            "corners": {"nw": [float(lat[0]), float(lon[0])], "ne": [float(lat[0]), float(lon[-1])],
+                        "sw": [float(lat[-1]), float(lon[0])], "se": [float(lat[-1]), float(lon[-1])]},
+            "solar_zenith_centre": float(ds["SOZ"].values[h, h]) if np.isfinite(ds["SOZ"].values[h, h]) else None,
+            "n_labelled_pixels": int(pix.shape[0]), "n_profiles": int(match.n_profiles[inwin].sum()),
+            "window_index": k,
+        }
+        yield {"input": x, "pix": pix, "prof": prof, "geom": geom, "meta": meta}

@@ -1,0 +1,272 @@
+"""Write a synthetic archive in the real formats: P-Tree AHI NetCDF scenes + 2B-CLDCLASS-LIDAR granules.
+
+Layout (as the providers serve them):
+  <out>/ahi/YYYYMM/DD/NC_H08_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc
+  <out>/cloudsat/2B-CLDCLASS-LIDAR.P1_R05/YYYY/DDD/YYYYDDDHHMMSS_NNNNN_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_E08_F00.hdf
+A real archive holds every 10-min slot; the synthetic one writes only the slots a CloudSat pass over the
+region can match (the builder reads only those anyway), skipping the 02:40/14:40 house-keeping slots.
+Granules are cut to the region (+1 deg), as matchers cut profiles to the scan window. In "doop" orbit
+mode (Daylight-Only Operations, CloudSat since 2011, so the paper's Oct-Dec 2018) only sunlit profiles
+exist; "full" also has the night passes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..formats import ahi as ahi_fmt
+from ..formats import cloudsat as cs_fmt
+from ..grid import BAND_VARS, IGNORE, LEVEL_CENTRE_KM, N_LEVELS
+from ..labels import profile_levels
+from . import orbit
+from .fields import FieldBank
+from .radiance import forward
+from .world import FIELD_NAMES, STATIC_FIELDS, Column
+
+CLOUDSAT_LAUNCH = np.datetime64("2006-04-28T10:02:16", "ns")
+LEAP_S_SINCE_1993 = 10           # valid from 2017-01-01
+MISSING_SLOTS = {(2, 40), (14, 40)}
+BIN_KM = 0.24
+
+
+@dataclass
+class SynthConfig:
+    out: str
+    start: str = "2018-10-01"
+    days: int = 1
+    region: tuple = (100.0, 160.0, -60.0, 60.0)    # lon0, lon1, lat0, lat1
+    res: float = 0.05
+    seed: int = 0
+    orbit_mode: str = "doop"
+    satellite: str = "08"
+    bad_profile_fraction: float = 0.003
+    stats: dict = field(default_factory=dict)
+
+
+class World:
+    """Fields + orbit for one seed; t=0 of the fields is the archive start day 00:00 UTC."""
+
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
+        self.t0 = np.datetime64(cfg.start, "ns")
+        self.bank = FieldBank(cfg.seed, FIELD_NAMES, static=STATIC_FIELDS)
+        self.u0 = float(np.random.default_rng(cfg.seed + 7919).uniform(0, 2 * np.pi))
+
+    def seconds(self, t):
+        return (t - self.t0).astype("timedelta64[ns]").astype(np.float64) / 1e9
+
+    def columns_at(self, lat, lon, t):
+        return Column(self.bank.points(np.mod(lon, 360.0), lat, self.seconds(t)), lat)
+
+
+def _in_region(lat, lon, region, margin=0.0):
+    lo0, lo1, la0, la1 = region
+    lon360 = np.mod(lon, 360.0)
+    return (lat >= la0 - margin) & (lat <= la1 + margin) & (lon360 >= lo0 - margin) & (lon360 <= lo1 + margin)
+
+
+def granule_profiles(world: World, n: int):
+    """Profiles of orbit n (descending node n), cut to the region; None when it never crosses it."""
+    cfg = world.cfg
+    t_node = world.t0 + np.timedelta64(int(round((np.pi + 2 * np.pi * n - world.u0) / (2 * np.pi) * orbit.PERIOD_S * 1e9)), "ns")
+    k = np.arange(int((orbit.PERIOD_S + 40.0) / orbit.PROFILE_DT_S))
+    t = t_node - np.timedelta64(20, "s") + (k * orbit.PROFILE_DT_S * 1e9).astype("timedelta64[ns]")
+    lat, lon, _ = orbit.track(t, world.u0, world.t0)
+    keep = _in_region(lat, lon, cfg.region, margin=1.0)
+    if cfg.orbit_mode == "doop":
+        soz, _ = orbit.solar_angles(t, lat, lon)
+        keep &= soz < 90.0
+    if not keep.any():
+        return None
+    return t_node, t[keep], lat[keep], lon[keep]
+
+
+def write_granule(world: World, n: int, t, lat, lon, root: str, rng) -> tuple[str, dict]:
+    col = world.columns_at(lat, lon, t)
+    nray = t.size
+    rep = col.reported
+    # write layers lowest first, boundaries on the radar's ~240 m bins
+    order = np.argsort(np.where(rep, col.base, np.inf), axis=1, kind="stable")
+    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+    rep_s = take(rep)
+    base = np.round(take(col.base) / BIN_KM) * BIN_KM
+    top = np.maximum(np.round(take(col.top) / BIN_KM) * BIN_KM, base + BIN_KM)
+    nl = rep_s.sum(1)
+    def pad(a, fill, dtype):
+        o = np.full((nray, 10), fill, dtype=dtype)
+        o[:, : a.shape[1]] = np.where(rep_s, a, fill)
+        return o
+    arrays = {
+        "Latitude": lat.astype(np.float32), "Longitude": lon.astype(np.float32),
+        "CloudLayerBase": pad(base, -99.0, np.float32), "CloudLayerTop": pad(top, -99.0, np.float32),
+        "CloudPhase": pad(take(col.phase), -9, np.int8), "CloudLayerType": pad(take(col.ctype), -9, np.int8),
+        "CloudPhaseConfidenceLevel": pad(np.full(base.shape, 10), -9, np.int8),
+        "CloudFraction": pad(np.ones(base.shape), -99.0, np.float32),
+        "CloudTypeQuality": pad(np.ones(base.shape), -99.0, np.float32),
+        "Cloudlayer": nl.astype(np.int8),
+        "DEM_elevation": np.round(col.dem_km * 1000).astype(np.int16),
+        "Navigation_land_sea_flag": np.where(col.land, 1, 2).astype(np.uint8),
+        "Data_quality": np.zeros(nray, np.uint8), "Data_status": np.zeros(nray, np.uint8),
+        "Data_targetID": np.zeros(nray, np.uint8),
+        "Range_to_intercept": np.full(nray, 705.0, np.float32),
+        "Height": np.tile((24960 - 240 * np.arange(125)).astype(np.int16), (nray, 1)),
+        "Vertical_binsize": np.array([239.8], np.float32),
+        "Pitch_offset": np.array([0.0], np.float32), "Roll_offset": np.array([0.0], np.float32),
+    }
+    # a few profiles with missing layer data or a bad quality flag, as in real granules
+    bad = rng.random(nray) < world.cfg.bad_profile_fraction
+    arrays["Cloudlayer"][bad & (rng.random(nray) < 0.5)] = -9
+    arrays["Data_quality"][bad & (arrays["Cloudlayer"] != -9)] = 4
+    t_first = t[0]
+    day = t_first.astype("datetime64[D]")
+    utc_start = (t_first - day).astype("timedelta64[ns]").astype(np.float64) / 1e9
+    arrays["UTC_start"] = np.array([utc_start], np.float32)
+    arrays["Profile_time"] = ((t - t_first).astype("timedelta64[ns]").astype(np.float64) / 1e9).astype(np.float32)
+    tai = (t_first - np.datetime64("1993-01-01", "ns")).astype("timedelta64[ns]").astype(np.float64) / 1e9
+    arrays["TAI_start"] = np.array([tai + LEAP_S_SINCE_1993], np.float64)
+    start = t_first.astype("datetime64[s]").astype(dt.datetime)
+    granule_no = int((world.t0 - CLOUDSAT_LAUNCH).astype("timedelta64[s]").astype(np.int64) / orbit.PERIOD_S) + n
+    fname = cs_fmt.granule_filename(start, granule_no, release=5, epoch=8, fix=0)
+    sub = os.path.join(root, "cloudsat", "2B-CLDCLASS-LIDAR.P1_R05", f"{start:%Y}", f"{start:%j}")
+    os.makedirs(sub, exist_ok=True)
+    path = os.path.join(sub, fname)
+    cs_fmt.write_granule(path, arrays)
+    # statistics over profiles inside the region (what the benchmark can label)
+    inreg = _in_region(lat, lon, world.cfg.region) & ~bad
+    with np.errstate(invalid="ignore"):
+        lev = profile_levels(nl[inreg], np.where(rep_s, base, np.nan)[inreg], np.where(rep_s, top, np.nan)[inreg],
+                             np.where(rep_s, take(col.phase), 0)[inreg], col.dem_km[inreg])
+    hist = np.bincount(lev[lev != IGNORE].astype(np.int64), minlength=4)
+    st = {"profiles": int(inreg.sum()), "hist": hist.tolist(),
+          "cloudy_profiles": int((nl[inreg] > 0).sum()), "multilayer_profiles": int((nl[inreg] > 1).sum()),
+          "t_min": str(t[inreg].min()) if inreg.any() else None, "t_max": str(t[inreg].max()) if inreg.any() else None}
+    return path, st
+
+
+def region_grid(cfg: SynthConfig):
+    lo0, lo1, la0, la1 = cfg.region
+    nlat = int(round((la1 - la0) / cfg.res)) + 1
+    nlon = int(round((lo1 - lo0) / cfg.res)) + 1
+    lat = la1 - cfg.res * np.arange(nlat)
+    lon = lo0 + cfg.res * np.arange(nlon)
+    return lat, lon
+
+
+def scan_offset_s(lat):
+    """Seconds after the slot start at which AHI scans latitude `lat` (full disk, north to south)."""
+    return 20.0 + (81.3 - np.asarray(lat, np.float64)) / 162.6 * 580.0
+
+
+def write_scene(world: World, slot: np.datetime64, root: str, block_rows: int = 128) -> str:
+    cfg = world.cfg
+    lat, lon = region_grid(cfg)
+    nlat, nlon = lat.size, lon.size
+    t_row = slot + (scan_offset_s(lat) * 1e9).astype("timedelta64[ns]")
+    rng = np.random.default_rng([cfg.seed, int(world.seconds(np.array([slot]))[0])])
+    out = {name: np.empty((nlat, nlon), np.float32) for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA", "Hour")}
+    lon2 = np.broadcast_to(lon[None, :], (block_rows, nlon))
+    for r0 in range(0, nlat, block_rows):
+        r1 = min(nlat, r0 + block_rows)
+        la = np.repeat(lat[r0:r1], nlon)
+        lo = lon2[: r1 - r0].ravel()
+        tt = np.repeat(t_row[r0:r1], nlon)
+        f = world.bank.grid(lon, lat[r0:r1], world.seconds(t_row[r0:r1]))
+        col = Column({k: v.ravel() for k, v in f.items()}, la)
+        soz, soa = orbit.solar_angles(tt, la, lo)
+        saz, saa = orbit.satellite_angles(la, lo)
+        bands = forward(col, soz, rng)
+        for b, name in enumerate(BAND_VARS):
+            out[name][r0:r1] = bands[b].reshape(r1 - r0, nlon)
+        for name, v in (("SOZ", soz), ("SOA", soa), ("SAZ", saz), ("SAA", saa)):
+            out[name][r0:r1] = v.reshape(r1 - r0, nlon)
+        out["Hour"][r0:r1] = (orbit.ut_hours(t_row[r0:r1]))[:, None]
+    sl = slot.astype("datetime64[s]").astype(dt.datetime)
+    sub = os.path.join(root, "ahi", f"{sl:%Y%m}", f"{sl:%d}")
+    os.makedirs(sub, exist_ok=True)
+    path = os.path.join(sub, ahi_fmt.ahi_filename(sl, nlon, nlat, cfg.satellite))
+    ahi_fmt.write_ahi(path, lat, lon, out, sl)
+    return path
+
+
+def needed_slots(t_min: np.datetime64, t_max: np.datetime64) -> list[np.datetime64]:
+    ten = np.timedelta64(10, "m")
+    first = (t_min - np.timedelta64(16, "m")).astype("datetime64[m]")
+    first = first - np.timedelta64(int(first.astype(np.int64) % 10), "m")
+    slots = []
+    s = first
+    while s <= t_max + np.timedelta64(5, "m"):
+        sd = s.astype(dt.datetime)
+        if (sd.hour, sd.minute) not in MISSING_SLOTS:
+            slots.append(s.astype("datetime64[ns]"))
+        s = s + ten
+    return slots
+
+
+def synthesize(cfg: SynthConfig, log=print) -> dict:
+    """Write the archive; return (and write to <out>/synth_stats.json) its statistics."""
+    os.makedirs(cfg.out, exist_ok=True)
+    world = World(cfg)
+    rng = np.random.default_rng(cfg.seed + 1)
+    t_end = world.t0 + np.timedelta64(cfg.days, "D")
+    n0 = int(np.floor(-world.u0 / (2 * np.pi))) - 1
+    n1 = int(np.ceil((cfg.days * 86400.0) / orbit.PERIOD_S)) + 1
+    granules, slots = [], set()
+    hist = np.zeros(4, np.int64)
+    prof = cloudy = multi = 0
+    for n in range(n0, n1 + 1):
+        g = granule_profiles(world, n)
+        if g is None:
+            continue
+        t_node, t, lat, lon = g
+        if t[0] < world.t0 or t[0] >= t_end:
+            continue
+        path, st = write_granule(world, n, t, lat, lon, cfg.out, rng)
+        granules.append(os.path.relpath(path, cfg.out))
+        hist += np.asarray(st["hist"])
+        prof += st["profiles"]
+        cloudy += st["cloudy_profiles"]
+        multi += st["multilayer_profiles"]
+        if st["t_min"]:
+            slots.update(needed_slots(np.datetime64(st["t_min"]), np.datetime64(st["t_max"])))
+        log(f"granule {os.path.basename(path)}: {t.size} profiles ({st['profiles']} in region)")
+    scenes, day_scenes = [], 0
+    lat_c = 0.5 * (cfg.region[2] + cfg.region[3])
+    lon_c = 0.5 * (cfg.region[0] + cfg.region[1])
+    for slot in sorted(slots):
+        path = write_scene(world, slot, cfg.out)
+        scenes.append(os.path.relpath(path, cfg.out))
+        soz, _ = orbit.solar_angles(np.array([slot]), np.array([lat_c]), np.array([lon_c]))
+        day_scenes += int(soz[0] < 85)
+        log(f"scene {os.path.basename(path)}")
+    tot = max(int(hist.sum()), 1)
+    cl = max(int(hist[1:].sum()), 1)
+    stats = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "stats"},
+        "granules": len(granules), "scenes": len(scenes), "day_scenes": day_scenes,
+        "night_scenes": len(scenes) - day_scenes, "profiles_in_region": prof,
+        "labelled_voxels": int(hist.sum()), "class_histogram": hist.tolist(),
+        "clear_fraction": hist[0] / tot,
+        "phase_fractions_of_cloudy": {"ice": hist[1] / cl, "mixed": hist[2] / cl, "liquid": hist[3] / cl},
+        "cloudy_profile_fraction": cloudy / max(prof, 1), "multilayer_fraction_of_cloudy": multi / max(cloudy, 1),
+        "levels": {"n": N_LEVELS, "centres_km": [float(LEVEL_CENTRE_KM[0]), float(LEVEL_CENTRE_KM[-1])]},
+        "files": {"granules": granules, "scenes": scenes},
+    }
+    with open(os.path.join(cfg.out, "synth_stats.json"), "w") as f:
+        json.dump(stats, f, indent=1, default=float)
+    return stats
+
+
+def format_stats(s: dict) -> str:
+    pf = s["phase_fractions_of_cloudy"]
+    return "\n".join([
+        f"granules {s['granules']}, AHI scenes {s['scenes']} (day {s['day_scenes']}, night {s['night_scenes']})",
+        f"profiles in region {s['profiles_in_region']}, labelled voxels {s['labelled_voxels']}",
+        f"clear fraction of labelled voxels {100 * s['clear_fraction']:.1f} % (paper, real data: 89.3 %)",
+        f"cloudy voxels: ice {100 * pf['ice']:.1f} %, mixed {100 * pf['mixed']:.1f} %, liquid {100 * pf['liquid']:.1f} %",
+        f"cloudy profiles {100 * s['cloudy_profile_fraction']:.1f} %, multi-layer among cloudy "
+        f"{100 * s['multilayer_fraction_of_cloudy']:.1f} %",
+    ])

@@ -1,0 +1,152 @@
+"""Atmosphere and cloud layers at any set of points (PHYSICS.md §1-3).
+
+Every quantity is a pointwise function of smooth fields, so the same column is seen by AHI (on its
+grid) and by CloudSat (at its profile points). Layers come from four regimes -- high (Ci), middle (As /
+Ac), low (St / Sc / Cu) and deep (Ns / DC) -- whose cover varies with latitude; overlapping layers are
+resolved so that a column holds at most 3 separated layers plus deep convection. Each layer gets a
+phase from its temperatures (Hu et al. 2010 liquid fraction, ice below -38 C, liquid above 0 C,
+mixed for deep / liquid-topped thick layers) and an optical depth. Layer types follow the
+2B-CLDCLASS-LIDAR codes (1 Ci, 2 As, 3 Ac, 4 St, 5 Sc, 6 Cu, 7 Ns, 8 DC).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..grid import ICE, LIQUID, MIXED
+
+FIELD_NAMES = ["land", "oro", "tsfc", "lapse",
+               "hi_p", "hi_top", "hi_dz", "hi_tau", "hi_u",
+               "mid_p", "mid_base", "mid_dz", "mid_tau", "mid_kind", "mid_u",
+               "low_p", "low_base", "low_dz", "low_tau", "low_kind", "low_u",
+               "deep_p", "deep_kind", "deep_top", "deep_tau", "miss_u"]
+STATIC_FIELDS = ("land", "oro")
+K_MAX = 4
+CI, AS, AC, ST, SC, CU, NS, DC = 1, 2, 3, 4, 5, 6, 7, 8
+
+
+def phi(x):
+    """Standard normal CDF (logistic approximation, |err| < 0.01)."""
+    return 1.0 / (1.0 + np.exp(-1.702 * x))
+
+
+def quantile(p):
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p)) / 1.702
+
+
+def f_liquid(t_k):
+    """Hu et al. (2010) CALIOP liquid fraction vs temperature (PHYSICS.md §2)."""
+    tc = np.clip(t_k - 273.16, -46, 46)
+    p = 7.6725 + 1.0118 * tc + 0.1422 * tc ** 2 + 0.0106 * tc ** 3 + 0.000339 * tc ** 4 + 0.00000395 * tc ** 5
+    return 1.0 / (1.0 + np.exp(-p))
+
+
+class Column:
+    """Columns at N points. Arrays: [N] for the atmosphere, [N, K_MAX] for layers (top-down, NaN = none)."""
+
+    def __init__(self, f: dict, lat: np.ndarray):
+        lat = np.asarray(lat, np.float64)
+        n = lat.size
+        self.lat = lat
+        w_t = np.exp(-(lat / 22.0) ** 2)           # tropical weight
+        w_m = 1 - w_t
+        # --- surface, temperature
+        self.land = f["land"] > 0.55
+        self.dem_km = np.where(self.land, np.clip(f["oro"] + 0.3, 0, None) ** 2 * 1.2, 0.0)
+        absl = np.abs(lat)
+        t_sfc = 301.0 - 26.0 * np.clip((absl - 15) / 45, 0, 1) ** 1.3
+        t_sfc -= np.where(lat > 20, 6.0 * np.clip((lat - 20) / 25, 0, 1), 0.0)   # boreal autumn/winter
+        self.t_sfc = t_sfc + 2.5 * f["tsfc"]                                      # synoptic noise (sea level)
+        self.lapse = 6.3 + 0.35 * f["lapse"]                                     # K/km
+        self.z_trop = np.clip(16.5 - 6.5 * np.clip((absl - 25) / 20, 0, 1), 9.5, 16.5) - 0.3 * np.clip((absl - 45) / 15, 0, 1)
+
+        def p_of(frac, field):
+            return field > quantile(1 - frac)
+
+        # --- regimes
+        hi = p_of(0.42 * w_t + 0.26 * w_m, f["hi_p"])
+        mid = p_of(0.14 * w_t + 0.22 * w_m, f["mid_p"])
+        low = p_of(np.where(self.land, 0.22, 0.34 * w_t + 0.45 * w_m), f["low_p"])
+        deep = p_of(0.06 * w_t + 0.08 * w_m, f["deep_p"])
+
+        u = lambda x: phi(x)  # noqa: E731  uniform(0,1) from a normal field
+        # high: cirrus
+        hi_top = np.where(absl < 30, self.z_trop - 0.3 - 3.0 * u(f["hi_top"]), 8.5 + 3.5 * u(f["hi_top"]))
+        hi_top = np.minimum(hi_top, self.z_trop + 0.5)
+        hi_dz = 0.6 + 3.2 * u(f["hi_dz"]) ** 1.2
+        hi_tau = 10 ** (0.1 + 0.75 * f["hi_tau"])
+        # middle: As (thick, deep) or Ac (thin)
+        is_as = f["mid_kind"] > 0
+        mid_base = self.dem_km + 2.0 + 4.5 * u(f["mid_base"])
+        mid_dz = np.where(is_as, 1.5 + 2.5 * u(f["mid_dz"]), 0.4 + 1.1 * u(f["mid_dz"]))
+        mid_tau = np.where(is_as, 3 + 17 * u(f["mid_tau"]), 1 + 7 * u(f["mid_tau"]))
+        # low: St / Sc / Cu
+        is_cu = (f["low_kind"] > 0.4) & (absl < 35)
+        low_base = self.dem_km + 0.3 + 1.4 * u(f["low_base"])
+        low_dz = np.where(is_cu, 0.8 + 2.2 * u(f["low_dz"]), 0.3 + 1.0 * u(f["low_dz"]))
+        low_tau = 3 + 17 * u(f["low_tau"])
+        low_type = np.where(is_cu, CU, np.where(low_base - self.dem_km < 0.5, ST, SC))
+        # deep: DC (tropics) / Ns
+        is_dc = (f["deep_kind"] > -0.3) & (absl < 30)
+        deep_base = self.dem_km + 0.5 + 1.0 * u(f["low_base"])
+        deep_top = np.where(is_dc, self.z_trop - 2.0 * u(f["deep_top"]), 6.0 + 3.0 * u(f["deep_top"]))
+        deep_tau = np.where(is_dc, 50 + 100 * u(f["deep_tau"]), 30 + 50 * u(f["deep_tau"]))
+
+        nan = np.full(n, np.nan)
+        L = {  # slot: (present, base, top, tau, type)
+            "hi": [hi, hi_top - hi_dz, hi_top, hi_tau, np.full(n, CI)],
+            "mid": [mid & ~deep, mid_base, mid_base + mid_dz, mid_tau, np.where(is_as, AS, AC)],
+            "low": [low & ~deep, low_base, low_base + low_dz, low_tau, low_type],
+            "deep": [deep, deep_base, deep_top, deep_tau, np.where(is_dc, DC, NS)],
+        }
+        # cirrus touching deep convection becomes its anvil top
+        merge = L["hi"][0] & deep & (L["hi"][1] < deep_top + 0.5)
+        L["deep"][2] = np.where(merge, np.maximum(deep_top, hi_top), deep_top)
+        L["hi"][0] = L["hi"][0] & ~merge
+        # keep >= 0.5 km gaps between stacked layers: clip the lower one, drop it when too thin
+        for upper, lower in (("hi", "mid"), ("hi", "low"), ("mid", "low"), ("hi", "deep")):
+            both = L[upper][0] & L[lower][0]
+            new_top = np.where(both, np.minimum(L[lower][2], L[upper][1] - 0.5), L[lower][2])
+            L[lower][2] = new_top
+            L[lower][0] = L[lower][0] & (new_top - L[lower][1] >= 0.25)
+        order = ["hi", "deep", "mid", "low"]
+        base = np.stack([np.where(L[k][0], L[k][1], nan) for k in order], 1)
+        top = np.stack([np.where(L[k][0], L[k][2], nan) for k in order], 1)
+        tau = np.stack([np.where(L[k][0], L[k][3], nan) for k in order], 1)
+        ctype = np.stack([np.where(L[k][0], L[k][4], 0) for k in order], 1)
+        # sort top-down by top height
+        key = np.where(np.isfinite(top), -top, np.inf)
+        idx = np.argsort(key, axis=1, kind="stable")
+        take = lambda a: np.take_along_axis(a, idx, 1)  # noqa: E731
+        self.base, self.top, self.tau, self.ctype = take(base), take(top), take(tau), take(ctype)
+        # --- phase per layer
+        u_slot = np.stack([u(f["hi_u"]), u(f["low_u"]), u(f["mid_u"]), u(f["low_u"])], 1)
+        u_slot = take(u_slot)
+        t_top, t_base = self.temperature(self.top), self.temperature(self.base)
+        shift = np.where(lat < 0, 3.0, 0.0)[:, None] + np.where(self.land, 0.0, 1.5)[:, None]
+        liquid = u_slot < f_liquid(t_top + shift)
+        thick = (self.top - self.base) > 1.0
+        phase = np.where(liquid, LIQUID, ICE)
+        phase = np.where(liquid & thick & (t_top < 268), MIXED, phase)
+        phase = np.where(~liquid & (t_base > 273.15), MIXED, phase)    # ice top, liquid base
+        phase = np.where(t_top >= 273.15, LIQUID, phase)
+        phase = np.where(t_top < 235.15, np.where(t_base > 268, MIXED, ICE), phase)
+        deep_l = np.isin(self.ctype, (NS, DC))
+        phase = np.where(deep_l, np.where(t_base > 268, MIXED, ICE), phase)
+        self.phase = np.where(np.isfinite(self.top), phase, 0).astype(np.int64)
+        # --- what CloudSat/CALIPSO report (label blind spots, PHYSICS §1c): low tops < 1.2 km are
+        # clutter for the CPR and hidden from the lidar under tau > 5, so they are often missed.
+        tau_above = np.nancumsum(np.nan_to_num(self.tau), axis=1) - np.nan_to_num(self.tau)
+        low_top = (self.top - self.dem_km[:, None]) < 1.2
+        miss = low_top & ((tau_above > 5) | (u(f["miss_u"])[:, None] < 0.43))
+        self.reported = np.isfinite(self.top) & ~miss
+
+    def temperature(self, z_km):
+        z = np.asarray(z_km, np.float64)
+        zt = self.z_trop if z.ndim == 1 else self.z_trop[:, None]
+        ts = self.t_sfc if z.ndim == 1 else self.t_sfc[:, None]
+        lp = self.lapse if z.ndim == 1 else self.lapse[:, None]
+        return ts - lp * np.minimum(z, zt)
+
+    def cloudy(self):
+        return np.isfinite(self.top).any(1)
