@@ -1,0 +1,22 @@
+# One-command entry points. `make demo` and `make test` run `setup` first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+DEMO ?= demo_out
+
+.PHONY: setup test demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -v --durations=15 tests
+
+demo: setup
+	@bash scripts/demo.sh $(DEMO)
+
+bench: setup
+	$(PY) hpc/bench/build.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,154 @@
+"""`sgmagnet` command line. A bad argument exits with code 2 and a one-line reason."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _floats(s: str, n: int, what: str):
+    try:
+        v = tuple(float(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be {n} comma-separated numbers, got {s!r}")
+    if len(v) != n:
+        raise argparse.ArgumentTypeError(f"{what} must be {n} comma-separated numbers, got {s!r}")
+    return v
+
+
+def _region(s):
+    v = _floats(s, 4, "--region")
+    if not (v[0] < v[1] and v[2] < v[3] and -90 <= v[2] and v[3] <= 90):
+        raise argparse.ArgumentTypeError(f"--region must be LON0,LON1,LAT0,LAT1 with LON0<LON1, LAT0<LAT1, got {s!r}")
+    return v
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _split_days(s):
+    try:
+        v = tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--split-days must be TRAIN,VAL,TEST day counts, got {s!r}")
+    if len(v) != 3 or min(v) < 0 or v[0] == 0:
+        raise argparse.ArgumentTypeError(f"--split-days must be TRAIN,VAL,TEST day counts (TRAIN > 0), got {s!r}")
+    return v
+
+
+def _date(s):
+    import datetime as dt
+    try:
+        return dt.date.fromisoformat(s).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {s!r}")
+
+
+def cmd_synth(a):
+    from .synth.archive import SynthConfig, format_stats, synthesize
+
+    cfg = SynthConfig(out=a.out, start=a.start, days=a.days, region=a.region, res=a.res, seed=a.seed,
+                      orbit_mode=a.orbit)
+    stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print)
+    print(format_stats(stats))
+    return 0
+
+
+def cmd_build(a):
+    from hpc.mpi_build import build
+    from .build import BuildConfig
+
+    for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat")):
+        if not os.path.isdir(d):
+            sys.stderr.write(f"sgmagnet build: error: {flag} {d!r} is not a directory\n")
+            return 2
+    cfg = BuildConfig(ahi=a.ahi, cloudsat=a.cloudsat, out=a.out, window_min=a.window_min, patch_size=a.patch_size,
+                      min_labelled=a.min_labelled, split_days=a.split_days, gap_days=a.gap_days,
+                      split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount)
+    r = build(cfg, log=(lambda m: None) if a.quiet else print)
+    if r["rank"] == 0:
+        from .inspect import summary
+        print(summary(a.out))
+    return 0
+
+
+def cmd_inspect(a):
+    from .inspect import summary
+
+    if not os.path.exists(os.path.join(a.shards, "manifest.json")):
+        sys.stderr.write(f"sgmagnet inspect: error: {a.shards!r} has no manifest.json\n")
+        return 2
+    print(summary(a.shards, verify=a.verify, as_json=a.json))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = Parser(prog="sgmagnet", description="3D cloud-phase benchmark builder and SGMAGNet training.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+
+    s = sub.add_parser("synth", help="write a synthetic AHI + CloudSat archive in the real file formats")
+    s.add_argument("--out", required=True, help="archive folder (ahi/ and cloudsat/ are created in it)")
+    s.add_argument("--start", type=_date, default="2018-10-01", help="first day (UTC), default 2018-10-01")
+    s.add_argument("--days", type=_positive_int, default=1, help="number of days, default 1")
+    s.add_argument("--region", type=_region, default=(100.0, 160.0, -60.0, 60.0),
+                   help="LON0,LON1,LAT0,LAT1 in degrees east/north, default 100,160,-60,60 (the paper's)")
+    s.add_argument("--res", type=_positive_float, default=0.05, help="grid step in degrees, default 0.05")
+    s.add_argument("--seed", type=int, default=0, help="random seed (the archive is deterministic per seed)")
+    s.add_argument("--orbit", choices=("doop", "full"), default="doop",
+                   help="doop: daylight-only CloudSat (as since 2011, default); full: day and night passes")
+    s.add_argument("--quiet", action="store_true", help="print only the final statistics")
+    s.set_defaults(func=cmd_synth)
+
+    b = sub.add_parser("build", help="collocate AHI with CloudSat into WebDataset shards (also under mpirun -n K)")
+    b.add_argument("--ahi", required=True, help="folder of P-Tree NetCDF files (searched recursively)")
+    b.add_argument("--cloudsat", required=True, help="folder of 2B-CLDCLASS-LIDAR HDF files (searched recursively)")
+    b.add_argument("--out", required=True, help="output folder for shards, records and manifest.json")
+    b.add_argument("--window-min", type=_positive_float, default=5.0, help="max |t_profile - t_pixel| in minutes (5)")
+    b.add_argument("--patch-size", type=_positive_int, default=128, help="patch height/width in pixels (128)")
+    b.add_argument("--min-labelled", type=_positive_int, default=64, help="min labelled pixels per patch (64)")
+    b.add_argument("--split-days", type=_split_days, default=(10, 2, 2),
+                   help="TRAIN,VAL,TEST whole-day block lengths of the repeating time split (10,2,2)")
+    b.add_argument("--gap-days", type=int, default=1, help="gap days dropped after each block (1)")
+    b.add_argument("--split-anchor", type=_date, default=None, help="first day of the split cycle (default: first AHI day)")
+    b.add_argument("--shard-maxcount", type=_positive_int, default=200, help="max samples per shard (200)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_build)
+
+    i = sub.add_parser("inspect", help="print a shard set's statistics (counts, class histogram, bands)")
+    i.add_argument("shards", help="shard folder with manifest.json")
+    i.add_argument("--verify", action="store_true", help="re-hash every shard against the manifest")
+    i.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    i.set_defaults(func=cmd_inspect)
+
+    a = p.parse_args(argv)
+    if a.cmd == "build" and a.gap_days < 0:
+        p.error("--gap-days must be >= 0")
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

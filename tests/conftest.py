@@ -1,0 +1,37 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+TINY = dict(start="2018-10-01", days=2, region=(125.0, 145.0, -30.0, 30.0), res=0.1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory):
+    """A 2-day synthetic archive on a 0.1 deg grid (about 10 s)."""
+    from sgmagnet.synth.archive import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("archive")
+    stats = synthesize(SynthConfig(out=str(out), **TINY), log=lambda m: None)
+    return out, stats
+
+
+def build_cfg(archive, out, **kw):
+    from sgmagnet.build import BuildConfig
+
+    d = dict(ahi=str(archive / "ahi"), cloudsat=str(archive / "cloudsat"), out=str(out), patch_size=32,
+             min_labelled=16, split_days=(1, 0, 1), gap_days=0, shard_maxcount=8)
+    d.update(kw)
+    return BuildConfig(**d)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_archive, tmp_path_factory):
+    from hpc.mpi_build import build
+
+    archive, _ = tiny_archive
+    out = tmp_path_factory.mktemp("shards")
+    r = build(build_cfg(archive, out), log=lambda m: None)
+    return out, r["manifest"]
