@@ -36,7 +36,9 @@ def build(cfg: BuildConfig, log=print) -> dict:
     man = None
     if rank == 0:
         man = merge_manifest(cfg, p)
-        man["_ranks"] = [json.loads(s) for s in all_stats]
+        ranks = [json.loads(s) for s in all_stats]
+        with open(f"{cfg.out}/build_stats.json", "w") as f:   # timing only; not part of the manifest
+            json.dump({"ranks": ranks}, f, indent=1)
     if comm:
         comm.Barrier()
     return {"rank": rank, "size": size, "stats": stats, "manifest": man}

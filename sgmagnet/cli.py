@@ -90,7 +90,7 @@ def cmd_build(a):
                       min_labelled=a.min_labelled, split_days=a.split_days, gap_days=a.gap_days,
                       split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount)
     r = build(cfg, log=(lambda m: None) if a.quiet else print)
-    if r["rank"] == 0:
+    if r["rank"] == 0 and not a.quiet:
         from .inspect import summary
         print(summary(a.out))
     return 0
