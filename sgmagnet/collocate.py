@@ -111,12 +111,9 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
         flat = ij_m[m, 0] * grid.shape[1] + ij_m[m, 1]
         uniq, inv = np.unique(flat, return_inverse=True)
         lab = vote(labels[m], inv, uniq.size)
-        t_first = np.full(uniq.size, np.datetime64("NaT", "ns"))
         order = np.argsort(t_m[m], kind="stable")
-        first_idx = np.full(uniq.size, -1)
-        for o in order[::-1]:
-            first_idx[inv[o]] = o
-        t_first = t_m[m][first_idx]
+        _, first = np.unique(inv[order], return_index=True)   # earliest profile of each pixel
+        t_first = t_m[m][order[first]]
         out.matches.append(Match(cands[int(si)], grid, uniq // grid.shape[1], uniq % grid.shape[1], lab, t_first,
                                  np.bincount(inv, minlength=uniq.size)))
     return out
