@@ -102,6 +102,65 @@ def cmd_inspect(a):
     return 0
 
 
+def cmd_train(a):
+    from .config import ConfigError, load_config
+    from .train import Trainer
+
+    if a.config and not os.path.isfile(a.config):
+        sys.stderr.write(f"sgmagnet train: error: --config {a.config!r} is not a file\n")
+        return 2
+    try:
+        cfg = load_config(a.config, a.overrides)
+        if a.no_progress:
+            cfg.train.progress = False
+        trainer = Trainer(cfg, resume=a.resume)
+    except (ConfigError, FileNotFoundError) as e:
+        sys.stderr.write(f"sgmagnet train: error: {e}\n")
+        return 2
+    trainer.fit()
+    return 0
+
+
+def cmd_evaluate(a):
+    from .evaluate import evaluate_checkpoint, report_markdown
+
+    for path, flag, test in ((a.checkpoint, "--checkpoint", os.path.isfile), (a.shards, "--shards", os.path.isdir)):
+        if not test(path):
+            sys.stderr.write(f"sgmagnet evaluate: error: {flag} {path!r} does not exist\n")
+            return 2
+    try:
+        res = evaluate_checkpoint(a.checkpoint, a.shards, a.split, a.out, batch_size=a.batch_size,
+                                  curtains=a.curtains, device=a.device)
+    except (ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"sgmagnet evaluate: error: {e}\n")
+        return 2
+    print(report_markdown(res))
+    return 0
+
+
+def cmd_report(a):
+    from .evaluate import compare_markdown
+
+    results = []
+    for p in a.results:
+        try:
+            with open(p) as f:
+                results.append(json.load(f))
+        except (OSError, ValueError) as e:
+            sys.stderr.write(f"sgmagnet report: error: {p}: {e}\n")
+            return 2
+    splits = {r["split"] for r in results}
+    if len(splits) > 1:
+        sys.stderr.write(f"sgmagnet report: error: results are from different splits {sorted(splits)}\n")
+        return 2
+    table = compare_markdown(results)
+    print(table)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     p = Parser(prog="sgmagnet", description="3D cloud-phase benchmark builder and SGMAGNet training.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
@@ -139,6 +198,30 @@ def main(argv=None) -> int:
     i.add_argument("--verify", action="store_true", help="re-hash every shard against the manifest")
     i.add_argument("--json", action="store_true", help="print the statistics as JSON")
     i.set_defaults(func=cmd_inspect)
+
+    t = sub.add_parser("train", help="train a model (SGMAGNet or a baseline) on benchmark shards",
+                       description="Train from a YAML config; any key can be overridden as section.key=value.")
+    t.add_argument("--config", help="YAML config (see configs/); omitted keys take the defaults of sgmagnet/config.py")
+    t.add_argument("--resume", action="store_true", help="continue exactly from the run folder's latest checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. train.steps=50 model.name=unet data.batch_size=4")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a checkpoint on a split: P/R/F1/IoU per class, macro, stratified")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file (runs/NAME/checkpoints/step_*.pt)")
+    e.add_argument("--shards", required=True, help="shard folder with manifest.json")
+    e.add_argument("--split", default="test", help="split to score (test)")
+    e.add_argument("--out", help="output folder (default: the run folder of the checkpoint)")
+    e.add_argument("--batch-size", type=_positive_int, default=8, help="patches per batch (8)")
+    e.add_argument("--curtains", type=int, default=3, help="number of along-track curtain PNGs (3)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="side-by-side table of several eval_<split>.json files")
+    r.add_argument("results", nargs="+", help="eval_<split>.json files written by `sgmagnet evaluate`")
+    r.add_argument("--out", help="also write the Markdown table to this file")
+    r.set_defaults(func=cmd_report)
 
     a = p.parse_args(argv)
     if a.cmd == "build" and a.gap_days < 0:

@@ -1,0 +1,161 @@
+"""WebDataset input pipeline: shards -> decoded, normalised samples -> sparse-label batches.
+
+One batch is a dict of tensors:
+  x      float32 [B, 16, H, W]  bands normalised with the manifest's training-split mean/std; NaN where
+                                 missing (models mask it themselves, see models/common.py)
+  geom   float32 [B, 2, H, W]   solar and satellite zenith (deg)
+  index  int64   [N, 3]         (sample in batch, row, col) of every labelled pixel
+  prof   uint8   [N, 38]        its labels per level (255 = none)
+  lat    float32 [N]            its latitude (from the patch corners; the grid is regular in lat/lon)
+  soz    float32 [N]            its solar zenith
+  keys   list[str]              sample keys
+The variable number of labelled pixels per sample is handled by concatenating them with a batch index,
+so no dense label volume is ever built.
+
+Stages are plain webdataset pipeline stages: shard list (shuffled per epoch with a seeded RNG) -> node
+splitter (hook for multi-node, identity by default) -> worker splitter -> tar reader -> seeded shuffle
+buffer -> decode -> batch. Everything is a pure function of (seed, epoch), so an epoch can be replayed
+and a resumed run skips the batches it has already seen (`EpochStream`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from .shards import decode_sample, shard_paths
+
+
+@dataclass
+class Normaliser:
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def from_manifest(cls, shards_dir: str) -> "Normaliser":
+        m = read_manifest(shards_dir)
+        mean = np.asarray(m["band_stats"]["mean"], np.float32)
+        std = np.asarray(m["band_stats"]["std"], np.float32)
+        return cls(mean, np.where(std > 0, std, 1.0).astype(np.float32))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+
+def read_manifest(shards_dir: str) -> dict:
+    path = os.path.join(shards_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no manifest.json (is {shards_dir!r} a shard folder made by `sgmagnet build`?)")
+    with open(path) as f:
+        return json.load(f)
+
+
+class Decode:
+    """Raw tar members -> a sample dict of numpy arrays (picklable, so it runs inside DataLoader workers)."""
+
+    def __init__(self, norm: Normaliser):
+        self.norm = norm
+
+    def __call__(self, raw: dict) -> dict:
+        s = decode_sample(raw)
+        x = s["input"].astype(np.float32)
+        if x.shape[0] != len(self.norm.mean):
+            raise ValueError(f"sample {s['__key__']}: {x.shape[0]} bands, expected {len(self.norm.mean)}")
+        c = s["meta"]["corners"]
+        h = x.shape[1]
+        rows = s["pix"][:, 0].astype(np.float32)
+        lat = c["nw"][0] + (c["sw"][0] - c["nw"][0]) * rows / max(h - 1, 1)
+        soz = s["geom"][0][s["pix"][:, 0], s["pix"][:, 1]]
+        return {"key": s["__key__"], "x": self.norm(x), "geom": s["geom"].astype(np.float32),
+                "pix": s["pix"].astype(np.int64), "prof": s["prof"], "lat": lat.astype(np.float32),
+                "soz": soz.astype(np.float32)}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack images; concatenate labelled pixels with their sample index."""
+    index = [np.concatenate([np.full((len(s["pix"]), 1), b, np.int64), s["pix"]], 1) for b, s in enumerate(samples)]
+    return {"x": torch.from_numpy(np.stack([s["x"] for s in samples])),
+            "geom": torch.from_numpy(np.stack([s["geom"] for s in samples])),
+            "index": torch.from_numpy(np.concatenate(index).reshape(-1, 3)),
+            "prof": torch.from_numpy(np.concatenate([s["prof"] for s in samples])),
+            "lat": torch.from_numpy(np.concatenate([s["lat"] for s in samples])),
+            "soz": torch.from_numpy(np.concatenate([s["soz"] for s in samples])),
+            "keys": [s["key"] for s in samples]}
+
+
+def identity_splitter(src):
+    yield from src
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 8
+    workers: int = 0
+    shuffle_buffer: int = 64
+    shuffle_shards: bool = True
+
+
+def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+                  shuffle_buffer: int = 64, shuffle_shards: bool = True, nodesplitter=identity_splitter):
+    """A webdataset DataPipeline for one epoch (deterministic in seed and epoch)."""
+    urls = list(urls)
+    if not urls:
+        raise ValueError("no shards to read")
+    stage_seed = (seed * 1_000_003 + epoch) & 0x7FFFFFFF
+    if train and shuffle_shards:
+        random.Random(stage_seed).shuffle(urls)
+    stages = [wds.SimpleShardList(urls), nodesplitter, wds.split_by_worker,
+              wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    if train and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=stage_seed))
+    stages += [wds.map(Decode(norm), handler=wds.warn_and_continue),
+               wds.batched(batch_size, collation_fn=collate, partial=True)]
+    return wds.DataPipeline(*stages)
+
+
+def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, epoch: int = 0):
+    pipe = make_pipeline(urls, norm, cfg.batch_size, train=train, seed=seed, epoch=epoch,
+                         shuffle_buffer=cfg.shuffle_buffer, shuffle_shards=cfg.shuffle_shards)
+    # batches are made in the workers (batch_size=None); a private generator keeps the global RNG untouched
+    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.workers,
+                                       generator=torch.Generator().manual_seed(seed + epoch))
+
+
+class EpochStream:
+    """Endless training batches, epoch after epoch, with a position (epoch, batch) that resumes exactly:
+    epoch e is replayed from (seed, e) and its first `batch` batches are skipped."""
+
+    def __init__(self, urls, norm, cfg: LoaderConfig, seed: int = 0, epoch: int = 0, batch: int = 0):
+        self.urls, self.norm, self.cfg, self.seed = list(urls), norm, cfg, seed
+        self.epoch, self.batch = epoch, batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, d: dict):
+        self.epoch, self.batch = int(d["epoch"]), int(d["batch"])
+
+    def __iter__(self):
+        while True:
+            skip, n = self.batch, 0
+            for n, b in enumerate(make_loader(self.urls, self.norm, self.cfg, train=True, seed=self.seed,
+                                              epoch=self.epoch), 1):
+                if n <= skip:
+                    continue
+                self.batch = n
+                yield b
+            if n == 0:
+                raise RuntimeError(f"an epoch over {len(self.urls)} shards yielded no batch (empty or unreadable shards)")
+            self.epoch, self.batch = self.epoch + 1, 0
+
+
+def split_urls(shards_dir: str, split: str) -> list[str]:
+    urls = shard_paths(shards_dir, split)
+    if not urls:
+        raise FileNotFoundError(f"{shards_dir}: no shards for split {split!r} (looked for {split}/*.tar)")
+    return urls

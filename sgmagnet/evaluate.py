@@ -1,0 +1,177 @@
+"""Evaluation: predictions at the labelled voxels of a split -> confusion matrices -> scores, tables, pictures.
+
+`sgmagnet evaluate --checkpoint CKPT --shards DIR --split test [--out DIR]` writes
+  eval_<split>.json   overall + stratified scores for the model and the two reference rows
+  eval_<split>.md     the same as Markdown tables
+  confusion_<split>.png, curtain_<split>_<k>.png (truth vs prediction along the track), loss_curves.png
+
+Reference rows (DESIGN.md): "climatology" predicts, per level and latitude band, the class c that
+maximises freq_train(c | level, band) * w_c, with w the model's loss weights (the decision a model would
+make under the same class-weighted objective if it ignored the bands); "all clear" predicts clear
+everywhere. A model that does not beat the climatology has learned nothing from the bands.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from .grid import CLASS_NAMES, IGNORE, N_CLASSES, N_LEVELS
+from .losses import gated_argmax, gather_columns
+from .metrics import LAT_BANDS, ConfusionSet, lat_band
+
+
+def predict_columns(model, batch, device, bf16: bool = False) -> torch.Tensor:
+    """Predicted class [N, L] (int64, on CPU) at the batch's labelled pixels."""
+    x = batch["x"].to(device, non_blocking=True)
+    geom = batch["geom"].to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x, geom)
+    return gated_argmax(gather_columns(logits, batch["index"].to(device))).cpu()
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: int = 0, loss_fn=None):
+    """Run the model over batches; returns (ConfusionSet, curtains, mean loss or None)."""
+    was = model.training
+    model.eval()
+    cs, curtains, loss_sum, loss_n = ConfusionSet(), [], 0.0, 0
+    for b in batches:
+        x = b["x"].to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x, b["geom"].to(device))
+        idx = b["index"].to(device)
+        pred = gated_argmax(gather_columns(logits, idx)).cpu()
+        if loss_fn is not None and len(idx):
+            loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
+            loss_n += len(idx)
+        cs.update(b["prof"], pred, b["lat"], b["soz"])
+        cs.patches += len(b["keys"])
+        for k in range(len(b["keys"])):
+            if len(curtains) >= keep_curtains:
+                break
+            sel = b["index"][:, 0] == k
+            curtains.append({"key": b["keys"][k], "truth": b["prof"][sel].numpy(), "pred": pred[sel].numpy(),
+                             "lat": b["lat"][sel].numpy()})
+    model.train(was)
+    return cs, curtains, (loss_sum / loss_n if loss_n else None)
+
+
+class Climatology:
+    """Per-level, per-latitude-band class frequencies of a split -> a reference predictor."""
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = counts  # [bands, L, C]
+
+    @classmethod
+    def from_batches(cls, batches) -> "Climatology":
+        counts = np.zeros((len(LAT_BANDS), N_LEVELS, N_CLASSES), np.int64)
+        for b in batches:
+            y = b["prof"].numpy().astype(np.int64)
+            band = lat_band(b["lat"]).numpy()
+            for k in range(len(LAT_BANDS)):
+                yk = y[band == k]
+                for c in range(N_CLASSES):
+                    counts[k, :, c] += (yk == c).sum(0)
+        return cls(counts)
+
+    def table(self, weights) -> np.ndarray:
+        """[bands, L] class chosen per band and level."""
+        f = self.counts / np.maximum(self.counts.sum(-1, keepdims=True), 1)
+        return np.argmax(f * np.asarray(weights, np.float64)[None, None], -1)
+
+    def predict(self, lat: torch.Tensor, weights) -> torch.Tensor:
+        return torch.from_numpy(self.table(weights)[lat_band(lat).numpy()])
+
+
+def reference_rows(val_batches, clim: Climatology, weights) -> dict:
+    """Scores of the climatology and all-clear predictors over the same labelled voxels."""
+    c_cs, z_cs = ConfusionSet(), ConfusionSet()
+    for b in val_batches:
+        c_cs.update(b["prof"], clim.predict(b["lat"], weights), b["lat"], b["soz"])
+        z_cs.update(b["prof"], torch.zeros_like(b["prof"], dtype=torch.long), b["lat"], b["soz"])
+        c_cs.patches += len(b["keys"])
+        z_cs.patches += len(b["keys"])
+    return {"climatology": c_cs.report(), "all_clear": z_cs.report()}
+
+
+# ---------------------------------------------------------------------------------------------- tables
+HEAD = ("macro P", "macro R", "macro F1", "macro IoU", "phase F1", "mask F1",
+        "F1 clear", "F1 ice", "F1 mixed", "F1 liquid")
+
+
+def _row(name: str, r: dict) -> str:
+    m, ph, cm, pc = r["macro"], r["phase_macro"], r["cloud_mask"], r["per_class"]
+    vals = [m["precision"], m["recall"], m["f1"], m["iou"], ph["f1"], cm["f1"]] + [pc[c]["f1"] for c in CLASS_NAMES]
+    return f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |"
+
+
+def markdown(rows: list[tuple[str, dict]]) -> str:
+    lines = ["| model | " + " | ".join(HEAD) + " |", "|---" * (len(HEAD) + 1) + "|"]
+    lines += [_row(n, r) for n, r in rows]
+    return "\n".join(lines)
+
+
+def report_markdown(res: dict) -> str:
+    """Full Markdown report of one evaluation result (overall table + stratified tables)."""
+    name = res["model"]
+    out = [f"## {name} on split `{res['split']}` ({res['metrics']['overall']['voxels']} labelled voxels, "
+           f"{res['metrics']['patches']} patches)", "",
+           markdown([(name, res["metrics"]["overall"])] + [(k.replace("_", " "), v["overall"])
+                                                          for k, v in res["references"].items()])]
+    for fam, strata in res["metrics"]["strata"].items():
+        out += ["", f"### by {fam}", "",
+                markdown([(f"{name} · {s} ({r['voxels']} vox)", r) for s, r in strata.items()]
+                         + [(f"climatology · {s}", res["references"]["climatology"]["strata"][fam][s])
+                            for s in strata if s in res["references"]["climatology"]["strata"][fam]])]
+    return "\n".join(out) + "\n"
+
+
+def compare_markdown(results: list[dict]) -> str:
+    """Side-by-side overall table of several evaluations of the same split, plus the reference rows."""
+    rows = [(r["model"], r["metrics"]["overall"]) for r in results]
+    rows += [(k.replace("_", " "), v["overall"]) for k, v in results[0]["references"].items()]
+    return markdown(rows)
+
+
+# ----------------------------------------------------------------------------------------- the command
+def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: str | None = None,
+                        batch_size: int = 8, curtains: int = 3, device: str = "auto", log=print) -> dict:
+    from .data import LoaderConfig, Normaliser, make_loader, split_urls
+    from .train import load_model_from_checkpoint, pick_device
+
+    dev = pick_device(device)
+    model, ck = load_model_from_checkpoint(checkpoint, dev)
+    cfg = ck["config"]
+    norm = Normaliser(np.asarray(ck["normaliser"]["mean"], np.float32), np.asarray(ck["normaliser"]["std"], np.float32))
+    lcfg = LoaderConfig(batch_size=batch_size, workers=0)
+    urls = split_urls(shards, split)
+    cs, curt, _ = evaluate_batches(model, make_loader(urls, norm, lcfg, train=False), dev,
+                                   bf16=cfg["train"]["bf16"], keep_curtains=curtains)
+    clim = Climatology.from_batches(make_loader(split_urls(shards, cfg["data"]["train_split"]), norm, lcfg, train=False))
+    weights = ck["loss_weights"]
+    refs = reference_rows(make_loader(urls, norm, lcfg, train=False), clim, weights)
+    name = cfg["model"]["name"] + ("" if not cfg["model"]["options"] else
+                                   "(" + ",".join(f"{k}={v}" for k, v in cfg["model"]["options"].items()) + ")")
+    res = {"model": name, "size": cfg["model"]["size"], "checkpoint": os.path.abspath(checkpoint),
+           "step": ck["step"], "shards": os.path.abspath(shards), "split": split, "metrics": cs.report(),
+           "references": refs, "climatology_table": clim.table(weights).tolist(), "loss_weights": list(weights)}
+    out = out or os.path.dirname(os.path.abspath(checkpoint)).removesuffix("/checkpoints")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"eval_{split}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(out, f"eval_{split}.md"), "w") as f:
+        f.write(report_markdown(res))
+    from . import plots
+
+    plots.confusion_png(np.asarray(res["metrics"]["overall"]["confusion"]), os.path.join(out, f"confusion_{split}.png"),
+                        f"{name} · {split}")
+    for k, c in enumerate(curt):
+        plots.curtain_png(c, os.path.join(out, f"curtain_{split}_{k}.png"), f"{name} · {c['key']}")
+    log_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "..", "log.jsonl")
+    if os.path.exists(log_path):
+        plots.loss_curves_png({name: log_path}, os.path.join(out, "loss_curves.png"))
+    log(f"wrote {out}/eval_{split}.json, .md and PNGs")
+    return res

@@ -1,0 +1,111 @@
+"""Phase-gated log-probabilities and the class-weighted sparse cross-entropy: the pure-PyTorch reference.
+
+Definitions (DESIGN.md): the model gives, per voxel, a cloud gate logit g (channel 0) and phase logits z
+(channels 1..3, ice/mixed/liquid) in a tensor [B, 4, L, H, W].
+
+    log p(clear) = logsigmoid(-g)
+    log p(k)     = logsigmoid(g) + log_softmax(z)_k,   k = 1..3
+
+    L = sum_v w_{y_v} * (-log p_{y_v}(v)) / sum_v w_{y_v}      over the labelled voxels v
+
+Labels are sparse: `index` [N, 3] holds (batch, row, col) of the N labelled pixels of the batch and
+`profiles` [N, L] uint8 their class per level (255 = no label). Only those N columns are gathered from the
+logits -- no dense label volume is built. A batch with no label gives 0 with a zero gradient. `denominator`
+lets data-parallel training divide by the global weight sum (all ranks) instead of the local one.
+
+The Triton kernels in `kernels/` are tested against these functions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .grid import IGNORE, N_CLASSES
+
+
+def gated_log_probs(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Log-probabilities of (clear, ice, mixed, liquid) from (g, z1, z2, z3) along `dim`, in float32."""
+    x = logits.float()
+    g, z = x.narrow(dim, 0, 1), x.narrow(dim, 1, 3)
+    return torch.cat([F.logsigmoid(-g), F.logsigmoid(g) + torch.log_softmax(z, dim=dim)], dim=dim)
+
+
+def gated_probs(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    return gated_log_probs(logits, dim).exp()
+
+
+def gated_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Most probable class per voxel (int64), without normalising: clear iff sigma(-g) > sigma(g) max softmax(z)."""
+    return gated_log_probs(logits, dim).argmax(dim)
+
+
+def gather_columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, C, L, H, W] at index [N, 3] (b, row, col) -> [N, C, L] (differentiable gather)."""
+    index = index.long()
+    return logits[index[:, 0], :, :, index[:, 1], index[:, 2]]
+
+
+def class_weights(frequency, power: float = 0.5) -> torch.Tensor:
+    """w_c proportional to freq_c^-power (default 1/sqrt), normalised to mean 1. Absent classes get the largest weight."""
+    f = torch.as_tensor(frequency, dtype=torch.float64)
+    if f.numel() != N_CLASSES or (f < 0).any() or f.sum() <= 0:
+        raise ValueError(f"class frequencies must be {N_CLASSES} non-negative numbers with a positive sum, got {frequency}")
+    f = f / f.sum()
+    floor = f[f > 0].min()
+    w = torch.where(f > 0, f, floor).pow(-power)
+    return (w / w.mean()).float()
+
+
+def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
+                    weights: torch.Tensor | None = None, denominator: torch.Tensor | float | None = None,
+                    gamma: float = 0.0) -> torch.Tensor:
+    """Class-weighted sparse cross-entropy of the phase-gated softmax (DESIGN.md). Scalar float32.
+
+    gamma > 0 turns it into the focal loss (1 - p_y)^gamma * (-log p_y) with the same weights/normaliser
+    (an ablation; gamma = 0 is the normative loss).
+    """
+    if logits.dim() != 5 or logits.shape[1] != 4:
+        raise ValueError(f"logits must be [B, 4, L, H, W], got {tuple(logits.shape)}")
+    L = logits.shape[2]
+    if profiles.dim() != 2 or profiles.shape[1] != L or index.shape != (profiles.shape[0], 3):
+        raise ValueError(f"index must be [N, 3] and profiles [N, {L}], got {tuple(index.shape)} and {tuple(profiles.shape)}")
+    logp = gated_log_probs(gather_columns(logits, index))              # [N, 4, L]
+    y = profiles.long()
+    labelled = y != IGNORE
+    y0 = torch.where(labelled, y, torch.zeros_like(y))
+    logp_y = logp.gather(1, y0.unsqueeze(1)).squeeze(1)                # [N, L]
+    w = torch.ones(N_CLASSES, device=logits.device) if weights is None else weights.to(logits.device).float()
+    wv = w[y0] * labelled
+    nll = -logp_y
+    if gamma:
+        nll = (1 - logp_y.exp()).clamp_min(0).pow(gamma) * nll
+    num = (wv * nll).sum()
+    den = wv.sum() if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=num.device)
+    return num / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def dense_gated_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The same loss through a dense label volume [B, L, H, W] and F.nll_loss (the memory-hungry way;
+    used by the benchmark and as a cross-check)."""
+    return F.nll_loss(gated_log_probs(logits), labels.long(), weight=weights, ignore_index=IGNORE)
+
+
+class SparseLoss(torch.nn.Module):
+    """The training loss component: weights are a buffer (they follow .to(device) and are checkpointed)."""
+
+    def __init__(self, weights=None, gamma: float = 0.0, impl: str = "torch"):
+        super().__init__()
+        if impl not in ("auto", "torch", "triton"):
+            raise ValueError(f"loss impl must be auto, torch or triton, got {impl!r}")
+        self.register_buffer("weights", torch.ones(N_CLASSES) if weights is None else torch.as_tensor(weights).float())
+        self.gamma, self.impl = gamma, impl
+
+    def forward(self, logits, index, profiles, denominator=None):
+        return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma)
+
+    def weight_sum(self, profiles: torch.Tensor) -> torch.Tensor:
+        """Local sum of label weights (what data-parallel training all-reduces into the denominator)."""
+        y = profiles.long()
+        lab = y != IGNORE
+        return (self.weights.to(profiles.device)[torch.where(lab, y, 0)] * lab).sum()
+

@@ -1,0 +1,113 @@
+"""Confusion matrices and scores over labelled voxels (DESIGN.md "Metrics").
+
+A 4x4 confusion matrix C[true, pred] (summed over batches and ranks) gives per-class Precision, Recall, F1
+and IoU; the headline is the macro mean over the 4 classes, with the macro over the 3 phases and the
+binary cloud mask (clear vs any cloud) beside it. A score whose denominator is 0 is reported as 0
+(scikit-learn's zero_division=0); the voxel counts are reported so such cases are visible.
+
+Strata (for the stratified tables): every labelled voxel is counted in its overall matrix and in one
+matrix per stratum family:
+  layers    column type of its profile: `clear` (no cloud), `single` (one contiguous cloudy run), `multi`
+  latitude  `tropics` (|lat| < 23.5), `subtropics` (23.5-40), `midlatitudes` (>= 40)
+  daynight  `day` (solar zenith < 85 deg at the pixel) or `night`
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .grid import CLASS_NAMES, IGNORE, N_CLASSES
+
+LAT_BANDS = (("tropics", 0.0, 23.5), ("subtropics", 23.5, 40.0), ("midlatitudes", 40.0, 90.01))
+DAY_MAX_SOZ = 85.0
+
+
+def confusion(true: torch.Tensor, pred: torch.Tensor, n: int = N_CLASSES) -> torch.Tensor:
+    """[n, n] int64 counts over entries where true != 255 (rows: truth, columns: prediction)."""
+    true, pred = true.reshape(-1).long(), pred.reshape(-1).long()
+    keep = true != IGNORE
+    return torch.bincount(true[keep] * n + pred[keep], minlength=n * n).reshape(n, n)
+
+
+def _div(a, b):
+    return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
+
+
+def scores(cm) -> dict:
+    """Per-class and macro P/R/F1/IoU, phase-only macro, cloud-mask scores and counts from a confusion matrix."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    p, r = _div(tp, tp + fp), _div(tp, tp + fn)
+    f1 = _div(2 * p * r, p + r)
+    iou = _div(tp, tp + fp + fn)
+    per = {c: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f1[k]), "iou": float(iou[k]),
+               "support": int(cm[k].sum())} for k, c in enumerate(CLASS_NAMES)}
+    out = {"per_class": per,
+           "macro": {m: float(np.mean(v)) for m, v in (("precision", p), ("recall", r), ("f1", f1), ("iou", iou))},
+           "phase_macro": {m: float(np.mean(v[1:])) for m, v in (("precision", p), ("recall", r), ("f1", f1),
+                                                                   ("iou", iou))},
+           "accuracy": float(_div(tp.sum(), cm.sum())),
+           "voxels": int(cm.sum()), "confusion": cm.astype(np.int64).tolist()}
+    # cloud mask: class 0 vs the rest, scored for the "cloud" class
+    ctp = cm[1:, 1:].sum()
+    cfp = cm[0, 1:].sum()
+    cfn = cm[1:, 0].sum()
+    cp, cr = float(_div(ctp, ctp + cfp)), float(_div(ctp, ctp + cfn))
+    out["cloud_mask"] = {"precision": cp, "recall": cr, "f1": float(_div(2 * cp * cr, cp + cr)),
+                         "iou": float(_div(ctp, ctp + cfp + cfn)),
+                         "accuracy": float(_div(cm[0, 0] + ctp, cm.sum()))}
+    return out
+
+
+def column_type(profiles: torch.Tensor) -> torch.Tensor:
+    """[N, L] uint8 labels -> [N] int64: 0 clear column, 1 single-layer, 2 multi-layer (cloudy runs split by clear)."""
+    y = profiles.long()
+    cloudy = (y != IGNORE) & (y != 0)
+    starts = cloudy[:, 0].long() + (cloudy[:, 1:] & ~cloudy[:, :-1]).sum(1)
+    return starts.clamp(max=2)
+
+
+COLUMN_TYPES = ("clear", "single", "multi")
+
+
+def lat_band(lat: torch.Tensor) -> torch.Tensor:
+    a = lat.abs()
+    out = torch.zeros_like(a, dtype=torch.long)
+    for k, (_, lo, hi) in enumerate(LAT_BANDS):
+        out[(a >= lo) & (a < hi)] = k
+    return out
+
+
+class ConfusionSet:
+    """The overall confusion matrix plus one per stratum; `update` takes a batch's labelled columns."""
+
+    FAMILIES = {"layers": COLUMN_TYPES, "latitude": tuple(b[0] for b in LAT_BANDS), "daynight": ("day", "night")}
+
+    def __init__(self):
+        self.total = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.long)
+        self.strata = {f: torch.zeros(len(v), N_CLASSES, N_CLASSES, dtype=torch.long) for f, v in self.FAMILIES.items()}
+        self.patches = 0
+
+    def update(self, true: torch.Tensor, pred: torch.Tensor, lat: torch.Tensor, soz: torch.Tensor):
+        """true/pred [N, L]; lat, soz [N] (latitude and solar zenith of each labelled pixel)."""
+        true, pred = true.cpu(), pred.cpu()
+        self.total += confusion(true, pred)
+        keys = {"layers": column_type(true), "latitude": lat_band(lat.cpu()),
+                "daynight": (soz.cpu() >= DAY_MAX_SOZ).long()}
+        for f, k in keys.items():
+            for s in range(len(self.FAMILIES[f])):
+                sel = k == s
+                if sel.any():
+                    self.strata[f][s] += confusion(true[sel], pred[sel])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.total] + [self.strata[f] for f in self.FAMILIES]
+
+    def report(self) -> dict:
+        out = {"overall": scores(self.total.numpy()), "patches": self.patches, "strata": {}}
+        for f, names in self.FAMILIES.items():
+            out["strata"][f] = {n: scores(self.strata[f][s].numpy()) for s, n in enumerate(names)
+                                if int(self.strata[f][s].sum())}
+        return out

@@ -1,0 +1,51 @@
+"""Model registry: every model maps x [B,16,H,W] (+ geom [B,2,H,W]) to logits [B,4,38,H,W].
+
+    build_model("sgmagnet", size="demo", **overrides)
+
+Sizes: `tiny` (tests), `demo` (CPU, minutes), `paper` (GPU). Overrides are constructor arguments
+(e.g. width=32, height="static", scales=(1,), gating=False for SGMAGNet).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .segnet import SegNet
+from .sgmagnet import SGMAGNet
+from .transformer import Transformer
+from .unet import UNet2D, UNet3DLift
+
+MODELS = {"sgmagnet": SGMAGNet, "unet": UNet2D, "unet3d": UNet3DLift, "segnet": SegNet, "transformer": Transformer}
+
+
+def build_model(name: str, size: str = "demo", levels: int = 38, **overrides) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    cls = MODELS[name]
+    if size not in cls.SIZES:
+        raise ValueError(f"unknown size {size!r} for {name}; choose one of {', '.join(cls.SIZES)}")
+    kw = dict(cls.SIZES[size])
+    kw.update(overrides)
+    try:
+        return cls(levels=levels, **kw)
+    except TypeError as e:
+        raise ValueError(f"bad option for model {name}: {e}") from None
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_sample(model: nn.Module, size: int = 128) -> int:
+    """Forward FLOPs for one [1,16,size,size] sample, counted by torch.utils.flop_counter (convs, matmuls,
+    attention; elementwise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 16, size, size)
+    g = torch.zeros(1, 2, size, size)
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, g)
+    model.train(was)
+    return int(fc.get_total_flops())
