@@ -19,8 +19,7 @@ KM_PER_DEG = 111.2
 def _phase_image(ax, cols: np.ndarray, dist_km: np.ndarray, title: str):
     """cols [N, L] classes (255 = none) drawn as height (km) vs along-track distance (km)."""
     img = np.ma.masked_equal(cols.T.astype(np.int16), IGNORE)
-    cmap = ListedColormap(PHASE_COLOURS)
-    cmap.set_bad("#555555")
+    cmap = ListedColormap(PHASE_COLOURS).with_extremes(bad="#555555")
     edges = np.concatenate([dist_km, [dist_km[-1] + (dist_km[-1] - dist_km[-2] if len(dist_km) > 1 else 1.0)]])
     m = ax.pcolormesh(edges, np.arange(N_LEVELS + 1) * LEVEL_DZ_KM, img, cmap=cmap,
                       norm=BoundaryNorm(np.arange(-0.5, 4.5), 4), shading="flat")

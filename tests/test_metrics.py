@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+
+from sgmagnet.metrics import ConfusionSet, column_type, confusion, scores
+
+
+def test_confusion_counts_and_ignores_255():
+    t = torch.tensor([[0, 1, 255], [3, 3, 2]], dtype=torch.uint8)
+    p = torch.tensor([[0, 2, 1], [3, 0, 2]])
+    cm = confusion(t, p)
+    want = np.zeros((4, 4), int)
+    want[0, 0] = want[1, 2] = want[3, 3] = want[3, 0] = want[2, 2] = 1
+    assert (cm.numpy() == want).all()
+
+
+def test_scores_hand_made():
+    cm = np.array([[50, 5, 0, 5],
+                   [10, 20, 0, 0],
+                   [0, 0, 0, 0],
+                   [0, 0, 4, 6]])
+    s = scores(cm)
+    clear, ice, mixed, liquid = (s["per_class"][c] for c in ("clear", "ice", "mixed", "liquid"))
+    assert clear["precision"] == pytest.approx(50 / 60) and clear["recall"] == pytest.approx(50 / 60)
+    assert ice["precision"] == pytest.approx(20 / 25) and ice["recall"] == pytest.approx(20 / 30)
+    assert ice["f1"] == pytest.approx(2 * 0.8 * (2 / 3) / (0.8 + 2 / 3))
+    assert ice["iou"] == pytest.approx(20 / (20 + 5 + 10))
+    assert mixed == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "iou": 0.0, "support": 0}  # zero_division = 0
+    assert liquid["precision"] == pytest.approx(6 / 11) and liquid["recall"] == pytest.approx(0.6)
+    assert s["macro"]["iou"] == pytest.approx(np.mean([50 / 70, 20 / 35, 0.0, 6 / 15]))
+    assert s["phase_macro"]["recall"] == pytest.approx(np.mean([2 / 3, 0.0, 0.6]))
+    # cloud mask: cloud = classes 1..3; tp = 20+0+0+0+4+6 = 30, fp = 10 (clear->cloud), fn = 10 (cloud->clear)
+    assert s["cloud_mask"]["precision"] == pytest.approx(30 / 40) and s["cloud_mask"]["recall"] == pytest.approx(30 / 40)
+    assert s["voxels"] == cm.sum() and s["accuracy"] == pytest.approx(76 / 100)
+
+
+def test_perfect_prediction_scores_one_where_defined():
+    cm = np.diag([10, 3, 2, 1])
+    s = scores(cm)
+    assert s["macro"]["f1"] == 1.0 and s["cloud_mask"]["iou"] == 1.0
+
+
+def test_column_type_and_strata():
+    prof = torch.tensor([[0, 0, 0, 255], [0, 1, 1, 0], [3, 0, 1, 0], [255, 2, 0, 1]], dtype=torch.uint8)
+    assert column_type(prof).tolist() == [0, 1, 2, 2]
+    cs = ConfusionSet()
+    cs.update(prof, torch.zeros(4, 4, dtype=torch.long), torch.tensor([5.0, -30.0, 50.0, 10.0]),
+              torch.tensor([30.0, 30.0, 100.0, 30.0]))
+    r = cs.report()
+    assert r["overall"]["voxels"] == 14
+    assert set(r["strata"]["layers"]) == {"clear", "single", "multi"}
+    assert r["strata"]["latitude"]["midlatitudes"]["voxels"] == 4
+    assert r["strata"]["daynight"]["night"]["voxels"] == 4 and r["strata"]["daynight"]["day"]["voxels"] == 10

@@ -1,0 +1,134 @@
+"""Trainer components: config round-trip, overfitting, exact resume, atomic checkpoints, CLI."""
+import json
+import os
+
+import pytest
+import torch
+
+from sgmagnet import cli
+from sgmagnet.config import ConfigError, dump, from_dict, load_config, to_dict
+from sgmagnet.losses import gated_sparse_ce
+from sgmagnet.models import build_model
+from sgmagnet.train import Checkpointer, Trainer, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+
+
+def tiny_cfg(shards, run_dir, *over):
+    return load_config(TINY, [f"data.shards={shards}", f"train.run_dir={run_dir}", *over])
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    for name in os.listdir(os.path.join(ROOT, "configs")):
+        if name.endswith(".yaml"):
+            cfg = load_config(os.path.join(ROOT, "configs", name))
+            p = tmp_path / name
+            p.write_text(dump(cfg))
+            assert load_config(str(p)) == cfg and from_dict(to_dict(cfg)) == cfg
+    cfg = load_config(TINY, ["train.steps=11", "optim.betas=[0.8,0.9]", "model.options={height: static}"])
+    assert cfg.train.steps == 11 and cfg.optim.betas == [0.8, 0.9] and cfg.model.options == {"height": "static"}
+    for bad, msg in ((["train.stepz=3"], "unknown key 'stepz'"), (["trainer.steps=3"], "unknown section"),
+                     (["train.steps=many"], "expected a number"), (["train.steps=1.5"], "expected an integer"),
+                     (["train.bf16=3"], "true/false"), (["steps=3"], "section.key=value")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(TINY, bad)
+
+
+@pytest.mark.parametrize("name", ["sgmagnet", "unet"])
+def test_tiny_model_overfits_tiny_batch(name):
+    torch.manual_seed(0)
+    m = build_model(name, "tiny")
+    x = torch.randn(2, 16, 32, 32)
+    idx = torch.stack([torch.tensor([0, 1] * 16), torch.arange(32), torch.arange(32).flip(0)], 1)
+    prof = torch.zeros(32, 38, dtype=torch.uint8)
+    prof[:, 10:16] = 1 + (torch.arange(32) % 3)[:, None].to(torch.uint8)   # cloudy slab, varying phase
+    prof[:, 30:] = 255
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(80):
+        loss = gated_sparse_ce(m(x), idx, prof)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_is_exact(tiny_shards, tmp_path, monkeypatch):
+    root, _ = tiny_shards
+    a = Trainer(tiny_cfg(root, tmp_path / "a"), log=lambda m: None)
+    a.fit()
+    want = _params(a.model)
+
+    b = Trainer(tiny_cfg(root, tmp_path / "b"), log=lambda m: None)
+    real = Trainer.train_step
+
+    def crash(self, batch):
+        if self.step == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, batch)
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        b.fit()
+    monkeypatch.setattr(Trainer, "train_step", real)
+    assert b.ckpt.latest().endswith("step_0000003.pt")
+    c = Trainer(tiny_cfg(root, tmp_path / "b"), resume=True, log=lambda m: None)
+    assert c.step == 3
+    c.fit()
+    got = _params(c.model)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    log = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
+    assert {r["kind"] for r in log} == {"train", "val"}
+
+
+def test_checkpoint_interrupted_mid_write_keeps_previous(tmp_path, monkeypatch):
+    ck = Checkpointer(str(tmp_path), keep=2)
+    first = ck.save({"format": 1, "w": torch.ones(3)}, 1)
+
+    def broken(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        ck.save({"format": 1, "w": torch.zeros(3)}, 2)
+    monkeypatch.undo()
+    assert ck.latest() == first and torch.equal(load_checkpoint(first)["w"], torch.ones(3))
+    for s in (3, 4, 5):
+        ck.save({"format": 1, "w": torch.zeros(1)}, s)
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["step_0000004.pt", "step_0000005.pt"]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(str(bad))
+
+
+def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
+    root, _ = tiny_shards
+    run = tmp_path / "run"
+    assert cli.main(["train", "--config", TINY, f"data.shards={root}", f"train.run_dir={run}", "train.steps=2",
+                     "model.name=unet"]) == 0
+    ckpt = Checkpointer(str(run / "checkpoints")).latest()
+    assert cli.main(["evaluate", "--checkpoint", ckpt, "--shards", str(root), "--split", "test",
+                     "--curtains", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| unet |" in out and "| climatology |" in out and "| all clear |" in out
+    for f in ("eval_test.json", "eval_test.md", "confusion_test.png", "curtain_test_0.png", "loss_curves.png"):
+        assert (run / f).exists(), f
+    res = json.loads((run / "eval_test.json").read_text())
+    assert res["metrics"]["overall"]["voxels"] == res["references"]["all_clear"]["overall"]["voxels"] > 0
+    assert cli.main(["report", str(run / "eval_test.json"), "--out", str(tmp_path / "t.md")]) == 0
+    assert "| unet |" in (tmp_path / "t.md").read_text()
+    # bad input: exit 2 with a one-line reason
+    for argv in (["train", "--config", TINY, "train.nosuch=1"], ["train", "--config", str(tmp_path / "none.yaml")],
+                 ["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--shards", str(root)]):
+        assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and "none.yaml" in err and "x.pt" in err
