@@ -17,6 +17,8 @@ demo: setup
 
 bench: setup
 	$(PY) hpc/bench/build.py
+	$(PY) hpc/bench/loss_memory.py
+	$(PY) hpc/bench/train_step.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

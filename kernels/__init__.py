@@ -1,0 +1,32 @@
+"""Triton kernels (one file per op: sparse_ce.py, softmax.py: kernel(s) + launcher + torch.autograd.Function), checked against the
+pure-PyTorch reference in sgmagnet/losses.py. On CPU they run under TRITON_INTERPRET=1 (set it before
+triton is imported), which is how the tests exercise them without a GPU.
+
+    gated_sparse_ce(logits, index, profiles, weights, denominator=None) -> scalar
+    gated_softmax(logits, out_dtype=None) -> probabilities [B, 4, L, H, W]
+    gated_argmax(logits) -> int8 classes [B, L, H, W]
+"""
+from __future__ import annotations
+
+import os
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def usable_on(device) -> bool:
+    """Kernels run on CUDA devices, and on CPU only under the Triton interpreter."""
+    import torch
+
+    return torch.device(device).type == "cuda" or interpreting()
+
+
+def __getattr__(name):  # import triton lazily: `import kernels` must not require it
+    if name == "gated_sparse_ce":
+        from .sparse_ce import gated_sparse_ce
+        return gated_sparse_ce
+    if name in ("gated_softmax", "gated_argmax"):
+        from . import softmax as m
+        return getattr(m, name)
+    raise AttributeError(name)

@@ -124,11 +124,17 @@ def cmd_train(a):
 def cmd_evaluate(a):
     from .evaluate import evaluate_checkpoint, report_markdown
 
-    for path, flag, test in ((a.checkpoint, "--checkpoint", os.path.isfile), (a.shards, "--shards", os.path.isdir)):
-        if not test(path):
+    for path, flag in ((a.checkpoint, "--checkpoint"), (a.shards, "--shards")):
+        if not os.path.exists(path):
             sys.stderr.write(f"sgmagnet evaluate: error: {flag} {path!r} does not exist\n")
             return 2
     try:
+        if os.path.isdir(a.checkpoint):  # a run folder: its latest checkpoint
+            from .train import Checkpointer
+            latest = Checkpointer(os.path.join(a.checkpoint, "checkpoints")).latest()
+            if latest is None:
+                raise ValueError(f"{a.checkpoint}: run folder without checkpoints/latest")
+            a.checkpoint = latest
         res = evaluate_checkpoint(a.checkpoint, a.shards, a.split, a.out, batch_size=a.batch_size,
                                   curtains=a.curtains, device=a.device)
     except (ValueError, FileNotFoundError) as e:
@@ -155,6 +161,10 @@ def cmd_report(a):
         return 2
     table = compare_markdown(results)
     print(table)
+    if a.curves:
+        from .plots import loss_curves_png
+        logs = {r["model"]: os.path.join(os.path.dirname(p), "log.jsonl") for r, p in zip(results, a.results)}
+        loss_curves_png({k: v for k, v in logs.items() if os.path.exists(v)}, a.curves)
     if a.out:
         with open(a.out, "w") as f:
             f.write(table + "\n")
@@ -209,7 +219,8 @@ def main(argv=None) -> int:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score a checkpoint on a split: P/R/F1/IoU per class, macro, stratified")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file (runs/NAME/checkpoints/step_*.pt)")
+    e.add_argument("--checkpoint", required=True,
+                   help="checkpoint file (runs/NAME/checkpoints/step_*.pt) or a run folder (its latest checkpoint)")
     e.add_argument("--shards", required=True, help="shard folder with manifest.json")
     e.add_argument("--split", default="test", help="split to score (test)")
     e.add_argument("--out", help="output folder (default: the run folder of the checkpoint)")
@@ -221,6 +232,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="side-by-side table of several eval_<split>.json files")
     r.add_argument("results", nargs="+", help="eval_<split>.json files written by `sgmagnet evaluate`")
     r.add_argument("--out", help="also write the Markdown table to this file")
+    r.add_argument("--curves", help="also plot the runs' loss and validation curves (log.jsonl beside each JSON) to this PNG")
     r.set_defaults(func=cmd_report)
 
     a = p.parse_args(argv)

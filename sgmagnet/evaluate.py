@@ -18,18 +18,9 @@ import os
 import numpy as np
 import torch
 
-from .grid import CLASS_NAMES, IGNORE, N_CLASSES, N_LEVELS
-from .losses import gated_argmax, gather_columns
+from .grid import CLASS_NAMES, N_CLASSES, N_LEVELS
+from .losses import fast_argmax, gather_columns
 from .metrics import LAT_BANDS, ConfusionSet, lat_band
-
-
-def predict_columns(model, batch, device, bf16: bool = False) -> torch.Tensor:
-    """Predicted class [N, L] (int64, on CPU) at the batch's labelled pixels."""
-    x = batch["x"].to(device, non_blocking=True)
-    geom = batch["geom"].to(device, non_blocking=True)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(x, geom)
-    return gated_argmax(gather_columns(logits, batch["index"].to(device))).cpu()
 
 
 @torch.no_grad()
@@ -43,7 +34,7 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x, b["geom"].to(device))
         idx = b["index"].to(device)
-        pred = gated_argmax(gather_columns(logits, idx)).cpu()
+        pred = fast_argmax(gather_columns(logits, idx)).cpu()
         if loss_fn is not None and len(idx):
             loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
             loss_n += len(idx)

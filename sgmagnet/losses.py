@@ -90,8 +90,31 @@ def dense_gated_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Te
     return F.nll_loss(gated_log_probs(logits), labels.long(), weight=weights, ignore_index=IGNORE)
 
 
+def use_triton(impl: str, device) -> bool:
+    """auto: the Triton kernels on CUDA, this reference elsewhere; triton: always (CPU only under
+    TRITON_INTERPRET=1); torch: never."""
+    if impl == "torch":
+        return False
+    import kernels
+
+    if impl == "triton":
+        if not kernels.usable_on(device):
+            raise RuntimeError(f"loss impl 'triton' needs a CUDA device or TRITON_INTERPRET=1 (device is {device})")
+        return True
+    return torch.device(device).type == "cuda"
+
+
+def fast_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """gated_argmax through the Triton kernel on CUDA (int8, no probabilities materialised), else the reference."""
+    if dim == 1 and logits.is_cuda:
+        import kernels
+        return kernels.gated_argmax(logits).long()
+    return gated_argmax(logits, dim)
+
+
 class SparseLoss(torch.nn.Module):
-    """The training loss component: weights are a buffer (they follow .to(device) and are checkpointed)."""
+    """The training loss component: weights are a buffer (they follow .to(device) and are checkpointed).
+    impl: auto | torch | triton (see use_triton); the focal variant (gamma > 0) always uses the reference."""
 
     def __init__(self, weights=None, gamma: float = 0.0, impl: str = "torch"):
         super().__init__()
@@ -101,6 +124,9 @@ class SparseLoss(torch.nn.Module):
         self.gamma, self.impl = gamma, impl
 
     def forward(self, logits, index, profiles, denominator=None):
+        if not self.gamma and use_triton(self.impl, logits.device):
+            import kernels
+            return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator)
         return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma)
 
     def weight_sum(self, profiles: torch.Tensor) -> torch.Tensor:

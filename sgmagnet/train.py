@@ -27,7 +27,7 @@ import torch
 from .config import Config, ConfigError, dump, from_dict, to_dict
 from .data import EpochStream, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
-from .losses import SparseLoss, class_weights
+from .losses import SparseLoss, class_weights, use_triton
 from .models import build_model, n_parameters
 from .shards import shard_paths
 
@@ -189,6 +189,10 @@ def make_loss(cfg: Config, weights, device) -> SparseLoss:
     impl = cfg.loss.impl
     if impl not in ("auto", "torch", "triton"):
         raise ConfigError(f"loss.impl must be auto, torch or triton, got {impl!r}")
+    try:
+        use_triton(impl, device)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
     return SparseLoss(weights, gamma=cfg.loss.gamma, impl=impl).to(device)
 
 

@@ -3,7 +3,8 @@
     x, geom ─ InputStem ─ 2D encoder E1 (H) ─ E2 (H/2) ─ E4 (H/4) ─ global pool ─ scene vector s
                           2D top-down decoder: D4 = E4, D2 = E2 + up(D4), D1 = E1 + up(D2)
     dynamic height encoder: level embedding e_l (learned, one per level) + MLP(s)  ->  h_l(scene)
-                            -> per scale i and level l: FiLM (gamma_il, beta_il)
+                            -> per scale i and level l: FiLM (gamma_il, beta_il), and a logit prior
+                               pi_l(scene) [4] added to the output (a scene-dependent climatology)
     volumetric generator:   V_i[:, :, l] = P_i(D_i) * (1 + gamma_il) + beta_il      (2D -> 3D lift)
                             scale i = 1, 2, 4 has H/i x W/i pixels and ceil(L/i) levels (FiLM pooled to it);
                             3D conv blocks at each scale; top-down fusion V2 += up(V4), V1 += up(V2)
@@ -51,12 +52,14 @@ class HeightEncoder(nn.Module):
             self.register_buffer("code", sinusoid(levels, dim))
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
         self.film = nn.ModuleList(nn.Linear(dim, 2 * c) for c in out_channels)
+        self.prior = nn.Linear(dim, 4)      # per-level logit prior (the scene-dependent climatology)
         for f in self.film:  # start near the identity lift (small, not zero: gradients must reach every weight)
             nn.init.normal_(f.weight, std=0.02)
             nn.init.zeros_(f.bias)
 
-    def forward(self, scene: torch.Tensor, levels: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(gamma, beta), each [B, levels[i], C_i]: scale i works on a height grid pooled to levels[i]."""
+    def forward(self, scene: torch.Tensor, levels: list[int]):
+        """[(gamma, beta)] each [B, levels[i], C_i] (scale i works on a height grid pooled to levels[i]),
+        and the logit prior [B, 4, L, 1, 1]."""
         if self.dynamic:
             h = self.embed[None] + self.scene(scene)[:, None]          # [B, L, D]
         else:
@@ -66,7 +69,7 @@ class HeightEncoder(nn.Module):
         for f, n in zip(self.film, levels):
             hn = h if n == h.shape[1] else F.adaptive_avg_pool1d(h.transpose(1, 2), n).transpose(1, 2)
             out.append(f(hn).chunk(2, dim=-1))
-        return out
+        return out, self.prior(h).transpose(1, 2)[..., None, None]
 
 
 class SGMAGNet(nn.Module):
@@ -112,7 +115,7 @@ class SGMAGNet(nn.Module):
         d1 = self.dec[1](e1 + F.interpolate(self.lat[1](d2), scale_factor=2.0))
         d = (d1, d2, e4)
         nlev = [-(-self.levels // s) for s in self.scales]
-        films = self.height(scene, nlev)
+        films, prior = self.height(scene, nlev)
         vols = []
         for k, i in enumerate(self.idx):
             p = self.proj[k](d[i])[:, :, None]                               # [B, C, 1, h, w]
@@ -123,6 +126,6 @@ class SGMAGNet(nn.Module):
             up = F.interpolate(self.fuse[k](v), size=vols[k].shape[2:], mode="trilinear")
             v = self.vol3d[k](vols[k] + up)
         if not self.gating:
-            return self.head(v)
+            return self.head(v) + prior
         c = self.gate_feat(v)
-        return torch.cat([self.gate_out(c), self.phase_out(self.phase_feat(v) * torch.sigmoid(c))], 1)
+        return torch.cat([self.gate_out(c), self.phase_out(self.phase_feat(v) * torch.sigmoid(c))], 1) + prior

@@ -1,0 +1,86 @@
+"""Training throughput per model: samples/s of full steps (forward, sparse loss, backward, AdamW).
+
+    python hpc/bench/train_step.py [--models sgmagnet,unet,...] [--size demo] [--patch 64] [--batch 8]
+                                   [--steps 5] [--warmup 2] [--device auto] [--bf16]
+
+Batches are synthetic and held in memory (random bands, a diagonal track of labelled columns per patch),
+so this measures the model + loss + optimiser, not the loader. Prints parameters, forward GFLOPs per
+sample (torch.utils.flop_counter) and samples/s, all models in one run so the ratios are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from sgmagnet.losses import gated_sparse_ce
+from sgmagnet.models import MODELS, build_model, flops_per_sample, n_parameters
+
+
+def memory_batch(b: int, s: int, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 16, s, s, generator=g)
+    geom = torch.rand(b, 2, s, s, generator=g) * 80
+    r = torch.arange(s)
+    idx = torch.stack([torch.arange(b).repeat_interleave(s), r.repeat(b), r.flip(0).repeat(b)], 1)
+    prof = torch.randint(0, 4, (b * s, 38), dtype=torch.uint8, generator=g)
+    return [t.to(device) for t in (x, geom, idx, prof)]
+
+
+def bench_model(name, size, patch, batch, steps, warmup, device, bf16):
+    torch.manual_seed(0)
+    m = build_model(name, size).to(device)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    x, geom, idx, prof = memory_batch(batch, patch, device)
+
+    def step():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            y = m(x, geom)
+        loss = gated_sparse_ce(y, idx, prof)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"model": name, "params": n_parameters(m), "gflops": flops_per_sample(m.cpu(), patch) / 1e9,
+            "samples_per_s": steps * batch / dt}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--size", default="demo", choices=("tiny", "demo", "paper"))
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--bf16", action="store_true")
+    a = p.parse_args(argv)
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"size {a.size}, patch {a.patch}, batch {a.batch}, {a.steps} timed steps, {where}, in-memory batches")
+    print(f"{'model':<12}{'params':>12}{'GFLOP/sample':>14}{'samples/s':>11}{'vs first':>10}")
+    first = None
+    for name in a.models.split(","):
+        r = bench_model(name, a.size, a.patch, a.batch, a.steps, a.warmup, device, a.bf16)
+        first = first or r["samples_per_s"]
+        print(f"{name:<12}{r['params']:>12,}{r['gflops']:>14.3f}{r['samples_per_s']:>11.2f}"
+              f"{r['samples_per_s'] / first:>9.2f}x", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Fused phase-gated softmax (Triton) vs the eager PyTorch reference and torch.compile of it.
+
+    python kernels/bench/bench_gated_softmax.py [--batches 4,16,32] [--size 128] [--dtype bf16] [--no-csv]
+
+Times forward (probabilities), backward and forward+backward, and the int8 argmax path, with
+triton.testing.do_bench; peak extra memory; achieved bandwidth for the bytes each must move
+(forward: read + write the [B,4,L,H,W] volume; backward: read logits and upstream gradient, write the
+gradient; argmax: read the volume, write 1 byte per voxel). Rows go to kernels/bench/results.csv.
+Without a GPU: interpreter correctness check only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_check():
+    os.environ["TRITON_INTERPRET"] = "1"
+    import kernels
+    from sgmagnet.losses import gated_argmax, gated_probs
+
+    x = torch.randn(2, 4, 38, 16, 16) * 3
+    ok = torch.allclose(kernels.gated_softmax(x), gated_probs(x), atol=1e-6)
+    agree = (kernels.gated_argmax(x).long() == gated_argmax(x)).float().mean().item()
+    print(f"no CUDA device: interpreter check on [2,4,38,16,16]: probabilities match {ok}, argmax agrees on "
+          f"{agree:.2%} of voxels; timings need a GPU (see docs/kernels.md)")
+    return 0 if ok and agree > 0.999 else 1
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batches", default="4,16,32")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--levels", type=int, default=38)
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
+    p.add_argument("--no-csv", action="store_true")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        return cpu_check()
+    import kernels
+    from common import append_rows, bench_ms, gpu_name, hbm_gbps, peak_extra_mib
+
+    from sgmagnet.losses import gated_argmax, gated_probs
+
+    dtype = DTYPES[a.dtype]
+    peak_bw = hbm_gbps(gpu_name())
+    ref = lambda x: gated_probs(x).to(x.dtype)  # noqa: E731  (same output dtype as the kernel)
+    compiled = torch.compile(ref)
+    print(f"{gpu_name()} (nominal HBM {peak_bw} GB/s), logits [B,4,{a.levels},{a.size},{a.size}] {a.dtype}")
+    print(f"{'B':>3} {'impl':>8} {'phase':>8} {'ms':>8} {'GB/s':>7} {'%HBM':>5} {'peak MiB':>9}")
+    rows = []
+    for B in map(int, a.batches.split(",")):
+        x = torch.randn(B, 4, a.levels, a.size, a.size, device="cuda", dtype=dtype).requires_grad_()
+        vb = x.numel() * x.element_size()
+        up = torch.randn_like(x)
+        for name, fn in (("triton", kernels.gated_softmax), ("eager", ref), ("compile", compiled)):
+            y = fn(x)
+            cases = (("fwd", lambda: fn(x), 2 * vb),
+                     ("bwd", lambda: torch.autograd.grad(y, x, up, retain_graph=True), 3 * vb),
+                     ("fwd+bwd", lambda: torch.autograd.grad(fn(x), x, up), 4 * vb))
+            for phase, f, nbytes in cases:
+                t = bench_ms(f)
+                mem = peak_extra_mib(f)
+                gbps = nbytes / (t * 1e-3) / 1e9
+                pct = 100 * gbps / peak_bw if peak_bw else float("nan")
+                print(f"{B:>3} {name:>8} {phase:>8} {t:>8.3f} {gbps:>7.0f} {pct:>5.0f} {mem:>9.1f}", flush=True)
+                rows.append({"op": "gated_softmax", "impl": name, "phase": phase, "batch": B, "levels": a.levels,
+                             "size": a.size, "label_density": "", "dtype": a.dtype, "ms": round(t, 4),
+                             "gbps": round(gbps, 1), "pct_hbm": round(pct, 1), "peak_extra_mib": round(mem, 1),
+                             "logits_mib": round(vb / 2**20, 1)})
+        for name, fn in (("triton", kernels.gated_argmax), ("eager", lambda v: gated_argmax(v).to(torch.int8))):
+            with torch.no_grad():
+                t = bench_ms(lambda: fn(x))
+            gbps = (vb + x.numel() // 4) / (t * 1e-3) / 1e9
+            pct = 100 * gbps / peak_bw if peak_bw else float("nan")
+            print(f"{B:>3} {name:>8} {'argmax':>8} {t:>8.3f} {gbps:>7.0f} {pct:>5.0f}", flush=True)
+            rows.append({"op": "gated_argmax", "impl": name, "phase": "fwd", "batch": B, "levels": a.levels,
+                         "size": a.size, "label_density": "", "dtype": a.dtype, "ms": round(t, 4),
+                         "gbps": round(gbps, 1), "pct_hbm": round(pct, 1), "peak_extra_mib": "",
+                         "logits_mib": round(vb / 2**20, 1)})
+    if not a.no_csv:
+        append_rows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared bits of the kernel benchmarks: device description, nominal HBM bandwidth, timing, CSV rows."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import subprocess
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.csv")
+FIELDS = ["date", "commit", "gpu", "torch", "triton", "op", "impl", "phase", "batch", "levels", "size",
+          "label_density", "dtype", "ms", "gbps", "pct_hbm", "peak_extra_mib", "logits_mib"]
+# nominal HBM bandwidth (GB/s) by device-name substring (vendor data sheets)
+HBM_GBPS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H100": 3350.0,
+            "A100-SXM4-80GB": 2039.0, "A100-SXM4-40GB": 1555.0, "A100": 1555.0, "L40S": 864.0}
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (triton interpreter)"
+
+
+def hbm_gbps(name: str) -> float | None:
+    for k, v in HBM_GBPS.items():
+        if k in name:
+            return v
+    return None
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(RESULTS)).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def bench_ms(fn, warmup=10, rep=50) -> float:
+    """Median milliseconds: triton.testing.do_bench on CUDA (L2 flushed between runs)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def peak_extra_mib(fn) -> float:
+    """Peak CUDA memory allocated by fn() above what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del out
+    return peak / 2**20
+
+
+def append_rows(rows: list[dict], path: str = RESULTS):
+    import triton
+
+    new = not os.path.exists(path)
+    base = {"date": dt.date.today().isoformat(), "commit": git_commit(), "gpu": gpu_name(),
+            "torch": torch.__version__, "triton": triton.__version__}
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({**base, **r})

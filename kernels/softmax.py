@@ -1,0 +1,140 @@
+"""Fused phase-gated softmax (Triton): probabilities, their backward, and an int8 argmax for inference.
+
+    probs = gated_softmax(logits, out_dtype=None)      # [B, 4, L, H, W] -> [B, 4, L, H, W]
+    cls   = gated_argmax(logits)                       # [B, 4, L, H, W] -> [B, L, H, W] int8
+
+p(clear) = sigma(-g), p(k) = sigma(g) * softmax(z)_k (DESIGN.md), computed in fp32 from fp32/bf16/fp16
+logits in one pass: each program reads the 4 channels of BLOCK voxels and writes 4 probabilities (or one
+int8 class: the argmax path never materialises the probabilities, 1 byte written per voxel instead of 16).
+Non-contiguous logits are made contiguous first (one copy; the models emit contiguous tensors).
+Offsets are int64. The backward recomputes the probabilities from the saved logits:
+    dL/dg   = sigma(g) sigma(-g) (sum_k G_k s_k - G_0)
+    dL/dz_j = sigma(g) s_j (G_j - sum_k G_k s_k)          with G = dL/dp, s = softmax(z)
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+
+
+@triton.jit
+def _probs(g, z1, z2, z3):
+    e = tl.exp(-tl.abs(g))                 # never overflows
+    big = 1.0 / (1.0 + e)
+    sg = tl.where(g >= 0, big, e * big)    # sigma(g)
+    sn = tl.where(g >= 0, e * big, big)    # sigma(-g)
+    m = tl.maximum(tl.maximum(z1, z2), z3)
+    e1 = tl.exp(z1 - m)
+    e2 = tl.exp(z2 - m)
+    e3 = tl.exp(z3 - m)
+    s = e1 + e2 + e3
+    return sn, sg, e1 / s, e2 / s, e3 / s
+
+
+@triton.jit
+def _load4(x_ptr, base, inner, mask):
+    g = tl.load(x_ptr + base, mask=mask, other=0.0).to(tl.float32)
+    z1 = tl.load(x_ptr + base + inner, mask=mask, other=0.0).to(tl.float32)
+    z2 = tl.load(x_ptr + base + 2 * inner, mask=mask, other=0.0).to(tl.float32)
+    z3 = tl.load(x_ptr + base + 3 * inner, mask=mask, other=0.0).to(tl.float32)
+    return g, z1, z2, z3
+
+
+@triton.jit
+def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: tl.constexpr):
+    pid = tl.program_id(0)
+    v = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = v < n_vox
+    b = v // inner
+    o = v - b * inner
+    base = b * 4 * inner + o
+    g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
+    p0, sg, s1, s2, s3 = _probs(g, z1, z2, z3)
+    p1 = sg * s1
+    p2 = sg * s2
+    p3 = sg * s3
+    if ARGMAX:  # first maximum wins (as torch.argmax)
+        best = tl.where(p1 > p0, 1, 0)
+        pb = tl.maximum(p0, p1)
+        best = tl.where(p2 > pb, 2, best)
+        pb = tl.maximum(pb, p2)
+        best = tl.where(p3 > pb, 3, best)
+        tl.store(out_ptr + v, best.to(tl.int8), mask=mask)
+    else:
+        ty = out_ptr.dtype.element_ty
+        tl.store(out_ptr + base, p0.to(ty), mask=mask)
+        tl.store(out_ptr + base + inner, p1.to(ty), mask=mask)
+        tl.store(out_ptr + base + 2 * inner, p2.to(ty), mask=mask)
+        tl.store(out_ptr + base + 3 * inner, p3.to(ty), mask=mask)
+
+
+@triton.jit
+def _gsm_bwd_kernel(x_ptr, gout_ptr, gin_ptr, n_vox, inner, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    v = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = v < n_vox
+    b = v // inner
+    o = v - b * inner
+    base = b * 4 * inner + o
+    g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
+    G0, G1, G2, G3 = _load4(gout_ptr, base, inner, mask)
+    p0, sg, s1, s2, s3 = _probs(g, z1, z2, z3)
+    dot = G1 * s1 + G2 * s2 + G3 * s3
+    ty = gin_ptr.dtype.element_ty
+    tl.store(gin_ptr + base, (sg * p0 * (dot - G0)).to(ty), mask=mask)
+    tl.store(gin_ptr + base + inner, (sg * s1 * (G1 - dot)).to(ty), mask=mask)
+    tl.store(gin_ptr + base + 2 * inner, (sg * s2 * (G2 - dot)).to(ty), mask=mask)
+    tl.store(gin_ptr + base + 3 * inner, (sg * s3 * (G3 - dot)).to(ty), mask=mask)
+
+
+def _check(x):
+    if x.dim() < 2 or x.shape[1] != 4:
+        raise ValueError(f"logits must be [B, 4, ...] (e.g. [B, 4, L, H, W]), got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"logits must be floating point, got {x.dtype}")
+
+
+class GatedSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, out_dtype):
+        x = x.contiguous()
+        inner = x[0, 0].numel()
+        n_vox = x.shape[0] * inner
+        out = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
+        if n_vox:
+            _gsm_fwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, out, n_vox, inner, BLOCK=BLOCK, ARGMAX=False)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, = ctx.saved_tensors
+        gout = gout.contiguous()
+        gin = torch.empty_like(x)
+        inner = x[0, 0].numel()
+        n_vox = x.shape[0] * inner
+        if n_vox:
+            _gsm_bwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, gout, gin, n_vox, inner, BLOCK=BLOCK)
+        return gin, None
+
+
+def gated_softmax(logits: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Probabilities (clear, ice, mixed, liquid) along dim 1, in out_dtype (default: the logits' dtype)."""
+    _check(logits)
+    return GatedSoftmax.apply(logits, out_dtype)
+
+
+@torch.no_grad()
+def gated_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Most probable class per voxel as int8 [B, ...] without materialising the probabilities."""
+    _check(logits)
+    x = logits.contiguous()
+    inner = x[0, 0].numel() if x.shape[0] else 0
+    out = torch.empty((x.shape[0],) + tuple(x.shape[2:]), dtype=torch.int8, device=x.device)
+    n_vox = x.shape[0] * inner
+    if n_vox:
+        _gsm_fwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, out, n_vox, inner, BLOCK=BLOCK, ARGMAX=True)
+    return out

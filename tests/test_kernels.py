@@ -1,0 +1,162 @@
+"""Triton kernels vs the PyTorch reference (sgmagnet/losses.py). Without a GPU they run under
+TRITON_INTERPRET=1 (set in conftest.py before triton is imported)."""
+import pytest
+import torch
+
+import kernels
+from sgmagnet.losses import gated_argmax as ref_argmax
+from sgmagnet.losses import gated_probs as ref_probs
+from sgmagnet.losses import gated_sparse_ce as ref_ce
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(not kernels.usable_on(DEV), reason="needs CUDA or TRITON_INTERPRET=1")
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=2e-2, atol=2e-3),
+       torch.float16: dict(rtol=5e-3, atol=5e-4)}
+
+
+def make(B, L, H, W, N, dtype, scale=3.0, seed=0, ignore_frac=0.2):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(B, 4, L, H, W, generator=g) * scale).to(dtype)
+    pix = torch.randperm(B * H * W, generator=g)[:N]                # unique pixels, as the builder writes
+    index = torch.stack([pix // (H * W), (pix // W) % H, pix % W], 1)
+    prof = torch.randint(0, 4, (N, L), generator=g, dtype=torch.uint8)
+    prof[torch.rand(N, L, generator=g) < ignore_frac] = 255
+    return logits.to(DEV), index.to(DEV), prof.to(DEV)
+
+
+def both(logits, index, prof, w, denominator=None, upstream=1.0):
+    out = []
+    for fn in (kernels.gated_sparse_ce, ref_ce):
+        x = logits.detach().clone().requires_grad_()
+        loss = fn(x, index, prof, w, denominator)
+        (loss * upstream).backward()
+        out.append((loss.detach(), x.grad))
+    return out
+
+
+CASES = [  # B, L, H, W, N
+    (1, 38, 7, 5, 9), (2, 38, 16, 16, 40), (3, 5, 9, 13, 50), (2, 1, 3, 3, 4), (1, 38, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_and_grad_match_reference(case, dtype, weighted):
+    B, L, H, W, N = case
+    logits, index, prof = make(B, L, H, W, N, dtype)
+    w = torch.tensor([0.3, 1.4, 1.1, 1.2], device=DEV) if weighted else None
+    (lk, gk), (lr, gr) = both(logits, index, prof, w, upstream=3.0)
+    assert lk.dtype == torch.float32 and gk.dtype == dtype
+    torch.testing.assert_close(lk, lr, rtol=1e-5, atol=1e-6)  # fp32 math on the same inputs
+    torch.testing.assert_close(gk.float(), gr.float(), **TOL[dtype])
+
+
+def test_extreme_logits_finite():
+    logits, index, prof = make(2, 38, 8, 8, 20, torch.float32, scale=1.0)
+    logits = torch.where(logits > 0, 1e4, -1e4)
+    (lk, gk), (lr, gr) = both(logits, index, prof, None)
+    assert torch.isfinite(lk) and torch.isfinite(gk).all()
+    torch.testing.assert_close(lk, lr, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(gk, gr)
+
+
+@pytest.mark.parametrize("how", ["empty", "all_ignored"])
+def test_no_label_gives_zero_and_zero_grad(how):
+    logits, index, prof = make(2, 38, 6, 6, 5, torch.float32)
+    if how == "empty":
+        index, prof = index[:0], prof[:0]
+    else:
+        prof[:] = 255
+    (lk, gk), _ = both(logits, index, prof, None)
+    assert lk.item() == 0.0 and torch.count_nonzero(gk) == 0
+
+
+def test_single_label_and_global_denominator():
+    logits, index, prof = make(1, 38, 4, 4, 1, torch.float32, ignore_frac=0.0)
+    prof[:] = 255
+    prof[0, 7] = 2
+    (lk, gk), (lr, gr) = both(logits, index, prof, None)
+    torch.testing.assert_close(lk, lr)
+    assert torch.count_nonzero(gk.abs().sum(1)) == 1
+    logits, index, prof = make(2, 38, 8, 8, 30, torch.float32)
+    den = torch.tensor(123.0, device=DEV)
+    (lk, gk), (lr, gr) = both(logits, index, prof, torch.tensor([1.0, 2.0, 3.0, 4.0], device=DEV), den)
+    torch.testing.assert_close(lk, lr)
+    torch.testing.assert_close(gk, gr)
+
+
+def test_non_contiguous_logits_and_input_untouched():
+    base, index, prof = make(2, 38, 10, 12, 25, torch.float32)
+    # a channels-last-like permuted view with the same logical shape
+    nc = base.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
+    assert not nc.is_contiguous()
+    before = nc.detach().clone()
+    x = nc.detach().requires_grad_()
+    loss = kernels.gated_sparse_ce(x, index, prof)
+    loss.backward()
+    assert torch.equal(x.detach(), before)
+    xr = before.clone().requires_grad_()
+    ref_ce(xr, index, prof).backward()
+    torch.testing.assert_close(loss.detach(), ref_ce(before, index, prof))
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
+def test_deterministic():
+    logits, index, prof = make(3, 38, 16, 16, 200, torch.float32)
+    a = [kernels.gated_sparse_ce(logits, index, prof).item() for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 4, 38, 7, 5), (2, 4, 3, 9, 11), (3, 4, 1, 1, 1)])
+def test_softmax_matches_reference(shape, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=g) * 4).to(dtype).to(DEV)
+    xk = x.detach().clone().requires_grad_()
+    xr = x.detach().clone().float().requires_grad_()
+    pk = kernels.gated_softmax(xk)
+    pr = ref_probs(xr)
+    assert pk.dtype == dtype and pk.shape == x.shape
+    torch.testing.assert_close(pk.float(), pr, **TOL[dtype])
+    up = torch.randn(shape, generator=g).to(DEV)
+    (pk.float() * up).sum().backward()
+    (pr * up).sum().backward()
+    torch.testing.assert_close(xk.grad.float(), xr.grad, **TOL[dtype])
+    assert kernels.gated_softmax(x, out_dtype=torch.float32).dtype == torch.float32
+    # argmax: int8, equal to the reference wherever the top two classes are not a near tie
+    a = kernels.gated_argmax(x)
+    assert a.dtype == torch.int8 and a.shape == (shape[0],) + shape[2:]
+    top2 = pr.detach().topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-2
+    assert torch.equal(a.long()[clear], ref_argmax(x.float())[clear])
+
+
+def test_softmax_extreme_and_noncontiguous():
+    x = torch.tensor([1e4, -1e4, 3e3, -2e2, -1e4, 1e4, 1e4, -1e4]).view(2, 4, 1, 1, 1).to(DEV)
+    p = kernels.gated_softmax(x)
+    assert torch.isfinite(p).all()
+    torch.testing.assert_close(p, ref_probs(x))
+    y = torch.randn(2, 6, 5, 4, 4, device=DEV)[:, 1:5]
+    torch.testing.assert_close(kernels.gated_softmax(y), ref_probs(y))
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError):
+        kernels.gated_sparse_ce(torch.zeros(1, 3, 2, 2, 2), torch.zeros(1, 3, dtype=torch.long),
+                                torch.zeros(1, 2, dtype=torch.uint8))
+    with pytest.raises(TypeError):
+        kernels.gated_sparse_ce(torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 3, dtype=torch.long),
+                                torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_training_loss_dispatch():
+    from sgmagnet.losses import SparseLoss
+
+    logits, index, prof = make(2, 38, 8, 8, 20, torch.float32)
+    w = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    a = SparseLoss(w, impl="triton").to(DEV)(logits, index, prof)
+    b = SparseLoss(w, impl="torch").to(DEV)(logits, index, prof)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError):
+        SparseLoss(w, impl="cuda")
