@@ -113,12 +113,26 @@ def cmd_train(a):
         cfg = load_config(a.config, a.overrides)
         if a.no_progress:
             cfg.train.progress = False
+        if a.deepspeed:
+            if not os.path.isfile(a.deepspeed):
+                raise ConfigError(f"--deepspeed {a.deepspeed!r} is not a file")
+            cfg.train.deepspeed = a.deepspeed
         trainer = Trainer(cfg, resume=a.resume)
     except (ConfigError, FileNotFoundError) as e:
         sys.stderr.write(f"sgmagnet train: error: {e}\n")
         return 2
-    trainer.fit()
-    return 0
+    from hpc import dist as hdist
+    from .train import Preempted
+
+    code = 0
+    try:
+        trainer.fit()
+    except Preempted as p:
+        code = p.code
+    hdist.shutdown()
+    if trainer.env.distributed:  # skip native destructors (rare gloo/DeepSpeed abort at exit, see hpc/dist.py)
+        hdist.hard_exit(code)
+    return code
 
 
 def cmd_evaluate(a):
@@ -129,12 +143,6 @@ def cmd_evaluate(a):
             sys.stderr.write(f"sgmagnet evaluate: error: {flag} {path!r} does not exist\n")
             return 2
     try:
-        if os.path.isdir(a.checkpoint):  # a run folder: its latest checkpoint
-            from .train import Checkpointer
-            latest = Checkpointer(os.path.join(a.checkpoint, "checkpoints")).latest()
-            if latest is None:
-                raise ValueError(f"{a.checkpoint}: run folder without checkpoints/latest")
-            a.checkpoint = latest
         res = evaluate_checkpoint(a.checkpoint, a.shards, a.split, a.out, batch_size=a.batch_size,
                                   curtains=a.curtains, device=a.device)
     except (ValueError, FileNotFoundError) as e:
@@ -213,6 +221,8 @@ def main(argv=None) -> int:
                        description="Train from a YAML config; any key can be overridden as section.key=value.")
     t.add_argument("--config", help="YAML config (see configs/); omitted keys take the defaults of sgmagnet/config.py")
     t.add_argument("--resume", action="store_true", help="continue exactly from the run folder's latest checkpoint")
+    t.add_argument("--deepspeed", metavar="DS.json", help="wrap the model with deepspeed.initialize using this "
+                   "DeepSpeed config (configs/deepspeed/); same as train.deepspeed=DS.json")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
     t.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.steps=50 model.name=unet data.batch_size=4")
@@ -220,7 +230,7 @@ def main(argv=None) -> int:
 
     e = sub.add_parser("evaluate", help="score a checkpoint on a split: P/R/F1/IoU per class, macro, stratified")
     e.add_argument("--checkpoint", required=True,
-                   help="checkpoint file (runs/NAME/checkpoints/step_*.pt) or a run folder (its latest checkpoint)")
+                   help="a run folder (its latest checkpoint), a checkpoint folder (runs/NAME/checkpoints/step_N) or its state.pt")
     e.add_argument("--shards", required=True, help="shard folder with manifest.json")
     e.add_argument("--split", default="test", help="split to score (test)")
     e.add_argument("--out", help="output folder (default: the run folder of the checkpoint)")

@@ -24,6 +24,9 @@ class DataConfig:
     workers: int = 0                  # DataLoader worker processes (0 = read in the training process)
     shuffle_buffer: int = 64          # samples in the shuffle buffer
     val_batches: int = 0              # cap on validation batches (0 = the whole split)
+    loader: str = "torch"             # torch (WebDataset + DataLoader workers) | dali | auto (dali on CUDA)
+    resample: bool = False            # endless resampled shards + fixed epoch length (forced on across ranks)
+    epoch_batches: int = 0            # batches per rank per epoch with resampling (0 = train samples / global batch)
 
 
 @dataclass
@@ -35,7 +38,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"               # adam | adamw
+    name: str = "adamw"               # adam | adamw | sgd (momentum = betas[0])
     lr: float = 2e-3
     weight_decay: float = 1e-4
     betas: list = field(default_factory=lambda: [0.9, 0.999])
@@ -43,6 +46,7 @@ class OptimConfig:
     warmup_steps: int = 20
     min_lr_ratio: float = 0.05
     clip: float = 1.0                 # max gradient norm (0 = no clipping)
+    accum: int = 1                    # micro-batches per optimizer step (gradient accumulation)
 
 
 @dataclass
@@ -66,6 +70,8 @@ class TrainConfig:
     threads: int = 0                  # torch intra-op threads (0 = torch's default)
     device: str = "auto"              # auto | cpu | cuda
     progress: bool = True
+    deepspeed: str = ""               # DeepSpeed JSON (configs/deepspeed/); empty = plain loop (DDP across ranks)
+    init_from: str = ""               # start from these weights only (e.g. after changing the world size)
 
 
 @dataclass
@@ -131,7 +137,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {o!r}: {p} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(val)
+            node[parts[-1]] = yaml.safe_load(val) if val.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {o!r}: value is not valid YAML ({e.__class__.__name__})") from None
     return d

@@ -92,27 +92,65 @@ def identity_splitter(src):
     yield from src
 
 
+class RankSplitter:
+    """Node/rank splitter stage: shard i goes to rank i % world (picklable, for DataLoader workers)."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+
+    def __call__(self, src):
+        for i, s in enumerate(src):
+            if i % self.world == self.rank:
+                yield s
+
+
+class ResampledShards(torch.utils.data.IterableDataset):
+    """Endless shard URLs drawn with replacement, seeded by (seed, epoch, rank, worker): no rank or worker
+    can run dry, and the sequence replays exactly for a resumed run."""
+
+    def __init__(self, urls, seed: int, epoch: int, rank: int):
+        self.urls, self.seed, self.epoch, self.rank = list(urls), seed, epoch, rank
+
+    def __iter__(self):
+        wi = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{wi.id if wi else 0}")
+        while True:
+            yield {"url": rng.choice(self.urls)}
+
+
 @dataclass
 class LoaderConfig:
     batch_size: int = 8
     workers: int = 0
     shuffle_buffer: int = 64
     shuffle_shards: bool = True
+    rank: int = 0
+    world: int = 1
+    resample: bool = False     # endless resampled shards (training across ranks); the consumer fixes the epoch length
 
 
 def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
-                  shuffle_buffer: int = 64, shuffle_shards: bool = True, nodesplitter=identity_splitter):
-    """A webdataset DataPipeline for one epoch (deterministic in seed and epoch)."""
+                  shuffle_buffer: int = 64, shuffle_shards: bool = True, rank: int = 0, world: int = 1,
+                  workers: int = 0, resample: bool = False):
+    """A webdataset DataPipeline for one epoch (deterministic in seed, epoch and rank)."""
     urls = list(urls)
     if not urls:
         raise ValueError("no shards to read")
     stage_seed = (seed * 1_000_003 + epoch) & 0x7FFFFFFF
-    if train and shuffle_shards:
-        random.Random(stage_seed).shuffle(urls)
-    stages = [wds.SimpleShardList(urls), nodesplitter, wds.split_by_worker,
-              wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    if resample:
+        stages = [ResampledShards(urls, seed, epoch, rank)]
+    else:
+        if len(urls) < world * max(1, workers) and world > 1:
+            raise ValueError(f"{len(urls)} shards cannot feed {world} ranks x {max(1, workers)} workers without "
+                             f"resampling: use data.resample=true, fewer workers, or more shards (sgmagnet build "
+                             f"--shard-maxcount)")
+        if train and shuffle_shards:
+            random.Random(stage_seed).shuffle(urls)
+        stages = [wds.SimpleShardList(urls), RankSplitter(rank, world) if world > 1 else identity_splitter,
+                  wds.split_by_worker]
+    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
     if train and shuffle_buffer > 1:
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=stage_seed))
+        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=stage_seed + 7919 * rank))
     stages += [wds.map(Decode(norm), handler=wds.warn_and_continue),
                wds.batched(batch_size, collation_fn=collate, partial=True)]
     return wds.DataPipeline(*stages)
@@ -120,7 +158,8 @@ def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: 
 
 def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, epoch: int = 0):
     pipe = make_pipeline(urls, norm, cfg.batch_size, train=train, seed=seed, epoch=epoch,
-                         shuffle_buffer=cfg.shuffle_buffer, shuffle_shards=cfg.shuffle_shards)
+                         shuffle_buffer=cfg.shuffle_buffer, shuffle_shards=cfg.shuffle_shards, rank=cfg.rank,
+                         world=cfg.world, workers=cfg.workers, resample=cfg.resample and train)
     # batches are made in the workers (batch_size=None); a private generator keeps the global RNG untouched
     return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.workers,
                                        generator=torch.Generator().manual_seed(seed + epoch))
@@ -128,11 +167,16 @@ def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, ep
 
 class EpochStream:
     """Endless training batches, epoch after epoch, with a position (epoch, batch) that resumes exactly:
-    epoch e is replayed from (seed, e) and its first `batch` batches are skipped."""
+    epoch e is replayed from (seed, e, rank) and its first `batch` batches are skipped. With resampled
+    shards an epoch is `epoch_batches` batches (the same on every rank, so none runs dry)."""
 
-    def __init__(self, urls, norm, cfg: LoaderConfig, seed: int = 0, epoch: int = 0, batch: int = 0):
+    def __init__(self, urls, norm, cfg: LoaderConfig, seed: int = 0, epoch: int = 0, batch: int = 0,
+                 epoch_batches: int = 0):
         self.urls, self.norm, self.cfg, self.seed = list(urls), norm, cfg, seed
         self.epoch, self.batch = epoch, batch
+        if cfg.resample and epoch_batches <= 0:
+            raise ValueError("resampled shards need a fixed epoch length (epoch_batches > 0)")
+        self.epoch_batches = epoch_batches if cfg.resample else 0
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch}
@@ -145,6 +189,9 @@ class EpochStream:
             skip, n = self.batch, 0
             for n, b in enumerate(make_loader(self.urls, self.norm, self.cfg, train=True, seed=self.seed,
                                               epoch=self.epoch), 1):
+                if self.epoch_batches and n > self.epoch_batches:
+                    n -= 1
+                    break
                 if n <= skip:
                     continue
                 self.batch = n

@@ -24,15 +24,20 @@ from .metrics import LAT_BANDS, ConfusionSet, lat_band
 
 
 @torch.no_grad()
-def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: int = 0, loss_fn=None):
-    """Run the model over batches; returns (ConfusionSet, curtains, mean loss or None)."""
+def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: int = 0, loss_fn=None,
+                     sums: bool = False, prepare=None):
+    """Run the model over batches; returns (ConfusionSet, curtains, mean loss or None), or with sums=True
+    (ConfusionSet, curtains, (loss sum, labelled pixels, batches)) for reduction across ranks."""
     was = model.training
     model.eval()
-    cs, curtains, loss_sum, loss_n = ConfusionSet(), [], 0.0, 0
+    cs, curtains, loss_sum, loss_n, nb = ConfusionSet(), [], 0.0, 0, 0
     for b in batches:
-        x = b["x"].to(device)
+        nb += 1
+        x, geom = b["x"].to(device), b["geom"].to(device)
+        if prepare is not None:
+            x, geom = prepare(x, geom)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x, b["geom"].to(device))
+            logits = model(x, geom)
         idx = b["index"].to(device)
         pred = fast_argmax(gather_columns(logits, idx)).cpu()
         if loss_fn is not None and len(idx):
@@ -47,6 +52,8 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
             curtains.append({"key": b["keys"][k], "truth": b["prof"][sel].numpy(), "pred": pred[sel].numpy(),
                              "lat": b["lat"][sel].numpy()})
     model.train(was)
+    if sums:
+        return cs, curtains, (loss_sum, loss_n, nb)
     return cs, curtains, (loss_sum / loss_n if loss_n else None)
 
 
@@ -136,6 +143,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     dev = pick_device(device)
     model, ck = load_model_from_checkpoint(checkpoint, dev)
     cfg = ck["config"]
+    checkpoint = ck["folder"]
     norm = Normaliser(np.asarray(ck["normaliser"]["mean"], np.float32), np.asarray(ck["normaliser"]["std"], np.float32))
     lcfg = LoaderConfig(batch_size=batch_size, workers=0)
     urls = split_urls(shards, split)
@@ -149,7 +157,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     res = {"model": name, "size": cfg["model"]["size"], "checkpoint": os.path.abspath(checkpoint),
            "step": ck["step"], "shards": os.path.abspath(shards), "split": split, "metrics": cs.report(),
            "references": refs, "climatology_table": clim.table(weights).tolist(), "loss_weights": list(weights)}
-    out = out or os.path.dirname(os.path.abspath(checkpoint)).removesuffix("/checkpoints")
+    out = out or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))  # the run folder
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"eval_{split}.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -161,7 +169,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
                         f"{name} · {split}")
     for k, c in enumerate(curt):
         plots.curtain_png(c, os.path.join(out, f"curtain_{split}_{k}.png"), f"{name} · {c['key']}")
-    log_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "..", "log.jsonl")
+    log_path = os.path.join(out, "log.jsonl")
     if os.path.exists(log_path):
         plots.loss_curves_png({name: log_path}, os.path.join(out, "loss_curves.png"))
     log(f"wrote {out}/eval_{split}.json, .md and PNGs")

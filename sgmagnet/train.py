@@ -15,15 +15,20 @@ position and every RNG state are restored, so the parameters equal those of an u
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import signal
 import time
 
 import numpy as np
 import torch
 
+from hpc import dist as hdist
+
+from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state, set_rng_state
 from .config import Config, ConfigError, dump, from_dict, to_dict
 from .data import EpochStream, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
@@ -31,34 +36,17 @@ from .losses import SparseLoss, class_weights, use_triton
 from .models import build_model, n_parameters
 from .shards import shard_paths
 
-CKPT_FORMAT = 1
+EXIT_PREEMPTED = 3   # exit code after a checkpoint taken on SIGUSR2/SIGTERM
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
-
-
-# ------------------------------------------------------------------------------------------- RNG state
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    py = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": [py[0], list(py[1]), py[2]]}
-
-
-def set_rng_state(s: dict):
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
 
 
 def seed_everything(seed: int):
@@ -67,59 +55,9 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-class Checkpointer:
-    """checkpoints/step_NNNNNNN.pt written to a temp file then renamed; `latest` (the file name) written
-    last, the same way, so a crash mid-save leaves the previous checkpoint and marker intact."""
-
-    def __init__(self, folder: str, keep: int = 2):
-        self.folder, self.keep = folder, keep
-        os.makedirs(folder, exist_ok=True)
-
-    @staticmethod
-    def _atomic(path: str, write):
-        tmp = f"{path}.tmp.{os.getpid()}"
-        write(tmp)
-        os.replace(tmp, path)
-
-    def save(self, state: dict, step: int) -> str:
-        path = os.path.join(self.folder, f"step_{step:07d}.pt")
-        self._atomic(path, lambda p: torch.save(state, p))
-
-        def marker(p):
-            with open(p, "w") as f:
-                f.write(os.path.basename(path) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        self._atomic(os.path.join(self.folder, "latest"), marker)
-        olds = sorted(f for f in os.listdir(self.folder) if f.startswith("step_") and f.endswith(".pt"))
-        for f in olds[:-self.keep] if self.keep > 0 else []:
-            os.remove(os.path.join(self.folder, f))
-        return path
-
-    def latest(self) -> str | None:
-        m = os.path.join(self.folder, "latest")
-        if not os.path.exists(m):
-            return None
-        with open(m) as f:
-            p = os.path.join(self.folder, f.read().strip())
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"{m} names {p}, which does not exist")
-        return p
-
-
-def load_checkpoint(path: str, device="cpu") -> dict:
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report which file and why
-        raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path}: not an sgmagnet checkpoint (format {CKPT_FORMAT})")
-    return ck
-
-
 def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, dict]:
-    ck = load_checkpoint(path, "cpu")
+    """Model (eval mode) and the common checkpoint dict from a run folder, checkpoint folder or state.pt."""
+    ck = load_common(path)
     cfg = from_dict(ck["config"])
     model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
     model.load_state_dict(ck["model"])
@@ -156,7 +94,9 @@ def build_optimizer(cfg: Config, model) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), **kw)
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), **kw)
-    raise ConfigError(f"optim.name must be adam or adamw, got {o.name!r}")
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.betas[0], weight_decay=o.weight_decay)
+    raise ConfigError(f"optim.name must be adam, adamw or sgd, got {o.name!r}")
 
 
 def build_scheduler(cfg: Config, opt) -> torch.optim.lr_scheduler.LambdaLR:
@@ -196,125 +136,288 @@ def make_loss(cfg: Config, weights, device) -> SparseLoss:
     return SparseLoss(weights, gamma=cfg.loss.gamma, impl=impl).to(device)
 
 
+
+def deepspeed_config(cfg: Config, world: int) -> dict:
+    """The DeepSpeed JSON with our batch settings filled in, or a clear error where they disagree."""
+    path = cfg.train.deepspeed
+    try:
+        with open(path) as f:
+            ds = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read DeepSpeed config ({e})") from None
+    micro, accum = cfg.data.batch_size, cfg.optim.accum
+    want = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
+            "train_batch_size": micro * accum * world}
+    for k, v in want.items():
+        if k in ds and ds[k] != v:
+            raise ConfigError(f"{path}: {k} = {ds[k]} but data.batch_size={micro} x optim.accum={accum} x "
+                              f"{world} ranks gives {k} = {v} (micro-batch x accumulation x world = global batch)")
+        ds[k] = v
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ConfigError(f"{path}: set the optimizer and LR schedule in the run config (optim.*), not in the "
+                          f"DeepSpeed JSON (the same ones then serve the plain and the DeepSpeed loops)")
+    ds.setdefault("gradient_clipping", cfg.optim.clip)
+    if cfg.train.bf16 and not ds.get("bf16", {}).get("enabled"):
+        raise ConfigError(f"train.bf16=true but {path} does not enable bf16 (use configs/deepspeed/zero2_bf16.json)")
+    ds.setdefault("steps_per_print", 10 ** 9)
+    return ds
+
+
+class Preemption:
+    """SIGUSR2/SIGTERM -> a flag; the loop saves at the next step boundary and exits with EXIT_PREEMPTED.
+    Ranks agree through an all-reduce, so a signal delivered to any rank stops all of them together."""
+
+    def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM)):
+        self.flag = False
+        for s in signals:
+            signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        self.flag = True
+
+    def requested(self, device) -> bool:
+        return bool(hdist.all_reduce_max(torch.tensor([int(self.flag)], device=device)).item())
+
+
+class Preempted(SystemExit):
+    def __init__(self, checkpoint: str):
+        super().__init__(EXIT_PREEMPTED)
+        self.checkpoint = checkpoint
+
+
 # --------------------------------------------------------------------------------------------- trainer
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, log=print):
-        self.cfg, self.log = cfg, log
-        t = cfg.train
+    """cfg -> components -> fit(). `data` may replace the shard stream with any iterator of batches
+    (tests feed fixed in-memory batches); `env` is the distributed environment (hpc.dist)."""
+
+    def __init__(self, cfg: Config, resume: bool = False, log=print, data=None, env=None):
+        self.cfg, t = cfg, cfg.train
+        self.env = env or hdist.init_distributed(deepspeed=bool(t.deepspeed))
+        self.log = log if self.env.is_main else (lambda m: None)
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
+        self.device = pick_device(t.device, self.env.local_rank)
         self.manifest = read_manifest(cfg.data.shards)
         self.norm = Normaliser.from_manifest(cfg.data.shards)
         seed_everything(t.seed)
-        self.model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options).to(self.device)
+        model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
+        if t.init_from:
+            model.load_state_dict(load_common(t.init_from)["model"])
+        self.model = model.to(self.device)
         self.opt = build_optimizer(cfg, self.model)
         self.sched = build_scheduler(cfg, self.opt)
         self.weights = resolve_loss_weights(cfg, self.manifest)
         self.loss_fn = make_loss(cfg, self.weights, self.device)
-        self.lcfg = LoaderConfig(batch_size=cfg.data.batch_size, workers=cfg.data.workers,
-                                 shuffle_buffer=cfg.data.shuffle_buffer)
-        self.stream = EpochStream(split_urls(cfg.data.shards, cfg.data.train_split), self.norm, self.lcfg, seed=t.seed)
+        self.engine, self.ddp = None, None
+        if t.deepspeed:
+            import deepspeed
+            self.engine, self.opt, _, self.sched = deepspeed.initialize(
+                model=self.model, optimizer=self.opt, lr_scheduler=self.sched,
+                config=deepspeed_config(cfg, self.env.world_size))
+        elif self.env.distributed:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+        self.forward_module = self.engine or self.ddp or self.model
+        self.stream = data if data is not None else self._make_stream()
         self.val_urls = shard_paths(cfg.data.shards, cfg.data.val_split)
-        os.makedirs(t.run_dir, exist_ok=True)
-        self.ckpt = Checkpointer(os.path.join(t.run_dir, "checkpoints"), t.keep_checkpoints)
+        if self.env.is_main:
+            os.makedirs(t.run_dir, exist_ok=True)
+        hdist.barrier()
+        self.ckpt = Checkpointer(os.path.join(t.run_dir, "checkpoints"), t.keep_checkpoints, self.env.rank,
+                                 self.env.world_size, hdist.barrier)
         self.step = 0
         if resume:
             path = self.ckpt.latest()
             if path is None:
-                log(f"--resume: no checkpoint in {self.ckpt.folder}, starting from step 0")
+                self.log(f"--resume: no checkpoint in {self.ckpt.folder}, starting from step 0")
             else:
-                self._restore(load_checkpoint(path, "cpu"))
-                log(f"resumed from {path} at step {self.step}")
-        with open(os.path.join(t.run_dir, "config.yaml"), "w") as f:
-            f.write(dump(cfg))
-        self.logger = Logger(t.run_dir)
+                self._restore(path)
+                self.log(f"resumed from {path} at step {self.step}")
+        if self.env.is_main:
+            with open(os.path.join(t.run_dir, "config.yaml"), "w") as f:
+                f.write(dump(cfg))
+        self.logger = Logger(t.run_dir) if self.env.is_main else None
+        self.preemption = None
+
+    def _make_stream(self):
+        c, e = self.cfg.data, self.env
+        resample = c.resample or e.distributed
+        lcfg = LoaderConfig(batch_size=c.batch_size, workers=c.workers, shuffle_buffer=c.shuffle_buffer,
+                            rank=e.rank, world=e.world_size, resample=resample)
+        urls = split_urls(c.shards, c.train_split)
+        epoch_batches = c.epoch_batches or max(1, self.manifest["counts"][c.train_split] // (c.batch_size * e.world_size))
+        loader = c.loader if c.loader != "auto" else ("dali" if self.device.type == "cuda" else "torch")
+        if loader == "dali":
+            from .dali import DaliStream
+            return DaliStream(urls, self.norm, lcfg, seed=self.cfg.train.seed, device=self.device,
+                              epoch_batches=epoch_batches if resample else 0)
+        if loader != "torch":
+            raise ConfigError(f"data.loader must be torch, dali or auto, got {c.loader!r}")
+        return EpochStream(urls, self.norm, lcfg, seed=self.cfg.train.seed, epoch_batches=epoch_batches)
 
     # -- checkpoint state
-    def state(self) -> dict:
-        return {"format": CKPT_FORMAT, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "step": self.step, "data": self.stream.state_dict(),
-                "rng": rng_state(), "config": to_dict(self.cfg), "loss_weights": list(self.weights),
-                "normaliser": {"mean": self.norm.mean.tolist(), "std": self.norm.std.tolist()}}
+    def common_state(self) -> dict:
+        d = {"format": CKPT_FORMAT, "model": self.model.state_dict(), "step": self.step,
+             "config": to_dict(self.cfg), "loss_weights": list(self.weights), "world_size": self.env.world_size,
+             "normaliser": {"mean": self.norm.mean.tolist(), "std": self.norm.std.tolist()}}
+        if self.engine is None:
+            d["optimizer"], d["scheduler"] = self.opt.state_dict(), self.sched.state_dict()
+        return d
 
-    def _restore(self, ck: dict):
-        self.model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
-        self.sched.load_state_dict(ck["scheduler"])
-        self.step = int(ck["step"])
-        self.stream.load_state_dict(ck["data"])
-        set_rng_state(ck["rng"])
+    def rank_state(self) -> dict:
+        return {"rng": rng_state(), "data": self.stream.state_dict() if hasattr(self.stream, "state_dict") else {}}
+
+    def _restore(self, folder: str):
+        common = load_common(folder)
+        if common["world_size"] != self.env.world_size:
+            raise ConfigError(f"{folder} was written by {common['world_size']} ranks, this run has "
+                              f"{self.env.world_size}: exact resume needs the same world size; start from its "
+                              f"weights instead with train.init_from={folder}")
+        if self.engine is not None:
+            self.engine.load_checkpoint(os.path.dirname(folder), tag=os.path.basename(folder))
+        else:
+            self.model.load_state_dict(common["model"])
+            self.opt.load_state_dict(common["optimizer"])
+            self.sched.load_state_dict(common["scheduler"])
+        self.step = int(common["step"])
+        rs = load(os.path.join(folder, f"rank_{self.env.rank:05d}.pt"))
+        if hasattr(self.stream, "load_state_dict"):
+            self.stream.load_state_dict(rs["data"])
+        set_rng_state(rs["rng"])
 
     def save(self) -> str:
-        return self.ckpt.save(self.state(), self.step)
+        return self.ckpt.save(self.step, self.common_state() if self.env.is_main else {}, self.rank_state(),
+                              engine=self.engine)
 
-    # -- one optimisation step
-    def train_step(self, batch) -> tuple[float, float]:
+    # -- one optimisation step over `accum` micro-batches
+    def forward(self, batch):
         d = self.device
-        with torch.autocast(device_type=d.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
-            logits = self.model(batch["x"].to(d, non_blocking=True), batch["geom"].to(d, non_blocking=True))
-        loss = self.loss_fn(logits, batch["index"].to(d), batch["prof"].to(d))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = self.cfg.optim.clip
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        self.opt.step()
-        self.sched.step()
-        return float(loss.detach()), float(gnorm)
+        x, geom = batch["x"].to(d, non_blocking=True), batch["geom"].to(d, non_blocking=True)
+        if self.engine is not None and self.engine.bfloat16_enabled():
+            x, geom = x.bfloat16(), geom.bfloat16()
+        with torch.autocast(device_type=d.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16 and self.engine is None):
+            return self.forward_module(x, geom)
+
+    def train_step(self, micro: list[dict]) -> tuple[float, float]:
+        """Gradient = that of sum(w * nll) / (global sum of w) over all micro-batches of all ranks, i.e. the
+        single-process gradient on the same global batch (DDP/DeepSpeed average over ranks, DeepSpeed also
+        over accumulation steps: the loss is scaled to undo both)."""
+        d = self.device
+        profs = [b["prof"].to(d) for b in micro]
+        den = hdist.all_reduce_sum(sum(self.loss_fn.weight_sum(p) for p in profs).float().reshape(1))[0]
+        scale = self.env.world_size * (len(micro) if self.engine is not None else 1)
+        if self.engine is None:
+            self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=d)
+        for i, (b, prof) in enumerate(zip(micro, profs)):
+            sync = self.ddp is None or i == len(micro) - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                loss = self.loss_fn(self.forward(b), b["index"].to(d), prof, denominator=den)
+                total += loss.detach()
+                if self.engine is not None:
+                    self.engine.backward(loss * scale)
+                    self.engine.step()
+                else:
+                    (loss * scale).backward()
+        if self.engine is None:
+            clip = self.cfg.optim.clip
+            gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf")))
+            self.opt.step()
+            self.sched.step()
+        else:
+            g = self.engine.get_global_grad_norm()
+            gnorm = float(g) if g is not None else float("nan")
+        return float(hdist.all_reduce_sum(total.reshape(1))[0]), gnorm
 
     def validate(self) -> dict | None:
+        """Every rank scores its share of the validation shards; all ranks run the same number of batches
+        (padding batches carry no label) and the confusion matrices and loss sums are all-reduced."""
         if not self.val_urls:
             return None
-        batches = make_loader(self.val_urls, self.norm, LoaderConfig(batch_size=self.cfg.data.batch_size,
-                                                                     workers=self.cfg.data.workers), train=False)
-        if self.cfg.data.val_batches:
+        c, e = self.cfg.data, self.env
+        mine = self.val_urls[e.rank::e.world_size]
+        lcfg = LoaderConfig(batch_size=c.batch_size, workers=min(c.workers, max(1, len(mine))) if mine else 0)
+        batches = make_loader(mine, self.norm, lcfg, train=False) if mine else iter(())
+        if c.val_batches:
             import itertools
-            batches = itertools.islice(batches, self.cfg.data.val_batches)
-        cs, _, vloss = evaluate_batches(self.model, batches, self.device, self.cfg.train.bf16, loss_fn=self.loss_fn)
+            batches = itertools.islice(batches, c.val_batches)
+        cs, _, (lsum, ln, nb) = evaluate_batches(self.forward_module, batches, self.device, self.cfg.train.bf16,
+                                                 loss_fn=self.loss_fn, sums=True, prepare=self._prepare)
+        if e.distributed:
+            most = int(hdist.all_reduce_max(torch.tensor([nb], device=self.device)).item())
+            p = self.manifest["config"]["patch_size"]
+            pad = {"x": torch.zeros(1, 16, p, p), "geom": torch.zeros(1, 2, p, p)}
+            with torch.no_grad():
+                for _ in range(most - nb):
+                    self.forward(pad)
+            for tns in cs.tensors():
+                tns.copy_(hdist.all_reduce_sum(tns.to(self.device)).cpu())
+            red = hdist.all_reduce_sum(torch.tensor([lsum, ln, cs.patches], dtype=torch.float64, device=self.device))
+            lsum, ln, cs.patches = float(red[0]), float(red[1]), int(red[2])
         r = cs.report()["overall"]
-        rec = {"kind": "val", "step": self.step, "val_loss": vloss, "val_macro_f1": r["macro"]["f1"],
-               "val_macro_iou": r["macro"]["iou"], "val_phase_f1": r["phase_macro"]["f1"],
-               "val_mask_f1": r["cloud_mask"]["f1"], "val_voxels": r["voxels"], "time": time.time()}
-        self.logger.log(rec)
+        rec = {"kind": "val", "step": self.step, "val_loss": lsum / ln if ln else None,
+               "val_macro_f1": r["macro"]["f1"], "val_macro_iou": r["macro"]["iou"],
+               "val_phase_f1": r["phase_macro"]["f1"], "val_mask_f1": r["cloud_mask"]["f1"],
+               "val_voxels": r["voxels"], "time": time.time()}
+        if self.logger:
+            self.logger.log(rec)
         return rec
 
+    def _prepare(self, x, geom):
+        if self.engine is not None and self.engine.bfloat16_enabled():
+            return x.bfloat16(), geom.bfloat16()
+        return x, geom
+
     def fit(self) -> dict:
-        t = self.cfg.train
+        t, accum = self.cfg.train, self.cfg.optim.accum
         from tqdm import tqdm
 
         self.log(f"model {self.cfg.model.name}/{self.cfg.model.size}: {n_parameters(self.model):,} parameters; "
-                 f"device {self.device}; loss weights {[round(w, 3) for w in self.weights]}")
-        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, mininterval=2, desc="train",
-                   dynamic_ncols=True)
+                 f"device {self.device}; {self.env.world_size} rank(s) ({self.env.launcher}); "
+                 f"{'DeepSpeed ' + os.path.basename(t.deepspeed) if t.deepspeed else ('DDP' if self.ddp else 'plain')}; "
+                 f"global batch {self.cfg.data.batch_size}x{accum}x{self.env.world_size}; "
+                 f"loss weights {[round(w, 3) for w in self.weights]}")
+        self.preemption = Preemption()
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.env.is_main), mininterval=2,
+                   desc="train", dynamic_ncols=True)
         it = iter(self.stream)
         last_val, tick, seen = None, time.time(), 0
         while self.step < t.steps:
-            batch = next(it)
-            loss, gnorm = self.train_step(batch)
+            micro = [next(it) for _ in range(accum)]
+            loss, gnorm = self.train_step(micro)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {self.step} (batch {batch['keys'][:3]}...)")
+                raise FloatingPointError(f"loss is {loss} at step {self.step} (batch {micro[0]['keys'][:3]}...)")
             self.step += 1
-            seen += len(batch["keys"])
+            seen += sum(len(b["keys"]) for b in micro) * self.env.world_size
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-            if self.step % t.log_every == 0 or self.step == t.steps:
+            if self.logger and (self.step % t.log_every == 0 or self.step == t.steps):
                 now = time.time()
-                self.logger.log({"kind": "train", "step": self.step, "loss": loss, "grad_norm": gnorm,
-                                 "lr": self.sched.get_last_lr()[0], "epoch": self.stream.epoch,
+                lr = (self.sched.get_last_lr() if hasattr(self.sched, "get_last_lr") else [float("nan")])[0]
+                self.logger.log({"kind": "train", "step": self.step, "loss": loss, "grad_norm": gnorm, "lr": lr,
+                                 "epoch": getattr(self.stream, "epoch", 0),
                                  "samples_per_s": seen / max(now - tick, 1e-9), "time": now})
                 tick, seen = now, 0
             if t.val_every and self.step % t.val_every == 0 and self.step < t.steps:
                 last_val = self.validate()
             if t.ckpt_every and self.step % t.ckpt_every == 0 and self.step < t.steps:
                 self.save()
+            if self.preemption.requested(self.device):
+                path = self.save()
+                self.log(f"preemption signal: saved {path} at step {self.step}; exiting with {EXIT_PREEMPTED}")
+                bar.close()
+                raise Preempted(path)
         bar.close()
         path = self.save()
         last_val = self.validate() or last_val
         summary = {"model": self.cfg.model.name, "size": self.cfg.model.size, "steps": self.step,
-                   "parameters": n_parameters(self.model), "checkpoint": path, "final_val": last_val}
-        with open(os.path.join(t.run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        self.logger.close()
+                   "parameters": n_parameters(self.model), "checkpoint": path, "final_val": last_val,
+                   "world_size": self.env.world_size}
+        if self.env.is_main:
+            with open(os.path.join(t.run_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+            self.logger.close()
         if last_val:
             self.log(f"step {self.step}: val loss {last_val['val_loss']:.4f}  macro F1 {last_val['val_macro_f1']:.3f}"
                      f"  macro IoU {last_val['val_macro_iou']:.3f}  -> {path}")

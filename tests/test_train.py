@@ -9,7 +9,8 @@ from sgmagnet import cli
 from sgmagnet.config import ConfigError, dump, from_dict, load_config, to_dict
 from sgmagnet.losses import gated_sparse_ce
 from sgmagnet.models import build_model
-from sgmagnet.train import Checkpointer, Trainer, load_checkpoint
+from sgmagnet.checkpoint import Checkpointer, load_common
+from sgmagnet.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -76,7 +77,7 @@ def test_resume_is_exact(tiny_shards, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         b.fit()
     monkeypatch.setattr(Trainer, "train_step", real)
-    assert b.ckpt.latest().endswith("step_0000003.pt")
+    assert b.ckpt.latest().endswith("step_0000003")
     c = Trainer(tiny_cfg(root, tmp_path / "b"), resume=True, log=lambda m: None)
     assert c.step == 3
     c.fit()
@@ -90,24 +91,31 @@ def test_resume_is_exact(tiny_shards, tmp_path, monkeypatch):
 
 def test_checkpoint_interrupted_mid_write_keeps_previous(tmp_path, monkeypatch):
     ck = Checkpointer(str(tmp_path), keep=2)
-    first = ck.save({"format": 1, "w": torch.ones(3)}, 1)
+    common = {"format": 2, "model": {"w": torch.ones(3)}, "step": 1}
+    first = ck.save(1, common, {"rng": {}})
+    real = torch.save
+    calls = []
 
     def broken(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+        calls.append(path)
+        if len(calls) == 2:            # state.pt written, the rank file dies half-way
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError("disk full")
+        real(obj, path)
     monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(OSError):
-        ck.save({"format": 1, "w": torch.zeros(3)}, 2)
+        ck.save(2, {**common, "step": 2}, {"rng": {}})
     monkeypatch.undo()
-    assert ck.latest() == first and torch.equal(load_checkpoint(first)["w"], torch.ones(3))
+    assert ck.latest() == first and load_common(str(tmp_path.parent / tmp_path.name / "step_0000001"))["step"] == 1
+    assert os.path.isdir(tmp_path / "step_0000002.partial")
     for s in (3, 4, 5):
-        ck.save({"format": 1, "w": torch.zeros(1)}, s)
-    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["step_0000004.pt", "step_0000005.pt"]
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"junk")
-    with pytest.raises(ValueError, match="bad.pt"):
-        load_checkpoint(str(bad))
+        ck.save(s, {**common, "step": s}, {"rng": {}})
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step_0000002.partial", "step_0000004", "step_0000005"]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "state.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="state.pt"):
+        load_common(str(tmp_path / "bad"))
 
 
 def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
@@ -115,8 +123,7 @@ def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["train", "--config", TINY, f"data.shards={root}", f"train.run_dir={run}", "train.steps=2",
                      "model.name=unet"]) == 0
-    ckpt = Checkpointer(str(run / "checkpoints")).latest()
-    assert cli.main(["evaluate", "--checkpoint", ckpt, "--shards", str(root), "--split", "test",
+    assert cli.main(["evaluate", "--checkpoint", str(run), "--shards", str(root), "--split", "test",
                      "--curtains", "1"]) == 0
     out = capsys.readouterr().out
     assert "| unet |" in out and "| climatology |" in out and "| all clear |" in out
@@ -128,7 +135,8 @@ def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
     assert "| unet |" in (tmp_path / "t.md").read_text()
     # bad input: exit 2 with a one-line reason
     for argv in (["train", "--config", TINY, "train.nosuch=1"], ["train", "--config", str(tmp_path / "none.yaml")],
-                 ["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--shards", str(root)]):
+                 ["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--shards", str(root)],
+                 ["train", "--config", TINY, "--deepspeed", str(tmp_path / "ds.json")]):
         assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "nosuch" in err and "none.yaml" in err and "x.pt" in err
+    assert "nosuch" in err and "none.yaml" in err and "x.pt" in err and "ds.json" in err

@@ -1,0 +1,127 @@
+"""Distributed runtime: one `init_distributed()` for torchrun, the deepspeed launcher, srun and plain runs.
+
+Environment, in order of precedence:
+  torchrun / deepspeed launcher   RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT
+  srun (Slurm)                    SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR = first host of
+                                  SLURM_JOB_NODELIST (SLURM_STEP_NODELIST), MASTER_PORT = 20000 + job id % 20000
+  anything else                   a single process (rank 0 of 1); no process group is created
+Backend: NCCL when CUDA is available, gloo otherwise (override with SGMAGNET_DIST_BACKEND). Under
+`DS_ACCELERATOR=cpu` DeepSpeed is told to use gloo as well.
+
+`shutdown()` ends cleanly: barrier, destroy the process group. `hard_exit(code)` then skips native
+destructors (a rare "terminate called without an active exception" abort at interpreter exit was seen
+with gloo + DeepSpeed on CPU; exiting with os._exit after the group is destroyed avoids it).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    launcher: str = "single"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+
+def first_host(nodelist: str) -> str:
+    """First host name of a Slurm node list: 'gpu[003-005,9],cpu1' -> 'gpu003'."""
+    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise ValueError(f"cannot parse Slurm node list {nodelist!r}")
+    prefix, rng = m.group(1), m.group(3)
+    if rng is None:
+        return prefix
+    return prefix + rng.split(",")[0].split("-")[0]
+
+
+def detect() -> DistEnv:
+    e = os.environ
+    if "RANK" in e and "WORLD_SIZE" in e:
+        launcher = "deepspeed" if "DEEPSPEED_ENVIRONMENT_NAME" in e or "CROSS_RANK" in e else "torchrun"
+        return DistEnv(int(e["RANK"]), int(e["WORLD_SIZE"]), int(e.get("LOCAL_RANK", 0)), launcher=launcher)
+    if "SLURM_PROCID" in e and int(e.get("SLURM_NTASKS", "1")) > 1:
+        return DistEnv(int(e["SLURM_PROCID"]), int(e["SLURM_NTASKS"]), int(e.get("SLURM_LOCALID", 0)), launcher="srun")
+    return DistEnv()
+
+
+def _slurm_rendezvous():
+    e = os.environ
+    nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+    e.setdefault("MASTER_ADDR", first_host(nodes))
+    e.setdefault("MASTER_PORT", str(20000 + int(e.get("SLURM_JOB_ID", "9533")) % 20000))
+    e["RANK"], e["WORLD_SIZE"], e["LOCAL_RANK"] = e["SLURM_PROCID"], e["SLURM_NTASKS"], e.get("SLURM_LOCALID", "0")
+
+
+def init_distributed(backend: str | None = None, deepspeed: bool = False) -> DistEnv:
+    """Initialise the default process group if this is a multi-process run (idempotent)."""
+    env = detect()
+    if not env.distributed:
+        return env
+    if env.launcher == "srun":
+        _slurm_rendezvous()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    env.backend = backend or os.environ.get("SGMAGNET_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if env.backend == "nccl":
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+    if not dist.is_initialized():
+        if deepspeed:
+            import deepspeed as ds
+            ds.init_distributed(dist_backend=env.backend)
+        else:
+            dist.init_process_group(env.backend, rank=env.rank, world_size=env.world_size)
+    return env
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum across ranks (in place on a copy); identity in a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def hard_exit(code: int = 0):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,126 @@
+"""Checkpoints: one folder per step, written so that a crash at any moment leaves the previous one usable.
+
+    checkpoints/step_0000060/state.pt        rank 0: model weights, config, normaliser, loss weights, step
+                                             (+ optimizer and scheduler when DeepSpeed is not used)
+    checkpoints/step_0000060/rank_00000.pt   every rank: its RNG states and data-loader position
+    checkpoints/step_0000060/*               DeepSpeed's own files (engine.save_checkpoint, every rank)
+    checkpoints/latest                       the name of the newest complete folder
+
+Save protocol (all ranks): write into `step_N.partial/`, barrier, rank 0 renames it to `step_N/`, then
+replaces `latest` atomically (temp file + fsync + rename), prunes old folders, barrier. `latest` is
+written last, so it always names a complete checkpoint. Our files are loaded with
+`torch.load(weights_only=True)`; the RNG states are stored as tensors and plain lists for that reason.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+CKPT_FORMAT = 2
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": [py[0], list(py[1]), py[2]]}
+
+
+def set_rng_state(s: dict):
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+
+
+def _atomic_write_text(path: str, text: str):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save(obj, path: str):
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str, device="cpu") -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - name the file and the reason
+        raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from None
+
+
+class Checkpointer:
+    def __init__(self, folder: str, keep: int = 2, rank: int = 0, world: int = 1, barrier=lambda: None):
+        self.folder, self.keep, self.rank, self.world, self.barrier = folder, keep, rank, world, barrier
+        os.makedirs(folder, exist_ok=True)
+
+    def save(self, step: int, common: dict, rank_state: dict, engine=None) -> str:
+        name = f"step_{step:07d}"
+        part, final = os.path.join(self.folder, name + ".partial"), os.path.join(self.folder, name)
+        if self.rank == 0:
+            shutil.rmtree(part, ignore_errors=True)
+            os.makedirs(part)
+        self.barrier()
+        if engine is not None:
+            engine.save_checkpoint(self.folder, tag=name + ".partial", save_latest=False)
+        if self.rank == 0:
+            _save(common, os.path.join(part, "state.pt"))
+        _save(rank_state, os.path.join(part, f"rank_{self.rank:05d}.pt"))
+        self.barrier()
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(part, final)
+            _atomic_write_text(os.path.join(self.folder, "latest"), name + "\n")
+            olds = sorted(d for d in os.listdir(self.folder)
+                          if d.startswith("step_") and not d.endswith(".partial") and d != name)
+            for d in olds[:max(0, len(olds) - self.keep + 1)] if self.keep > 0 else []:
+                shutil.rmtree(os.path.join(self.folder, d), ignore_errors=True)
+        self.barrier()
+        return final
+
+    def latest(self) -> str | None:
+        m = os.path.join(self.folder, "latest")
+        if not os.path.exists(m):
+            return None
+        with open(m) as f:
+            p = os.path.join(self.folder, f.read().strip())
+        if not os.path.exists(os.path.join(p, "state.pt")):
+            raise FileNotFoundError(f"{m} names {p}, which has no state.pt")
+        return p
+
+
+def resolve(path: str) -> str:
+    """A run folder, a checkpoint folder or a state.pt -> the checkpoint folder."""
+    if os.path.isfile(path):
+        return os.path.dirname(os.path.abspath(path))
+    if os.path.exists(os.path.join(path, "state.pt")):
+        return path
+    latest = Checkpointer.__new__(Checkpointer)
+    latest.folder = os.path.join(path, "checkpoints")
+    found = latest.latest() if os.path.isdir(latest.folder) else None
+    if found is None:
+        raise FileNotFoundError(f"{path}: not a checkpoint (no state.pt) nor a run folder with checkpoints/latest")
+    return found
+
+
+def load_common(path: str) -> dict:
+    folder = resolve(path)
+    ck = load(os.path.join(folder, "state.pt"))
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{folder}/state.pt: not an sgmagnet checkpoint (format {CKPT_FORMAT})")
+    ck["folder"] = folder
+    return ck
