@@ -19,6 +19,8 @@ bench: setup
 	$(PY) hpc/bench/build.py
 	$(PY) hpc/bench/loss_memory.py
 	$(PY) hpc/bench/train_step.py
+	$(PY) hpc/bench/loader.py --shards $(DEMO)/shards
+	$(PY) hpc/bench/train_step.py --loader real --shards $(DEMO)/shards --models unet,sgmagnet
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -42,3 +42,21 @@ def build(cfg: BuildConfig, log=print) -> dict:
     if comm:
         comm.Barrier()
     return {"rank": rank, "size": size, "stats": stats, "manifest": man}
+
+
+def chunk_of(n: int, index: int, count: int) -> list[int]:
+    """Granule indices of chunk `index` of `count` contiguous, time-ordered chunks (a job-array task)."""
+    if not 0 <= index < count:
+        raise ValueError(f"chunk {index} of {count}")
+    return list(range(index * n // count, (index + 1) * n // count))
+
+
+def build_chunk(cfg: BuildConfig, index: int, count: int, log=print) -> dict:
+    """Process one chunk of granules (records and shards only; the manifest is merged by `merge`)."""
+    p = plan(cfg)
+    return run_rank(cfg, p, chunk_of(len(p["granules"]), index, count), log=log)
+
+
+def merge(cfg: BuildConfig) -> dict:
+    """Merge the records of every granule into manifest.json (after all chunks are done)."""
+    return merge_manifest(cfg, plan(cfg))

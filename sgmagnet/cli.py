@@ -179,6 +179,70 @@ def cmd_report(a):
     return 0
 
 
+def cmd_submit(a):
+    from launch.submit import SubmitError, submit_build, submit_train
+
+    try:
+        return submit_train(a) if a.what == "train" else submit_build(a)
+    except SubmitError as e:
+        sys.stderr.write(f"sgmagnet submit {a.what}: error: {e}\n")
+        return 2
+    except ValueError as e:  # config errors
+        sys.stderr.write(f"sgmagnet submit {a.what}: error: {e}\n")
+        return 2
+
+
+def _bbox(s):
+    v = _floats(s, 4, "--bbox")
+    if not (v[0] < v[1] and v[2] < v[3]):
+        raise argparse.ArgumentTypeError(f"--bbox must be LON0,LON1,LAT0,LAT1 with LON0<LON1, LAT0<LAT1, got {s!r}")
+    return v
+
+
+def cmd_predict(a):
+    from .formats import FormatError
+    from .predict import predict_checkpoint
+
+    for path, flag in ((a.checkpoint, "--checkpoint"), (a.ahi, "--ahi")):
+        if not os.path.exists(path):
+            sys.stderr.write(f"sgmagnet predict: error: {flag} {path!r} does not exist\n")
+            return 2
+    if a.overlap % 2 or a.overlap >= a.tile:
+        sys.stderr.write(f"sgmagnet predict: error: --overlap must be even and smaller than --tile {a.tile}\n")
+        return 2
+    try:
+        predict_checkpoint(a.checkpoint, a.ahi, a.out, bbox=a.bbox, tile=a.tile, overlap=a.overlap, batch=a.batch,
+                           probabilities=a.probabilities, device=a.device)
+    except (FormatError, ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"sgmagnet predict: error: {e}\n")
+        return 2
+    return 0
+
+
+def cmd_plot(a):
+    from . import plots
+
+    if not os.path.exists(a.cube):
+        sys.stderr.write(f"sgmagnet plot: error: {a.cube!r} does not exist\n")
+        return 2
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, os.path.basename(a.cube).rsplit(".", 1)[0])
+    try:
+        plots.cube_map_png(a.cube, stem + "_top_phase.png")
+        done = [stem + "_top_phase.png"]
+        for k, line in enumerate(a.section or []):
+            plots.cube_section_png(a.cube, line, f"{stem}_section_{k}.png")
+            done.append(f"{stem}_section_{k}.png")
+        if a.granule:
+            plots.cube_curtain_png(a.cube, a.granule, stem + "_curtain.png")
+            done.append(stem + "_curtain.png")
+    except (ValueError, KeyError, OSError) as e:
+        sys.stderr.write(f"sgmagnet plot: error: {e}\n")
+        return 2
+    print("\n".join(done))
+    return 0
+
+
 def main(argv=None) -> int:
     p = Parser(prog="sgmagnet", description="3D cloud-phase benchmark builder and SGMAGNet training.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
@@ -244,6 +308,50 @@ def main(argv=None) -> int:
     r.add_argument("--out", help="also write the Markdown table to this file")
     r.add_argument("--curves", help="also plot the runs' loss and validation curves (log.jsonl beside each JSON) to this PNG")
     r.set_defaults(func=cmd_report)
+
+    pr = sub.add_parser("predict", help="3D cloud phase of a full AHI scene -> CF NetCDF cube (tiled, streamed)")
+    pr.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or state.pt")
+    pr.add_argument("--ahi", required=True, help="P-Tree AHI L1 NetCDF file")
+    pr.add_argument("--bbox", type=_bbox, help="LON0,LON1,LAT0,LAT1 window (default: the whole file)")
+    pr.add_argument("--out", required=True, help="output NetCDF (written atomically)")
+    pr.add_argument("--tile", type=_positive_int, default=128, help="tile size in pixels (128)")
+    pr.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels, even (32)")
+    pr.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass (4)")
+    pr.add_argument("--probabilities", action="store_true", help="also write p_clear .. p_liquid")
+    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pr.set_defaults(func=cmd_predict)
+
+    pl = sub.add_parser("plot", help="pictures of a prediction cube: cloud-top phase map, sections, curtain")
+    pl.add_argument("cube", help="NetCDF written by `sgmagnet predict`")
+    pl.add_argument("--out", default=".", help="folder for the PNGs")
+    pl.add_argument("--section", type=lambda s: _floats(s, 4, "--section"), action="append",
+                    metavar="LON0,LAT0,LON1,LAT1", help="vertical cross-section along this line (repeatable)")
+    pl.add_argument("--granule", help="2B-CLDCLASS-LIDAR granule: along-track curtain, labels vs prediction")
+    pl.set_defaults(func=cmd_plot)
+
+    from launch.submit import add_common
+
+    sm = sub.add_parser("submit", help="submit training or an archive build to Slurm through submitit")
+    ssub = sm.add_subparsers(dest="what", required=True, parser_class=Parser)
+    st = ssub.add_parser("train", help="a (multi-node) training job; preemption-safe (requeues and resumes)")
+    st.add_argument("--config", help="YAML run config")
+    st.add_argument("--deepspeed", metavar="DS.json", help="DeepSpeed config for the job")
+    add_common(st)
+    st.add_argument("overrides", nargs="*", metavar="section.key=value")
+    st.set_defaults(func=cmd_submit)
+    sb = ssub.add_parser("build", help="the archive build as one MPI job, or a job array + a merge job")
+    sb.add_argument("--ahi", required=True)
+    sb.add_argument("--cloudsat", required=True)
+    sb.add_argument("--out", required=True)
+    sb.add_argument("--window-min", type=_positive_float, default=5.0)
+    sb.add_argument("--patch-size", type=_positive_int, default=128)
+    sb.add_argument("--min-labelled", type=_positive_int, default=64)
+    sb.add_argument("--split-days", type=_split_days, default=(10, 2, 2))
+    sb.add_argument("--gap-days", type=int, default=1)
+    sb.add_argument("--shard-maxcount", type=_positive_int, default=200)
+    sb.add_argument("--array", type=int, default=0, help="K > 0: a job array of K time chunks + a merge job")
+    add_common(sb)
+    sb.set_defaults(func=cmd_submit)
 
     a = p.parse_args(argv)
     if a.cmd == "build" and a.gap_days < 0:

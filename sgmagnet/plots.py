@@ -91,3 +91,93 @@ def loss_curves_png(logs: dict[str, str], path: str):
         a.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------- prediction cubes (NetCDF)
+def top_phase(phase: np.ndarray) -> np.ndarray:
+    """[L, H, W] int8 classes (-1 = no data) -> phase of the highest cloudy level per column (0 = clear)."""
+    cloudy = phase > 0
+    has = cloudy.any(0)
+    top = phase.shape[0] - 1 - np.argmax(cloudy[::-1], axis=0)
+    out = np.take_along_axis(phase, top[None], 0)[0]
+    out = np.where(has, out, 0).astype(np.int16)
+    return np.where(phase[0] < 0, -1, out)
+
+
+def cube_map_png(cube: str, path: str):
+    """Map of cloud-top phase of a prediction cube."""
+    import xarray as xr
+
+    with xr.open_dataset(cube, mask_and_scale=False) as ds:
+        ph = ds["cloud_phase"].values[0]
+        lat, lon = ds["latitude"].values, ds["longitude"].values
+        title = f"cloud-top phase · {ds.attrs.get('input_file', '')} · {ds.attrs.get('model', '')}"
+    img = np.ma.masked_less(top_phase(ph), 0)
+    cmap = ListedColormap(PHASE_COLOURS).with_extremes(bad="#333333")
+    fig, ax = plt.subplots(figsize=(6, 6 * len(lat) / max(len(lon), 1) + 0.8), constrained_layout=True)
+    m = ax.pcolormesh(lon, lat, img, cmap=cmap, norm=BoundaryNorm(np.arange(-0.5, 4.5), 4), shading="nearest")
+    ax.set_xlabel("longitude (°E)")
+    ax.set_ylabel("latitude (°N)")
+    ax.set_title(title, fontsize=8)
+    cb = fig.colorbar(m, ax=ax, ticks=range(4), shrink=0.8)
+    cb.ax.set_yticklabels(CLASS_NAMES)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _nearest_index(values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the nearest coordinate (values monotonic, ascending or descending)."""
+    order = np.argsort(values)
+    pos = np.clip(np.searchsorted(values[order], x), 1, len(values) - 1)
+    left, right = order[pos - 1], order[pos]
+    return np.where(np.abs(values[left] - x) <= np.abs(values[right] - x), left, right)
+
+
+def cube_section_png(cube: str, line, path: str, n: int = 300):
+    """Vertical cross-section of the cube along the great-circle-free straight line (lon0, lat0, lon1, lat1)."""
+    import xarray as xr
+
+    lon0, lat0, lon1, lat1 = line
+    with xr.open_dataset(cube, mask_and_scale=False) as ds:
+        lat, lon = ds["latitude"].values, ds["longitude"].values
+        t = np.linspace(0, 1, n)
+        la, lo = lat0 + t * (lat1 - lat0), lon0 + t * (lon1 - lon0)
+        i, j = _nearest_index(lat, la), _nearest_index(lon, lo)
+        cols = ds["cloud_phase"].values[0][:, i, j].T.astype(np.int16)           # [n, L]
+    cols = np.where(cols < 0, IGNORE, cols)
+    dist = t * np.hypot((lat1 - lat0) * KM_PER_DEG, (lon1 - lon0) * KM_PER_DEG * np.cos(np.deg2rad((lat0 + lat1) / 2)))
+    fig, ax = plt.subplots(figsize=(8, 3.2), constrained_layout=True)
+    m = _phase_image(ax, cols, dist, f"section ({lon0:.2f}E {lat0:.2f}N) -> ({lon1:.2f}E {lat1:.2f}N)")
+    ax.set_xlabel("distance along the section (km)")
+    cb = fig.colorbar(m, ax=ax, ticks=range(4))
+    cb.ax.set_yticklabels(CLASS_NAMES)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cube_curtain_png(cube: str, granule: str, path: str):
+    """Along-track curtain: the granule's CloudSat/CALIPSO labels vs the cube at the nearest pixels."""
+    import xarray as xr
+
+    from .formats.cloudsat import read_granule
+    from .labels import profile_is_valid, profile_levels
+
+    g = read_granule(granule)
+    with xr.open_dataset(cube, mask_and_scale=False) as ds:
+        lat, lon = ds["latitude"].values, ds["longitude"].values
+        glat, glon = g["latitude"].values, g["longitude"].values
+        res = max(abs(float(lat[1] - lat[0])) if len(lat) > 1 else 0.05, 1e-6)
+        inside = ((glat >= lat.min() - res / 2) & (glat <= lat.max() + res / 2)
+                  & (glon >= lon.min() - res / 2) & (glon <= lon.max() + res / 2))
+        if not inside.any():
+            raise ValueError(f"{granule}: no profile inside the cube {cube}")
+        sel = np.flatnonzero(inside)
+        i, j = _nearest_index(lat, glat[sel]), _nearest_index(lon, glon[sel])
+        pred = ds["cloud_phase"].values[0][:, i, j].T.astype(np.int16)
+    nl, b, t, ph = (g[k].values[sel] for k in ("n_layers", "layer_base", "layer_top", "phase"))
+    ok = profile_is_valid(nl, b, t, ph)
+    truth = np.full((len(sel), N_LEVELS), IGNORE, np.int16)
+    truth[ok] = profile_levels(nl[ok], b[ok], t[ok], ph[ok], g["dem_km"].values[sel][ok])
+    pred = np.where(pred < 0, IGNORE, pred)
+    curtain_png({"truth": truth, "pred": pred, "lat": glat[sel]}, path,
+                f"{granule.split('/')[-1][:19]} vs {cube.split('/')[-1]}")

@@ -2,10 +2,14 @@
 
     python hpc/bench/train_step.py [--models sgmagnet,unet,...] [--size demo] [--patch 64] [--batch 8]
                                    [--steps 5] [--warmup 2] [--device auto] [--bf16]
+    python hpc/bench/train_step.py --loader real --shards demo_out/shards [--models unet] [--workers 2]
 
-Batches are synthetic and held in memory (random bands, a diagonal track of labelled columns per patch),
-so this measures the model + loss + optimiser, not the loader. Prints parameters, forward GFLOPs per
+--loader memory (default): synthetic batches held in memory (random bands, a diagonal track of labelled
+columns per patch), so this measures model + loss + optimiser. Prints parameters, forward GFLOPs per
 sample (torch.utils.flop_counter) and samples/s, all models in one run so the ratios are comparable.
+--loader real: the same training step fed by the real WebDataset loader (DataLoader workers) over the
+shards, against the same batches pre-loaded into memory, in one run: the ratio is the input-pipeline
+overhead seen by training (target >= 95 %).
 """
 from __future__ import annotations
 
@@ -57,6 +61,41 @@ def bench_model(name, size, patch, batch, steps, warmup, device, bf16):
             "samples_per_s": steps * batch / dt}
 
 
+def real_vs_memory(a, device):
+    import itertools
+
+    from sgmagnet.data import EpochStream, LoaderConfig, Normaliser, split_urls
+
+    norm = Normaliser.from_manifest(a.shards)
+    cfg = LoaderConfig(batch_size=a.batch, workers=a.workers, shuffle_buffer=32)
+    urls = split_urls(a.shards, "train")
+    n = a.warmup + a.steps
+    cached = list(itertools.islice(iter(EpochStream(urls, norm, cfg, seed=0)), n))
+    print(f"{'model':<12}{'memory s/s':>12}{'real s/s':>10}{'real/memory':>13}   ({a.workers} workers, batch {a.batch})")
+    for name in a.models.split(","):
+        rates = {}
+        for mode in ("memory", "real"):
+            torch.manual_seed(0)
+            m = build_model(name, a.size).to(device)
+            opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+            batches = iter(cached) if mode == "memory" else iter(EpochStream(urls, norm, cfg, seed=0))
+            t0, seen = None, 0
+            for i in range(n):
+                if i == a.warmup:
+                    t0, seen = time.perf_counter(), 0
+                b = next(batches)
+                y = m(b["x"].to(device), b["geom"].to(device))
+                loss = gated_sparse_ce(y, b["index"].to(device), b["prof"].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(b["keys"])
+            rates[mode] = seen / (time.perf_counter() - t0)
+        print(f"{name:<12}{rates['memory']:>12.2f}{rates['real']:>10.2f}{rates['real'] / rates['memory']:>12.1%}",
+              flush=True)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
@@ -67,9 +106,14 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--loader", choices=("memory", "real"), default="memory")
+    p.add_argument("--shards", default="demo_out/shards", help="with --loader real")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers with --loader real")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
+    if a.loader == "real":
+        return real_vs_memory(a, device)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"size {a.size}, patch {a.patch}, batch {a.batch}, {a.steps} timed steps, {where}, in-memory batches")
     print(f"{'model':<12}{'params':>12}{'GFLOP/sample':>14}{'samples/s':>11}{'vs first':>10}")

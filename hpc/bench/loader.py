@@ -1,0 +1,71 @@
+"""Loader throughput: multi-worker WebDataset loader and DALI loader vs a raw sequential read.
+
+    python hpc/bench/loader.py --shards demo_out/shards [--split train] [--batch 8] [--workers 2] [--epochs 3]
+
+raw      one process reads every tar member and decodes the .npy arrays (shards.iter_shard): the floor
+         cost of getting the bytes into arrays, no normalisation, no batching
+torch    data.make_loader: WebDataset pipeline (normalise, collate sparse labels) in DataLoader workers
+dali     dali.epoch_batches_of / fn.readers.webdataset + fn.decoders.numpy (CPU pipeline here)
+All three over the same shards in one run; samples/s and the ratio to raw are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from sgmagnet.data import LoaderConfig, Normaliser, make_loader, split_urls  # noqa: E402
+from sgmagnet.shards import iter_shard  # noqa: E402
+
+
+def timed(fn, epochs):
+    best = 0.0
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - t0))
+    return n, best
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", default="demo_out/shards")
+    p.add_argument("--split", default="train")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3, help="passes per loader; the best is reported")
+    a = p.parse_args(argv)
+    urls = split_urls(a.shards, a.split)
+    norm = Normaliser.from_manifest(a.shards)
+
+    def raw():
+        return sum(1 for u in urls for _ in iter_shard(u))
+
+    def torch_loader():
+        cfg = LoaderConfig(batch_size=a.batch, workers=a.workers)
+        return sum(len(b["keys"]) for b in make_loader(urls, norm, cfg, train=False))
+
+    def dali():
+        from sgmagnet.dali import epoch_batches_of
+        return sum(len(b["keys"]) for b in epoch_batches_of(urls, a.batch, 0, 1, norm))
+
+    print(f"{len(urls)} shards of split {a.split!r}, batch {a.batch}, {a.workers} DataLoader workers, "
+          f"{os.cpu_count()} CPUs; best of {a.epochs} passes")
+    n, base = timed(raw, a.epochs)
+    print(f"{'raw sequential read':<28}{base:9.1f} samples/s   ({n} samples)")
+    for name, fn in ((f"WebDataset + {a.workers} workers", torch_loader), ("DALI (CPU pipeline)", dali)):
+        try:
+            n2, r = timed(fn, a.epochs)
+        except ImportError as e:
+            print(f"{name:<28} unavailable ({e})")
+            continue
+        assert n2 == n, f"{name} read {n2} samples, raw read {n}"
+        print(f"{name:<28}{r:9.1f} samples/s   {r / base:6.1%} of raw (target >= 70%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""`sgmagnet submit train|build`: Slurm jobs through submitit (or `--cluster local|debug` on a laptop).
+
+train: one task per GPU (or `--tasks-per-node` on CPU nodes); each task maps submitit's JobEnvironment
+onto RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT and runs the trainer (hpc.dist.init_distributed
+picks them up). Preemption and time-outs: Slurm signals the tasks (SIGTERM then SIGUSR2 on preemption,
+SIGUSR2 `signal_delay_s` before the time limit); the trainer saves a checkpoint at the next step
+boundary on every rank (Trainer's Preemption hook), then rank 0 hands over to submitit's handler, which
+calls `TrainJob.checkpoint()` -> a DelayedSubmission of the same job with --resume, pickles it and
+requeues the job (`slurm_max_num_timeout` bounds the number of time-out requeues). Every rank of the
+requeued job resumes from the checkpoint folder's `latest`.
+
+build: the archive builder as one job whose tasks are MPI ranks (`srun --mpi=pmix`), or as a job array
+over contiguous chunks of granules (`--array K`) followed by a dependent job that merges the manifest.
+
+User-supplied values that reach the sbatch script (names, partition, account, qos, constraint, paths,
+time, extra `#SBATCH` flags) are validated against strict patterns: no whitespace, quotes, newlines or
+shell metacharacters can reach a script line. `--dry-run` prints the exact script submitit would submit.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+
+SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+,=@%-]*$")          # names, partitions, accounts, ...
+SAFE_PATH = re.compile(r"^[A-Za-z0-9._/~+,=@%-]+$")
+TIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
+EXTRA = re.compile(r"^--?([a-z][a-z0-9-]*)(=([A-Za-z0-9._:+,=@%/-]+))?$")
+
+
+class SubmitError(ValueError):
+    pass
+
+
+def check_name(value: str, what: str) -> str:
+    if value is None or not SAFE.match(value):
+        raise SubmitError(f"{what} {value!r} is not allowed: use letters, digits and ._:+,=@%- only")
+    return value
+
+
+def check_path(value: str, what: str) -> str:
+    if not value or not SAFE_PATH.match(value) or "\n" in value:
+        raise SubmitError(f"{what} {value!r} is not allowed: paths may hold letters, digits and ._/~+,=@%- only")
+    return value
+
+
+def time_minutes(value: str) -> int:
+    """[D-]HH:MM:SS -> minutes (rounded up)."""
+    if not TIME.match(value or ""):
+        raise SubmitError(f"--time {value!r} must be HH:MM:SS or D-HH:MM:SS")
+    days = 0
+    if "-" in value:
+        d, value = value.split("-")
+        days = int(d)
+    h, m, s = (int(x) for x in value.split(":"))
+    if m > 59 or s > 59:
+        raise SubmitError(f"--time {value!r}: minutes and seconds must be < 60")
+    return max(1, days * 1440 + h * 60 + m + (1 if s else 0))
+
+
+def extra_flags(flags: list[str]) -> dict:
+    """['--mail-type=END', '--exclusive'] -> {'mail_type': 'END', 'exclusive': True} (validated)."""
+    out = {}
+    for f in flags or []:
+        m = EXTRA.match(f)
+        if not m:
+            raise SubmitError(f"--sbatch {f!r} is not allowed: use --name or --name=value with a plain value")
+        out[m.group(1).replace("-", "_")] = m.group(3) if m.group(2) else True
+    return out
+
+
+def rendezvous_env():
+    """Map submitit's JobEnvironment onto the variables torch.distributed reads."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
+                      MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000))
+    return env
+
+
+class TrainJob:
+    """The callable submitit pickles. Checkpointable: `checkpoint()` returns the same job with resume."""
+
+    def __init__(self, config: str | None, overrides: list[str], deepspeed: str | None = None, resume: bool = False):
+        self.config, self.overrides, self.deepspeed, self.resume = config, list(overrides), deepspeed, resume
+
+    def argv(self) -> list[str]:
+        a = ["train", "--no-progress"] + (["--config", self.config] if self.config else [])
+        a += (["--deepspeed", self.deepspeed] if self.deepspeed else []) + (["--resume"] if self.resume else [])
+        return a + self.overrides
+
+    def __call__(self):
+        from hpc import dist as hdist
+        from sgmagnet.config import load_config
+        from sgmagnet.train import Preempted, Trainer
+
+        rendezvous_env()
+        submitit_handler = signal.getsignal(signal.SIGUSR2)     # submitit's checkpoint-and-requeue
+        cfg = load_config(self.config, self.overrides)
+        cfg.train.progress = False
+        if self.deepspeed:
+            cfg.train.deepspeed = self.deepspeed
+        trainer = Trainer(cfg, resume=self.resume)
+        try:
+            summary = trainer.fit()
+        except Preempted:
+            hdist.shutdown()
+            if trainer.env.rank == 0 and callable(submitit_handler):
+                submitit_handler(signal.SIGUSR2, None)     # pickles self.checkpoint(), requeues, exits
+            time.sleep(120)                                 # other ranks: wait to be requeued by Slurm
+            sys.exit(-1)
+        hdist.shutdown()
+        return summary
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.overrides, self.deepspeed, resume=True))
+
+
+class BuildJob:
+    """One MPI build (all tasks are ranks), one array chunk, or the manifest merge."""
+
+    def __init__(self, cfg_dict: dict, chunk: tuple[int, int] | None = None, merge_only: bool = False):
+        self.cfg_dict, self.chunk, self.merge_only = cfg_dict, chunk, merge_only
+
+    def __call__(self):
+        from hpc.mpi_build import build, build_chunk, merge
+        from sgmagnet.build import BuildConfig
+
+        cfg = BuildConfig(**self.cfg_dict)
+        if self.merge_only:
+            return {"counts": merge(cfg)["counts"]}
+        if self.chunk is not None:
+            return build_chunk(cfg, *self.chunk)
+        r = build(cfg)
+        return {"rank": r["rank"], "stats": r["stats"]}
+
+
+def build_task(cfg_dict: dict, chunk=None, merge_only: bool = False):
+    """Module-level function for map_array (one chunk per array task)."""
+    return BuildJob(cfg_dict, tuple(chunk) if chunk else None, merge_only)()
+
+
+def make_executor(a, name: str):
+    import submitit
+
+    folder = check_path(a.folder, "--folder")
+    ex = submitit.AutoExecutor(folder=os.path.join(folder, "%j"), cluster=a.cluster,
+                               slurm_max_num_timeout=a.max_requeue)
+    gpus = a.gpus_per_node
+    tasks = a.tasks_per_node or max(1, gpus)
+    params = dict(name=check_name(name, "job name"), nodes=a.nodes, tasks_per_node=tasks,
+                  cpus_per_task=a.cpus_per_task, timeout_min=time_minutes(a.time))
+    if a.mem_gb:
+        params["mem_gb"] = a.mem_gb
+    if gpus:
+        params["gpus_per_node"] = gpus
+    slurm = {"slurm_partition": check_name(a.partition, "--partition"), "slurm_signal_delay_s": a.signal_delay}
+    for k in ("account", "qos", "constraint"):
+        if getattr(a, k):
+            slurm[f"slurm_{k}"] = check_name(getattr(a, k), f"--{k}")
+    extra = extra_flags(a.sbatch)
+    if extra:
+        slurm["slurm_additional_parameters"] = extra
+    if a.cluster in (None, "slurm"):
+        params.update(slurm)
+    ex.update_parameters(**params)
+    return ex
+
+
+def dry_run_script(ex) -> str:
+    inner = getattr(ex, "_executor", ex)
+    if not hasattr(inner, "_make_submission_file_text"):
+        return f"# cluster {ex.cluster!r}: no sbatch script (jobs run as local processes)\n"
+    return inner._make_submission_file_text(inner._submitit_command_str, "dryrun")
+
+
+def submit_train(a) -> int:
+    if a.config:
+        check_path(a.config, "--config")
+        if not os.path.isfile(a.config):
+            raise SubmitError(f"--config {a.config!r} is not a file")
+    if a.deepspeed:
+        check_path(a.deepspeed, "--deepspeed")
+    for o in a.overrides:
+        if "\n" in o or "\x00" in o:
+            raise SubmitError(f"override {o!r} contains a newline or NUL")
+    from sgmagnet.config import load_config
+
+    cfg = load_config(a.config, a.overrides)  # validate before anything is queued
+    job = TrainJob(a.config and os.path.abspath(a.config), a.overrides, a.deepspeed and os.path.abspath(a.deepspeed))
+    ex = make_executor(a, a.name or f"sgmagnet-{cfg.model.name}")
+    if a.dry_run:
+        print(dry_run_script(ex), end="")
+        print(f"# python -m sgmagnet.cli {' '.join(job.argv())}   (run in each task by submitit)")
+        return 0
+    j = ex.submit(job)
+    print(f"submitted job {j.job_id}: logs {os.path.join(a.folder, str(j.job_id))}, run folder {cfg.train.run_dir}")
+    if a.wait:
+        print(j.result())
+    return 0
+
+
+def submit_build(a) -> int:
+    from sgmagnet.build import BuildConfig
+
+    for p, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat"), (a.out, "--out")):
+        check_path(p, flag)
+    cfg = BuildConfig(ahi=os.path.abspath(a.ahi), cloudsat=os.path.abspath(a.cloudsat), out=os.path.abspath(a.out),
+                      window_min=a.window_min, patch_size=a.patch_size, min_labelled=a.min_labelled,
+                      split_days=tuple(a.split_days), gap_days=a.gap_days, shard_maxcount=a.shard_maxcount)
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    ex = make_executor(a, a.name or "sgmagnet-build")
+    if a.array:
+        ex.update_parameters(nodes=1, tasks_per_node=1)
+        if a.dry_run:
+            print(dry_run_script(ex), end="")
+            print(f"# job array of {a.array} chunks, then a merge job with dependency afterok:<array>")
+            return 0
+        jobs = ex.map_array(build_task, [d] * a.array, [(i, a.array) for i in range(a.array)])
+        ids = ",".join(j.job_id for j in jobs)
+        base = jobs[0].job_id.split("_")[0]
+        if a.cluster in (None, "slurm"):
+            ex.update_parameters(slurm_additional_parameters={**extra_flags(a.sbatch), "dependency": f"afterok:{base}"})
+        else:
+            [j.result() for j in jobs]
+        m = ex.submit(BuildJob(d, merge_only=True))
+        print(f"submitted array {base} ({ids}) and merge job {m.job_id} (after the array succeeds)")
+        if a.wait:
+            print(m.result())
+        return 0
+    if a.cluster in (None, "slurm"):
+        ex.update_parameters(slurm_srun_args=["--mpi=pmix"])
+    if a.dry_run:
+        print(dry_run_script(ex), end="")
+        return 0
+    j = ex.submit(BuildJob(d))
+    print(f"submitted MPI build job {j.job_id} ({a.nodes} node(s) x {a.tasks_per_node or 1} ranks)")
+    if a.wait:
+        print(j.results())
+    return 0
+
+
+def add_common(p):
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one task per GPU (0 = CPU nodes)")
+    p.add_argument("--tasks-per-node", type=int, default=0, help="tasks per node (default: GPUs per node, or 1)")
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--mem-gb", type=int, default=0)
+    p.add_argument("--partition", required=True)
+    p.add_argument("--time", required=True, help="wall-clock limit HH:MM:SS or D-HH:MM:SS")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--sbatch", action="append", default=[], metavar="--FLAG[=VALUE]",
+                   help="extra sbatch flag (repeatable), e.g. --sbatch=--exclusive")
+    p.add_argument("--name", help="job name")
+    p.add_argument("--folder", default="slurm_logs", help="submitit log folder; each job writes FOLDER/<job id>/")
+    p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                   help="default: Slurm when sbatch is on PATH, else local processes")
+    p.add_argument("--max-requeue", type=int, default=3, help="requeues after time-outs (slurm_max_num_timeout)")
+    p.add_argument("--signal-delay", type=int, default=90, help="seconds before the limit Slurm sends USR2")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait for the job and print its result")
