@@ -201,7 +201,7 @@ def submit_train(a) -> int:
     j = ex.submit(job)
     print(f"submitted job {j.job_id}: logs {os.path.join(a.folder, str(j.job_id))}, run folder {cfg.train.run_dir}")
     if a.wait:
-        print(j.result())
+        print(j.results()[0])   # rank 0's summary (every task returns one)
     return 0
 
 

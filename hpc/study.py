@@ -1,0 +1,171 @@
+"""The benchmark study: SGMAGNet vs the baselines, and SGMAGNet ablations, same data and budget.
+
+    python hpc/study.py --shards demo_out/shards --out docs/study_cpu [--config cpu|gpu] [--seeds 0,1]
+                        [--only NAME,...] [--steps N]
+
+Every run trains with the same shards, optimiser, schedule, batch, step budget and seeds (the `cpu` or
+`gpu` preset below), then `sgmagnet evaluate` scores it on the held-out test split. Runs:
+  models     sgmagnet, unet, unet3d, segnet, transformer
+  ablations  sgmagnet with: static height code (no dynamic height encoder), single-scale generator,
+             no phase-aware gating (plain 3D head), unweighted loss, focal loss (gamma = 2)
+Each run folder keeps its config, log.jsonl, checkpoint, eval_test.json/.md and PNGs; the study writes
+`study.json` (every run's metrics, parameters, FLOPs, samples/s, wall time) and `study.md` (mean ± spread
+over seeds, the reference rows, stratified tables). Finished runs are skipped on a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PRESETS = {
+    # 2-core CPU, ~35 min for everything with 2 seeds on the demo shards (64-pixel patches)
+    "cpu": {"size": "demo", "steps": 60, "batch": 8, "lr": 0.004, "warmup": 10, "val_every": 30, "workers": 1},
+    # one GPU, 128-pixel patches, paper-size models
+    "gpu": {"size": "paper", "steps": 20000, "batch": 16, "lr": 0.001, "warmup": 500, "val_every": 2000, "workers": 8},
+}
+RUNS = {
+    "sgmagnet": ("sgmagnet", {}, []),
+    "unet": ("unet", {}, []),
+    "unet3d": ("unet3d", {}, []),
+    "segnet": ("segnet", {}, []),
+    "transformer": ("transformer", {}, []),
+    "sgmagnet-static-height": ("sgmagnet", {"height": "static"}, []),
+    "sgmagnet-single-scale": ("sgmagnet", {"scales": [1]}, []),
+    "sgmagnet-no-gating": ("sgmagnet", {"gating": False}, []),
+    "sgmagnet-unweighted": ("sgmagnet", {}, ["loss.weights=none"]),
+    "sgmagnet-focal": ("sgmagnet", {}, ["loss.gamma=2.0"]),
+}
+MODELS = ("sgmagnet", "unet", "unet3d", "segnet", "transformer")
+
+
+def run_one(name: str, seed: int, a, preset: dict) -> dict:
+    from sgmagnet.config import load_config
+    from sgmagnet.evaluate import evaluate_checkpoint
+    from sgmagnet.models import build_model, flops_per_sample
+    from sgmagnet.train import Trainer
+
+    model, opts, extra = RUNS[name]
+    run = os.path.join(a.out, "runs", f"{name}_s{seed}")
+    res_path = os.path.join(run, "study_run.json")
+    if os.path.exists(res_path):
+        with open(res_path) as f:
+            return json.load(f)
+    over = [f"data.shards={a.shards}", f"train.run_dir={run}", f"train.steps={a.steps or preset['steps']}",
+            f"train.seed={seed}", f"model.name={model}", f"model.size={preset['size']}",
+            f"data.batch_size={preset['batch']}", f"data.workers={preset['workers']}", f"optim.lr={preset['lr']}",
+            f"optim.warmup_steps={preset['warmup']}", f"train.val_every={preset['val_every']}",
+            f"train.ckpt_every={preset['val_every']}", "train.log_every=5", "train.progress=false",
+            "model.options=" + json.dumps(opts)] + extra
+    cfg = load_config(None, over)
+    t0 = time.time()
+    Trainer(cfg, log=lambda m: None).fit()
+    wall = time.time() - t0
+    ev = evaluate_checkpoint(run, a.shards, "test", log=lambda m: None)
+    log = [json.loads(x) for x in open(os.path.join(run, "log.jsonl"))]
+    sps = [r["samples_per_s"] for r in log if r["kind"] == "train"][1:]
+    m = build_model(model, preset["size"], **opts)
+    patch = json.load(open(os.path.join(a.shards, "manifest.json")))["config"]["patch_size"]
+    out = {"name": name, "seed": seed, "model": model, "options": opts, "extra": extra, "train_wall_s": wall,
+           "samples_per_s": float(np.median(sps)) if sps else None,
+           "parameters": sum(p.numel() for p in m.parameters()), "gflops_per_sample": flops_per_sample(m, patch) / 1e9,
+           "patch": patch, "overall": ev["metrics"]["overall"], "strata": ev["metrics"]["strata"],
+           "references": ev["references"], "command": "sgmagnet train " + " ".join(over)}
+    with open(res_path, "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def _ms(vals):
+    v = np.asarray(vals, float)
+    return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def tables(results: list[dict], preset_name: str, preset: dict, shards: str) -> str:
+    by = {}
+    for r in results:
+        by.setdefault(r["name"], []).append(r)
+    ref = results[0]["references"]
+    head = "| run | seeds | macro P | macro R | macro F1 | macro IoU | phase F1 | mask F1 | params | GFLOP/sample | samples/s |"
+    sep = "|---" * 11 + "|"
+
+    def row(name, rs):
+        o = [r["overall"] for r in rs]
+        return (f"| {name} | {len(rs)} | {_ms([x['macro']['precision'] for x in o])} | {_ms([x['macro']['recall'] for x in o])} | "
+                f"{_ms([x['macro']['f1'] for x in o])} | {_ms([x['macro']['iou'] for x in o])} | "
+                f"{_ms([x['phase_macro']['f1'] for x in o])} | {_ms([x['cloud_mask']['f1'] for x in o])} | "
+                f"{rs[0]['parameters']:,} | {rs[0]['gflops_per_sample']:.2f} | "
+                f"{np.mean([r['samples_per_s'] or 0 for r in rs]):.1f} |")
+
+    def refrow(name, r):
+        return (f"| {name} | – | {r['macro']['precision']:.3f} | {r['macro']['recall']:.3f} | {r['macro']['f1']:.3f} | "
+                f"{r['macro']['iou']:.3f} | {r['phase_macro']['f1']:.3f} | {r['cloud_mask']['f1']:.3f} | – | – | – |")
+    out = [f"Configuration `{preset_name}`: {json.dumps(preset)}; shards `{shards}`; test split; "
+           f"mean ± standard deviation over seeds.", "", "### Models", "", head, sep]
+    out += [row(n, by[n]) for n in MODELS if n in by]
+    out += [refrow("climatology (reference)", ref["climatology"]["overall"]),
+            refrow("all clear (reference)", ref["all_clear"]["overall"])]
+    abl = [n for n in RUNS if n not in MODELS and n in by]
+    if abl:
+        out += ["", "### SGMAGNet ablations (one component changed)", "", head, sep]
+        out += [row(n, by[n]) for n in ["sgmagnet"] + abl if n in by]
+    fams = results[0]["strata"].keys()
+    for fam in fams:
+        strata = sorted({s for r in results for s in r["strata"][fam]})
+        out += ["", f"### Macro F1 by {fam}", "", "| run | " + " | ".join(strata) + " |", "|---" * (len(strata) + 1) + "|"]
+        for n in list(MODELS) + abl:
+            if n not in by:
+                continue
+            cells = []
+            for s in strata:
+                v = [r["strata"][fam][s]["macro"]["f1"] for r in by[n] if s in r["strata"][fam]]
+                cells.append(_ms(v) if v else "–")
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
+        cl = ref["climatology"]["strata"][fam]
+        out.append("| climatology | " + " | ".join(f"{cl[s]['macro']['f1']:.3f}" if s in cl else "–" for s in strata) + " |")
+        counts = [str(results[0]["strata"][fam][s]["voxels"]) if s in results[0]["strata"][fam] else "0" for s in strata]
+        out.append("| labelled voxels | " + " | ".join(counts) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", default="demo_out/shards")
+    p.add_argument("--out", default="docs/study_cpu")
+    p.add_argument("--config", choices=tuple(PRESETS), default="cpu")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--only", help="comma-separated run names (default: all)")
+    p.add_argument("--steps", type=int, default=0, help="override the preset's step budget")
+    a = p.parse_args(argv)
+    preset = dict(PRESETS[a.config])
+    if a.steps:
+        preset["steps"] = a.steps
+    names = a.only.split(",") if a.only else list(RUNS)
+    for n in names:
+        if n not in RUNS:
+            p.error(f"unknown run {n!r}; choose from {', '.join(RUNS)}")
+    os.makedirs(a.out, exist_ok=True)
+    results, t0 = [], time.time()
+    for seed in (int(s) for s in a.seeds.split(",")):
+        for n in names:
+            r = run_one(n, seed, a, preset)
+            results.append(r)
+            print(f"[{time.time() - t0:6.0f} s] {n} seed {seed}: macro F1 {r['overall']['macro']['f1']:.3f} "
+                  f"IoU {r['overall']['macro']['iou']:.3f} ({r['train_wall_s']:.0f} s)", flush=True)
+    with open(os.path.join(a.out, "study.json"), "w") as f:
+        json.dump({"config": a.config, "preset": preset, "shards": a.shards, "runs": results}, f, indent=1)
+    md = tables(results, a.config, preset, a.shards)
+    with open(os.path.join(a.out, "study.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
