@@ -1,22 +1,25 @@
 """The benchmark study: SGMAGNet vs the baselines, and SGMAGNet ablations, same data and budget.
 
-    python hpc/study.py --shards demo_out/shards --out docs/study_cpu [--config cpu|gpu] [--seeds 0,1]
-                        [--only NAME,...] [--steps N]
+    python hpc/study.py --shards demo_out/shards --out docs/study_cpu [--runs study_out] [--config cpu|gpu]
+                        [--seeds 0,1] [--only NAME,...] [--steps N]
 
 Every run trains with the same shards, optimiser, schedule, batch, step budget and seeds (the `cpu` or
 `gpu` preset below), then `sgmagnet evaluate` scores it on the held-out test split. Runs:
   models     sgmagnet, unet, unet3d, segnet, transformer
   ablations  sgmagnet with: static height code (no dynamic height encoder), single-scale generator,
              no phase-aware gating (plain 3D head), unweighted loss, focal loss (gamma = 2)
-Each run folder keeps its config, log.jsonl, checkpoint, eval_test.json/.md and PNGs; the study writes
-`study.json` (every run's metrics, parameters, FLOPs, samples/s, wall time) and `study.md` (mean ± spread
-over seeds, the reference rows, stratified tables). Finished runs are skipped on a rerun.
+Each run folder (under --runs) keeps its config, log.jsonl, TensorBoard, checkpoints, eval_test.json/.md and
+PNGs; the small results (eval JSON/Markdown, log.jsonl, confusion matrix, one curtain) are copied to
+--out/runs/<run>/, and the study writes --out/study.json (every run's metrics, parameters, FLOPs,
+samples/s, wall time, exact command) and --out/study.md (mean ± spread over seeds, the reference rows,
+stratified tables). Finished runs are skipped on a rerun.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -52,8 +55,9 @@ def run_one(name: str, seed: int, a, preset: dict) -> dict:
     from sgmagnet.train import Trainer
 
     model, opts, extra = RUNS[name]
-    run = os.path.join(a.out, "runs", f"{name}_s{seed}")
-    res_path = os.path.join(run, "study_run.json")
+    run = os.path.join(a.runs, f"{name}_s{seed}")
+    keep = os.path.join(a.out, "runs", f"{name}_s{seed}")
+    res_path = os.path.join(keep, "study_run.json")
     if os.path.exists(res_path):
         with open(res_path) as f:
             return json.load(f)
@@ -77,6 +81,10 @@ def run_one(name: str, seed: int, a, preset: dict) -> dict:
            "parameters": sum(p.numel() for p in m.parameters()), "gflops_per_sample": flops_per_sample(m, patch) / 1e9,
            "patch": patch, "overall": ev["metrics"]["overall"], "strata": ev["metrics"]["strata"],
            "references": ev["references"], "command": "sgmagnet train " + " ".join(over)}
+    os.makedirs(keep, exist_ok=True)
+    for f in ("eval_test.json", "eval_test.md", "log.jsonl", "confusion_test.png", "curtain_test_0.png", "config.yaml"):
+        if os.path.exists(os.path.join(run, f)):
+            shutil.copy(os.path.join(run, f), keep)
     with open(res_path, "w") as f:
         json.dump(out, f, indent=1)
     return out
@@ -137,7 +145,8 @@ def tables(results: list[dict], preset_name: str, preset: dict, shards: str) -> 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", default="demo_out/shards")
-    p.add_argument("--out", default="docs/study_cpu")
+    p.add_argument("--out", default="docs/study_cpu", help="results: tables, JSON, small per-run files")
+    p.add_argument("--runs", default="study_out", help="run folders (checkpoints, TensorBoard): not for git")
     p.add_argument("--config", choices=tuple(PRESETS), default="cpu")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--only", help="comma-separated run names (default: all)")

@@ -44,13 +44,16 @@ def _load4(x_ptr, base, inner, mask):
 
 
 @triton.jit
-def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: tl.constexpr):
-    pid = tl.program_id(0)
+def _voxels(pid, n_vox, inner, BLOCK: tl.constexpr):
+    """Voxel ids of this program, their mask, and the int64 offset of channel 0 in a contiguous [B,4,...]."""
     v = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = v < n_vox
     b = v // inner
-    o = v - b * inner
-    base = b * 4 * inner + o
+    return v, v < n_vox, b * 4 * inner + (v - b * inner)
+
+
+@triton.jit
+def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: tl.constexpr):
+    v, mask, base = _voxels(tl.program_id(0), n_vox, inner, BLOCK)
     g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
     p0, sg, s1, s2, s3 = _probs(g, z1, z2, z3)
     p1 = sg * s1
@@ -73,12 +76,7 @@ def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: t
 
 @triton.jit
 def _gsm_bwd_kernel(x_ptr, gout_ptr, gin_ptr, n_vox, inner, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    v = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = v < n_vox
-    b = v // inner
-    o = v - b * inner
-    base = b * 4 * inner + o
+    v, mask, base = _voxels(tl.program_id(0), n_vox, inner, BLOCK)
     g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
     G0, G1, G2, G3 = _load4(gout_ptr, base, inner, mask)
     p0, sg, s1, s2, s3 = _probs(g, z1, z2, z3)

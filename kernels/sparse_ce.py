@@ -38,9 +38,8 @@ def _logsigmoid(x):
 
 
 @triton.jit
-def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr, n_elem, L,
-                     s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
-    pid = tl.program_id(0)
+def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
+    """The BLOCK (pixel n, level) pairs of this program: label y, labelled mask, int64 offset of channel 0."""
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     inb = offs < n_elem
     n = offs // L
@@ -50,7 +49,15 @@ def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr
     b = tl.load(index_ptr + n * 3, mask=lab, other=0).to(tl.int64)
     r = tl.load(index_ptr + n * 3 + 1, mask=lab, other=0).to(tl.int64)
     c = tl.load(index_ptr + n * 3 + 2, mask=lab, other=0).to(tl.int64)
-    base = b * s_b + lev * s_l + r * s_h + c * s_w
+    return offs, inb, n, lev, y, lab, b * s_b + lev * s_l + r * s_h + c * s_w
+
+
+@triton.jit
+def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr, n_elem, L,
+                     s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
+    pid = tl.program_id(0)
+    offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
+                                                    BLOCK, IGNORE)
     g = tl.load(logits_ptr + base, mask=lab, other=0.0).to(tl.float32)
     z1 = tl.load(logits_ptr + base + s_c, mask=lab, other=0.0).to(tl.float32)
     z2 = tl.load(logits_ptr + base + 2 * s_c, mask=lab, other=0.0).to(tl.float32)
@@ -87,16 +94,8 @@ def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr
 def _gsce_bwd_kernel(grad_ptr, index_ptr, prof_ptr, sgrad_ptr, scale_ptr, n_elem, L,
                      s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    inb = offs < n_elem
-    n = offs // L
-    lev = offs - n * L
-    y = tl.load(prof_ptr + offs, mask=inb, other=IGNORE).to(tl.int32)
-    lab = inb & (y != IGNORE)
-    b = tl.load(index_ptr + n * 3, mask=lab, other=0).to(tl.int64)
-    r = tl.load(index_ptr + n * 3 + 1, mask=lab, other=0).to(tl.int64)
-    c = tl.load(index_ptr + n * 3 + 2, mask=lab, other=0).to(tl.int64)
-    base = b * s_b + lev * s_l + r * s_h + c * s_w
+    offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
+                                                    BLOCK, IGNORE)
     scale = tl.load(scale_ptr).to(tl.float32)
     gbase = n * 4 * L + lev
     for ch in tl.static_range(4):

@@ -288,6 +288,7 @@ def main(argv=None) -> int:
     t.add_argument("--deepspeed", metavar="DS.json", help="wrap the model with deepspeed.initialize using this "
                    "DeepSpeed config (configs/deepspeed/); same as train.deepspeed=DS.json")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    t.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     t.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.steps=50 model.name=unet data.batch_size=4")
     t.set_defaults(func=cmd_train)

@@ -25,7 +25,6 @@ software) is in the global attributes.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch
 
 from .grid import BAND_VARS, CLASS_NAMES, LEVEL_CENTRE_KM, N_LEVELS
 from .losses import fast_argmax, gated_probs
+from .shards import sha256
 
 PROB_SCALE = 250.0
 
@@ -51,14 +51,6 @@ def cores(starts: list[int], tile: int, n: int) -> list[tuple[int, int]]:
     """[lo, hi) of each tile's own pixels: overlaps are split at their middle."""
     cuts = [0] + [(starts[i] + starts[i - 1] + tile) // 2 for i in range(1, len(starts))] + [n]
     return [(cuts[i], cuts[i + 1]) for i in range(len(starts))]
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dict):
@@ -185,7 +177,7 @@ def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int
     state = os.path.join(ck["folder"], "state.pt")
     attrs = {"model": f"{ck['config']['model']['name']}/{ck['config']['model']['size']}",
              "model_options": str(ck["config"]["model"]["options"]), "checkpoint": os.path.abspath(ck["folder"]),
-             "checkpoint_sha256": _sha256(state), "checkpoint_step": int(ck["step"])}
+             "checkpoint_sha256": sha256(state), "checkpoint_step": int(ck["step"])}
     r = predict_scene(model, norm, ahi, out, bbox=bbox, tile=tile, overlap=overlap, batch=batch,
                       probabilities=probabilities, device=dev, attrs=attrs, log=log)
     if log:

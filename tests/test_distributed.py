@@ -27,6 +27,13 @@ def torchrun(n, *args, timeout=600, check=True, **kw):
     return r
 
 
+def need_dali():
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        require(False, "nvidia-dali")
+
+
 def params(path):
     return torch.load(path, weights_only=True)
 
@@ -103,10 +110,7 @@ def test_preemption_signal_saves_and_exits_with_code_3(tiny_shards, tmp_path):
 
 
 def test_dali_and_webdataset_loaders_agree(tiny_shards):
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        require(False, "nvidia-dali")
+    need_dali()
     from sgmagnet.dali import epoch_batches_of
     from sgmagnet.data import LoaderConfig, Normaliser, make_loader, split_urls
 
@@ -131,10 +135,7 @@ def test_dali_and_webdataset_loaders_agree(tiny_shards):
 
 
 def test_dali_stream_resumes_exactly(tiny_shards):
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        require(False, "nvidia-dali")
+    need_dali()
     from sgmagnet.dali import DaliStream
     from sgmagnet.data import LoaderConfig, Normaliser, split_urls
 
