@@ -245,6 +245,7 @@ def cmd_plot(a):
 
 def main(argv=None) -> int:
     p = Parser(prog="sgmagnet", description="3D cloud-phase benchmark builder and SGMAGNet training.")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher (also LOCAL_RANK)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     s = sub.add_parser("synth", help="write a synthetic AHI + CloudSat archive in the real file formats")

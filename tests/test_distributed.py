@@ -189,3 +189,19 @@ def test_deepspeed_batch_mismatch_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="micro-batch x accumulation x world"):
         deepspeed_config(cfg, world=4)
     assert deepspeed_config(cfg, world=16)["gradient_accumulation_steps"] == 2
+
+
+def test_deepspeed_launcher_runs_the_cli(tiny_shards, tmp_path):
+    """The deepspeed launcher passes --local_rank before the subcommand; the CLI must accept it."""
+    root, _ = tiny_shards
+    ds = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    require(os.path.exists(ds), "the deepspeed launcher")
+    r = subprocess.run([ds, "--num_gpus", "2", f"--master_port={29700 + os.getpid() % 1000}", "--module",
+                        "sgmagnet.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+                        "--deepspeed", os.path.join(ROOT, "configs", "deepspeed", "zero1.json"),
+                        f"data.shards={root}", f"train.run_dir={tmp_path}", "train.steps=2", "model.name=unet"],
+                       env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import json
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["steps"] == 2 and s["final_val"]["val_voxels"] > 0
