@@ -7,7 +7,8 @@ Every run trains with the same shards, optimiser, schedule, batch, step budget a
 `gpu` preset below), then `sgmagnet evaluate` scores it on the held-out test split. Runs:
   models     sgmagnet, unet, unet3d, segnet, transformer
   ablations  sgmagnet with: static height code (no dynamic height encoder), single-scale generator,
-             no phase-aware gating (plain 3D head), unweighted loss, focal loss (gamma = 2)
+             no phase-aware gating (plain 3D head and a plain 4-way softmax), unweighted loss,
+             focal loss (gamma = 2)
 Each run folder (under --runs) keeps its config, log.jsonl, TensorBoard, checkpoints, eval_test.json/.md and
 PNGs; the small results (eval JSON/Markdown, log.jsonl, confusion matrix, one curtain) are copied to
 --out/runs/<run>/, and the study writes --out/study.json (every run's metrics, parameters, FLOPs,
@@ -41,7 +42,7 @@ RUNS = {
     "transformer": ("transformer", {}, []),
     "sgmagnet-static-height": ("sgmagnet", {"height": "static"}, []),
     "sgmagnet-single-scale": ("sgmagnet", {"scales": [1]}, []),
-    "sgmagnet-no-gating": ("sgmagnet", {"gating": False}, []),
+    "sgmagnet-no-gating": ("sgmagnet", {"gating": False}, ["loss.form=softmax"]),
     "sgmagnet-unweighted": ("sgmagnet", {}, ["loss.weights=none"]),
     "sgmagnet-focal": ("sgmagnet", {}, ["loss.gamma=2.0"]),
 }

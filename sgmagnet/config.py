@@ -55,6 +55,7 @@ class LossConfig:
     power: float = 0.5
     gamma: float = 0.0                # focal-loss exponent (0 = the normative cross-entropy)
     impl: str = "auto"                # auto | torch | triton  (auto = triton on CUDA, torch elsewhere)
+    form: str = "gated"               # gated (phase-gated softmax, normative) | softmax (plain 4-way: ablation)
 
 
 @dataclass

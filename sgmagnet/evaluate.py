@@ -25,7 +25,7 @@ from .metrics import LAT_BANDS, ConfusionSet, lat_band
 
 @torch.no_grad()
 def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: int = 0, loss_fn=None,
-                     sums: bool = False, prepare=None):
+                     sums: bool = False, prepare=None, form: str = "gated"):
     """Run the model over batches; returns (ConfusionSet, curtains, mean loss or None), or with sums=True
     (ConfusionSet, curtains, (loss sum, labelled pixels, batches)) for reduction across ranks."""
     was = model.training
@@ -39,7 +39,7 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x, geom)
         idx = b["index"].to(device)
-        pred = fast_argmax(gather_columns(logits, idx)).cpu()
+        pred = fast_argmax(gather_columns(logits, idx), form=form).cpu()
         if loss_fn is not None and len(idx):
             loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
             loss_n += len(idx)
@@ -148,7 +148,8 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     lcfg = LoaderConfig(batch_size=batch_size, workers=0)
     urls = split_urls(shards, split)
     cs, curt, _ = evaluate_batches(model, make_loader(urls, norm, lcfg, train=False), dev,
-                                   bf16=cfg["train"]["bf16"], keep_curtains=curtains)
+                                   bf16=cfg["train"]["bf16"], keep_curtains=curtains,
+                                   form=cfg["loss"].get("form", "gated"))
     clim = Climatology.from_batches(make_loader(split_urls(shards, cfg["data"]["train_split"]), norm, lcfg, train=False))
     weights = ck["loss_weights"]
     refs = reference_rows(make_loader(urls, norm, lcfg, train=False), clim, weights)

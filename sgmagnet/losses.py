@@ -30,6 +30,16 @@ def gated_log_probs(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.cat([F.logsigmoid(-g), F.logsigmoid(g) + torch.log_softmax(z, dim=dim)], dim=dim)
 
 
+def log_probs(logits: torch.Tensor, form: str = "gated", dim: int = 1) -> torch.Tensor:
+    """Class log-probabilities: the phase-gated softmax (normative) or, for the no-gating ablation
+    (loss.form=softmax), a plain 4-way softmax over the same 4 channels."""
+    if form == "gated":
+        return gated_log_probs(logits, dim)
+    if form == "softmax":
+        return torch.log_softmax(logits.float(), dim=dim)
+    raise ValueError(f"loss form must be gated or softmax, got {form!r}")
+
+
 def gated_probs(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return gated_log_probs(logits, dim).exp()
 
@@ -58,18 +68,18 @@ def class_weights(frequency, power: float = 0.5) -> torch.Tensor:
 
 def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
                     weights: torch.Tensor | None = None, denominator: torch.Tensor | float | None = None,
-                    gamma: float = 0.0) -> torch.Tensor:
+                    gamma: float = 0.0, form: str = "gated") -> torch.Tensor:
     """Class-weighted sparse cross-entropy of the phase-gated softmax (DESIGN.md). Scalar float32.
 
     gamma > 0 turns it into the focal loss (1 - p_y)^gamma * (-log p_y) with the same weights/normaliser
-    (an ablation; gamma = 0 is the normative loss).
+    (an ablation; gamma = 0 is the normative loss). form="softmax": plain 4-way softmax (ablation).
     """
     if logits.dim() != 5 or logits.shape[1] != 4:
         raise ValueError(f"logits must be [B, 4, L, H, W], got {tuple(logits.shape)}")
     L = logits.shape[2]
     if profiles.dim() != 2 or profiles.shape[1] != L or index.shape != (profiles.shape[0], 3):
         raise ValueError(f"index must be [N, 3] and profiles [N, {L}], got {tuple(index.shape)} and {tuple(profiles.shape)}")
-    logp = gated_log_probs(gather_columns(logits, index))              # [N, 4, L]
+    logp = log_probs(gather_columns(logits, index), form)              # [N, 4, L]
     y = profiles.long()
     labelled = y != IGNORE
     y0 = torch.where(labelled, y, torch.zeros_like(y))
@@ -104,8 +114,11 @@ def use_triton(impl: str, device) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def fast_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """gated_argmax through the Triton kernel on CUDA (int8, no probabilities materialised), else the reference."""
+def fast_argmax(logits: torch.Tensor, dim: int = 1, form: str = "gated") -> torch.Tensor:
+    """gated_argmax through the Triton kernel on CUDA (int8, no probabilities materialised), else the reference.
+    form="softmax": the plain argmax of the 4 logits."""
+    if form == "softmax":
+        return logits.argmax(dim)
     if dim == 1 and logits.is_cuda:
         import kernels
         return kernels.gated_argmax(logits).long()
@@ -114,20 +127,24 @@ def fast_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 class SparseLoss(torch.nn.Module):
     """The training loss component: weights are a buffer (they follow .to(device) and are checkpointed).
-    impl: auto | torch | triton (see use_triton); the focal variant (gamma > 0) always uses the reference."""
+    impl: auto | torch | triton (see use_triton); the focal variant (gamma > 0) and the softmax form always
+    use the reference."""
 
-    def __init__(self, weights=None, gamma: float = 0.0, impl: str = "torch"):
+    def __init__(self, weights=None, gamma: float = 0.0, impl: str = "torch", form: str = "gated"):
         super().__init__()
+        if form not in ("gated", "softmax"):
+            raise ValueError(f"loss form must be gated or softmax, got {form!r}")
+        self.form = form
         if impl not in ("auto", "torch", "triton"):
             raise ValueError(f"loss impl must be auto, torch or triton, got {impl!r}")
         self.register_buffer("weights", torch.ones(N_CLASSES) if weights is None else torch.as_tensor(weights).float())
         self.gamma, self.impl = gamma, impl
 
     def forward(self, logits, index, profiles, denominator=None):
-        if not self.gamma and use_triton(self.impl, logits.device):
+        if not self.gamma and self.form == "gated" and use_triton(self.impl, logits.device):
             import kernels
             return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator)
-        return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma)
+        return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma, form=self.form)
 
     def weight_sum(self, profiles: torch.Tensor) -> torch.Tensor:
         """Local sum of label weights (what data-parallel training all-reduces into the denominator)."""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .grid import BAND_VARS, CLASS_NAMES, LEVEL_CENTRE_KM, N_LEVELS
-from .losses import fast_argmax, gated_probs
+from .losses import fast_argmax, log_probs
 from .shards import sha256
 
 PROB_SCALE = 250.0
@@ -92,7 +92,8 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
 
 @torch.no_grad()
 def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32, batch: int = 4,
-                  probabilities: bool = False, device="cpu", attrs: dict | None = None, log=print) -> dict:
+                  probabilities: bool = False, device="cpu", attrs: dict | None = None, log=print,
+                  form: str = "gated") -> dict:
     """Run `model` over an AHI scene (tiled, streamed) and write the CF NetCDF `out` (atomically)."""
     from tqdm import tqdm
 
@@ -138,8 +139,9 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                 xb = torch.from_numpy(np.stack([xn[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
                 gb = torch.from_numpy(np.stack([geom[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
                 logits = model(xb, gb)
-                cls = fast_argmax(logits).to(torch.int8).cpu().numpy()                   # [b, L, t, t]
-                pr = (gated_probs(logits) * PROB_SCALE).round().to(torch.uint8).cpu().numpy() if probabilities else None
+                cls = fast_argmax(logits, form=form).to(torch.int8).cpu().numpy()        # [b, L, t, t]
+                pr = ((log_probs(logits, form).exp() * PROB_SCALE).round().to(torch.uint8).cpu().numpy()
+                      if probabilities else None)
                 for j, (cs, (clo, chi)) in enumerate(group):
                     rr, cc = slice(rlo - rs, rhi - rs), slice(clo - cs, chi - cs)
                     phase[:, :, clo:chi] = cls[j][:, rr, cc]
@@ -179,7 +181,8 @@ def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int
              "model_options": str(ck["config"]["model"]["options"]), "checkpoint": os.path.abspath(ck["folder"]),
              "checkpoint_sha256": sha256(state), "checkpoint_step": int(ck["step"])}
     r = predict_scene(model, norm, ahi, out, bbox=bbox, tile=tile, overlap=overlap, batch=batch,
-                      probabilities=probabilities, device=dev, attrs=attrs, log=log)
+                      probabilities=probabilities, device=dev, attrs=attrs, log=log,
+                      form=ck["config"]["loss"].get("form", "gated"))
     if log:
         log(f"wrote {out}: cloud_phase {r['shape']} from {r['tiles']} tiles, {r['valid_pixels']} valid pixels")
     return r

@@ -133,7 +133,9 @@ def make_loss(cfg: Config, weights, device) -> SparseLoss:
         use_triton(impl, device)
     except RuntimeError as e:
         raise ConfigError(str(e)) from None
-    return SparseLoss(weights, gamma=cfg.loss.gamma, impl=impl).to(device)
+    if cfg.loss.form not in ("gated", "softmax"):
+        raise ConfigError(f"loss.form must be gated or softmax, got {cfg.loss.form!r}")
+    return SparseLoss(weights, gamma=cfg.loss.gamma, impl=impl, form=cfg.loss.form).to(device)
 
 
 
@@ -343,7 +345,8 @@ class Trainer:
             import itertools
             batches = itertools.islice(batches, c.val_batches)
         cs, _, (lsum, ln, nb) = evaluate_batches(self.forward_module, batches, self.device, self.cfg.train.bf16,
-                                                 loss_fn=self.loss_fn, sums=True, prepare=self._prepare)
+                                                 loss_fn=self.loss_fn, sums=True, prepare=self._prepare,
+                                                 form=self.cfg.loss.form)
         if e.distributed:
             most = int(hdist.all_reduce_max(torch.tensor([nb], device=self.device)).item())
             p = self.manifest["config"]["patch_size"]

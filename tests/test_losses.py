@@ -97,3 +97,21 @@ def test_class_weights():
     assert torch.isfinite(class_weights([0.9, 0.1, 0.0, 0.0])).all()
     with pytest.raises(ValueError):
         class_weights([0.5, 0.5])
+
+
+def test_softmax_form_is_plain_cross_entropy():
+    from sgmagnet.losses import fast_argmax
+
+    torch.manual_seed(2)
+    a = torch.randn(2, 4, 5, 3, 3, requires_grad=True)
+    idx = torch.tensor([[0, 1, 2], [1, 0, 0]])
+    prof = torch.randint(0, 4, (2, 5), dtype=torch.uint8)
+    dense = torch.full((2, 5, 3, 3), 255, dtype=torch.long)
+    for n, (b, r, c) in enumerate(idx.tolist()):
+        dense[b, :, r, c] = prof[n].long()
+    w = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    got = gated_sparse_ce(a, idx, prof, w, form="softmax")
+    assert got.item() == pytest.approx(F.cross_entropy(a, dense, weight=w, ignore_index=255).item(), rel=1e-5)
+    assert torch.equal(fast_argmax(a, form="softmax"), a.argmax(1))
+    with pytest.raises(ValueError):
+        gated_sparse_ce(a, idx, prof, form="sigmoid")

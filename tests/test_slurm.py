@@ -121,6 +121,22 @@ def test_build_array_and_merge_equal_local_build(slurm, tiny_archive, tiny_shard
         assert got[k] == local[k], k
 
 
+def test_mpi_build_job_equals_local_build(slurm, tiny_archive, tiny_shards, tmp_path):
+    archive, _ = tiny_archive
+    root, local = tiny_shards
+    out = tmp_path / "mpi"
+    argv = ["submit", "build", "--ahi", str(archive / "ahi"), "--cloudsat", str(archive / "cloudsat"),
+            "--out", str(out), "--patch-size", "32", "--min-labelled", "16", "--split-days", "1,0,1",
+            "--gap-days", "0", "--shard-maxcount", "8", "--tasks-per-node", "2", "--partition", "debug",
+            "--time", "00:10:00", "--cluster", "slurm", "--folder", str(tmp_path / "logs"), "--wait"]
+    assert cli.main(argv) == 0
+    got = json.loads((out / "manifest.json").read_text())
+    stats = json.loads((out / "build_stats.json").read_text())
+    assert len(stats["ranks"]) == 2                       # two MPI ranks under srun --mpi=pmix
+    for k in ("counts", "class_histogram", "band_stats", "shards"):
+        assert got[k] == local[k], k
+
+
 @pytest.mark.parametrize("bad", [
     ["--name", "x; rm -rf /"], ["--name", "a\n#SBATCH --uid=0"], ["--partition", "debug$(id)"],
     ["--account", "a b"], ["--time", "10 && reboot"], ["--folder", "/tmp/x y"], ["--sbatch=--wrap=`id`"],
