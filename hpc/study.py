@@ -143,6 +143,36 @@ def tables(results: list[dict], preset_name: str, preset: dict, shards: str) -> 
     return "\n".join(out) + "\n"
 
 
+def figures(results: list[dict], out: str):
+    """Loss/validation curves (seed 0) of the models and of the ablations, and macro F1 per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sgmagnet.plots import loss_curves_png
+
+    seed0 = {r["name"]: os.path.join(out, "runs", f"{r['name']}_s{r['seed']}", "log.jsonl")
+             for r in results if r["seed"] == min(x["seed"] for x in results)}
+    loss_curves_png({n: p for n, p in seed0.items() if n in MODELS}, os.path.join(out, "curves_models.png"))
+    loss_curves_png({n: p for n, p in seed0.items() if n.startswith("sgmagnet")}, os.path.join(out, "curves_ablations.png"))
+    by = {}
+    for r in results:
+        by.setdefault(r["name"], []).append(r["overall"]["macro"]["f1"])
+    names = [n for n in RUNS if n in by]
+    fig, ax = plt.subplots(figsize=(9, 3.6), constrained_layout=True)
+    ax.bar(range(len(names)), [np.mean(by[n]) for n in names], yerr=[np.std(by[n]) for n in names], capsize=3,
+           color=["#4a90d9" if n in MODELS else "#9b59b6" for n in names])
+    ref = results[0]["references"]
+    ax.axhline(ref["climatology"]["overall"]["macro"]["f1"], color="k", ls="--", lw=1, label="climatology")
+    ax.axhline(ref["all_clear"]["overall"]["macro"]["f1"], color="grey", ls=":", lw=1, label="all clear")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test macro F1 (mean ± sd over seeds)")
+    ax.legend(fontsize=8)
+    fig.savefig(os.path.join(out, "macro_f1.png"), dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", default="demo_out/shards")
@@ -171,6 +201,7 @@ def main(argv=None):
     with open(os.path.join(a.out, "study.json"), "w") as f:
         json.dump({"config": a.config, "preset": preset, "shards": a.shards, "runs": results}, f, indent=1)
     md = tables(results, a.config, preset, a.shards)
+    figures(results, a.out)
     with open(os.path.join(a.out, "study.md"), "w") as f:
         f.write(md)
     print(md)
