@@ -4,7 +4,8 @@ Environment, in order of precedence:
   torchrun / deepspeed launcher   RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT
   srun (Slurm)                    SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR = first host of
                                   SLURM_JOB_NODELIST (SLURM_STEP_NODELIST), MASTER_PORT = 20000 + job id % 20000
-  anything else                   a single process (rank 0 of 1); no process group is created
+  anything else                   a single process (rank 0 of 1); no process group is created, except for
+                                  DeepSpeed, which gets a group of one
 Backend: NCCL when CUDA is available, gloo otherwise (override with SGMAGNET_DIST_BACKEND). Under
 `DS_ACCELERATOR=cpu` DeepSpeed is told to use gloo as well.
 
@@ -77,8 +78,11 @@ def _slurm_rendezvous():
 def init_distributed(backend: str | None = None, deepspeed: bool = False) -> DistEnv:
     """Initialise the default process group if this is a multi-process run (idempotent)."""
     env = detect()
-    if not env.distributed:
+    if not env.distributed and not deepspeed:
         return env
+    if not env.distributed:  # DeepSpeed needs a process group even for one process
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 500))
     if env.launcher == "srun":
         _slurm_rendezvous()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
