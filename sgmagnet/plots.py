@@ -72,16 +72,18 @@ def read_log(path: str) -> list[dict]:
 def loss_curves_png(logs: dict[str, str], path: str):
     """logs: label -> log.jsonl of a run. Training loss per step and validation loss / macro F1."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-    for label, p in logs.items():
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, p) in enumerate(logs.items()):
+        col = colours[k % len(colours)]
         recs = read_log(p)
         tr = [(r["step"], r["loss"]) for r in recs if r.get("kind") == "train"]
         va = [(r["step"], r["val_loss"], r["val_macro_f1"]) for r in recs if r.get("kind") == "val"]
         if tr:
-            axes[0].plot(*zip(*tr), label=f"{label} train")
+            axes[0].plot(*zip(*tr), color=col, label=f"{label} train")
         if va:
             s, lv, f1 = zip(*va)
-            axes[0].plot(s, lv, "o--", label=f"{label} val")
-            axes[1].plot(s, f1, "o-", label=label)
+            axes[0].plot(s, lv, "o--", color=col, label=f"{label} val")
+            axes[1].plot(s, f1, "o-", color=col, label=label)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("class-weighted gated CE")
     axes[1].set_xlabel("step")
