@@ -1,7 +1,7 @@
 """Loader throughput: multi-worker WebDataset loader and DALI loader vs a raw sequential read.
 
     python hpc/bench/loader.py --shards demo_out/shards [--split train] [--batch 8] [--workers 2] [--epochs 3]
-                               [--repeat 10]
+                               [--repeat 40]
 
 raw      one process reads every tar member and decodes the .npy arrays (shards.iter_shard): the floor
          cost of getting the bytes into arrays, no normalisation, no batching
@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=3, help="passes per loader; the best is reported")
-    p.add_argument("--repeat", type=int, default=10, help="list each shard this many times (a larger epoch)")
+    p.add_argument("--repeat", type=int, default=40, help="list each shard this many times (a larger epoch)")
     a = p.parse_args(argv)
     urls = split_urls(a.shards, a.split) * a.repeat
     norm = Normaliser.from_manifest(a.shards)
