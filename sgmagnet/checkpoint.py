@@ -93,14 +93,19 @@ class Checkpointer:
         return final
 
     def latest(self) -> str | None:
-        m = os.path.join(self.folder, "latest")
-        if not os.path.exists(m):
-            return None
-        with open(m) as f:
-            p = os.path.join(self.folder, f.read().strip())
-        if not os.path.exists(os.path.join(p, "state.pt")):
-            raise FileNotFoundError(f"{m} names {p}, which has no state.pt")
-        return p
+        return latest_in(self.folder)
+
+
+def latest_in(folder: str) -> str | None:
+    """The checkpoint folder named by `folder/latest`, or None when there is no marker."""
+    m = os.path.join(folder, "latest")
+    if not os.path.exists(m):
+        return None
+    with open(m) as f:
+        p = os.path.join(folder, f.read().strip())
+    if not os.path.exists(os.path.join(p, "state.pt")):
+        raise FileNotFoundError(f"{m} names {p}, which has no state.pt")
+    return p
 
 
 def resolve(path: str) -> str:
@@ -109,9 +114,7 @@ def resolve(path: str) -> str:
         return os.path.dirname(os.path.abspath(path))
     if os.path.exists(os.path.join(path, "state.pt")):
         return path
-    latest = Checkpointer.__new__(Checkpointer)
-    latest.folder = os.path.join(path, "checkpoints")
-    found = latest.latest() if os.path.isdir(latest.folder) else None
+    found = latest_in(os.path.join(path, "checkpoints"))
     if found is None:
         raise FileNotFoundError(f"{path}: not a checkpoint (no state.pt) nor a run folder with checkpoints/latest")
     return found

@@ -180,14 +180,11 @@ def cmd_report(a):
 
 
 def cmd_submit(a):
-    from launch.submit import SubmitError, submit_build, submit_train
+    from launch.submit import submit_build, submit_train
 
     try:
         return submit_train(a) if a.what == "train" else submit_build(a)
-    except SubmitError as e:
-        sys.stderr.write(f"sgmagnet submit {a.what}: error: {e}\n")
-        return 2
-    except ValueError as e:  # config errors
+    except ValueError as e:  # SubmitError and config errors
         sys.stderr.write(f"sgmagnet submit {a.what}: error: {e}\n")
         return 2
 

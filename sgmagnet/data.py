@@ -12,10 +12,12 @@ One batch is a dict of tensors:
 The variable number of labelled pixels per sample is handled by concatenating them with a batch index,
 so no dense label volume is ever built.
 
-Stages are plain webdataset pipeline stages: shard list (shuffled per epoch with a seeded RNG) -> node
-splitter (hook for multi-node, identity by default) -> worker splitter -> tar reader -> seeded shuffle
-buffer -> decode -> batch. Everything is a pure function of (seed, epoch), so an epoch can be replayed
-and a resumed run skips the batches it has already seen (`EpochStream`).
+Stages are plain webdataset pipeline stages: shard list (shuffled per epoch with a seeded RNG) -> rank
+splitter (shard i to rank i % world) -> worker splitter -> tar reader -> seeded shuffle buffer -> decode
+-> batch. Across ranks, training instead draws shards with replacement (`ResampledShards`, seeded by
+seed/epoch/rank/worker) and the consumer fixes the epoch length, so no rank can run dry. Everything is a
+pure function of (seed, epoch, rank), so an epoch can be replayed and a resumed run skips the batches it
+has already seen (`EpochStream`).
 """
 from __future__ import annotations
 

@@ -96,7 +96,6 @@ def test_bad_inputs_are_skipped_with_reasons(tiny_archive, tmp_path):
     cs = tmp_path / "cs"
     shutil.copytree(archive / "ahi", ahi)
     shutil.copytree(archive / "cloudsat", cs)
-    t = dt.datetime(2018, 10, 1, 6, 0)
     # corrupt NetCDF, wrong grid in name, missing variable, truncated HDF, all-fill granule, no scene in window
     (ahi / "NC_H08_20181001_0600_R21_FLDK.00011_00009.nc").write_bytes(b"not netcdf at all")
     make_scene(ahi, dt.datetime(2018, 10, 1, 6, 10), name_counts=(99, 99))
