@@ -1,4 +1,5 @@
 # One-command entry points. `make demo` and `make test` run `setup` first (idempotent).
+# `make bench` needs the demo's shards and runs (make demo first).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -21,6 +22,9 @@ bench: setup
 	$(PY) hpc/bench/train_step.py
 	$(PY) hpc/bench/loader.py --shards $(DEMO)/shards
 	$(PY) hpc/bench/train_step.py --loader real --shards $(DEMO)/shards --models unet,sgmagnet
+	$(PY) hpc/bench/predict_memory.py --checkpoint $(DEMO)/runs/unet
+	$(PY) kernels/bench/bench_gated_loss.py
+	$(PY) kernels/bench/bench_gated_softmax.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
