@@ -247,17 +247,31 @@ def submit_build(a) -> int:
     return 0
 
 
+def _count(minimum: int):
+    import argparse
+
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            v = minimum - 1
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {s!r}")
+        return v
+    return parse
+
+
 def add_common(p):
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one task per GPU (0 = CPU nodes)")
-    p.add_argument("--tasks-per-node", type=int, default=0, help="tasks per node (default: GPUs per node, or 1)")
-    p.add_argument("--cpus-per-task", type=int, default=1)
-    p.add_argument("--mem-gb", type=int, default=0)
-    p.add_argument("--partition", required=True)
+    p.add_argument("--nodes", type=_count(1), default=1, help="number of nodes (1)")
+    p.add_argument("--gpus-per-node", type=_count(0), default=0, help="GPUs per node; one task per GPU (0 = CPU nodes)")
+    p.add_argument("--tasks-per-node", type=_count(0), default=0, help="tasks per node (default: GPUs per node, or 1)")
+    p.add_argument("--cpus-per-task", type=_count(1), default=1, help="CPU cores per task (data-loader workers + 1)")
+    p.add_argument("--mem-gb", type=_count(0), default=0, help="memory per node in GB (0 = the partition's default)")
+    p.add_argument("--partition", required=True, help="Slurm partition")
     p.add_argument("--time", required=True, help="wall-clock limit HH:MM:SS or D-HH:MM:SS")
-    p.add_argument("--account")
-    p.add_argument("--qos")
-    p.add_argument("--constraint")
+    p.add_argument("--account", help="Slurm account to charge")
+    p.add_argument("--qos", help="Slurm quality of service")
+    p.add_argument("--constraint", help="Slurm node feature constraint (e.g. a100)")
     p.add_argument("--sbatch", action="append", default=[], metavar="--FLAG[=VALUE]",
                    help="extra sbatch flag (repeatable), e.g. --sbatch=--exclusive")
     p.add_argument("--name", help="job name")

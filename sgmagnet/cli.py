@@ -240,6 +240,12 @@ def cmd_plot(a):
     return 0
 
 
+def cmd_demo(a):
+    from .demo import run
+
+    return run(a.out, a.ranks)
+
+
 def main(argv=None) -> int:
     p = Parser(prog="sgmagnet", description="3D cloud-phase benchmark builder and SGMAGNet training.")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher (also LOCAL_RANK)
@@ -327,6 +333,12 @@ def main(argv=None) -> int:
                     metavar="LON0,LAT0,LON1,LAT1", help="vertical cross-section along this line (repeatable)")
     pl.add_argument("--granule", help="2B-CLDCLASS-LIDAR granule: along-track curtain, labels vs prediction")
     pl.set_defaults(func=cmd_plot)
+
+    dm = sub.add_parser("demo", help="the main job on the embedded default: synth -> shards -> train SGMAGNet and "
+                        "UNet -> evaluate -> table and pictures (what `make demo` runs)")
+    dm.add_argument("--out", default="demo_out", help="output folder (demo_out)")
+    dm.add_argument("--ranks", type=_positive_int, default=2, help="MPI ranks for the build (2; 1 = no mpirun)")
+    dm.set_defaults(func=cmd_demo)
 
     from launch.submit import add_common
 
