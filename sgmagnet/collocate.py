@@ -37,6 +37,19 @@ class Match:
     labels: np.ndarray
     t_first: np.ndarray
     n_profiles: np.ndarray
+    top_type: np.ndarray | None = None   # CloudLayerType of the highest layer of the pixel's first profile (0 = none)
+
+
+def top_layer_type(n_layers, top, ctype) -> np.ndarray:
+    """[N] cloud type (2B-CLDCLASS-LIDAR CloudLayerType: 1 Ci .. 8 DC) of each profile's highest valid layer;
+    0 for clear profiles or when the file has no usable type."""
+    k = top.shape[1]
+    n = np.nan_to_num(np.asarray(n_layers, np.float64), nan=0).clip(0, k).astype(np.int64)
+    use = (np.arange(k)[None, :] < n[:, None]) & np.isfinite(top)
+    h = np.where(use, top, -np.inf)
+    best = np.argmax(h, axis=1)
+    t = np.take_along_axis(np.nan_to_num(np.asarray(ctype, np.float64), nan=0), best[:, None], 1)[:, 0]
+    return np.where(use.any(1) & (t >= 1) & (t <= 8), t, 0).astype(np.uint8)
 
 
 @dataclass
@@ -104,6 +117,7 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
     sel = idx[matched]
     labels = profile_levels(g.n_layers.values[sel], g.layer_base.values[sel], g.layer_top.values[sel],
                             g.layer_phase.values[sel], g.dem_km.values[sel])
+    ttype = top_layer_type(g.n_layers.values[sel], g.layer_top.values[sel], g.layer_type.values[sel])
     sc_m, ij_m, t_m = best_sc[matched], best_ij[matched], t[matched]
     for si in np.unique(sc_m):
         m = sc_m == si
@@ -115,7 +129,7 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
         _, first = np.unique(inv[order], return_index=True)   # earliest profile of each pixel
         t_first = t_m[m][order[first]]
         out.matches.append(Match(cands[int(si)], grid, uniq // grid.shape[1], uniq % grid.shape[1], lab, t_first,
-                                 np.bincount(inv, minlength=uniq.size)))
+                                 np.bincount(inv, minlength=uniq.size), ttype[m][order[first]]))
     return out
 
 
@@ -165,6 +179,7 @@ def make_patches(match: Match, size: int, min_labelled: int = 64):
         o = np.argsort(match.t_first[inwin], kind="stable")
         pix = np.stack([match.rows[inwin] - r0, match.cols[inwin] - c0], 1)[o].astype(np.int16)
         prof = match.labels[inwin][o].astype(np.uint8)
+        ctype = (match.top_type[inwin][o] if match.top_type is not None else np.zeros(len(prof))).astype(np.uint8)
         lat, lon = ds.latitude.values, ds.longitude.values
         h = size // 2
         meta = {
@@ -176,4 +191,4 @@ def make_patches(match: Match, size: int, min_labelled: int = 64):
             "n_labelled_pixels": int(pix.shape[0]), "n_profiles": int(match.n_profiles[inwin].sum()),
             "window_index": k,
         }
-        yield {"input": x, "pix": pix, "prof": prof, "geom": geom, "meta": meta}
+        yield {"input": x, "pix": pix, "prof": prof, "geom": geom, "meta": meta, "ctype": ctype}

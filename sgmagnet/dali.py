@@ -75,6 +75,7 @@ def to_batch(outs, device) -> dict:
             "prof": torch.from_numpy(np.concatenate(prof)),
             "lat": torch.from_numpy(np.concatenate(lat).astype(np.float32)),
             "soz": torch.from_numpy(np.concatenate(soz).astype(np.float32)),
+            "ctype": torch.zeros(sum(len(p) for p in pix), dtype=torch.uint8),   # not read by DALI (strata only)
             "keys": [sample_key(m) for m in metas]}
 
 
@@ -91,7 +92,7 @@ def epoch_batches_of(urls, batch_size: int, shard_id: int, num_shards: int, norm
         if k < len(b["keys"]):  # drop the padding at the end of the epoch
             sel = b["index"][:, 0] < k
             b = {**b, "x": b["x"][:k], "geom": b["geom"][:k], "index": b["index"][sel], "prof": b["prof"][sel],
-                 "lat": b["lat"][sel], "soz": b["soz"][sel], "keys": b["keys"][:k]}
+                 "lat": b["lat"][sel], "soz": b["soz"][sel], "ctype": b["ctype"][sel], "keys": b["keys"][:k]}
         out.append(b)
         left -= k
     return out

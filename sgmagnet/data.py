@@ -8,6 +8,7 @@ One batch is a dict of tensors:
   prof   uint8   [N, 38]        its labels per level (255 = none)
   lat    float32 [N]            its latitude (from the patch corners; the grid is regular in lat/lon)
   soz    float32 [N]            its solar zenith
+  ctype  uint8   [N]            cloud type of its top layer (CloudLayerType 1 Ci .. 8 DC; 0 = clear/unknown)
   keys   list[str]              sample keys
 The variable number of labelled pixels per sample is handled by concatenating them with a batch index,
 so no dense label volume is ever built.
@@ -75,7 +76,7 @@ class Decode:
         soz = s["geom"][0][s["pix"][:, 0], s["pix"][:, 1]]
         return {"key": s["__key__"], "x": self.norm(x), "geom": s["geom"].astype(np.float32),
                 "pix": s["pix"].astype(np.int64), "prof": s["prof"], "lat": lat.astype(np.float32),
-                "soz": soz.astype(np.float32)}
+                "soz": soz.astype(np.float32), "ctype": s["ctype"].astype(np.uint8)}
 
 
 def collate(samples: list[dict]) -> dict:
@@ -87,6 +88,8 @@ def collate(samples: list[dict]) -> dict:
             "prof": torch.from_numpy(np.concatenate([s["prof"] for s in samples])),
             "lat": torch.from_numpy(np.concatenate([s["lat"] for s in samples])),
             "soz": torch.from_numpy(np.concatenate([s["soz"] for s in samples])),
+            "ctype": torch.from_numpy(np.concatenate([s.get("ctype", np.zeros(len(s["pix"]), np.uint8))
+                                                      for s in samples])),
             "keys": [s["key"] for s in samples]}
 
 

@@ -43,7 +43,7 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
         if loss_fn is not None and len(idx):
             loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
             loss_n += len(idx)
-        cs.update(b["prof"], pred, b["lat"], b["soz"])
+        cs.update(b["prof"], pred, b["lat"], b["soz"], b.get("ctype"))
         cs.patches += len(b["keys"])
         for k in range(len(b["keys"])):
             if len(curtains) >= keep_curtains:
@@ -88,8 +88,8 @@ def reference_rows(val_batches, clim: Climatology, weights) -> dict:
     """Scores of the climatology and all-clear predictors over the same labelled voxels."""
     c_cs, z_cs = ConfusionSet(), ConfusionSet()
     for b in val_batches:
-        c_cs.update(b["prof"], clim.predict(b["lat"], weights), b["lat"], b["soz"])
-        z_cs.update(b["prof"], torch.zeros_like(b["prof"], dtype=torch.long), b["lat"], b["soz"])
+        c_cs.update(b["prof"], clim.predict(b["lat"], weights), b["lat"], b["soz"], b.get("ctype"))
+        z_cs.update(b["prof"], torch.zeros_like(b["prof"], dtype=torch.long), b["lat"], b["soz"], b.get("ctype"))
         c_cs.patches += len(b["keys"])
         z_cs.patches += len(b["keys"])
     return {"climatology": c_cs.report(), "all_clear": z_cs.report()}

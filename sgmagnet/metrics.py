@@ -10,6 +10,8 @@ matrix per stratum family:
   layers    column type of its profile: `clear` (no cloud), `single` (one contiguous cloudy run), `multi`
   latitude  `tropics` (|lat| < 23.5), `subtropics` (23.5-40), `midlatitudes` (>= 40)
   daynight  `day` (solar zenith < 85 deg at the pixel) or `night`
+  cloudtype the 2B-CLDCLASS-LIDAR CloudLayerType of the column's top layer: clear, Ci, As, Ac, St, Sc, Cu,
+            Ns, DC (in the synthetic archive, the generator's regime; counted only when the shards carry it)
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ def column_type(profiles: torch.Tensor) -> torch.Tensor:
 
 
 COLUMN_TYPES = ("clear", "single", "multi")
+CLOUD_TYPES = ("clear", "Ci", "As", "Ac", "St", "Sc", "Cu", "Ns", "DC")
 
 
 def lat_band(lat: torch.Tensor) -> torch.Tensor:
@@ -83,19 +86,23 @@ def lat_band(lat: torch.Tensor) -> torch.Tensor:
 class ConfusionSet:
     """The overall confusion matrix plus one per stratum; `update` takes a batch's labelled columns."""
 
-    FAMILIES = {"layers": COLUMN_TYPES, "latitude": tuple(b[0] for b in LAT_BANDS), "daynight": ("day", "night")}
+    FAMILIES = {"layers": COLUMN_TYPES, "latitude": tuple(b[0] for b in LAT_BANDS), "daynight": ("day", "night"),
+                "cloudtype": CLOUD_TYPES}
 
     def __init__(self):
         self.total = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.long)
         self.strata = {f: torch.zeros(len(v), N_CLASSES, N_CLASSES, dtype=torch.long) for f, v in self.FAMILIES.items()}
         self.patches = 0
 
-    def update(self, true: torch.Tensor, pred: torch.Tensor, lat: torch.Tensor, soz: torch.Tensor):
-        """true/pred [N, L]; lat, soz [N] (latitude and solar zenith of each labelled pixel)."""
+    def update(self, true: torch.Tensor, pred: torch.Tensor, lat: torch.Tensor, soz: torch.Tensor,
+               ctype: torch.Tensor | None = None):
+        """true/pred [N, L]; lat, soz, ctype [N] (latitude, solar zenith, top cloud type of each labelled pixel)."""
         true, pred = true.cpu(), pred.cpu()
         self.total += confusion(true, pred)
         keys = {"layers": column_type(true), "latitude": lat_band(lat.cpu()),
-                "daynight": (soz.cpu() >= DAY_MAX_SOZ).long()}
+                "daynight": (soz.cpu() >= DAY_MAX_SOZ).long(),
+                "cloudtype": (ctype.cpu().long().clamp(0, 8) if ctype is not None
+                              else torch.full((len(true),), -1, dtype=torch.long))}
         for f, k in keys.items():
             for s in range(len(self.FAMILIES[f])):
                 sel = k == s

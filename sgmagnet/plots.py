@@ -176,7 +176,7 @@ def cube_curtain_png(cube: str, granule: str, path: str):
         sel = np.flatnonzero(inside)
         i, j = _nearest_index(lat, glat[sel]), _nearest_index(lon, glon[sel])
         pred = ds["cloud_phase"].values[0][:, i, j].T.astype(np.int16)
-    nl, b, t, ph = (g[k].values[sel] for k in ("n_layers", "layer_base", "layer_top", "phase"))
+    nl, b, t, ph = (g[k].values[sel] for k in ("n_layers", "layer_base", "layer_top", "layer_phase"))
     ok = profile_is_valid(nl, b, t, ph)
     truth = np.full((len(sel), N_LEVELS), IGNORE, np.int16)
     truth[ok] = profile_levels(nl[ok], b[ok], t[ok], ph[ok], g["dem_km"].values[sel][ok])

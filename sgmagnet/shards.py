@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 SAMPLE_KEYS = ("input.npy", "pix.npy", "prof.npy", "geom.npy", "meta.json")
+OPTIONAL_KEYS = ("ctype.npy",)   # uint8 [N]: CloudLayerType of the top layer per labelled pixel (0 = clear)
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -26,7 +27,8 @@ def encode_sample(key: str, s: dict) -> dict:
     return {"__key__": key, "input.npy": npy_bytes(s["input"].astype(np.float32)),
             "pix.npy": npy_bytes(s["pix"].astype(np.int16)), "prof.npy": npy_bytes(s["prof"].astype(np.uint8)),
             "geom.npy": npy_bytes(s["geom"].astype(np.float32)),
-            "meta.json": json.dumps(s["meta"], sort_keys=True).encode()}
+            "meta.json": json.dumps(s["meta"], sort_keys=True).encode(),
+            **({"ctype.npy": npy_bytes(s["ctype"].astype(np.uint8))} if "ctype" in s else {})}
 
 
 def decode_sample(raw: dict) -> dict:
@@ -39,6 +41,7 @@ def decode_sample(raw: dict) -> dict:
     out["prof"] = npy_load(raw["prof.npy"])
     out["geom"] = npy_load(raw["geom.npy"])
     out["meta"] = json.loads(raw["meta.json"])
+    out["ctype"] = npy_load(raw["ctype.npy"]) if "ctype.npy" in raw else np.zeros(len(out["pix"]), np.uint8)
     return out
 
 

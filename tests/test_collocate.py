@@ -115,3 +115,13 @@ def test_patch_windows_overlap_at_most_a_quarter():
         assert ov <= 0.25 * 64 * 64
     for r0, c0 in wins:   # each window is centred on a track pixel (within clamping)
         assert ((rows >= r0) & (rows < r0 + 64) & (cols >= c0) & (cols < c0 + 64)).sum() >= 32
+
+
+def test_top_layer_type():
+    from sgmagnet.collocate import top_layer_type
+
+    nan = np.nan
+    top = np.array([[2.0, 11.0, nan], [1.5, nan, nan], [nan, nan, nan], [3.0, 9.0, nan]])
+    ctype = np.array([[5, 1, nan], [4, nan, nan], [nan, nan, nan], [6, 9, nan]])   # 9: not a valid type
+    assert top_layer_type(np.array([2, 1, 0, 2]), top, ctype).tolist() == [1, 4, 0, 0]
+    assert top_layer_type(np.array([1, 1, 0, 1]), top, ctype).tolist() == [5, 4, 0, 6]   # only the first n layers count

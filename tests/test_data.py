@@ -24,6 +24,9 @@ def test_loader_normalises_and_keeps_nan(tiny_shards):
     np.testing.assert_allclose(b["x"][0].numpy(), want, rtol=1e-5, atol=1e-5)
     assert np.array_equal(np.isnan(b["x"][0].numpy()), np.isnan(raw["input"]))
     assert b["index"].shape[0] == len(raw["pix"]) and (b["index"][:, 1:].numpy() == raw["pix"]).all()
+    from sgmagnet.metrics import column_type
+    cloudy = column_type(b["prof"]) > 0          # top cloud type (first profile) vs voted labels: mostly agree
+    assert ((b["ctype"] > 0) == cloudy).float().mean() > 0.8 and b["ctype"].max() <= 8
     c = raw["meta"]["corners"]
     assert c["sw"][0] - 1e-4 <= b["lat"].min() and b["lat"].max() <= c["nw"][0] + 1e-4
 

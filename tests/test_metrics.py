@@ -51,3 +51,14 @@ def test_column_type_and_strata():
     assert set(r["strata"]["layers"]) == {"clear", "single", "multi"}
     assert r["strata"]["latitude"]["midlatitudes"]["voxels"] == 4
     assert r["strata"]["daynight"]["night"]["voxels"] == 4 and r["strata"]["daynight"]["day"]["voxels"] == 10
+
+
+def test_cloud_type_stratum():
+    prof = torch.tensor([[0, 1, 1, 0], [0, 3, 3, 0], [0, 0, 0, 0]], dtype=torch.uint8)
+    cs = ConfusionSet()
+    cs.update(prof, prof.long(), torch.zeros(3), torch.zeros(3), torch.tensor([1, 5, 0], dtype=torch.uint8))
+    r = cs.report()["strata"]["cloudtype"]
+    assert set(r) == {"clear", "Ci", "Sc"} and r["Ci"]["voxels"] == 4 and r["Sc"]["per_class"]["liquid"]["f1"] == 1.0
+    cs2 = ConfusionSet()
+    cs2.update(prof, prof.long(), torch.zeros(3), torch.zeros(3))      # shards without cloud types
+    assert cs2.report()["strata"]["cloudtype"] == {}

@@ -101,21 +101,27 @@ def checkpoint(tiny_shards, tmp_path_factory):
     return run
 
 
-def test_cli_predict_and_plot(checkpoint, tiny_archive, tmp_path, capsys):
+def test_cli_predict_and_plot(checkpoint, tiny_archive, tiny_shards, tmp_path, capsys):
+    """Predict the window of a test patch, then plot the map, a section and the curtain of its granule."""
+    from sgmagnet.shards import iter_shard, shard_paths
+
     archive, _ = tiny_archive
-    ahi = sorted(glob.glob(str(archive / "ahi" / "**" / "*.nc"), recursive=True))[0]
+    root, _ = tiny_shards
+    meta = next(iter_shard(shard_paths(str(root), "test")[0]))["meta"]
+    ahi = glob.glob(str(archive / "ahi" / "**" / meta["ahi_file"]), recursive=True)[0]
+    gran = glob.glob(str(archive / "cloudsat" / "**" / meta["granule"]), recursive=True)[0]
+    c = meta["corners"]
+    bbox = f"{c['nw'][1]},{c['ne'][1]},{c['sw'][0]},{c['nw'][0]}"
     cube = tmp_path / "cube.nc"
-    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--ahi", ahi, "--bbox", "130,134,-2,2",
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--ahi", ahi, "--bbox", bbox,
                      "--out", str(cube), "--tile", "32", "--overlap", "8", "--probabilities"]) == 0
     with xr.open_dataset(cube) as ds:
         assert ds.attrs["model"] == "unet/tiny" and len(ds.attrs["checkpoint_sha256"]) == 64
-        assert ds.sizes["latitude"] == 41 and ds.sizes["longitude"] == 41
-    gran = sorted(glob.glob(str(archive / "cloudsat" / "**" / "*.hdf"), recursive=True))
-    assert cli.main(["plot", str(cube), "--out", str(tmp_path), "--section", "130,-2,134,2"]) == 0
-    assert (tmp_path / "cube_top_phase.png").exists() and (tmp_path / "cube_section_0.png").exists()
-    # a curtain needs a granule crossing the cube; when none does the command says so (exit 2)
-    rc = [cli.main(["plot", str(cube), "--out", str(tmp_path), "--granule", g]) for g in gran]
-    assert 0 in rc or set(rc) == {2}
+        assert ds.sizes["latitude"] == 32 and ds.sizes["longitude"] == 32
+    line = f"{c['sw'][1]},{c['sw'][0]},{c['ne'][1]},{c['ne'][0]}"
+    assert cli.main(["plot", str(cube), "--out", str(tmp_path), "--section", line, "--granule", gran]) == 0
+    for f in ("cube_top_phase.png", "cube_section_0.png", "cube_curtain.png"):
+        assert (tmp_path / f).stat().st_size > 10_000, f
     assert cli.main(["predict", "--checkpoint", str(checkpoint), "--ahi", str(tmp_path / "none.nc"),
                      "--out", str(cube)]) == 2
     assert cli.main(["predict", "--checkpoint", str(checkpoint), "--ahi", ahi, "--out", str(cube),
