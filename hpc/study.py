@@ -61,7 +61,15 @@ def run_one(name: str, seed: int, a, preset: dict) -> dict:
     res_path = os.path.join(keep, "study_run.json")
     if os.path.exists(res_path):
         with open(res_path) as f:
-            return json.load(f)
+            out = json.load(f)
+        if a.reevaluate and os.path.isdir(run):   # score the kept checkpoint again (e.g. after new strata)
+            ev = evaluate_checkpoint(run, a.shards, "test", log=lambda m: None)
+            out.update(overall=ev["metrics"]["overall"], strata=ev["metrics"]["strata"], references=ev["references"])
+            for f in ("eval_test.json", "eval_test.md", "confusion_test.png", "curtain_test_0.png"):
+                shutil.copy(os.path.join(run, f), keep)
+            with open(res_path, "w") as f:
+                json.dump(out, f, indent=1)
+        return out
     over = [f"data.shards={a.shards}", f"train.run_dir={run}", f"train.steps={a.steps or preset['steps']}",
             f"train.seed={seed}", f"model.name={model}", f"model.size={preset['size']}",
             f"data.batch_size={preset['batch']}", f"data.workers={preset['workers']}", f"optim.lr={preset['lr']}",
@@ -182,6 +190,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--only", help="comma-separated run names (default: all)")
     p.add_argument("--steps", type=int, default=0, help="override the preset's step budget")
+    p.add_argument("--reevaluate", action="store_true", help="re-score finished runs from their kept checkpoints")
     a = p.parse_args(argv)
     preset = dict(PRESETS[a.config])
     if a.steps:
