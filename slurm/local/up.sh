@@ -116,4 +116,4 @@ slurmd -f "$SLURM_CONF" -N "$NODE"  # daemonizes; pid file in $BASE/run
 for i in $(seq 150); do sinfo -h -N -o "%T" 2>/dev/null | grep -qE "^idle" && break; sleep 0.2; done
 echo "munged pid $(cat $BASE/run/munged.pid)  slurmctld pid $(cat $BASE/run/slurmctld.pid)  slurmd pid $(cat $BASE/run/slurmd.pid)"
 sinfo
-echo "startup to idle node: $(echo "$(now) - $T0" | bc) s"
+echo "startup to idle node: $(awk -v a="$(now)" -v b="$T0" 'BEGIN{printf "%.1f", a - b}') s"
