@@ -218,6 +218,7 @@ def cmd_predict(a):
 
 def cmd_plot(a):
     from . import plots
+    from .formats import FormatError
 
     if not os.path.exists(a.cube):
         sys.stderr.write(f"sgmagnet plot: error: {a.cube!r} does not exist\n")
@@ -233,8 +234,8 @@ def cmd_plot(a):
         if a.granule:
             plots.cube_curtain_png(a.cube, a.granule, stem + "_curtain.png")
             done.append(stem + "_curtain.png")
-    except (ValueError, KeyError, OSError) as e:
-        sys.stderr.write(f"sgmagnet plot: error: {e}\n")
+    except (ValueError, KeyError, OSError, FormatError) as e:
+        sys.stderr.write(f"sgmagnet plot: error: {str(e).splitlines()[0]}\n")
         return 2
     print("\n".join(done))
     return 0

@@ -96,6 +96,20 @@ def loss_curves_png(logs: dict[str, str], path: str):
 
 
 # ------------------------------------------------------------------------- prediction cubes (NetCDF)
+def open_cube(cube: str):
+    """The prediction cube as an xarray Dataset (raw integers), or ValueError naming the file."""
+    import xarray as xr
+
+    try:
+        ds = xr.open_dataset(cube, mask_and_scale=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cube}: not a readable NetCDF file ({str(e).splitlines()[0][:120]})") from None
+    if "cloud_phase" not in ds or not {"level", "latitude", "longitude"} <= set(ds.dims):
+        ds.close()
+        raise ValueError(f"{cube}: not a cube written by `sgmagnet predict` (no cloud_phase[level, latitude, longitude])")
+    return ds
+
+
 def top_phase(phase: np.ndarray) -> np.ndarray:
     """[L, H, W] int8 classes (-1 = no data) -> phase of the highest cloudy level per column (0 = clear)."""
     cloudy = phase > 0
@@ -108,9 +122,7 @@ def top_phase(phase: np.ndarray) -> np.ndarray:
 
 def cube_map_png(cube: str, path: str):
     """Map of cloud-top phase of a prediction cube."""
-    import xarray as xr
-
-    with xr.open_dataset(cube, mask_and_scale=False) as ds:
+    with open_cube(cube) as ds:
         ph = ds["cloud_phase"].values[0]
         lat, lon = ds["latitude"].values, ds["longitude"].values
         title = f"cloud-top phase · {ds.attrs.get('input_file', '')} · {ds.attrs.get('model', '')}"
@@ -137,10 +149,8 @@ def _nearest_index(values: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def cube_section_png(cube: str, line, path: str, n: int = 300):
     """Vertical cross-section of the cube along the great-circle-free straight line (lon0, lat0, lon1, lat1)."""
-    import xarray as xr
-
     lon0, lat0, lon1, lat1 = line
-    with xr.open_dataset(cube, mask_and_scale=False) as ds:
+    with open_cube(cube) as ds:
         lat, lon = ds["latitude"].values, ds["longitude"].values
         t = np.linspace(0, 1, n)
         la, lo = lat0 + t * (lat1 - lat0), lon0 + t * (lon1 - lon0)
@@ -159,13 +169,11 @@ def cube_section_png(cube: str, line, path: str, n: int = 300):
 
 def cube_curtain_png(cube: str, granule: str, path: str):
     """Along-track curtain: the granule's CloudSat/CALIPSO labels vs the cube at the nearest pixels."""
-    import xarray as xr
-
     from .formats.cloudsat import read_granule
     from .labels import profile_is_valid, profile_levels
 
     g = read_granule(granule)
-    with xr.open_dataset(cube, mask_and_scale=False) as ds:
+    with open_cube(cube) as ds:
         lat, lon = ds["latitude"].values, ds["longitude"].values
         glat, glon = g["latitude"].values, g["longitude"].values
         res = max(abs(float(lat[1] - lat[0])) if len(lat) > 1 else 0.05, 1e-6)

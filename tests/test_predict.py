@@ -122,6 +122,13 @@ def test_cli_predict_and_plot(checkpoint, tiny_archive, tiny_shards, tmp_path, c
     assert cli.main(["plot", str(cube), "--out", str(tmp_path), "--section", line, "--granule", gran]) == 0
     for f in ("cube_top_phase.png", "cube_section_0.png", "cube_curtain.png"):
         assert (tmp_path / f).stat().st_size > 10_000, f
+    junk = tmp_path / "junk.nc"
+    junk.write_bytes(b"not a netcdf file")
+    capsys.readouterr()
+    assert cli.main(["plot", str(junk), "--out", str(tmp_path)]) == 2
+    assert cli.main(["plot", str(cube), "--out", str(tmp_path), "--granule", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("junk.nc") == 2 and len(err.strip().splitlines()) == 2
     assert cli.main(["predict", "--checkpoint", str(checkpoint), "--ahi", str(tmp_path / "none.nc"),
                      "--out", str(cube)]) == 2
     assert cli.main(["predict", "--checkpoint", str(checkpoint), "--ahi", ahi, "--out", str(cube),
