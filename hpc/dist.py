@@ -99,18 +99,11 @@ def init_distributed(backend: str | None = None, deepspeed: bool = False) -> Dis
     return env
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum across ranks (in place on a copy); identity in a single process."""
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Sum (or max) across ranks, on a copy; identity in a single process."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return t
 
 

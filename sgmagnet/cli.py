@@ -135,13 +135,20 @@ def cmd_train(a):
     return code
 
 
+def _missing(cmd: str, *paths) -> bool:
+    """Report the first (flag, path) whose path does not exist (one line on stderr); True if one is missing."""
+    for flag, path in paths:
+        if not os.path.exists(path):
+            sys.stderr.write(f"sgmagnet {cmd}: error: {flag}{' ' if flag else ''}{path!r} does not exist\n")
+            return True
+    return False
+
+
 def cmd_evaluate(a):
     from .evaluate import evaluate_checkpoint, report_markdown
 
-    for path, flag in ((a.checkpoint, "--checkpoint"), (a.shards, "--shards")):
-        if not os.path.exists(path):
-            sys.stderr.write(f"sgmagnet evaluate: error: {flag} {path!r} does not exist\n")
-            return 2
+    if _missing("evaluate", ("--checkpoint", a.checkpoint), ("--shards", a.shards)):
+        return 2
     try:
         res = evaluate_checkpoint(a.checkpoint, a.shards, a.split, a.out, batch_size=a.batch_size,
                                   curtains=a.curtains, device=a.device)
@@ -200,10 +207,8 @@ def cmd_predict(a):
     from .formats import FormatError
     from .predict import predict_checkpoint
 
-    for path, flag in ((a.checkpoint, "--checkpoint"), (a.ahi, "--ahi")):
-        if not os.path.exists(path):
-            sys.stderr.write(f"sgmagnet predict: error: {flag} {path!r} does not exist\n")
-            return 2
+    if _missing("predict", ("--checkpoint", a.checkpoint), ("--ahi", a.ahi)):
+        return 2
     if a.overlap % 2 or a.overlap >= a.tile:
         sys.stderr.write(f"sgmagnet predict: error: --overlap must be even and smaller than --tile {a.tile}\n")
         return 2
@@ -220,8 +225,7 @@ def cmd_plot(a):
     from . import plots
     from .formats import FormatError
 
-    if not os.path.exists(a.cube):
-        sys.stderr.write(f"sgmagnet plot: error: {a.cube!r} does not exist\n")
+    if _missing("plot", ("", a.cube)):
         return 2
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, os.path.basename(a.cube).rsplit(".", 1)[0])
@@ -293,7 +297,6 @@ def main(argv=None) -> int:
     t.add_argument("--deepspeed", metavar="DS.json", help="wrap the model with deepspeed.initialize using this "
                    "DeepSpeed config (configs/deepspeed/); same as train.deepspeed=DS.json")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
-    t.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     t.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.steps=50 model.name=unet data.batch_size=4")
     t.set_defaults(func=cmd_train)

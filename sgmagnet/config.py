@@ -97,16 +97,16 @@ def _section(cls, d: dict, where: str):
             raise ConfigError(f"{where}: unknown key {k!r} (known: {', '.join(names)})")
     out = {}
     for k, v in d.items():
-        default = getattr(cls(), k)
-        if isinstance(default, bool) and not isinstance(v, bool):
+        kind = names[k].type          # annotation string (from __future__ import annotations)
+        if kind == "bool" and not isinstance(v, bool):
             raise ConfigError(f"{where}.{k}: expected true/false, got {v!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if kind in ("int", "float"):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ConfigError(f"{where}.{k}: expected a number, got {v!r}")
-            if isinstance(default, int) and not float(v).is_integer():
+            if kind == "int" and not float(v).is_integer():
                 raise ConfigError(f"{where}.{k}: expected an integer, got {v!r}")
-            v = type(default)(v)
-        if isinstance(default, str) and not isinstance(v, str) and k != "weights":
+            v = int(v) if kind == "int" else float(v)
+        if kind == "str" and not isinstance(v, str):
             raise ConfigError(f"{where}.{k}: expected a string, got {v!r}")
         out[k] = v
     return cls(**out)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 
-from .data import LoaderConfig, Normaliser
+from .data import LoaderConfig, Normaliser, collate, pixel_columns
 
 EXT = ["input.npy", "pix.npy", "prof.npy", "geom.npy", "meta.json"]
 
@@ -54,29 +53,23 @@ def build_pipeline(urls, norm: Normaliser, batch_size: int, shard_id: int, num_s
     return p
 
 
-def _to_torch(tl, device) -> list:
+def _host(tl) -> list:
+    """A DALI TensorList (CPU or GPU) -> per-sample numpy arrays."""
     if hasattr(tl, "as_cpu"):
         tl = tl.as_cpu()
     return [np.array(tl[i]) for i in range(len(tl))]
 
 
-def to_batch(outs, device) -> dict:
-    x, pix, prof, geom, meta = (_to_torch(o, device) for o in outs)
-    metas = [json.loads(bytes(m).decode()) for m in meta]
-    index, lat, soz = [], [], []
-    for b, (p, g, m) in enumerate(zip(pix, geom, metas)):
-        p = p.astype(np.int64)
-        index.append(np.concatenate([np.full((len(p), 1), b, np.int64), p], 1))
-        c = m["corners"]
-        lat.append(c["nw"][0] + (c["sw"][0] - c["nw"][0]) * p[:, 0] / max(g.shape[1] - 1, 1))
-        soz.append(g[0][p[:, 0], p[:, 1]])
-    return {"x": torch.from_numpy(np.stack(x)), "geom": torch.from_numpy(np.stack(geom).astype(np.float32)),
-            "index": torch.from_numpy(np.concatenate(index).reshape(-1, 3)),
-            "prof": torch.from_numpy(np.concatenate(prof)),
-            "lat": torch.from_numpy(np.concatenate(lat).astype(np.float32)),
-            "soz": torch.from_numpy(np.concatenate(soz).astype(np.float32)),
-            "ctype": torch.zeros(sum(len(p) for p in pix), dtype=torch.uint8),   # not read by DALI (strata only)
-            "keys": [sample_key(m) for m in metas]}
+def to_batch(outs) -> dict:
+    """DALI pipeline outputs -> the batch dict of data.collate (labels concatenated with a batch index)."""
+    samples = []
+    for x, pix, prof, geom, raw in zip(*(_host(o) for o in outs)):
+        meta = json.loads(bytes(raw).decode())
+        pix = pix.astype(np.int64)
+        lat, soz = pixel_columns(meta, pix, geom)
+        samples.append({"key": sample_key(meta), "x": x, "geom": geom.astype(np.float32), "pix": pix, "prof": prof,
+                        "lat": lat, "soz": soz})   # no ctype: DALI does not read it (strata only), collate fills 0
+    return collate(samples)
 
 
 def epoch_batches_of(urls, batch_size: int, shard_id: int, num_shards: int, norm: Normaliser) -> list[dict]:
@@ -87,7 +80,7 @@ def epoch_batches_of(urls, batch_size: int, shard_id: int, num_shards: int, norm
     n = (shard_id + 1) * total // num_shards - shard_id * total // num_shards
     out, left = [], n
     while left > 0:
-        b = to_batch(p.run(), None)
+        b = to_batch(p.run())
         k = min(left, len(b["keys"]))
         if k < len(b["keys"]):  # drop the padding at the end of the epoch
             sel = b["index"][:, 0] < k
@@ -121,7 +114,7 @@ class DaliStream:
         per_epoch = self.epoch_batches or max(
             1, self._pipe.reader_meta("Reader")["epoch_size_padded"] // (self.cfg.world * self.cfg.batch_size))
         while True:
-            b = to_batch(self._pipe.run(), None)
+            b = to_batch(self._pipe.run())
             self.batch += 1
             if self.batch >= per_epoch:
                 self.epoch, self.batch = self.epoch + 1, 0

@@ -46,6 +46,12 @@ class Normaliser:
         std = np.asarray(m["band_stats"]["std"], np.float32)
         return cls(mean, np.where(std > 0, std, 1.0).astype(np.float32))
 
+    @classmethod
+    def from_checkpoint(cls, ck: dict) -> "Normaliser":
+        """The statistics a model was trained with (saved in every checkpoint)."""
+        n = ck["normaliser"]
+        return cls(np.asarray(n["mean"], np.float32), np.asarray(n["std"], np.float32))
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
@@ -56,6 +62,14 @@ def read_manifest(shards_dir: str) -> dict:
         raise FileNotFoundError(f"{path}: no manifest.json (is {shards_dir!r} a shard folder made by `sgmagnet build`?)")
     with open(path) as f:
         return json.load(f)
+
+
+def pixel_columns(meta: dict, pix: np.ndarray, geom: np.ndarray):
+    """Latitude (from the patch corners; the grid is regular in lat/lon) and solar zenith of labelled pixels."""
+    c = meta["corners"]
+    rows = pix[:, 0].astype(np.float32)
+    lat = c["nw"][0] + (c["sw"][0] - c["nw"][0]) * rows / max(geom.shape[1] - 1, 1)
+    return lat.astype(np.float32), geom[0][pix[:, 0], pix[:, 1]].astype(np.float32)
 
 
 class Decode:
@@ -69,14 +83,10 @@ class Decode:
         x = s["input"].astype(np.float32)
         if x.shape[0] != len(self.norm.mean):
             raise ValueError(f"sample {s['__key__']}: {x.shape[0]} bands, expected {len(self.norm.mean)}")
-        c = s["meta"]["corners"]
-        h = x.shape[1]
-        rows = s["pix"][:, 0].astype(np.float32)
-        lat = c["nw"][0] + (c["sw"][0] - c["nw"][0]) * rows / max(h - 1, 1)
-        soz = s["geom"][0][s["pix"][:, 0], s["pix"][:, 1]]
+        lat, soz = pixel_columns(s["meta"], s["pix"], s["geom"])
         return {"key": s["__key__"], "x": self.norm(x), "geom": s["geom"].astype(np.float32),
-                "pix": s["pix"].astype(np.int64), "prof": s["prof"], "lat": lat.astype(np.float32),
-                "soz": soz.astype(np.float32), "ctype": s["ctype"].astype(np.uint8)}
+                "pix": s["pix"].astype(np.int64), "prof": s["prof"], "lat": lat, "soz": soz,
+                "ctype": s["ctype"].astype(np.uint8)}
 
 
 def collate(samples: list[dict]) -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
@@ -23,16 +25,26 @@ from .losses import fast_argmax, gather_columns
 from .metrics import LAT_BANDS, ConfusionSet, lat_band
 
 
+@dataclass
+class EvalResult:
+    confusion: ConfusionSet
+    curtains: list = field(default_factory=list)
+    loss_sum: float = 0.0          # sum over labelled pixels of the batch loss (when a loss_fn is given)
+    loss_n: int = 0
+    batches: int = 0
+    references: dict = field(default_factory=dict)   # name -> ConfusionSet of a reference predictor
+
+
 @torch.no_grad()
 def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: int = 0, loss_fn=None,
-                     sums: bool = False, prepare=None, form: str = "gated"):
-    """Run the model over batches; returns (ConfusionSet, curtains, mean loss or None), or with sums=True
-    (ConfusionSet, curtains, (loss sum, labelled pixels, batches)) for reduction across ranks."""
+                     prepare=None, form: str = "gated", references: dict | None = None) -> EvalResult:
+    """One pass of the model over batches. `references`: name -> f(batch) -> predicted classes [N, L], scored on
+    the same labelled voxels in the same pass. Sums (not means) are returned so ranks can add them up."""
     was = model.training
     model.eval()
-    cs, curtains, loss_sum, loss_n, nb = ConfusionSet(), [], 0.0, 0, 0
+    r = EvalResult(ConfusionSet(), references={k: ConfusionSet() for k in references or {}})
     for b in batches:
-        nb += 1
+        r.batches += 1
         x, geom = b["x"].to(device), b["geom"].to(device)
         if prepare is not None:
             x, geom = prepare(x, geom)
@@ -41,20 +53,19 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
         idx = b["index"].to(device)
         pred = fast_argmax(gather_columns(logits, idx), form=form).cpu()
         if loss_fn is not None and len(idx):
-            loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
-            loss_n += len(idx)
-        cs.update(b["prof"], pred, b["lat"], b["soz"], b.get("ctype"))
-        cs.patches += len(b["keys"])
+            r.loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
+            r.loss_n += len(idx)
+        for cs, p in [(r.confusion, pred)] + [(r.references[k], f(b)) for k, f in (references or {}).items()]:
+            cs.update(b["prof"], p, b["lat"], b["soz"], b.get("ctype"))
+            cs.patches += len(b["keys"])
         for k in range(len(b["keys"])):
-            if len(curtains) >= keep_curtains:
+            if len(r.curtains) >= keep_curtains:
                 break
             sel = b["index"][:, 0] == k
-            curtains.append({"key": b["keys"][k], "truth": b["prof"][sel].numpy(), "pred": pred[sel].numpy(),
-                             "lat": b["lat"][sel].numpy()})
+            r.curtains.append({"key": b["keys"][k], "truth": b["prof"][sel].numpy(), "pred": pred[sel].numpy(),
+                               "lat": b["lat"][sel].numpy()})
     model.train(was)
-    if sums:
-        return cs, curtains, (loss_sum, loss_n, nb)
-    return cs, curtains, (loss_sum / loss_n if loss_n else None)
+    return r
 
 
 class Climatology:
@@ -84,15 +95,10 @@ class Climatology:
         return torch.from_numpy(self.table(weights)[lat_band(lat).numpy()])
 
 
-def reference_rows(val_batches, clim: Climatology, weights) -> dict:
-    """Scores of the climatology and all-clear predictors over the same labelled voxels."""
-    c_cs, z_cs = ConfusionSet(), ConfusionSet()
-    for b in val_batches:
-        c_cs.update(b["prof"], clim.predict(b["lat"], weights), b["lat"], b["soz"], b.get("ctype"))
-        z_cs.update(b["prof"], torch.zeros_like(b["prof"], dtype=torch.long), b["lat"], b["soz"], b.get("ctype"))
-        c_cs.patches += len(b["keys"])
-        z_cs.patches += len(b["keys"])
-    return {"climatology": c_cs.report(), "all_clear": z_cs.report()}
+def reference_predictors(clim: Climatology, weights) -> dict:
+    """The two reference rows as predictors for evaluate_batches."""
+    return {"climatology": lambda b: clim.predict(b["lat"], weights),
+            "all_clear": lambda b: torch.zeros_like(b["prof"], dtype=torch.long)}
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -144,15 +150,16 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     model, ck = load_model_from_checkpoint(checkpoint, dev)
     cfg = ck["config"]
     checkpoint = ck["folder"]
-    norm = Normaliser(np.asarray(ck["normaliser"]["mean"], np.float32), np.asarray(ck["normaliser"]["std"], np.float32))
+    norm = Normaliser.from_checkpoint(ck)
     lcfg = LoaderConfig(batch_size=batch_size, workers=0)
     urls = split_urls(shards, split)
-    cs, curt, _ = evaluate_batches(model, make_loader(urls, norm, lcfg, train=False), dev,
-                                   bf16=cfg["train"]["bf16"], keep_curtains=curtains,
-                                   form=cfg["loss"].get("form", "gated"))
     clim = Climatology.from_batches(make_loader(split_urls(shards, cfg["data"]["train_split"]), norm, lcfg, train=False))
     weights = ck["loss_weights"]
-    refs = reference_rows(make_loader(urls, norm, lcfg, train=False), clim, weights)
+    ev = evaluate_batches(model, make_loader(urls, norm, lcfg, train=False), dev, bf16=cfg["train"]["bf16"],
+                          keep_curtains=curtains, form=cfg["loss"].get("form", "gated"),
+                          references=reference_predictors(clim, weights))
+    cs, curt = ev.confusion, ev.curtains
+    refs = {k: v.report() for k, v in ev.references.items()}
     name = cfg["model"]["name"] + ("" if not cfg["model"]["options"] else
                                    "(" + ",".join(f"{k}={v}" for k, v in cfg["model"]["options"].items()) + ")")
     res = {"model": name, "size": cfg["model"]["size"], "checkpoint": os.path.abspath(checkpoint),

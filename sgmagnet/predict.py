@@ -86,6 +86,7 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
             p.long_name = f"probability of {c}"
             p.scale_factor, p.add_offset, p.units = np.float32(1 / PROB_SCALE), np.float32(0.0), "1"
             p.valid_range = np.array([0, int(PROB_SCALE)], np.uint8)
+            p.set_auto_scale(False)   # we write the packed integers ourselves
     nc.setncatts(attrs)
     return nc
 
@@ -154,7 +155,6 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
             if probabilities:
                 probs[:, :, mask] = 255
                 for c, name in enumerate(CLASS_NAMES):
-                    nc[f"p_{name}"].set_auto_scale(False)
                     nc[f"p_{name}"][0, :, rlo:rhi, :] = probs[c]
             n_valid += int((~mask).sum())
         bar.close()
@@ -175,7 +175,7 @@ def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int
 
     dev = pick_device(device)
     model, ck = load_model_from_checkpoint(checkpoint, dev)
-    norm = Normaliser(np.asarray(ck["normaliser"]["mean"], np.float32), np.asarray(ck["normaliser"]["std"], np.float32))
+    norm = Normaliser.from_checkpoint(ck)
     state = os.path.join(ck["folder"], "state.pt")
     attrs = {"model": f"{ck['config']['model']['name']}/{ck['config']['model']['size']}",
              "model_options": str(ck["config"]["model"]["options"]), "checkpoint": os.path.abspath(ck["folder"]),

@@ -178,7 +178,7 @@ class Preemption:
         self.flag = True
 
     def requested(self, device) -> bool:
-        return bool(hdist.all_reduce_max(torch.tensor([int(self.flag)], device=device)).item())
+        return bool(hdist.all_reduce(torch.tensor([int(self.flag)], device=device), "max").item())
 
 
 class Preempted(SystemExit):
@@ -295,9 +295,7 @@ class Trainer:
     # -- one optimisation step over `accum` micro-batches
     def forward(self, batch):
         d = self.device
-        x, geom = batch["x"].to(d, non_blocking=True), batch["geom"].to(d, non_blocking=True)
-        if self.engine is not None and self.engine.bfloat16_enabled():
-            x, geom = x.bfloat16(), geom.bfloat16()
+        x, geom = self._prepare(batch["x"].to(d, non_blocking=True), batch["geom"].to(d, non_blocking=True))
         with torch.autocast(device_type=d.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16 and self.engine is None):
             return self.forward_module(x, geom)
 
@@ -307,7 +305,7 @@ class Trainer:
         over accumulation steps: the loss is scaled to undo both)."""
         d = self.device
         profs = [b["prof"].to(d) for b in micro]
-        den = hdist.all_reduce_sum(sum(self.loss_fn.weight_sum(p) for p in profs).float().reshape(1))[0]
+        den = hdist.all_reduce(sum(self.loss_fn.weight_sum(p) for p in profs).float().reshape(1))[0]
         scale = self.env.world_size * (len(micro) if self.engine is not None else 1)
         if self.engine is None:
             self.opt.zero_grad(set_to_none=True)
@@ -330,7 +328,7 @@ class Trainer:
         else:
             g = self.engine.get_global_grad_norm()
             gnorm = float(g) if g is not None else float("nan")
-        return float(hdist.all_reduce_sum(total.reshape(1))[0]), gnorm
+        return float(hdist.all_reduce(total.reshape(1))[0]), gnorm
 
     def validate(self) -> dict | None:
         """Every rank scores its share of the validation shards; all ranks run the same number of batches
@@ -344,19 +342,19 @@ class Trainer:
         if c.val_batches:
             import itertools
             batches = itertools.islice(batches, c.val_batches)
-        cs, _, (lsum, ln, nb) = evaluate_batches(self.forward_module, batches, self.device, self.cfg.train.bf16,
-                                                 loss_fn=self.loss_fn, sums=True, prepare=self._prepare,
-                                                 form=self.cfg.loss.form)
+        ev = evaluate_batches(self.forward_module, batches, self.device, self.cfg.train.bf16, loss_fn=self.loss_fn,
+                              prepare=self._prepare, form=self.cfg.loss.form)
+        cs, lsum, ln, nb = ev.confusion, ev.loss_sum, ev.loss_n, ev.batches
         if e.distributed:
-            most = int(hdist.all_reduce_max(torch.tensor([nb], device=self.device)).item())
+            most = int(hdist.all_reduce(torch.tensor([nb], device=self.device), "max").item())
             p = self.manifest["config"]["patch_size"]
             pad = {"x": torch.zeros(1, 16, p, p), "geom": torch.zeros(1, 2, p, p)}
             with torch.no_grad():
                 for _ in range(most - nb):
                     self.forward(pad)
             for tns in cs.tensors():
-                tns.copy_(hdist.all_reduce_sum(tns.to(self.device)).cpu())
-            red = hdist.all_reduce_sum(torch.tensor([lsum, ln, cs.patches], dtype=torch.float64, device=self.device))
+                tns.copy_(hdist.all_reduce(tns.to(self.device)).cpu())
+            red = hdist.all_reduce(torch.tensor([lsum, ln, cs.patches], dtype=torch.float64, device=self.device))
             lsum, ln, cs.patches = float(red[0]), float(red[1]), int(red[2])
         r = cs.report()["overall"]
         rec = {"kind": "val", "step": self.step, "val_loss": lsum / ln if ln else None,
@@ -368,6 +366,7 @@ class Trainer:
         return rec
 
     def _prepare(self, x, geom):
+        """Inputs in the dtype of a DeepSpeed bf16 engine's parameters (autocast handles the plain loop)."""
         if self.engine is not None and self.engine.bfloat16_enabled():
             return x.bfloat16(), geom.bfloat16()
         return x, geom

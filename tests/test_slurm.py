@@ -107,29 +107,27 @@ def test_usr2_requeues_and_resumes_exactly(slurm, tiny_shards, tmp_path):
         assert torch.equal(got[k], v), k
 
 
+def build_argv(archive, out, tmp_path, *extra):
+    """`sgmagnet submit build` with the settings of the tiny_shards fixture (conftest.build_cfg)."""
+    return ["submit", "build", "--ahi", str(archive / "ahi"), "--cloudsat", str(archive / "cloudsat"),
+            "--out", str(out), "--patch-size", "32", "--min-labelled", "16", "--split-days", "1,0,1",
+            "--gap-days", "0", "--shard-maxcount", "8", "--partition", "debug", "--time", "00:10:00",
+            "--cluster", "slurm", "--folder", str(tmp_path / "logs"), "--wait", *extra]
+
+
 def test_build_array_and_merge_equal_local_build(slurm, tiny_archive, tiny_shards, tmp_path):
-    archive, _ = tiny_archive
     root, local = tiny_shards
     out = tmp_path / "shards"
-    argv = ["submit", "build", "--ahi", str(archive / "ahi"), "--cloudsat", str(archive / "cloudsat"),
-            "--out", str(out), "--patch-size", "32", "--min-labelled", "16", "--split-days", "1,0,1",
-            "--gap-days", "0", "--shard-maxcount", "8", "--array", "2", "--partition", "debug",
-            "--time", "00:10:00", "--cluster", "slurm", "--folder", str(tmp_path / "logs"), "--wait"]
-    assert cli.main(argv) == 0
+    assert cli.main(build_argv(tiny_archive[0], out, tmp_path, "--array", "2")) == 0
     got = json.loads((out / "manifest.json").read_text())
     for k in ("counts", "class_histogram", "band_stats", "shards", "skipped", "profiles", "train_class_frequency"):
         assert got[k] == local[k], k
 
 
 def test_mpi_build_job_equals_local_build(slurm, tiny_archive, tiny_shards, tmp_path):
-    archive, _ = tiny_archive
     root, local = tiny_shards
     out = tmp_path / "mpi"
-    argv = ["submit", "build", "--ahi", str(archive / "ahi"), "--cloudsat", str(archive / "cloudsat"),
-            "--out", str(out), "--patch-size", "32", "--min-labelled", "16", "--split-days", "1,0,1",
-            "--gap-days", "0", "--shard-maxcount", "8", "--tasks-per-node", "2", "--partition", "debug",
-            "--time", "00:10:00", "--cluster", "slurm", "--folder", str(tmp_path / "logs"), "--wait"]
-    assert cli.main(argv) == 0
+    assert cli.main(build_argv(tiny_archive[0], out, tmp_path, "--tasks-per-node", "2")) == 0
     got = json.loads((out / "manifest.json").read_text())
     stats = json.loads((out / "build_stats.json").read_text())
     assert len(stats["ranks"]) == 2                       # two MPI ranks under srun --mpi=pmix

@@ -8,6 +8,7 @@ import subprocess
 
 import torch
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.csv")
 FIELDS = ["date", "commit", "gpu", "torch", "triton", "op", "impl", "phase", "batch", "levels", "size",
           "label_density", "dtype", "ms", "gbps", "pct_hbm", "peak_extra_mib", "logits_mib"]

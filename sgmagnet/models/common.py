@@ -37,20 +37,21 @@ class InputStem(nn.Module):
         return torch.cat([x0, frac, g], 1)
 
 
-def conv2d_block(cin: int, cout: int, n: int = 2) -> nn.Sequential:
+def _block(conv, cin: int, cout: int, n: int) -> nn.Sequential:
+    """n x (3^d convolution without bias, GroupNorm, GELU)."""
     layers = []
     for i in range(n):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
+        layers += [conv(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
                    nn.GroupNorm(groups_for(cout), cout), nn.GELU()]
     return nn.Sequential(*layers)
+
+
+def conv2d_block(cin: int, cout: int, n: int = 2) -> nn.Sequential:
+    return _block(nn.Conv2d, cin, cout, n)
 
 
 def conv3d_block(cin: int, cout: int, n: int = 1) -> nn.Sequential:
-    layers = []
-    for i in range(n):
-        layers += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
-                   nn.GroupNorm(groups_for(cout), cout), nn.GELU()]
-    return nn.Sequential(*layers)
+    return _block(nn.Conv3d, cin, cout, n)
 
 
 def to_volume(y: torch.Tensor, levels: int) -> torch.Tensor:
