@@ -10,9 +10,9 @@ Every run trains with the same shards, optimiser, schedule, batch, step budget a
              no phase-aware gating (plain 3D head and a plain 4-way softmax), unweighted loss,
              focal loss (gamma = 2)
 Each run folder (under --runs) keeps its config, log.jsonl, TensorBoard, checkpoints, eval_test.json/.md and
-PNGs; the small results (eval JSON/Markdown, log.jsonl, confusion matrix, one curtain) are copied to
---out/runs/<run>/, and the study writes --out/study.json (every run's metrics, parameters, FLOPs,
-samples/s, wall time, exact command) and --out/study.md (mean ± spread over seeds, the reference rows,
+PNGs; --out/runs/<run>/ gets study_run.json (the run's metrics overall and by stratum, reference rows,
+parameters, FLOPs, samples/s, wall time, exact command) and copies of eval_test.md, log.jsonl, config, the
+confusion matrix and one curtain; the study writes --out/study.json (an index of the runs) and --out/study.md (mean ± spread over seeds, the reference rows,
 stratified tables). Finished runs are skipped on a rerun.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run_one(name: str, seed: int, a, preset: dict) -> dict:
         if a.reevaluate and os.path.isdir(run):   # score the kept checkpoint again (e.g. after new strata)
             ev = evaluate_checkpoint(run, a.shards, "test", log=lambda m: None)
             out.update(overall=ev["metrics"]["overall"], strata=ev["metrics"]["strata"], references=ev["references"])
-            for f in ("eval_test.json", "eval_test.md", "confusion_test.png", "curtain_test_0.png"):
+            for f in ("eval_test.md", "confusion_test.png", "curtain_test_0.png"):
                 shutil.copy(os.path.join(run, f), keep)
             with open(res_path, "w") as f:
                 json.dump(out, f, indent=1)
@@ -91,7 +91,7 @@ def run_one(name: str, seed: int, a, preset: dict) -> dict:
            "patch": patch, "overall": ev["metrics"]["overall"], "strata": ev["metrics"]["strata"],
            "references": ev["references"], "command": "sgmagnet train " + " ".join(over)}
     os.makedirs(keep, exist_ok=True)
-    for f in ("eval_test.json", "eval_test.md", "log.jsonl", "confusion_test.png", "curtain_test_0.png", "config.yaml"):
+    for f in ("eval_test.md", "log.jsonl", "confusion_test.png", "curtain_test_0.png", "config.yaml"):
         if os.path.exists(os.path.join(run, f)):
             shutil.copy(os.path.join(run, f), keep)
     with open(res_path, "w") as f:
@@ -207,8 +207,11 @@ def main(argv=None):
             results.append(r)
             print(f"[{time.time() - t0:6.0f} s] {n} seed {seed}: macro F1 {r['overall']['macro']['f1']:.3f} "
                   f"IoU {r['overall']['macro']['iou']:.3f} ({r['train_wall_s']:.0f} s)", flush=True)
-    with open(os.path.join(a.out, "study.json"), "w") as f:
-        json.dump({"config": a.config, "preset": preset, "shards": a.shards, "runs": results}, f, indent=1)
+    index = [{"name": r["name"], "seed": r["seed"], "macro": r["overall"]["macro"], "parameters": r["parameters"],
+              "gflops_per_sample": r["gflops_per_sample"], "samples_per_s": r["samples_per_s"],
+              "metrics": f"runs/{r['name']}_s{r['seed']}/study_run.json"} for r in results]
+    with open(os.path.join(a.out, "study.json"), "w") as f:   # the index; full metrics are in each study_run.json
+        json.dump({"config": a.config, "preset": preset, "shards": a.shards, "runs": index}, f, indent=1)
     md = tables(results, a.config, preset, a.shards)
     figures(results, a.out)
     with open(os.path.join(a.out, "study.md"), "w") as f:
