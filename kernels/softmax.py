@@ -13,6 +13,9 @@ Offsets are int64. The backward recomputes the probabilities from the saved logi
 """
 from __future__ import annotations
 
+import contextlib
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -53,6 +56,7 @@ def _voxels(pid, n_vox, inner, BLOCK: tl.constexpr):
 
 @triton.jit
 def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: tl.constexpr):
+    inner = inner.to(tl.int64)   # 2 * inner, 3 * inner, b * 4 * inner must not wrap in 32 bits
     v, mask, base = _voxels(tl.program_id(0), n_vox, inner, BLOCK)
     g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
     p0, sg, s1, s2, s3 = _probs(g, z1, z2, z3)
@@ -76,6 +80,7 @@ def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: t
 
 @triton.jit
 def _gsm_bwd_kernel(x_ptr, gout_ptr, gin_ptr, n_vox, inner, BLOCK: tl.constexpr):
+    inner = inner.to(tl.int64)   # 2 * inner, 3 * inner, b * 4 * inner must not wrap in 32 bits
     v, mask, base = _voxels(tl.program_id(0), n_vox, inner, BLOCK)
     g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
     G0, G1, G2, G3 = _load4(gout_ptr, base, inner, mask)
@@ -86,6 +91,16 @@ def _gsm_bwd_kernel(x_ptr, gout_ptr, gin_ptr, n_vox, inner, BLOCK: tl.constexpr)
     tl.store(gin_ptr + base + inner, (sg * s1 * (G1 - dot)).to(ty), mask=mask)
     tl.store(gin_ptr + base + 2 * inner, (sg * s2 * (G2 - dot)).to(ty), mask=mask)
     tl.store(gin_ptr + base + 3 * inner, (sg * s3 * (G3 - dot)).to(ty), mask=mask)
+
+
+def _on(device):
+    """Launch under the tensor's own CUDA device (the current device may be another GPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _inner(x) -> int:
+    """Voxels per (sample, channel): 0-sized batches have no x[0]."""
+    return math.prod(x.shape[2:])
 
 
 def _check(x):
@@ -99,11 +114,12 @@ class GatedSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, out_dtype):
         x = x.contiguous()
-        inner = x[0, 0].numel()
+        inner = _inner(x)
         n_vox = x.shape[0] * inner
         out = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
         if n_vox:
-            _gsm_fwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, out, n_vox, inner, BLOCK=BLOCK, ARGMAX=False)
+            with _on(x.device):
+                _gsm_fwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, out, n_vox, inner, BLOCK=BLOCK, ARGMAX=False)
         ctx.save_for_backward(x)
         return out
 
@@ -112,10 +128,11 @@ class GatedSoftmax(torch.autograd.Function):
         x, = ctx.saved_tensors
         gout = gout.contiguous()
         gin = torch.empty_like(x)
-        inner = x[0, 0].numel()
+        inner = _inner(x)
         n_vox = x.shape[0] * inner
         if n_vox:
-            _gsm_bwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, gout, gin, n_vox, inner, BLOCK=BLOCK)
+            with _on(x.device):
+                _gsm_bwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, gout, gin, n_vox, inner, BLOCK=BLOCK)
         return gin, None
 
 
@@ -130,9 +147,10 @@ def gated_argmax(logits: torch.Tensor) -> torch.Tensor:
     """Most probable class per voxel as int8 [B, ...] without materialising the probabilities."""
     _check(logits)
     x = logits.contiguous()
-    inner = x[0, 0].numel() if x.shape[0] else 0
+    inner = _inner(x)
     out = torch.empty((x.shape[0],) + tuple(x.shape[2:]), dtype=torch.int8, device=x.device)
     n_vox = x.shape[0] * inner
     if n_vox:
-        _gsm_fwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, out, n_vox, inner, BLOCK=BLOCK, ARGMAX=True)
+        with _on(x.device):
+            _gsm_fwd_kernel[(triton.cdiv(n_vox, BLOCK),)](x, out, n_vox, inner, BLOCK=BLOCK, ARGMAX=True)
     return out

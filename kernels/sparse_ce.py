@@ -3,8 +3,9 @@
     loss = gated_sparse_ce(logits, index, profiles, weights, denominator=None)
 
 logits [B, 4, L, H, W] (fp32/bf16/fp16, any strides: only the labelled columns are read, through the
-tensor's own strides, so a non-contiguous view costs no copy); index [N, 3] (b, row, col), rows unique
-(as `sgmagnet build` writes them: one profile vote per pixel); profiles [N, L] uint8 with 255 = ignore;
+tensor's own strides, so a non-contiguous view costs no copy); index [N, 3] (b, row, col) (`sgmagnet build`
+writes one row per pixel; duplicate rows are allowed and each contributes its own term, as the definition
+says, so their gradients add up); profiles [N, L] uint8 with 255 = ignore;
 weights [4]. Returns a float32 scalar equal to sgmagnet.losses.gated_sparse_ce (the reference).
 
 Forward: one program per BLOCK (pixel, level) pairs of the N x L labels. It gathers the 4 logits of the
@@ -15,14 +16,17 @@ partials are summed by torch.sum in a fixed order, so the result is deterministi
 atomics). The normaliser (local weight sum, or an externally supplied global `denominator`) stays a
 device tensor: no .item(), no host sync.
 
-Backward: a new zero tensor shaped like the logits receives grad_out / denominator * the saved sparse
-gradient at the labelled voxels (one scatter kernel). Nothing is written into the input logits or any
+Backward: the sparse gradient rows of duplicate index rows are summed first (a sort and a deterministic
+index_put accumulate over the N rows, no host sync), then a new zero tensor shaped like the logits
+receives grad_out / denominator * the coalesced sparse gradient (one scatter kernel, one writer per voxel). Nothing is written into the input logits or any
 tensor autograd saved (the in-place trick of Liger-Kernel#272 corrupts saved tensors), and the gradient
 is exactly 0 off the labelled voxels. Peak extra memory: the gradient itself plus N*4*L*4 bytes.
 
 focal (gamma > 0) is not fused: callers fall back to the PyTorch reference.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -40,6 +44,7 @@ def _logsigmoid(x):
 @triton.jit
 def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     """The BLOCK (pixel n, level) pairs of this program: label y, labelled mask, int64 offset of channel 0."""
+    s_b, s_l, s_h, s_w = s_b.to(tl.int64), s_l.to(tl.int64), s_h.to(tl.int64), s_w.to(tl.int64)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     inb = offs < n_elem
     n = offs // L
@@ -56,6 +61,8 @@ def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w, BLOCK
 def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr, n_elem, L,
                      s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     pid = tl.program_id(0)
+    s_c = s_c.to(tl.int64)       # 2 * s_c, 3 * s_c must not wrap in 32 bits
+    L = L.to(tl.int64)           # n * 4 * L likewise
     offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
                                                     BLOCK, IGNORE)
     g = tl.load(logits_ptr + base, mask=lab, other=0.0).to(tl.float32)
@@ -94,6 +101,8 @@ def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr
 def _gsce_bwd_kernel(grad_ptr, index_ptr, prof_ptr, sgrad_ptr, scale_ptr, n_elem, L,
                      s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     pid = tl.program_id(0)
+    s_c = s_c.to(tl.int64)       # ch * s_c must not wrap in 32 bits
+    L = L.to(tl.int64)
     offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
                                                     BLOCK, IGNORE)
     scale = tl.load(scale_ptr).to(tl.float32)
@@ -117,6 +126,31 @@ def _check(logits, index, profiles, weights):
         raise ValueError(f"weights must be [4], got {tuple(weights.shape)}")
 
 
+def _on(device):
+    """Launch under the tensor's own CUDA device (the current device may be another GPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int):
+    """Sum the sparse-gradient rows of duplicate index rows (sync-free, deterministic).
+
+    Returns (index', sgrad', profiles') of the same length N: the first U rows are the distinct pixels
+    (in sorted order) with their summed gradients, the rest are padding rows whose profiles are all 255
+    (ignored by the scatter). Rows of sgrad are already 0 at ignored levels, so the distinct rows write
+    every level (0 where nothing was labelled)."""
+    N = index.shape[0]
+    key = index[:, 0] * (1 << 42) + index[:, 1] * (1 << 21) + index[:, 2]   # b, row, col < 2^21 each
+    key_sorted, order = torch.sort(key, stable=True)
+    new = torch.ones_like(key_sorted, dtype=torch.bool)
+    new[1:] = key_sorted[1:] != key_sorted[:-1]
+    seg = torch.cumsum(new.to(torch.int64), 0) - 1
+    acc = torch.zeros_like(sgrad).index_put_((seg,), sgrad[order], accumulate=True)
+    rep = torch.zeros_like(index).index_put_((seg,), index[order])   # duplicates share one index: any writer
+    used = torch.arange(N, device=index.device) <= seg[-1]
+    prof = torch.where(used, 0, IGNORE).to(torch.uint8)[:, None].expand(N, L).contiguous()
+    return rep, acc, prof
+
+
 class GatedSparseCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, index, profiles, weights, denominator):
@@ -130,8 +164,9 @@ class GatedSparseCE(torch.autograd.Function):
         part = torch.zeros(grid[0], 2, dtype=torch.float32, device=dev)
         sgrad = torch.empty(N, 4, L, dtype=torch.float32, device=dev)
         if n_elem:
-            _gsce_fwd_kernel[grid](logits, index, profiles, weights, sgrad, part, n_elem, L, *logits.stride(),
-                                   BLOCK=BLOCK, IGNORE=IGNORE)
+            with _on(dev):
+                _gsce_fwd_kernel[grid](logits, index, profiles, weights, sgrad, part, n_elem, L, *logits.stride(),
+                                       BLOCK=BLOCK, IGNORE=IGNORE)
         tot = part.sum(0)
         den = tot[1] if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=dev).reshape(())
         den = torch.where(den > 0, den, torch.ones_like(den))
@@ -146,8 +181,10 @@ class GatedSparseCE(torch.autograd.Function):
         N, L = profiles.shape
         if N * L:
             scale = (grad_out.float() / den).reshape(1)
-            _gsce_bwd_kernel[ctx.grid](grad, index, profiles, sgrad, scale, N * L, L, *grad.stride(),
-                                       BLOCK=BLOCK, IGNORE=IGNORE)
+            index, sgrad, profiles = coalesce(index, sgrad, L)
+            with _on(grad.device):
+                _gsce_bwd_kernel[ctx.grid](grad, index, profiles, sgrad, scale, N * L, L, *grad.stride(),
+                                           BLOCK=BLOCK, IGNORE=IGNORE)
         return grad, None, None, None, None
 
 

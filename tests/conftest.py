@@ -6,9 +6,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-# Triton kernels run on CPU through the interpreter; it must be chosen before triton is imported.
+# Triton kernels run on CPU through the interpreter; it must be chosen before triton is imported. Forced
+# (not setdefault): a preset TRITON_INTERPRET=0 would otherwise make every kernel test skip.
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 TINY = dict(start="2018-10-01", days=2, region=(125.0, 145.0, -30.0, 30.0), res=0.1, seed=3)
 

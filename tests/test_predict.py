@@ -57,8 +57,14 @@ def test_tiled_equals_single_pass_for_a_local_model(tmp_path):
     predict_scene(m, NORM, ahi, str(tmp_path / "whole.nc"), tile=32, overlap=0, log=None, probabilities=True)
     predict_scene(m, NORM, ahi, str(tmp_path / "tiled.nc"), tile=16, overlap=4, batch=2, log=None, probabilities=True)
     with xr.open_dataset(tmp_path / "whole.nc") as a, xr.open_dataset(tmp_path / "tiled.nc") as b:
-        assert np.array_equal(a["cloud_phase"].values, b["cloud_phase"].values)
-        assert np.array_equal(a["p_ice"].values, b["p_ice"].values)
+        assert np.array_equal(a["cloud_phase"].values, b["cloud_phase"].values)   # classes: exactly
+        # probabilities are quantised to 1/250: a different tiling sums the convolution in another order, so a
+        # value on a quantisation boundary may land one step away -- never more
+        for c in ("p_clear", "p_ice", "p_mixed", "p_liquid"):
+            pa, pb = a[c].values, b[c].values
+            assert np.isnan(pa).sum() == np.isnan(pb).sum() == 0
+            assert np.abs(pa - pb).max() <= 1 / 250 + 1e-6, c
+            assert (pa != pb).mean() < 1e-3, c
     # deterministic: the same call again gives the same bytes of data
     predict_scene(m, NORM, ahi, str(tmp_path / "again.nc"), tile=16, overlap=4, batch=2, log=None)
     with xr.open_dataset(tmp_path / "again.nc") as c, xr.open_dataset(tmp_path / "tiled.nc") as b:
