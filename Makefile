@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DEMO ?= demo_out
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,11 @@ bench: setup
 	$(PY) hpc/bench/predict_memory.py --checkpoint $(DEMO)/runs/unet
 	$(PY) kernels/bench/bench_gated_loss.py
 	$(PY) kernels/bench/bench_gated_softmax.py
+
+# On a machine with a CUDA GPU (the device tool's lent GPU): kernel tests on CUDA, kernel and training-step
+# benchmarks -> CSV rows + log in $$OUT (or bench_results/gpu/). Uses that machine's python3; no setup.
+gpu-check:
+	@bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -13,15 +13,7 @@ from sgmagnet.formats import ahi as ahi_fmt
 from sgmagnet.formats import cloudsat as cs_fmt
 from sgmagnet.grid import BAND_VARS
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(cond: bool, what: str):
-    """Skip when a component is missing -- but fail under CI=true, where it must exist."""
-    if not cond:
-        if IN_CI:
-            pytest.fail(f"{what} is required in CI (CI=true) but is missing")
-        pytest.skip(f"{what} not available")
+from ci import IN_CI, require  # noqa: F401  (re-exported: tests import them from here too)
 
 
 def have_mpirun() -> bool:

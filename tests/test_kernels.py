@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import kernels
-from helpers import require
+from ci import require
 from sgmagnet.losses import gated_argmax as ref_argmax
 from sgmagnet.losses import gated_probs as ref_probs
 from sgmagnet.losses import gated_sparse_ce as ref_ce

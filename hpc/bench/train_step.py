@@ -33,8 +33,12 @@ def memory_batch(b: int, s: int, device):
     return [t.to(device) for t in (x, geom, idx, prof)]
 
 
-def bench_model(name, size, patch, batch, steps, warmup, device, bf16):
+def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl="torch"):
     torch.manual_seed(0)
+    loss_fn = gated_sparse_ce
+    if loss_impl == "triton":
+        import kernels
+        loss_fn = kernels.gated_sparse_ce
     m = build_model(name, size).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     x, geom, idx, prof = memory_batch(batch, patch, device)
@@ -42,7 +46,7 @@ def bench_model(name, size, patch, batch, steps, warmup, device, bf16):
     def step():
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             y = m(x, geom)
-        loss = gated_sparse_ce(y, idx, prof)
+        loss = loss_fn(y, idx, prof)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -57,8 +61,30 @@ def bench_model(name, size, patch, batch, steps, warmup, device, bf16):
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
     return {"model": name, "params": n_parameters(m), "gflops": flops_per_sample(m.cpu(), patch) / 1e9,
-            "samples_per_s": steps * batch / dt}
+            "samples_per_s": steps * batch / dt, "peak_mib": peak}
+
+
+def append_csv(path: str, rows: list[dict]):
+    """Rows with the device, versions and date (for `make gpu-check` and comparisons across machines)."""
+    import csv
+    import datetime as dt
+    import os
+
+    import triton
+
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    base = {"date": dt.date.today().isoformat(), "device": where, "torch": torch.__version__,
+            "triton": triton.__version__}
+    fields = list(base) + list(rows[0])
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({**base, **r})
 
 
 def real_vs_memory(a, device):
@@ -109,6 +135,9 @@ def main(argv=None):
     p.add_argument("--loader", choices=("memory", "real"), default="memory")
     p.add_argument("--shards", default="demo_out/shards", help="with --loader real")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers with --loader real")
+    p.add_argument("--loss", choices=("torch", "triton"), default="torch",
+                   help="loss implementation: the PyTorch reference or the fused Triton kernel (CUDA)")
+    p.add_argument("--csv", help="append one row per model to this CSV")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
@@ -117,12 +146,17 @@ def main(argv=None):
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"size {a.size}, patch {a.patch}, batch {a.batch}, {a.steps} timed steps, {where}, in-memory batches")
     print(f"{'model':<12}{'params':>12}{'GFLOP/sample':>14}{'samples/s':>11}{'vs first':>10}")
-    first = None
+    first, rows = None, []
     for name in a.models.split(","):
-        r = bench_model(name, a.size, a.patch, a.batch, a.steps, a.warmup, device, a.bf16)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        r = bench_model(name, a.size, a.patch, a.batch, a.steps, a.warmup, device, a.bf16, a.loss)
+        rows.append({**r, "size": a.size, "patch": a.patch, "batch": a.batch, "bf16": a.bf16, "loss": a.loss})
         first = first or r["samples_per_s"]
         print(f"{name:<12}{r['params']:>12,}{r['gflops']:>14.3f}{r['samples_per_s']:>11.2f}"
               f"{r['samples_per_s'] / first:>9.2f}x", flush=True)
+    if a.csv:
+        append_csv(a.csv, rows)
     return 0
 
 

@@ -61,6 +61,7 @@ def main(argv=None):
     p.add_argument("--levels", type=int, default=38)
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
     p.add_argument("--no-csv", action="store_true")
+    p.add_argument("--csv", default=None, help="append the rows to this CSV (default kernels/bench/results.csv)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         return cpu_check()
@@ -106,7 +107,7 @@ def main(argv=None):
             print(f"    speed-up of triton: {res['eager'] / res['triton']:.2f}x eager, "
                   f"{res['compile'] / res['triton']:.2f}x torch.compile")
     if not a.no_csv:
-        append_rows(rows)
+        append_rows(rows, *([a.csv] if a.csv else []))
     return 0
 
 

@@ -41,6 +41,7 @@ def main(argv=None):
     p.add_argument("--levels", type=int, default=38)
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
     p.add_argument("--no-csv", action="store_true")
+    p.add_argument("--csv", default=None, help="append the rows to this CSV (default kernels/bench/results.csv)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         return cpu_check()
@@ -86,7 +87,7 @@ def main(argv=None):
                          "gbps": round(gbps, 1), "pct_hbm": round(pct, 1), "peak_extra_mib": "",
                          "logits_mib": round(vb / 2**20, 1)})
     if not a.no_csv:
-        append_rows(rows)
+        append_rows(rows, *([a.csv] if a.csv else []))
     return 0
 
 
