@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from sgmagnet.build import BuildConfig, assign, merge_manifest, plan, run_rank
+from sgmagnet.build import BuildConfig, BuildFailed, BuildRefused, assign, check_out, merge_manifest, plan, run_rank
 
 
 def get_comm():
@@ -22,25 +22,42 @@ def get_comm():
     return comm if comm.Get_size() > 1 else None
 
 
-def build(cfg: BuildConfig, log=print) -> dict:
+def _bcast(comm, obj):
+    return json.loads(comm.bcast(json.dumps(obj), root=0)) if comm else obj
+
+
+def build(cfg: BuildConfig, log=print, overwrite: bool = False) -> dict:
+    """Every rank returns, or every rank raises the same BuildRefused (bad input/options; nothing built) or
+    BuildFailed (an environment failure on some rank: the manifest is not rewritten; re-run to retry)."""
     comm = get_comm()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm else (0, 1)
-    p = plan(cfg) if rank == 0 else None
-    if comm:
-        p = json.loads(comm.bcast(json.dumps(p) if rank == 0 else None, root=0))
+    p, refused = None, None
+    if rank == 0:
+        try:
+            p = plan(cfg)
+            check_out(cfg, p, overwrite, log)
+        except BuildRefused as e:
+            refused = str(e)
+    p, refused = _bcast(comm, [p, refused]) if comm else (p, refused)
+    if refused:
+        raise BuildRefused(refused)
     my = assign(p["granules"], size)[rank]
     stats = run_rank(cfg, p, my, log=(lambda m: log(f"[rank {rank}] {m}")) if comm else log)
-    all_stats = comm.gather(json.dumps(stats), root=0) if comm else [json.dumps(stats)]
-    if comm:
-        comm.Barrier()
+    ranks = [json.loads(s) for s in comm.allgather(json.dumps(stats))] if comm else [stats]
+    errors = [r["error"] for r in ranks if "error" in r]
+    if errors:
+        raise BuildFailed(errors[0] + (f" (and {len(errors) - 1} more rank(s) failed)" if len(errors) > 1 else ""))
     man = None
     if rank == 0:
         man = merge_manifest(cfg, p)
-        ranks = [json.loads(s) for s in all_stats]
         with open(f"{cfg.out}/build_stats.json", "w") as f:   # timing only; not part of the manifest
             json.dump({"ranks": ranks}, f, indent=1)
-    if comm:
-        comm.Barrier()
+    total = _bcast(comm, sum(man["counts"].values()) if rank == 0 else None)
+    if total == 0:
+        first = (man or {}).get("skipped", [{}])[:1]
+        why = f"; first skipped input: {first[0].get('file')}: {first[0].get('reason')}" if first and first[0] else ""
+        raise BuildRefused(f"no sample was produced from {len(p['granules'])} granule(s) and {len(p['scenes'])} "
+                           f"scene(s) (manifest.json lists the skipped inputs{why})")
     return {"rank": rank, "size": size, "stats": stats, "manifest": man}
 
 
@@ -54,7 +71,11 @@ def chunk_of(n: int, index: int, count: int) -> list[int]:
 def build_chunk(cfg: BuildConfig, index: int, count: int, log=print) -> dict:
     """Process one chunk of granules (records and shards only; the manifest is merged by `merge`)."""
     p = plan(cfg)
-    return run_rank(cfg, p, chunk_of(len(p["granules"]), index, count), log=log)
+    check_out(cfg, p, overwrite=False, log=log)
+    stats = run_rank(cfg, p, chunk_of(len(p["granules"]), index, count), log=log)
+    if "error" in stats:
+        raise BuildFailed(stats["error"])
+    return stats
 
 
 def merge(cfg: BuildConfig) -> dict:

@@ -27,6 +27,16 @@ from .grid import BAND_VARS, CLASS_NAMES, IGNORE, N_BANDS, N_LEVELS
 from .shards import encode_sample, sha256, write_dali_index
 
 SPLITS = ("train", "val", "test")
+SHAPING = ("window_min", "patch_size", "min_labelled", "split_days", "gap_days", "split_anchor", "shard_maxcount",
+           "quality_mask", "dali_index")   # the BuildConfig fields that shape the samples and shards
+
+
+class BuildRefused(ValueError):
+    """Bad input or options: nothing was built (one line naming the option or folder and the problem)."""
+
+
+class BuildFailed(RuntimeError):
+    """An environment failure (disk, permissions, memory, unexpected error) stopped the build."""
 
 
 @dataclass
@@ -73,11 +83,64 @@ def plan(cfg: BuildConfig) -> dict:
             scenes.append({"path": p, "timeline": n.timeline.isoformat()})
         except FormatError as e:
             skipped.append({"file": e.path, "reason": e.problem})
+    if not granules:
+        why = f" ({len(skipped)} unreadable: {skipped[0]['reason']})" if skipped else ""
+        raise BuildRefused(f"--cloudsat {cfg.cloudsat!r}: no readable 2B-CLDCLASS-LIDAR granule (*.hdf){why}")
+    if not scenes:
+        raise BuildRefused(f"--ahi {cfg.ahi!r}: no P-Tree AHI L1 file (NC_H0[89]_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")
+    side = max(min(ahi_fmt.parse_name(s["path"]).nlat, ahi_fmt.parse_name(s["path"]).nlon) for s in scenes)
+    if cfg.patch_size > side:
+        raise BuildRefused(f"--patch-size {cfg.patch_size} is larger than every AHI grid (the largest has "
+                           f"{side} pixels on its short side)")
     granules.sort(key=lambda g: (g["t_first"], g["path"]))
     for k, g in enumerate(granules):   # the next granule owns profiles from its first one on
         g["cutoff"] = granules[k + 1]["t_first"] if k + 1 < len(granules) else None
-    anchor = cfg.split_anchor or (min(s["timeline"] for s in scenes)[:10] if scenes else "1970-01-01")
-    return {"granules": granules, "scenes": scenes, "skipped": skipped, "split_anchor": anchor}
+    anchor = cfg.split_anchor or min(s["timeline"] for s in scenes)[:10]
+    return {"granules": granules, "scenes": scenes, "skipped": skipped, "split_anchor": anchor,
+            "config_hash": config_hash(cfg, anchor)}
+
+
+def shaping(cfg: BuildConfig, anchor: str) -> dict:
+    d = {k: getattr(cfg, k) for k in SHAPING}
+    d["split_days"], d["split_anchor"] = list(d["split_days"]), anchor
+    return d
+
+
+def config_hash(cfg: BuildConfig, anchor: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(shaping(cfg, anchor), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_out(cfg: BuildConfig, p: dict, overwrite: bool = False, log=print):
+    """Refuse an --out whose records were made with another configuration, or clear it with overwrite."""
+    recs = sorted(glob.glob(os.path.join(cfg.out, "_records", "*.json")))
+    other = None
+    for rp in recs:
+        try:
+            with open(rp) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            continue                     # a broken record is redone by the resume logic
+        if rec.get("config_hash") != p["config_hash"]:
+            other = rec
+            break
+    if other is None:
+        return
+    if overwrite:
+        log(f"--overwrite: removing the shards, records and manifest in {cfg.out}")
+        for d in list(SPLITS) + ["_records", "_tmp"]:
+            shutil.rmtree(os.path.join(cfg.out, d), ignore_errors=True)
+        for f in ("manifest.json", "build_stats.json"):
+            if os.path.exists(os.path.join(cfg.out, f)):
+                os.remove(os.path.join(cfg.out, f))
+        return
+    old = other.get("config") or {}
+    new = shaping(cfg, p["split_anchor"])
+    diff = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in SHAPING if old.get(k) != new[k]) or \
+        "a record without a configuration hash"
+    raise BuildRefused(f"--out {cfg.out!r} was built with another configuration ({diff}): use a new --out, "
+                       f"or --overwrite to rebuild it")
 
 
 def assign(granules: list[dict], n_ranks: int) -> list[list[int]]:
@@ -99,11 +162,11 @@ def record_path(cfg: BuildConfig, granule_path: str) -> str:
     return os.path.join(cfg.out, "_records", _stem(granule_path) + ".json")
 
 
-def _record_intact(cfg: BuildConfig, rp: str) -> bool:
+def _record_intact(cfg: BuildConfig, rp: str, chash: str) -> bool:
     try:
         with open(rp) as f:
             rec = json.load(f)
-        return all(os.path.exists(os.path.join(cfg.out, s["path"])) and sha256(os.path.join(cfg.out, s["path"])) == s["sha256"]
+        return rec.get("config_hash") == chash and all(os.path.exists(os.path.join(cfg.out, s["path"])) and sha256(os.path.join(cfg.out, s["path"])) == s["sha256"]
                    for s in rec["shards"])
     except (OSError, ValueError, KeyError):
         return False
@@ -114,6 +177,7 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
 
     stem = _stem(g["path"])
     rec = {"granule": os.path.basename(g["path"]), "status": "ok", "skipped": [], "shards": [],
+           "config_hash": g["config_hash"], "config": g["config"],
            "samples": {s: 0 for s in SPLITS}, "hist": {s: [0] * 4 for s in SPLITS},
            "band_sum": [0.0] * N_BANDS, "band_sumsq": [0.0] * N_BANDS, "band_count": [0] * N_BANDS,
            "profiles": 0, "valid_profiles": 0, "matched_profiles": 0, "labelled_pixels": 0}
@@ -188,9 +252,15 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
 def write_json_atomic(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print) -> dict:
@@ -199,17 +269,19 @@ def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print) -> dict:
     stats = {"granules": 0, "resumed": 0, "profiles": 0, "seconds": 0.0}
     t0 = time.perf_counter()
     for k in my:
-        g = p["granules"][k]
+        g = dict(p["granules"][k], config_hash=p["config_hash"], config=shaping(cfg, p["split_anchor"]))
         rp = record_path(cfg, g["path"])
-        if os.path.exists(rp) and _record_intact(cfg, rp):
+        if os.path.exists(rp) and _record_intact(cfg, rp, p["config_hash"]):
             stats["resumed"] += 1
             continue
-        try:
+        try:   # input problems are FormatErrors, recorded in the record; anything else stops this rank
             rec = process_granule(cfg, g, scenes, anchor)
-        except Exception as e:  # a long job never dies because of one bad file
-            rec = {"granule": os.path.basename(g["path"]), "status": "skipped", "shards": [],
-                   "skipped": [{"file": g["path"], "reason": f"unexpected error: {type(e).__name__}: {e}"}]}
-        write_json_atomic(rp, rec)
+            write_json_atomic(rp, rec)
+        except Exception as e:  # noqa: BLE001 - disk full, permissions, memory, a bug: not the input's fault
+            stats["error"] = (f"{os.path.basename(g['path'])}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                              f" (no record written: a re-run retries it)")
+            log(f"FAILED {stats['error']}")
+            break
         stats["granules"] += 1
         stats["profiles"] += g["nray"]
         log(f"{rec['granule']}: {rec['status']} " + " ".join(f"{s}={n}" for s, n in rec.get("samples", {}).items()))
@@ -255,7 +327,7 @@ def merge_manifest(cfg: BuildConfig, p: dict) -> dict:
         "classes": list(CLASS_NAMES), "ignore_label": IGNORE,
         "bands": list(BAND_VARS),
         "sources": {"ahi": cfg.ahi, "cloudsat": cfg.cloudsat, "granules": len(p["granules"]), "scenes": len(p["scenes"])},
-        "config": cfg_d, "split_anchor": p["split_anchor"],
+        "config": cfg_d, "split_anchor": p["split_anchor"], "config_hash": p["config_hash"],
         "counts": counts,
         "class_histogram": {s: hist[s].tolist() for s in SPLITS},
         "train_class_frequency": freq.tolist(),

@@ -36,7 +36,7 @@ def _positive(cast, what):
             v = cast(s)
         except ValueError:
             v = None
-        if v is None or not v > 0:
+        if v is None or not (0 < v < float("inf")):   # finite: inf minutes or degrees make no sense
             raise argparse.ArgumentTypeError(f"expected a positive {what}, got {s!r}")
         return v
     return parse
@@ -44,6 +44,13 @@ def _positive(cast, what):
 
 _positive_int = _positive(int, "integer")
 _positive_float = _positive(float, "number")
+
+
+def _window_min(s):
+    v = _positive_float(s)
+    if not v <= 60:   # also rejects inf
+        raise argparse.ArgumentTypeError(f"expected minutes in (0, 60], got {s!r}")
+    return v
 
 
 def _split_days(s):
@@ -75,8 +82,8 @@ def cmd_synth(a):
 
 
 def cmd_build(a):
-    from hpc.mpi_build import build
-    from .build import BuildConfig
+    from hpc.mpi_build import build, get_comm
+    from .build import BuildConfig, BuildFailed, BuildRefused
 
     for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat")):
         if not os.path.isdir(d):
@@ -85,7 +92,12 @@ def cmd_build(a):
     cfg = BuildConfig(ahi=a.ahi, cloudsat=a.cloudsat, out=a.out, window_min=a.window_min, patch_size=a.patch_size,
                       min_labelled=a.min_labelled, split_days=a.split_days, gap_days=a.gap_days,
                       split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount)
-    r = build(cfg, log=(lambda m: None) if a.quiet else print)
+    try:
+        r = build(cfg, log=(lambda m: None) if a.quiet else print, overwrite=a.overwrite)
+    except (BuildRefused, BuildFailed) as e:   # every rank raises the same; rank 0 says it
+        comm = get_comm()
+        code = 2 if isinstance(e, BuildRefused) else 1
+        return _fail("build", e, code) if comm is None or comm.Get_rank() == 0 else code
     if r["rank"] == 0 and not a.quiet:
         from .inspect import summary
         print(summary(a.out))
@@ -93,13 +105,26 @@ def cmd_build(a):
 
 
 def cmd_inspect(a):
-    from .inspect import summary
+    from .inspect import inspect_shards
+    from .shards import ManifestError
 
-    if not os.path.exists(os.path.join(a.shards, "manifest.json")):
-        sys.stderr.write(f"sgmagnet inspect: error: {a.shards!r} has no manifest.json\n")
-        return 2
-    print(summary(a.shards, verify=a.verify, as_json=a.json))
+    try:
+        text, bad = inspect_shards(a.shards, verify=a.verify, as_json=a.json)
+    except ManifestError as e:
+        return _fail("inspect", e)
+    print(text)
+    if bad:
+        sys.stderr.write(f"sgmagnet inspect: error: {len(bad)} shard(s) do not match manifest.json "
+                         f"(first: {bad[0]})\n")
+        return 1
     return 0
+
+
+def _fail(cmd: str, e, code: int = 2) -> int:
+    """One line on stderr naming the problem (the exception's first line), then the exit code."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    sys.stderr.write(f"sgmagnet {cmd}: error: {msg}\n")
+    return code
 
 
 def cmd_train(a):
@@ -117,10 +142,9 @@ def cmd_train(a):
             if not os.path.isfile(a.deepspeed):
                 raise ConfigError(f"--deepspeed {a.deepspeed!r} is not a file")
             cfg.train.deepspeed = a.deepspeed
-        trainer = Trainer(cfg, resume=a.resume)
-    except (ConfigError, FileNotFoundError) as e:
-        sys.stderr.write(f"sgmagnet train: error: {e}\n")
-        return 2
+        trainer = Trainer(cfg, resume=a.resume, overwrite=a.overwrite)
+    except (ValueError, FileNotFoundError) as e:   # ConfigError, ManifestError, a bad checkpoint
+        return _fail("train", e)
     from hpc import dist as hdist
     from .train import Preempted
 
@@ -151,10 +175,9 @@ def cmd_evaluate(a):
         return 2
     try:
         res = evaluate_checkpoint(a.checkpoint, a.shards, a.split, a.out, batch_size=a.batch_size,
-                                  curtains=a.curtains, device=a.device)
-    except (ValueError, FileNotFoundError) as e:
-        sys.stderr.write(f"sgmagnet evaluate: error: {e}\n")
-        return 2
+                                  curtains=a.curtains, device=a.device, verify=not a.no_verify)
+    except (ValueError, FileNotFoundError) as e:   # ManifestError, ShardError, ConfigError, a bad checkpoint
+        return _fail("evaluate", e)
     print(report_markdown(res))
     return 0
 
@@ -273,7 +296,8 @@ def main(argv=None) -> int:
     b.add_argument("--ahi", required=True, help="folder of P-Tree NetCDF files (searched recursively)")
     b.add_argument("--cloudsat", required=True, help="folder of 2B-CLDCLASS-LIDAR HDF files (searched recursively)")
     b.add_argument("--out", required=True, help="output folder for shards, records and manifest.json")
-    b.add_argument("--window-min", type=_positive_float, default=5.0, help="max |t_profile - t_pixel| in minutes (5)")
+    b.add_argument("--window-min", type=_window_min, default=5.0, help="max |t_profile - t_pixel| in minutes, "
+                   "(0, 60] (5)")
     b.add_argument("--patch-size", type=_positive_int, default=128, help="patch height/width in pixels (128)")
     b.add_argument("--min-labelled", type=_positive_int, default=64, help="min labelled pixels per patch (64)")
     b.add_argument("--split-days", type=_split_days, default=(10, 2, 2),
@@ -281,6 +305,8 @@ def main(argv=None) -> int:
     b.add_argument("--gap-days", type=int, default=1, help="gap days dropped after each block (1)")
     b.add_argument("--split-anchor", type=_date, default=None, help="first day of the split cycle (default: first AHI day)")
     b.add_argument("--shard-maxcount", type=_positive_int, default=200, help="max samples per shard (200)")
+    b.add_argument("--overwrite", action="store_true", help="rebuild an --out made with another configuration "
+                   "(its shards, records and manifest are deleted); without it such an --out is refused")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
 
@@ -296,6 +322,8 @@ def main(argv=None) -> int:
     t.add_argument("--resume", action="store_true", help="continue exactly from the run folder's latest checkpoint")
     t.add_argument("--deepspeed", metavar="DS.json", help="wrap the model with deepspeed.initialize using this "
                    "DeepSpeed config (configs/deepspeed/); same as train.deepspeed=DS.json")
+    t.add_argument("--overwrite", action="store_true", help="start again in a run folder that already holds "
+                   "checkpoints (they and the run's logs are deleted); without it such a folder is refused")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
     t.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.steps=50 model.name=unet data.batch_size=4")
@@ -310,6 +338,8 @@ def main(argv=None) -> int:
     e.add_argument("--batch-size", type=_positive_int, default=8, help="patches per batch (8)")
     e.add_argument("--curtains", type=int, default=3, help="number of along-track curtain PNGs (3)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--no-verify", action="store_true", help="score shards that do not match the manifest's "
+                   "sha256 (default: refuse); the mismatches are recorded in the JSON")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="side-by-side table of several eval_<split>.json files")
@@ -358,7 +388,7 @@ def main(argv=None) -> int:
     sb.add_argument("--ahi", required=True)
     sb.add_argument("--cloudsat", required=True)
     sb.add_argument("--out", required=True)
-    sb.add_argument("--window-min", type=_positive_float, default=5.0)
+    sb.add_argument("--window-min", type=_window_min, default=5.0)
     sb.add_argument("--patch-size", type=_positive_int, default=128)
     sb.add_argument("--min-labelled", type=_positive_int, default=64)
     sb.add_argument("--split-days", type=_split_days, default=(10, 2, 2))
@@ -371,7 +401,16 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "build" and a.gap_days < 0:
         p.error("--gap-days must be >= 0")
-    return a.func(a)
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"sgmagnet {a.cmd}: interrupted\n")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last net: one line, not a traceback (SGMAGNET_DEBUG=1 re-raises)
+        if os.environ.get("SGMAGNET_DEBUG"):
+            raise
+        return _fail(a.cmd, f"{type(e).__name__}: {e} (an unexpected failure; SGMAGNET_DEBUG=1 shows the "
+                             f"traceback)", code=1)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,13 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
             continue
         grids[si] = grid
         ii, jj = np.where(inside, i - r0, 0), np.where(inside, j - c0, 0)
+        finite = np.zeros(ds.valid.shape, bool)
+        for b in BAND_VARS:
+            finite |= np.isfinite(ds[b].values)
+        if not finite[ii[inside], jj[inside]].any():
+            out.skipped.append((sc.path, "no finite band value under the CloudSat track: all 16 bands are "
+                                         "fill/NaN (or off-disk) there"))
+            continue
         valid = inside & ds.valid.values[ii, jj]
         tp = ds.obs_time.values[ii, jj]
         dt_ns = np.abs((t - tp).astype("timedelta64[ns]").astype(np.int64))

@@ -10,66 +10,79 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import yaml
 
 
+MODEL_NAMES = ("sgmagnet", "unet", "unet3d", "segnet", "transformer")   # = sgmagnet.models.MODELS (tested)
+MODEL_SIZES = ("tiny", "demo", "paper")
+
+
+def rule(default=None, *, factory=None, **check):
+    """A config field with its checks (validated in `validate`, the one place config values are checked):
+    ge/gt/le/lt bounds, finite, choices, nonempty, pair (a list of 2 numbers in [0, 1)), weights."""
+    if factory is not None:
+        return field(default_factory=factory, metadata=check)
+    return field(default=default, metadata=check)
+
+
 @dataclass
 class DataConfig:
-    shards: str = "demo_out/shards"   # folder made by `sgmagnet build` (with manifest.json)
-    train_split: str = "train"
-    val_split: str = "val"
-    batch_size: int = 8               # per process
-    workers: int = 0                  # DataLoader worker processes (0 = read in the training process)
-    shuffle_buffer: int = 64          # samples in the shuffle buffer
-    val_batches: int = 0              # cap on validation batches (0 = the whole split)
-    loader: str = "torch"             # torch (WebDataset + DataLoader workers) | dali | auto (dali on CUDA)
+    shards: str = rule("demo_out/shards", nonempty=True)  # folder made by `sgmagnet build` (with manifest.json)
+    train_split: str = rule("train", nonempty=True)
+    val_split: str = "val"            # "" = no validation (explicitly switched off); else the split must hold shards
+    batch_size: int = rule(8, ge=1)   # per process
+    workers: int = rule(0, ge=0)      # DataLoader worker processes (0 = read in the training process)
+    shuffle_buffer: int = rule(64, ge=0)   # samples in the shuffle buffer
+    val_batches: int = rule(0, ge=0)  # cap on validation batches (0 = the whole split)
+    loader: str = rule("torch", choices=("torch", "dali", "auto"))   # auto = dali on CUDA
     resample: bool = False            # endless resampled shards + fixed epoch length (forced on across ranks)
-    epoch_batches: int = 0            # batches per rank per epoch with resampling (0 = train samples / global batch)
+    epoch_batches: int = rule(0, ge=0)   # batches per rank per epoch with resampling (0 = train samples / global batch)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "sgmagnet"            # sgmagnet | unet | unet3d | segnet | transformer
-    size: str = "demo"                # tiny | demo | paper
+    name: str = rule("sgmagnet", choices=MODEL_NAMES)
+    size: str = rule("demo", choices=MODEL_SIZES)
     options: dict = field(default_factory=dict)   # constructor overrides, e.g. {height: static}
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"               # adam | adamw | sgd (momentum = betas[0])
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "cosine"          # cosine | constant (both after a linear warm-up)
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.05
-    clip: float = 1.0                 # max gradient norm (0 = no clipping)
-    accum: int = 1                    # micro-batches per optimizer step (gradient accumulation)
+    name: str = rule("adamw", choices=("adam", "adamw", "sgd"))   # sgd: momentum = betas[0]
+    lr: float = rule(2e-3, gt=0, finite=True)
+    weight_decay: float = rule(1e-4, ge=0, finite=True)
+    betas: list = rule(factory=lambda: [0.9, 0.999], pair=True)
+    schedule: str = rule("cosine", choices=("cosine", "constant"))   # both after a linear warm-up
+    warmup_steps: int = rule(20, ge=0)
+    min_lr_ratio: float = rule(0.05, ge=0, le=1)
+    clip: float = rule(1.0, ge=0, finite=True)   # max gradient norm (0 = no clipping)
+    accum: int = rule(1, ge=1)        # micro-batches per optimizer step (gradient accumulation)
 
 
 @dataclass
 class LossConfig:
-    weights: object = "manifest"      # manifest (w ~ freq^-power of the training split, mean 1) | none | [w0,w1,w2,w3]
-    power: float = 0.5
-    gamma: float = 0.0                # focal-loss exponent (0 = the normative cross-entropy)
-    impl: str = "auto"                # auto | torch | triton  (auto = triton on CUDA, torch elsewhere)
-    form: str = "gated"               # gated (phase-gated softmax, normative) | softmax (plain 4-way: ablation)
+    weights: object = rule("manifest", weights=True)   # manifest (w ~ freq^-power, mean 1) | none | [w0,w1,w2,w3]
+    power: float = rule(0.5, ge=0, finite=True)
+    gamma: float = rule(0.0, ge=0, finite=True)   # focal-loss exponent (0 = the normative cross-entropy)
+    impl: str = rule("auto", choices=("auto", "torch", "triton"))   # auto = triton on CUDA, torch elsewhere
+    form: str = rule("gated", choices=("gated", "softmax"))   # gated (normative) | softmax (plain 4-way: ablation)
 
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/demo"
-    steps: int = 200
-    seed: int = 0
+    run_dir: str = rule("runs/demo", nonempty=True)
+    steps: int = rule(200, ge=1)
+    seed: int = rule(0, ge=0)
     bf16: bool = False                # autocast to bfloat16
-    log_every: int = 10
-    val_every: int = 100              # 0 = only at the end
-    ckpt_every: int = 100             # 0 = only at the end
-    keep_checkpoints: int = 2
-    threads: int = 0                  # torch intra-op threads (0 = torch's default)
-    device: str = "auto"              # auto | cpu | cuda
+    log_every: int = rule(10, ge=1)
+    val_every: int = rule(100, ge=0)  # 0 = only at the end
+    ckpt_every: int = rule(100, ge=0)   # 0 = only at the end
+    keep_checkpoints: int = rule(2, ge=1)
+    threads: int = rule(0, ge=0)      # torch intra-op threads (0 = torch's default)
+    device: str = rule("auto", choices=("auto", "cpu", "cuda"))
     progress: bool = True
     deepspeed: str = ""               # DeepSpeed JSON (configs/deepspeed/); empty = plain loop (DDP across ranks)
     init_from: str = ""               # start from these weights only (e.g. after changing the world size)
@@ -88,6 +101,49 @@ class ConfigError(ValueError):
     pass
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_value(where: str, v, kind: str, check: dict):
+    """Type (from the annotation) then the field's rules; returns the value in its declared type."""
+    if kind == "bool" and not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true/false, got {v!r}")
+    if kind in ("int", "float"):
+        if not _is_number(v):
+            raise ConfigError(f"{where}: expected a number, got {v!r}")
+        if kind == "int" and not (math.isfinite(v) and float(v).is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {v!r}")
+        v = int(v) if kind == "int" else float(v)
+    if kind == "str" and not isinstance(v, str):
+        raise ConfigError(f"{where}: expected a string, got {v!r}")
+    if kind == "dict" and not isinstance(v, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {v!r}")
+    if kind == "list" and not isinstance(v, list):
+        raise ConfigError(f"{where}: expected a list, got {v!r}")
+    if check.get("finite") and not math.isfinite(v):
+        raise ConfigError(f"{where}: expected a finite number, got {v!r}")
+    for op, test, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                           ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+        if op in check and not test(v, check[op]):
+            raise ConfigError(f"{where}: must be {word} {check[op]}, got {v!r}")
+    if "choices" in check and v not in check["choices"]:
+        raise ConfigError(f"{where}: must be one of {', '.join(check['choices'])}, got {v!r}")
+    if check.get("nonempty") and not v.strip():
+        raise ConfigError(f"{where}: must not be empty")
+    if check.get("pair") and not (len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)):
+        raise ConfigError(f"{where}: expected a pair [b1, b2] of numbers in [0, 1), got {v!r}")
+    if check.get("weights"):
+        ok = v in ("manifest", "none") or (isinstance(v, list) and len(v) == 4 and all(
+            _is_number(w) and math.isfinite(w) and w >= 0 for w in v) and any(w > 0 for w in v))
+        if not ok:
+            raise ConfigError(f"{where}: must be manifest, none or a list of 4 finite non-negative numbers "
+                              f"(not all 0), got {v!r}")
+        if isinstance(v, list):
+            v = [float(w) for w in v]
+    return [float(b) for b in v] if check.get("pair") else v
+
+
 def _section(cls, d: dict, where: str):
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
@@ -95,31 +151,28 @@ def _section(cls, d: dict, where: str):
     for k in d:
         if k not in names:
             raise ConfigError(f"{where}: unknown key {k!r} (known: {', '.join(names)})")
-    out = {}
-    for k, v in d.items():
-        kind = names[k].type          # annotation string (from __future__ import annotations)
-        if kind == "bool" and not isinstance(v, bool):
-            raise ConfigError(f"{where}.{k}: expected true/false, got {v!r}")
-        if kind in ("int", "float"):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{where}.{k}: expected a number, got {v!r}")
-            if kind == "int" and not float(v).is_integer():
-                raise ConfigError(f"{where}.{k}: expected an integer, got {v!r}")
-            v = int(v) if kind == "int" else float(v)
-        if kind == "str" and not isinstance(v, str):
-            raise ConfigError(f"{where}.{k}: expected a string, got {v!r}")
-        out[k] = v
-    return cls(**out)
+    return cls(**{k: _check_value(f"{where}.{k}", v, names[k].type, names[k].metadata) for k, v in d.items()})
+
+
+def validate(cfg: "Config") -> "Config":
+    """Check every value of a Config built in code (from_dict checks what comes from YAML/overrides)."""
+    for sec in dataclasses.fields(cfg):
+        obj = getattr(cfg, sec.name)
+        for f in dataclasses.fields(obj):
+            setattr(obj, f.name, _check_value(f"config: {sec.name}.{f.name}", getattr(obj, f.name), f.type, f.metadata))
+    return cfg
 
 
 def from_dict(d: dict, where: str = "config") -> Config:
     d = d or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(d).__name__}")
     secs = {f.name: f.type for f in dataclasses.fields(Config)}
     for k in d:
         if k not in secs:
             raise ConfigError(f"{where}: unknown section {k!r} (known: {', '.join(secs)})")
     classes = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "loss": LossConfig, "train": TrainConfig}
-    return Config(**{k: _section(classes[k], d.get(k, {}), f"{where}: {k}") for k in classes})
+    return Config(**{k: _section(classes[k], d.get(k) or {}, f"{where}: {k}") for k in classes})
 
 
 def to_dict(cfg: Config) -> dict:
@@ -150,10 +203,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         try:
             with open(path) as f:
                 d = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({getattr(e, 'strerror', None) or e.__class__.__name__})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     return from_dict(apply_overrides(d, overrides), where=path or "config")
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .shards import decode_sample, shard_paths
+from .shards import decode_sample, read_manifest, shard_paths  # noqa: F401  (read_manifest: re-exported)
 
 
 @dataclass
@@ -54,14 +54,6 @@ class Normaliser:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
-
-
-def read_manifest(shards_dir: str) -> dict:
-    path = os.path.join(shards_dir, "manifest.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no manifest.json (is {shards_dir!r} a shard folder made by `sgmagnet build`?)")
-    with open(path) as f:
-        return json.load(f)
 
 
 def pixel_columns(meta: dict, pix: np.ndarray, geom: np.ndarray):
@@ -146,8 +138,9 @@ class LoaderConfig:
 
 def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                   shuffle_buffer: int = 64, shuffle_shards: bool = True, rank: int = 0, world: int = 1,
-                  workers: int = 0, resample: bool = False):
-    """A webdataset DataPipeline for one epoch (deterministic in seed, epoch and rank)."""
+                  workers: int = 0, resample: bool = False, strict: bool = False):
+    """A webdataset DataPipeline for one epoch (deterministic in seed, epoch and rank). strict: an unreadable
+    tar member or sample raises (evaluation) instead of being skipped with a warning (training)."""
     urls = list(urls)
     if not urls:
         raise ValueError("no shards to read")
@@ -163,21 +156,33 @@ def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: 
             random.Random(stage_seed).shuffle(urls)
         stages = [wds.SimpleShardList(urls), RankSplitter(rank, world) if world > 1 else identity_splitter,
                   wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    handler = wds.reraise_exception if strict else wds.warn_and_continue
+    stages.append(wds.tarfile_to_samples(handler=handler))
     if train and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=stage_seed + 7919 * rank))
-    stages += [wds.map(Decode(norm), handler=wds.warn_and_continue),
+    stages += [wds.map(Decode(norm), handler=handler),
                wds.batched(batch_size, collation_fn=collate, partial=True)]
     return wds.DataPipeline(*stages)
 
 
-def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, epoch: int = 0):
+def ignore_preemption_signals(worker_id: int = 0):
+    """DataLoader worker init: Slurm (and `kill -- -PGID`) signal every process of a step, workers included.
+    A worker must not die of SIGTERM/SIGUSR2: the trainer itself finishes the step, checkpoints and exits
+    (workers then stop with their parent). PyTorch's own worker SIGTERM handler exits on any sender."""
+    import signal
+
+    for s in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(s, signal.SIG_IGN)
+
+
+def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, epoch: int = 0, strict: bool = False):
     pipe = make_pipeline(urls, norm, cfg.batch_size, train=train, seed=seed, epoch=epoch,
                          shuffle_buffer=cfg.shuffle_buffer, shuffle_shards=cfg.shuffle_shards, rank=cfg.rank,
-                         world=cfg.world, workers=cfg.workers, resample=cfg.resample and train)
+                         world=cfg.world, workers=cfg.workers, resample=cfg.resample and train, strict=strict)
     # batches are made in the workers (batch_size=None); a private generator keeps the global RNG untouched
     return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.workers,
-                                       generator=torch.Generator().manual_seed(seed + epoch))
+                                       generator=torch.Generator().manual_seed(seed + epoch),
+                                       worker_init_fn=ignore_preemption_signals if cfg.workers else None)
 
 
 class EpochStream:

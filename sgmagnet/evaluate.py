@@ -141,11 +141,45 @@ def compare_markdown(results: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the command
+class ShardError(ValueError):
+    """Shards that do not match their manifest, or a sample that cannot be decoded (one line, names the file)."""
+
+
+def checked_batches(loader, where: str):
+    """The loader's batches; a read/decode failure becomes one ShardError naming the shard folder."""
+    it = iter(loader)
+    while True:
+        try:
+            b = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - tar/npy/json errors of many kinds, all mean the same here
+            raise ShardError(f"{where}: a sample cannot be read ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:160]})") from None
+        yield b
+
+
+def check_shards(shards: str, manifest: dict, splits, verify: bool, log=print) -> list[str]:
+    """sha256 of the splits' shards against the manifest: refuse a mismatch, or (verify=False) warn."""
+    from .shards import verify_shards
+
+    bad = [p for s in dict.fromkeys(splits) for p in verify_shards(shards, manifest, s)]
+    if bad and verify:
+        raise ShardError(f"{shards}: {len(bad)} shard(s) do not match manifest.json (first: {bad[0]}); rebuild "
+                         f"them with `sgmagnet build`, or pass --no-verify to score anyway (recorded in the JSON)")
+    if bad:
+        log(f"WARNING: {len(bad)} shard(s) do not match manifest.json (first: {bad[0]}); scoring anyway (--no-verify)")
+    return bad
+
+
 def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: str | None = None,
-                        batch_size: int = 8, curtains: int = 3, device: str = "auto", log=print) -> dict:
+                        batch_size: int = 8, curtains: int = 3, device: str = "auto", log=print,
+                        verify: bool = True) -> dict:
     from .data import LoaderConfig, Normaliser, make_loader, split_urls
+    from .shards import manifest_sha256, read_manifest
     from .train import load_model_from_checkpoint, pick_device
 
+    manifest = read_manifest(shards)
     dev = pick_device(device)
     model, ck = load_model_from_checkpoint(checkpoint, dev)
     cfg = ck["config"]
@@ -153,17 +187,25 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     norm = Normaliser.from_checkpoint(ck)
     lcfg = LoaderConfig(batch_size=batch_size, workers=0)
     urls = split_urls(shards, split)
-    clim = Climatology.from_batches(make_loader(split_urls(shards, cfg["data"]["train_split"]), norm, lcfg, train=False))
+    train_split = cfg["data"]["train_split"]
+    failures = check_shards(shards, manifest, (split, train_split), verify, log)
+    clim = Climatology.from_batches(checked_batches(make_loader(split_urls(shards, train_split), norm, lcfg,
+                                                                train=False, strict=verify), shards))
     weights = ck["loss_weights"]
-    ev = evaluate_batches(model, make_loader(urls, norm, lcfg, train=False), dev, bf16=cfg["train"]["bf16"],
+    ev = evaluate_batches(model, checked_batches(make_loader(urls, norm, lcfg, train=False, strict=verify), shards),
+                          dev, bf16=cfg["train"]["bf16"],
                           keep_curtains=curtains, form=cfg["loss"].get("form", "gated"),
                           references=reference_predictors(clim, weights))
+    if ev.confusion.patches == 0:
+        raise ShardError(f"{shards}: split {split!r} gave no sample to score")
     cs, curt = ev.confusion, ev.curtains
     refs = {k: v.report() for k, v in ev.references.items()}
     name = cfg["model"]["name"] + ("" if not cfg["model"]["options"] else
                                    "(" + ",".join(f"{k}={v}" for k, v in cfg["model"]["options"].items()) + ")")
     res = {"model": name, "size": cfg["model"]["size"], "checkpoint": os.path.abspath(checkpoint),
            "step": ck["step"], "shards": os.path.abspath(shards), "split": split, "metrics": cs.report(),
+           "samples": int(cs.patches), "voxels": int(cs.report()["overall"]["voxels"]),
+           "manifest_sha256": manifest_sha256(shards), "verified": bool(verify), "checksum_failures": failures,
            "references": refs, "climatology_table": clim.table(weights).tolist(), "loss_weights": list(weights)}
     out = out or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))  # the run folder
     os.makedirs(out, exist_ok=True)

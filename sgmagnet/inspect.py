@@ -7,22 +7,22 @@ import os
 import numpy as np
 
 from .grid import BAND_VARS, CLASS_NAMES
-from .shards import sha256
+from .shards import read_manifest, verify_shards
 
 
 def summary(root: str, verify: bool = False, as_json: bool = False) -> str:
-    with open(os.path.join(root, "manifest.json")) as f:
-        m = json.load(f)
-    bad = []
-    if verify:
-        for s in m["shards"]:
-            p = os.path.join(root, s["path"])
-            if not os.path.exists(p) or sha256(p) != s["sha256"]:
-                bad.append(s["path"])
+    """The statistics as text/JSON; with verify, every shard is re-hashed (see `checksum_failures`)."""
+    return inspect_shards(root, verify, as_json)[0]
+
+
+def inspect_shards(root: str, verify: bool = False, as_json: bool = False) -> tuple[str, list[str]]:
+    """(report, shards failing verification). Raises ManifestError on a bad manifest."""
+    m = read_manifest(root)
+    bad = verify_shards(root, m) if verify else []
     if as_json:
         return json.dumps({"counts": m["counts"], "class_histogram": m["class_histogram"],
                            "band_stats": m["band_stats"], "shards": len(m["shards"]),
-                           "skipped": len(m["skipped"]), "checksum_failures": bad}, indent=1)
+                           "skipped": len(m["skipped"]), "checksum_failures": bad}, indent=1), bad
     lines = [f"shards: {len(m['shards'])}   samples: " + ", ".join(f"{k} {v}" for k, v in m["counts"].items())
              + f"   profiles matched: {m['profiles']['matched_profiles']} of {m['profiles']['profiles']}"]
     lines.append("class histogram of labelled voxels:")
@@ -40,4 +40,4 @@ def summary(root: str, verify: bool = False, as_json: bool = False) -> str:
         lines.append(f"  {os.path.basename(s['file'])}: {s['reason']}")
     if verify:
         lines.append("checksums: " + ("all match" if not bad else f"{len(bad)} MISMATCH: {bad[:5]}"))
-    return "\n".join(lines)
+    return "\n".join(lines), bad

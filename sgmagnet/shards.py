@@ -45,6 +45,54 @@ def decode_sample(raw: dict) -> dict:
     return out
 
 
+MANIFEST_KEYS = ("format", "config", "counts", "class_histogram", "train_class_frequency", "band_stats", "shards",
+                 "skipped", "profiles")
+
+
+class ManifestError(ValueError):
+    """A shard folder's manifest.json is missing, unreadable, truncated or not ours (one line, names the file)."""
+
+
+def read_manifest(shards_dir: str) -> dict:
+    """manifest.json of a shard folder made by `sgmagnet build`, checked for the keys every reader uses."""
+    path = os.path.join(shards_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise ManifestError(f"{path}: no manifest.json (is {shards_dir!r} a shard folder made by `sgmagnet build`?)")
+    try:
+        with open(path, "rb") as f:
+            m = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ManifestError(f"{path}: not valid JSON (corrupt or truncated: {' '.join(str(e).split())[:120]}); "
+                            f"re-run `sgmagnet build` with the same options to rewrite it") from None
+    if not isinstance(m, dict) or not str(m.get("format", "")).startswith("sgmagnet-shards/"):
+        raise ManifestError(f"{path}: not an sgmagnet shard manifest (no format 'sgmagnet-shards/N')")
+    missing = [k for k in MANIFEST_KEYS if k not in m]
+    if missing:
+        raise ManifestError(f"{path}: incomplete manifest, missing {', '.join(missing)}")
+    return m
+
+
+def manifest_sha256(shards_dir: str) -> str:
+    return sha256(os.path.join(shards_dir, "manifest.json"))
+
+
+def verify_shards(shards_dir: str, manifest: dict, split: str | None = None) -> list[str]:
+    """Shards of the manifest (one split, or all) whose file is missing or whose sha256 differs, plus shard
+    files of that split on disk that the manifest does not list."""
+    listed = [s for s in manifest["shards"] if split is None or s.get("split") == split]
+    bad = [s["path"] for s in listed if not os.path.exists(os.path.join(shards_dir, s["path"]))
+           or sha256(os.path.join(shards_dir, s["path"])) != s["sha256"]]
+    names = {s["path"] for s in listed}
+    for sp in ([split] if split else sorted({s.get("split") for s in manifest["shards"]} | {"train", "val", "test"})):
+        for p in shard_paths(shards_dir, sp):
+            rel = os.path.relpath(p, shards_dir)
+            if rel not in names:
+                bad.append(f"{rel} (not in the manifest)")
+    return bad
+
+
 def sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -29,7 +29,7 @@ import torch
 from hpc import dist as hdist
 
 from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state, set_rng_state
-from .config import Config, ConfigError, dump, from_dict, to_dict
+from .config import Config, ConfigError, dump, from_dict, to_dict, validate
 from .data import EpochStream, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
 from .losses import SparseLoss, class_weights, use_triton
@@ -64,6 +64,43 @@ def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, dict
     return model.to(device).eval(), ck
 
 
+def refuse_existing_run(run_dir: str):
+    """A run folder that holds checkpoints is never overwritten by accident."""
+    folder = os.path.join(run_dir, "checkpoints")
+    held = sorted(d for d in os.listdir(folder) if d.startswith("step_")) if os.path.isdir(folder) else []
+    if held:
+        raise ConfigError(f"train.run_dir {run_dir!r} already holds checkpoints ({held[-1]}): pass --resume to "
+                          f"continue it, --overwrite to start again (its checkpoints and logs are deleted), or "
+                          f"choose another train.run_dir")
+
+
+def clear_run(run_dir: str):
+    """--overwrite: remove what a previous run left (checkpoints, logs, TensorBoard, summary, evaluations)."""
+    import glob
+    import shutil
+
+    for name in ("checkpoints", "tb"):
+        shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+    names = ["log.jsonl", "summary.json", "config.yaml"] + [os.path.basename(p) for p in
+                                                             glob.glob(os.path.join(run_dir, "eval_*"))]
+    for f in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(run_dir, f))
+
+
+def validation_shards(cfg: Config, manifest: dict) -> list[str]:
+    """The validation split's shards; an empty or missing split is an error unless data.val_split is ''."""
+    split = cfg.data.val_split
+    if not split:
+        return []
+    urls = shard_paths(cfg.data.shards, split)
+    if not urls or not manifest.get("counts", {}).get(split):
+        raise ConfigError(f"data.val_split={split!r}: {cfg.data.shards} has no {split} samples (manifest counts "
+                          f"{manifest.get('counts')}); choose another split, or data.val_split='' to train "
+                          f"without validation")
+    return urls
+
+
 # ------------------------------------------------------------------------------------------ components
 class Logger:
     def __init__(self, run_dir: str, tensorboard: bool = True):
@@ -94,15 +131,11 @@ def build_optimizer(cfg: Config, model) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), **kw)
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), **kw)
-    if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.betas[0], weight_decay=o.weight_decay)
-    raise ConfigError(f"optim.name must be adam, adamw or sgd, got {o.name!r}")
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.betas[0], weight_decay=o.weight_decay)
 
 
 def build_scheduler(cfg: Config, opt) -> torch.optim.lr_scheduler.LambdaLR:
     o, total = cfg.optim, cfg.train.steps
-    if o.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optim.schedule must be cosine or constant, got {o.schedule!r}")
 
     def factor(step: int) -> float:
         if step < o.warmup_steps:
@@ -120,21 +153,15 @@ def resolve_loss_weights(cfg: Config, manifest: dict) -> list[float]:
         return class_weights(manifest["train_class_frequency"], cfg.loss.power).tolist()
     if w == "none":
         return [1.0] * 4
-    if isinstance(w, list) and len(w) == 4 and all(isinstance(v, (int, float)) and v >= 0 for v in w):
-        return [float(v) for v in w]
-    raise ConfigError(f"loss.weights must be manifest, none or 4 non-negative numbers, got {w!r}")
+    return [float(v) for v in w]          # 4 finite non-negative numbers (config.validate)
 
 
 def make_loss(cfg: Config, weights, device) -> SparseLoss:
     impl = cfg.loss.impl
-    if impl not in ("auto", "torch", "triton"):
-        raise ConfigError(f"loss.impl must be auto, torch or triton, got {impl!r}")
     try:
         use_triton(impl, device)
     except RuntimeError as e:
         raise ConfigError(str(e)) from None
-    if cfg.loss.form not in ("gated", "softmax"):
-        raise ConfigError(f"loss.form must be gated or softmax, got {cfg.loss.form!r}")
     return SparseLoss(weights, gamma=cfg.loss.gamma, impl=impl, form=cfg.loss.form).to(device)
 
 
@@ -192,8 +219,10 @@ class Trainer:
     """cfg -> components -> fit(). `data` may replace the shard stream with any iterator of batches
     (tests feed fixed in-memory batches); `env` is the distributed environment (hpc.dist)."""
 
-    def __init__(self, cfg: Config, resume: bool = False, log=print, data=None, env=None):
-        self.cfg, t = cfg, cfg.train
+    def __init__(self, cfg: Config, resume: bool = False, log=print, data=None, env=None, overwrite: bool = False):
+        self.cfg, t = validate(cfg), cfg.train
+        if not (resume or overwrite):
+            refuse_existing_run(t.run_dir)
         self.env = env or hdist.init_distributed(deepspeed=bool(t.deepspeed))
         self.log = log if self.env.is_main else (lambda m: None)
         if t.threads:
@@ -202,7 +231,10 @@ class Trainer:
         self.manifest = read_manifest(cfg.data.shards)
         self.norm = Normaliser.from_manifest(cfg.data.shards)
         seed_everything(t.seed)
-        model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
+        try:
+            model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
+        except ValueError as e:
+            raise ConfigError(f"model.options: {e}") from None
         if t.init_from:
             model.load_state_dict(load_common(t.init_from)["model"])
         self.model = model.to(self.device)
@@ -222,8 +254,10 @@ class Trainer:
                 broadcast_buffers=False)
         self.forward_module = self.engine or self.ddp or self.model
         self.stream = data if data is not None else self._make_stream()
-        self.val_urls = shard_paths(cfg.data.shards, cfg.data.val_split)
+        self.val_urls = validation_shards(cfg, self.manifest)
         if self.env.is_main:
+            if overwrite and not resume:
+                clear_run(t.run_dir)
             os.makedirs(t.run_dir, exist_ok=True)
         hdist.barrier()
         self.ckpt = Checkpointer(os.path.join(t.run_dir, "checkpoints"), t.keep_checkpoints, self.env.rank,
@@ -254,8 +288,6 @@ class Trainer:
             from .dali import DaliStream
             return DaliStream(urls, self.norm, lcfg, seed=self.cfg.train.seed, device=self.device,
                               epoch_batches=epoch_batches if resample else 0)
-        if loader != "torch":
-            raise ConfigError(f"data.loader must be torch, dali or auto, got {c.loader!r}")
         return EpochStream(urls, self.norm, lcfg, seed=self.cfg.train.seed, epoch_batches=epoch_batches)
 
     # -- checkpoint state
