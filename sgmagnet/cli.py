@@ -53,6 +53,16 @@ def _window_min(s):
     return v
 
 
+def _count0(s):
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
 def _split_days(s):
     try:
         v = tuple(int(x) for x in s.split(","))
@@ -232,15 +242,14 @@ def cmd_predict(a):
 
     if _missing("predict", ("--checkpoint", a.checkpoint), ("--ahi", a.ahi)):
         return 2
-    if a.overlap % 2 or a.overlap >= a.tile:
-        sys.stderr.write(f"sgmagnet predict: error: --overlap must be even and smaller than --tile {a.tile}\n")
+    if a.overlap % 2 or a.overlap < 0 or a.overlap >= a.tile:
+        sys.stderr.write(f"sgmagnet predict: error: --overlap must be even, >= 0 and smaller than --tile {a.tile}\n")
         return 2
     try:
         predict_checkpoint(a.checkpoint, a.ahi, a.out, bbox=a.bbox, tile=a.tile, overlap=a.overlap, batch=a.batch,
                            probabilities=a.probabilities, device=a.device)
     except (FormatError, ValueError, FileNotFoundError) as e:
-        sys.stderr.write(f"sgmagnet predict: error: {e}\n")
-        return 2
+        return _fail("predict", e)
     return 0
 
 
@@ -302,7 +311,7 @@ def main(argv=None) -> int:
     b.add_argument("--min-labelled", type=_positive_int, default=64, help="min labelled pixels per patch (64)")
     b.add_argument("--split-days", type=_split_days, default=(10, 2, 2),
                    help="TRAIN,VAL,TEST whole-day block lengths of the repeating time split (10,2,2)")
-    b.add_argument("--gap-days", type=int, default=1, help="gap days dropped after each block (1)")
+    b.add_argument("--gap-days", type=_count0, default=1, help="gap days dropped after each block (1)")
     b.add_argument("--split-anchor", type=_date, default=None, help="first day of the split cycle (default: first AHI day)")
     b.add_argument("--shard-maxcount", type=_positive_int, default=200, help="max samples per shard (200)")
     b.add_argument("--overwrite", action="store_true", help="rebuild an --out made with another configuration "
@@ -392,15 +401,14 @@ def main(argv=None) -> int:
     sb.add_argument("--patch-size", type=_positive_int, default=128)
     sb.add_argument("--min-labelled", type=_positive_int, default=64)
     sb.add_argument("--split-days", type=_split_days, default=(10, 2, 2))
-    sb.add_argument("--gap-days", type=int, default=1)
+    sb.add_argument("--gap-days", type=_count0, default=1)
+    sb.add_argument("--split-anchor", type=_date, default=None)
     sb.add_argument("--shard-maxcount", type=_positive_int, default=200)
     sb.add_argument("--array", type=int, default=0, help="K > 0: a job array of K time chunks + a merge job")
     add_common(sb)
     sb.set_defaults(func=cmd_submit)
 
     a = p.parse_args(argv)
-    if a.cmd == "build" and a.gap_days < 0:
-        p.error("--gap-days must be >= 0")
     try:
         return a.func(a)
     except KeyboardInterrupt:

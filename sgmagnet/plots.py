@@ -126,7 +126,8 @@ def cube_map_png(cube: str, path: str):
         ph = ds["cloud_phase"].values[0]
         lat, lon = ds["latitude"].values, ds["longitude"].values
         title = f"cloud-top phase · {ds.attrs.get('input_file', '')} · {ds.attrs.get('model', '')}"
-    img = np.ma.masked_less(top_phase(ph), 0)
+    top = top_phase(ph)
+    img = np.ma.masked_less(top, 0)
     cmap = ListedColormap(PHASE_COLOURS).with_extremes(bad="#333333")
     fig, ax = plt.subplots(figsize=(6, 6 * len(lat) / max(len(lon), 1) + 0.8), constrained_layout=True)
     m = ax.pcolormesh(lon, lat, img, cmap=cmap, norm=BoundaryNorm(np.arange(-0.5, 4.5), 4), shading="nearest")
@@ -137,6 +138,7 @@ def cube_map_png(cube: str, path: str):
     cb.ax.set_yticklabels(CLASS_NAMES)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return {"top_phase": top}
 
 
 def _nearest_index(values: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -152,6 +154,13 @@ def cube_section_png(cube: str, line, path: str, n: int = 300):
     lon0, lat0, lon1, lat1 = line
     with open_cube(cube) as ds:
         lat, lon = ds["latitude"].values, ds["longitude"].values
+        hl = abs(float(lat[1] - lat[0])) / 2 if len(lat) > 1 else 0.025
+        hn = abs(float(lon[1] - lon[0])) / 2 if len(lon) > 1 else 0.025
+        for x, y in ((lon0, lat0), (lon1, lat1)):
+            if not (lon.min() - hn <= x <= lon.max() + hn and lat.min() - hl <= y <= lat.max() + hl):
+                raise ValueError(f"--section {lon0:g},{lat0:g},{lon1:g},{lat1:g}: point ({x:g}E, {y:g}N) is outside "
+                                 f"the cube {cube} (longitude {lon.min():g}..{lon.max():g}, latitude "
+                                 f"{lat.min():g}..{lat.max():g})")
         t = np.linspace(0, 1, n)
         la, lo = lat0 + t * (lat1 - lat0), lon0 + t * (lon1 - lon0)
         i, j = _nearest_index(lat, la), _nearest_index(lon, lo)
@@ -165,6 +174,7 @@ def cube_section_png(cube: str, line, path: str, n: int = 300):
     cb.ax.set_yticklabels(CLASS_NAMES)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return {"columns": cols, "rows": i, "cols": j, "distance_km": dist}
 
 
 def cube_curtain_png(cube: str, granule: str, path: str):
@@ -189,5 +199,6 @@ def cube_curtain_png(cube: str, granule: str, path: str):
     truth = np.full((len(sel), N_LEVELS), IGNORE, np.int16)
     truth[ok] = profile_levels(nl[ok], b[ok], t[ok], ph[ok], g["dem_km"].values[sel][ok])
     pred = np.where(pred < 0, IGNORE, pred)
-    curtain_png({"truth": truth, "pred": pred, "lat": glat[sel]}, path,
-                f"{granule.split('/')[-1][:19]} vs {cube.split('/')[-1]}")
+    drawn = {"truth": truth, "pred": pred, "lat": glat[sel], "rows": i, "cols": j}
+    curtain_png(drawn, path, f"{granule.split('/')[-1][:19]} vs {cube.split('/')[-1]}")
+    return drawn

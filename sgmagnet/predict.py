@@ -53,6 +53,31 @@ def cores(starts: list[int], tile: int, n: int) -> list[tuple[int, int]]:
     return [(cuts[i], cuts[i + 1]) for i in range(len(starts))]
 
 
+def clip_bbox(grid, bbox, name: str = "the file"):
+    """bbox (lon0, lon1, lat0, lat1) clipped to the grid's pixel centres -> (bbox', clipped?).
+    ValueError when it does not overlap the grid at all (a window outside the file is never "the edge")."""
+    lo0, lo1, la0, la1 = bbox
+    glat0, glat1 = float(np.min(grid.latitude)), float(np.max(grid.latitude))
+    glon0, glon1 = float(np.min(grid.longitude)), float(np.max(grid.longitude))
+    if lo1 < glon0 and lo0 + 360.0 <= glon1:          # the grid runs past 180E (P-Tree longitudes may)
+        lo0, lo1 = lo0 + 360.0, lo1 + 360.0
+    c = (max(lo0, glon0), min(lo1, glon1), max(la0, glat0), min(la1, glat1))
+    if not (c[0] <= c[1] and c[2] <= c[3]):
+        raise ValueError(f"--bbox {','.join(f'{v:g}' for v in bbox)} is outside {name}: its grid covers "
+                         f"longitude {glon0:g}..{glon1:g}, latitude {glat0:g}..{glat1:g}")
+    return c, c != (lo0, lo1, la0, la1)
+
+
+def check_tile(model, tile: int, device) -> None:
+    """One forward pass of an empty tile: a tile size the model cannot take fails here, before any output."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 16, tile, tile, device=device), torch.zeros(1, 2, tile, tile, device=device))
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"--tile {tile}: the model cannot take {tile}x{tile} tiles "
+                         f"({' '.join(str(e).split())[:160]})") from None
+
+
 def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dict):
     from netCDF4 import Dataset
 
@@ -102,14 +127,24 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
 
     device = torch.device(device)
     model = model.to(device).eval()
+    if not 8 <= tile <= 4096:
+        raise ValueError(f"--tile must be between 8 and 4096 pixels, got {tile}")
+    if overlap % 2 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"--overlap must be an even number >= 0 and smaller than --tile {tile}, got {overlap}")
     grid = ahi_fmt.read_grid(ahi)
+    if bbox is not None:
+        bbox, clipped = clip_bbox(grid, bbox, os.path.basename(ahi))
+        if clipped and log:
+            log(f"note: --bbox clipped to the file's grid: {','.join(f'{v:g}' for v in bbox)}")
+    check_tile(model, tile, device)
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        raise ValueError(f"--out {out!r}: folder {out_dir} does not exist or is not writable")
     head = ahi_fmt.read_ahi(ahi, bbox=bbox, variables=("SAZ",))
     r0, c0 = int(head.attrs["row0"]), int(head.attrs["col0"])
     H, W = head.sizes["latitude"], head.sizes["longitude"]
     lat, lon = head["latitude"].values, head["longitude"].values
     tl = np.datetime64(ahi_fmt.parse_name(ahi).timeline.replace(tzinfo=None), "ns")
-    if overlap % 2 or overlap < 0:
-        raise ValueError(f"--overlap must be an even number >= 0, got {overlap}")
     rows, cols = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     rcore, ccore = cores(rows, tile, H), cores(cols, tile, W)
     base = {"Conventions": "CF-1.8", "title": "3D cloud phase reconstructed from Himawari AHI",
@@ -117,9 +152,10 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
             "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} sgmagnet predict",
             "tiling": f"tile {tile}, overlap {overlap}, centre-crop stitching", "grid_row0": r0, "grid_col0": c0}
     base.update(attrs or {})
-    nc = _create(out, lat, lon, tl, tile, probabilities, base)
     n_valid = 0
+    nc = None
     try:
+        nc = _create(out, lat, lon, tl, tile, probabilities, base)
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not log, mininterval=2)
         for rs, (rlo, rhi) in zip(rows, rcore):
             strip = ahi_fmt.read_ahi(ahi, rows=slice(r0 + rs, r0 + min(rs + tile, H)), cols=slice(c0, c0 + W),
@@ -159,10 +195,16 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
             n_valid += int((~mask).sum())
         bar.close()
         nc.close()
+        nc = None
         os.replace(out + ".partial", out)
-    except BaseException:
-        nc.close()
-        os.remove(out + ".partial")
+    except BaseException:    # a failed write leaves no .partial and never touches an existing `out`
+        if nc is not None:
+            try:
+                nc.close()
+            except Exception:  # noqa: BLE001 - closing a broken file may fail too; the file goes anyway
+                pass
+        if os.path.exists(out + ".partial"):
+            os.remove(out + ".partial")
         raise
     del grid
     return {"out": out, "shape": [N_LEVELS, H, W], "tiles": len(rows) * len(cols), "valid_pixels": n_valid}

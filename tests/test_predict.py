@@ -126,8 +126,26 @@ def test_cli_predict_and_plot(checkpoint, tiny_archive, tiny_shards, tmp_path, c
         assert ds.sizes["latitude"] == 32 and ds.sizes["longitude"] == 32
     line = f"{c['sw'][1]},{c['sw'][0]},{c['ne'][1]},{c['ne'][0]}"
     assert cli.main(["plot", str(cube), "--out", str(tmp_path), "--section", line, "--granule", gran]) == 0
+    import matplotlib.image as mpimg
+
+    from sgmagnet import plots
+    from sgmagnet.plots import top_phase
     for f in ("cube_top_phase.png", "cube_section_0.png", "cube_curtain.png"):
-        assert (tmp_path / f).stat().st_size > 10_000, f
+        img = mpimg.imread(tmp_path / f)                   # a decodable picture with content, not a blank
+        assert img.ndim == 3 and min(img.shape[:2]) > 200 and img[..., :3].std() > 0.05, f
+    # what the pictures show is the cube's content (and the granule's labels)
+    with xr.open_dataset(cube, mask_and_scale=False) as ds:
+        phase = ds["cloud_phase"].values[0]
+    m = plots.cube_map_png(str(cube), str(tmp_path / "m.png"))
+    assert np.array_equal(m["top_phase"], top_phase(phase))
+    sec = plots.cube_section_png(str(cube), tuple(map(float, line.split(","))), str(tmp_path / "s.png"))
+    want = np.where(phase[:, sec["rows"], sec["cols"]].T < 0, 255, phase[:, sec["rows"], sec["cols"]].T)
+    assert np.array_equal(sec["columns"], want) and sec["distance_km"][-1] > 50
+    assert sec["rows"][0] == len(phase[0]) - 1 and sec["rows"][-1] == 0   # sw -> ne: south row to north row
+    cur = plots.cube_curtain_png(str(cube), gran, str(tmp_path / "c.png"))
+    assert (cur["truth"] != 255).sum() > 0 and (cur["truth"] > 0).sum() > 0       # labels, some cloudy
+    assert np.array_equal(cur["pred"], np.where(phase[:, cur["rows"], cur["cols"]].T < 0, 255,
+                                                phase[:, cur["rows"], cur["cols"]].T))
     junk = tmp_path / "junk.nc"
     junk.write_bytes(b"not a netcdf file")
     capsys.readouterr()

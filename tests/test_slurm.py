@@ -64,7 +64,29 @@ def test_two_task_job_runs_distributed(slurm, tiny_shards, tmp_path):
     assert os.path.exists(run / "checkpoints" / "step_0000006" / "rank_00001.pt")
 
 
-def test_usr2_requeues_and_resumes_exactly(slurm, tiny_shards, tmp_path):
+def _release_requeued(job_id: str, timeout: float = 90):
+    """Slurm holds a requeued job ~2 min before it may start again; let it start now (saves CI time)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        st = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
+        if st.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
+            return
+        time.sleep(0.5)
+
+
+def _wait_log_lines(run, n, alive, timeout=180):
+    t0 = time.time()
+    while not (run / "log.jsonl").exists() or len((run / "log.jsonl").read_text().splitlines()) < n:
+        assert time.time() - t0 < timeout and alive(), "the job ended before it was signalled"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("how,workers", [("interrupt", 0), ("term_to_step", 1)])
+def test_preemption_requeues_and_resumes_exactly(slurm, tiny_shards, tmp_path, how, workers):
+    """interrupt: submitit's SIGTERM + USR2 (a cluster with preempt_send_user_signal). term_to_step: only
+    SIGTERM, delivered by Slurm to every process of the step -- the trainer and its DataLoader worker --
+    as a cluster without preempt_send_user_signal does. Both: checkpoint, requeue, exact resume."""
     import submitit
 
     from launch.submit import TrainJob
@@ -73,38 +95,68 @@ def test_usr2_requeues_and_resumes_exactly(slurm, tiny_shards, tmp_path):
 
     root, _ = tiny_shards
     over = [f"data.shards={root}", "train.steps=400", "train.val_every=0", "train.ckpt_every=0",
-            "train.log_every=1", "model.size=tiny", "model.name=unet"]
+            "train.log_every=1", "model.size=tiny", "model.name=unet", f"data.workers={workers}"]
     ex = submitit.AutoExecutor(folder=str(tmp_path / "logs" / "%j"), cluster="slurm")
     # 30 min limit: submitit counts a signal in the first 20 minutes as a preemption, not a time-out
-    ex.update_parameters(timeout_min=30, slurm_partition="debug", tasks_per_node=1, cpus_per_task=1)
+    ex.update_parameters(timeout_min=30, slurm_partition="debug", tasks_per_node=1, cpus_per_task=workers + 1)
     run = tmp_path / "pre"
     job = ex.submit(TrainJob(TINY, over + [f"train.run_dir={run}"]))
-    t0 = time.time()
-    while not (run / "log.jsonl").exists() or len((run / "log.jsonl").read_text().splitlines()) < 3:
-        assert time.time() - t0 < 180 and job.state not in ("FAILED", "COMPLETED"), job.state
-        time.sleep(0.2)
-    job._interrupt()                                          # SIGTERM + USR2, as on preemption
-    # Slurm holds a requeued job ~2 min before it may start again; let it start now (saves CI time)
-    t0 = time.time()
-    while time.time() - t0 < 60:
-        st = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
-        if st.startswith("PENDING"):
-            subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"], capture_output=True)
-            break
-        time.sleep(0.5)
+    _wait_log_lines(run, 3, lambda: job.state not in ("FAILED", "COMPLETED"))
+    if how == "interrupt":
+        job._interrupt()                                      # SIGTERM + USR2, as on preemption
+    else:
+        subprocess.check_call(["scancel", "--signal=TERM", job.job_id])   # every process of the job's steps
+    _release_requeued(job.job_id)
     summary = job.result()                                    # waits through the requeue
     assert summary["steps"] == 400
     text = "\n".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.err"))
-    assert "this job is preempted" in text and "requeue" in text.lower(), text[-2000:]
+    assert "requeue" in text.lower(), text[-2000:]
     out = "\n".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.out"))
     assert "resumed from" in out and "preemption signal: saved" in out, out[-2000:]
     # resumed from a mid-run checkpoint, and ended where an uninterrupted run ends
+    saved = int(out.split("preemption signal: saved")[1].split("step_")[1][:7])
+    assert 0 < saved < 400
     ref = Trainer(load_config(TINY, over + [f"train.run_dir={tmp_path / 'ref'}", "train.progress=false"]),
                   log=lambda m: None)
     ref.fit()
     got = torch.load(run / "checkpoints" / "step_0000400" / "state.pt", weights_only=True)["model"]
     for k, v in ref.model.state_dict().items():
         assert torch.equal(got[k], v), k
+
+
+def test_sbatch_template_creates_logs_requeues_and_resumes(slurm, tiny_shards, tmp_path):
+    """slurm/train.sbatch submitted with plain sbatch from a folder without slurm_logs/: the job writes its
+    logs, a SIGTERM to the whole step (trainer + 1 DataLoader worker) ends in a checkpoint and exit 3, the
+    template requeues, the job resumes and finishes."""
+    root, _ = tiny_shards
+    sub, run = tmp_path / "submit", tmp_path / "tpl"
+    sub.mkdir()
+    env = dict(os.environ, CONFIG=TINY, REPO=ROOT, EXTRA=f"data.shards={root} train.run_dir={run} train.steps=300 "
+               f"train.val_every=0 train.ckpt_every=0 train.log_every=1 model.name=unet")
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0",
+                        "--cpus-per-task=2", os.path.join(ROOT, "slurm", "train.sbatch")], cwd=sub, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    jid = r.stdout.strip().split(";")[0]
+
+    def alive():
+        return subprocess.run(["squeue", "-h", "-j", jid], capture_output=True, text=True).stdout.strip() != ""
+    _wait_log_lines(run, 3, alive)
+    subprocess.check_call(["scancel", "--signal=TERM", jid])
+    _release_requeued(jid)
+
+    def state():
+        info = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
+        return info.split("JobState=")[1].split()[0], int(info.split("Restarts=")[1].split()[0])
+    t0 = time.time()
+    while state()[0] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        assert time.time() - t0 < 300, f"the requeued job did not finish: {state()}"
+        time.sleep(0.5)
+    assert state() == ("COMPLETED", 1), state()
+    log = (sub / "slurm_logs" / jid / "0.out").read_text()
+    assert "preemption signal: saved" in log and "resumed from" in log, log[-2000:]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 300
+    assert (sub / f"sgmagnet-train-{jid}.out").exists()
 
 
 def build_argv(archive, out, tmp_path, *extra):
@@ -138,17 +190,25 @@ def test_mpi_build_job_equals_local_build(slurm, tiny_archive, tiny_shards, tmp_
 @pytest.mark.parametrize("bad", [
     ["--name", "x; rm -rf /"], ["--name", "a\n#SBATCH --uid=0"], ["--partition", "debug$(id)"],
     ["--account", "a b"], ["--time", "10 && reboot"], ["--folder", "/tmp/x y"], ["--sbatch=--wrap=`id`"],
-    ["--constraint", "gpu|'x'"]])
+    ["--constraint", "gpu|'x'"], ["--partition", "debug\n"], ["--qos", "normal\n"], ["--name", "job\n"],
+    ["--account", "a\n"], ["--constraint", "a100\n"], ["--sbatch=--uid=0"], ["--sbatch=--export=LD_PRELOAD=/x.so"],
+    ["--sbatch=--partition=other"], ["--sbatch=--signal=USR1@1"], ["--setup", "echo $(id)"],
+    ["--setup", "a; b"], ["--setup", "module load x\nrm -rf /"], ["--time", "1-25:00:00"],
+    ["--cpus-per-task", "1", "data.workers=4"]])
 def test_injection_attempts_are_rejected(bad, capsys):
     opts = {"--partition": "debug", "--time": "00:10:00"}
     if len(bad) == 2:
         opts.pop(bad[0], None)
+    tail = [b for b in bad if b.startswith(("data.", "train.", "model."))]      # config overrides go last
+    bad = [b for b in bad if b not in tail]
     argv = ["submit", "train", "--config", TINY, "--dry-run", "--cluster", "slurm", *bad]
     for k, v in opts.items():
         argv += [k, v]
+    argv += tail
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "not allowed" in err or "must be" in err
+    assert ("not allowed" in err or "must be" in err or "out of range" in err or "leaves no core" in err), err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_dry_run_prints_the_script(capsys):
@@ -158,6 +218,38 @@ def test_dry_run_prints_the_script(capsys):
     out = capsys.readouterr().out
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --partition=gpu", "#SBATCH --account=proj42", "#SBATCH --time=1560", "#SBATCH --exclusive",
-                 "#SBATCH --signal=USR2@90"):
+                 "#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --cpus-per-task=1"):
         assert line in out, line
-    assert "train.steps=10" in out
+    assert "train.steps=10" in out and "wckey" not in out
+
+
+def test_slurm_defaults_agree_with_the_templates():
+    from launch.submit import SIGNAL_DELAY_S
+
+    for t in ("train.sbatch", "train_torchrun.sbatch"):
+        text = open(os.path.join(ROOT, "slurm", t)).read()
+        assert f"#SBATCH --signal=USR2@{SIGNAL_DELAY_S}" in text and "#SBATCH --requeue" in text, t
+        assert 'mkdir -p "$LOGS"' in text and "slurm_logs/%j" not in text.split("#SBATCH --output")[1][:20], t
+
+
+@pytest.mark.parametrize("value,minutes", [("90", 90), ("10:30", 11), ("02:00:00", 120), ("1-02", 1560),
+                                           ("1-02:30", 1590), ("1-02:00:01", 1561), ("0:01", 1)])
+def test_every_slurm_time_format(value, minutes):
+    from launch.submit import time_minutes
+
+    assert time_minutes(value) == minutes
+
+
+def test_dry_run_setup_cpus_and_array(capsys):
+    assert cli.main(["submit", "train", "--config", TINY, "--partition", "cpu", "--time", "30", "--dry-run",
+                     "--cluster", "slurm", "--setup", "module load cuda/12.4", "--setup",
+                     "source /opt/venv/bin/activate", "data.workers=3"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --cpus-per-task=4" in out and "#SBATCH --time=30" in out
+    assert "# setup\nmodule load cuda/12.4\nsource /opt/venv/bin/activate\n" in out
+    assert cli.main(["submit", "build", "--ahi", "/data/ahi", "--cloudsat", "/data/cs", "--out", "/data/out",
+                     "--partition", "cpu", "--time", "1:00:00", "--array", "4", "--dry-run", "--cluster", "slurm"]) == 0
+    out = capsys.readouterr().out
+    array, merge = out.split("merge job script")
+    assert "#SBATCH --array=0-3%4" in array and "--dependency" not in array
+    assert "#SBATCH --dependency=afterok:" in merge and "--array" not in merge
