@@ -81,11 +81,13 @@ def test_kill_two_ranks_and_resume_is_bit_identical(tiny_shards, tmp_path, ds):
     while not (run / "checkpoints" / "latest").exists():
         assert p.poll() is None and time.time() - t0 < 300, "run ended before its first checkpoint"
         time.sleep(0.05)
-    time.sleep(0.3)                                   # somewhere after a checkpoint, mid-step
+    time.sleep(0.1)                                   # somewhere after a checkpoint, mid-step
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (run / "summary.json").exists(), "the run finished before it was killed: nothing tested"
     killed_at = open(run / "checkpoints" / "latest").read().strip()
+    # the kill landed before the last checkpoint: the resumed run has steps left to redo
+    assert int(killed_at.split("_")[1]) < 24, f"killed after the final checkpoint ({killed_at}): nothing tested"
     torchrun(2, *_train_args(root, run, *extra), "--resume")
     got = _final_params(run)
     for k in want:
@@ -107,23 +109,33 @@ def test_uneven_validation_shards_do_not_hang(tiny_shards, tmp_path):
     assert s["world_size"] == 2 and s["final_val"]["val_voxels"] > 0
 
 
-def test_preemption_signal_saves_and_exits_with_code_3(tiny_shards, tmp_path):
+@pytest.mark.parametrize("sig,workers,group", [(signal.SIGUSR2, 0, False), (signal.SIGTERM, 2, True),
+                                               (signal.SIGUSR2, 2, True)])
+def test_preemption_signal_saves_and_exits_with_code_3(tiny_shards, tmp_path, sig, workers, group):
+    """group: the signal goes to the whole process group -- the trainer and its DataLoader workers -- as Slurm
+    and `kill -- -PGID` deliver it. Every case ends in a checkpoint at a step boundary and exit code 3."""
     root, _ = tiny_shards
     run = tmp_path / "pre"
     cmd = [sys.executable, "-m", "sgmagnet.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
            "--no-progress", f"data.shards={root}", f"train.run_dir={run}", "train.steps=100000",
-           "train.ckpt_every=0", "train.val_every=0"]
-    p = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "train.ckpt_every=0", "train.val_every=0", f"data.workers={workers}"]
+    p = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
     t0 = time.time()
     while not (run / "log.jsonl").exists() or not open(run / "log.jsonl").read():
         assert p.poll() is None and time.time() - t0 < 120
         time.sleep(0.1)
-    p.send_signal(signal.SIGUSR2)
+    if group:
+        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= workers, "the DataLoader workers are not running: nothing tested"
+        os.killpg(p.pid, sig)
+    else:
+        p.send_signal(sig)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 3, out
     latest = open(run / "checkpoints" / "latest").read().strip()
     step = int(latest.split("_")[1])
-    assert 0 < step < 100000 and "preemption signal" in out
+    assert 0 < step < 100000 and "preemption signal" in out and "Traceback" not in out, out[-2000:]
 
 
 def test_dali_and_webdataset_loaders_agree(tiny_shards):
