@@ -53,6 +53,7 @@ def run_one(name: str, seed: int, a, preset: dict) -> dict:
     from sgmagnet.config import load_config
     from sgmagnet.evaluate import evaluate_checkpoint
     from sgmagnet.models import build_model, flops_per_sample
+    from sgmagnet.shards import read_manifest
     from sgmagnet.train import Trainer
 
     model, opts, extra = RUNS[name]
@@ -78,13 +79,13 @@ def run_one(name: str, seed: int, a, preset: dict) -> dict:
             "model.options=" + json.dumps(opts)] + extra
     cfg = load_config(None, over)
     t0 = time.time()
-    Trainer(cfg, log=lambda m: None).fit()
+    Trainer(cfg, log=lambda m: None, resume=True).fit()     # a killed study continues its unfinished run
     wall = time.time() - t0
     ev = evaluate_checkpoint(run, a.shards, "test", log=lambda m: None)
     log = [json.loads(x) for x in open(os.path.join(run, "log.jsonl"))]
     sps = [r["samples_per_s"] for r in log if r["kind"] == "train"][1:]
     m = build_model(model, preset["size"], **opts)
-    patch = json.load(open(os.path.join(a.shards, "manifest.json")))["config"]["patch_size"]
+    patch = read_manifest(a.shards)["config"]["patch_size"]
     out = {"name": name, "seed": seed, "model": model, "options": opts, "extra": extra, "train_wall_s": wall,
            "samples_per_s": float(np.median(sps)) if sps else None,
            "parameters": sum(p.numel() for p in m.parameters()), "gflops_per_sample": flops_per_sample(m, patch) / 1e9,

@@ -29,19 +29,22 @@ def run(out: str = "demo_out", ranks: int = 2) -> int:
             return 2
     arc, shards, runs = (os.path.join(out, d) for d in ("archive", "shards", "runs"))
     print("== 1. synthetic archive (real formats: P-Tree NetCDF + HDF-EOS2 2B-CLDCLASS-LIDAR)", flush=True)
-    cli(["synth", "--out", arc, "--start", "2018-10-01", "--days", "6", "--region", "125,145,-40,40", "--res", "0.05",
-         "--seed", "0", "--quiet"])
+    if cli(["synth", "--out", arc, "--start", "2018-10-01", "--days", "6", "--region", "125,145,-40,40", "--res",
+            "0.05", "--seed", "0", "--quiet"]):
+        return 1
     print(f"== 2. collocation -> WebDataset shards ({ranks} MPI ranks)", flush=True)
     for d in (shards, runs):
         shutil.rmtree(d, ignore_errors=True)
     build = ["build", "--ahi", os.path.join(arc, "ahi"), "--cloudsat", os.path.join(arc, "cloudsat"), "--out", shards,
              "--patch-size", "64", "--min-labelled", "32", "--split-days", "2,1,1", "--gap-days", "1", "--quiet"]
     if shutil.which("mpirun") and ranks > 1:
-        subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), sys.executable, "-m",
-                        "sgmagnet.cli", *build], check=True)
+        rc = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), sys.executable,
+                             "-m", "sgmagnet.cli", *build]).returncode
     else:
-        cli(build)
-    cli(["inspect", shards, "--verify"])
+        rc = cli(build)
+    if rc or cli(["inspect", shards, "--verify"]):
+        sys.stderr.write("sgmagnet demo: error: the build or its verification failed (see above)\n")
+        return rc or 1
     for m in MODELS:
         print(f"== 3. train {m} ({os.path.relpath(configs[m], REPO)})", flush=True)
         rc = cli(["train", "--config", configs[m], "--no-progress", f"data.shards={shards}",
@@ -57,9 +60,9 @@ def run(out: str = "demo_out", ranks: int = 2) -> int:
                 sys.stdout = stdout
         if rc:
             return rc
-    import json
+    from .shards import read_manifest
 
-    counts = json.load(open(os.path.join(shards, "manifest.json")))["counts"]
+    counts = read_manifest(shards)["counts"]
     print(f"== 5. results (small synthetic demo: {counts})", flush=True)
     cli(["report", *[os.path.join(runs, m, "eval_test.json") for m in MODELS], "--out",
          os.path.join(out, "results.md"), "--curves", os.path.join(out, "loss_curves.png")])

@@ -160,3 +160,27 @@ def test_cli_help_and_inspect(tiny_shards):
     res = subprocess.run([sys.executable, "-m", "sgmagnet.cli", "inspect", str(tiny_shards[0]), "--verify"],
                          capture_output=True, text=True)
     assert res.returncode == 0 and "checksums: all match" in res.stdout and "clear %" in res.stdout
+
+
+def test_all_fill_scene_is_listed_in_skipped(tiny_archive, tiny_shards, tmp_path):
+    """A scene whose 16 bands are all fill under the track is a recorded skip with the reason, not a silent gap."""
+    from netCDF4 import Dataset
+
+    from sgmagnet.grid import BAND_VARS
+    from sgmagnet.shards import iter_shard, shard_paths
+
+    archive, _ = tiny_archive
+    root, want = tiny_shards
+    arc = tmp_path / "archive"
+    shutil.copytree(archive, arc)
+    name = next(iter_shard(shard_paths(str(root), "train")[0]))["meta"]["ahi_file"]
+    path = next((arc / "ahi").rglob(name))
+    with Dataset(path, "r+") as ds:
+        for b in BAND_VARS:
+            v = ds[b]
+            v.set_auto_maskandscale(False)
+            v[:] = np.full(v.shape, v.getncattr("_FillValue"), v.dtype)
+    r = build(build_cfg(arc, tmp_path / "out"), log=lambda m: None)
+    reasons = [s["reason"] for s in r["manifest"]["skipped"] if os.path.basename(s["file"]) == name]
+    assert reasons and "all 16 bands are fill/NaN" in reasons[0], r["manifest"]["skipped"]
+    assert sum(r["manifest"]["counts"].values()) < sum(want["counts"].values())

@@ -140,3 +140,28 @@ def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
         assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "nosuch" in err and "none.yaml" in err and "x.pt" in err and "ds.json" in err
+
+
+def test_config_names_match_the_model_registry():
+    from sgmagnet.config import MODEL_NAMES, MODEL_SIZES
+    from sgmagnet.models import MODELS
+
+    assert set(MODEL_NAMES) == set(MODELS)
+    assert all(set(MODEL_SIZES) == set(cls.SIZES) for cls in MODELS.values())
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("train.steps=0", "train.steps: must be >= 1"), ("optim.lr=.nan", "finite"), ("optim.betas=[0.9, 1.5]", "pair"),
+    ("optim.accum=0", "optim.accum"), ("train.keep_checkpoints=0", "keep_checkpoints"), ("loss.gamma=-1", "loss.gamma"),
+    ("optim.min_lr_ratio=2", "min_lr_ratio"), ("data.loader=fast", "data.loader"), ("loss.weights=[0,0,0,0]", "not all 0"),
+    ("train.seed=1.5", "expected an integer"), ("train.bf16=1", "true/false"), ("model.options=3", "mapping")])
+def test_every_config_value_is_checked(override, msg):
+    from sgmagnet.config import ConfigError, load_config, validate
+
+    with pytest.raises(ConfigError, match=msg.replace("[", r"\[")):
+        load_config(None, [override])
+    cfg = load_config(None, [])
+    validate(cfg)                                 # the defaults are valid; code-built configs are checked too
+    cfg.train.steps = -3
+    with pytest.raises(ConfigError, match="train.steps"):
+        validate(cfg)
