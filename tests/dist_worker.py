@@ -56,7 +56,7 @@ def main():
     cfg = load_config(os.path.join(root, "configs", "tiny.yaml"),
                       [f"data.shards={a.shards}", f"train.run_dir={a.out}/run", f"train.steps={STEPS}",
                        "train.val_every=0", "train.ckpt_every=0", f"data.batch_size={per}",
-                       f"optim.accum={a.accum}", "optim.warmup_steps=1", "optim.lr=0.05", "optim.name=sgd", "data.val_split=none",
+                       f"optim.accum={a.accum}", "optim.warmup_steps=1", "optim.lr=0.05", "optim.name=sgd", "data.val_split=",
                        f"train.deepspeed={a.deepspeed}", "model.name=unet"])
     tr = Trainer(cfg, env=env, data=iter(my_batches(env.rank, env.world_size, a.accum)), log=lambda m: None)
     tr.fit()

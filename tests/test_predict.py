@@ -157,3 +157,25 @@ def test_cli_predict_and_plot(checkpoint, tiny_archive, tiny_shards, tmp_path, c
                      "--out", str(cube)]) == 2
     assert cli.main(["predict", "--checkpoint", str(checkpoint), "--ahi", ahi, "--out", str(cube),
                      "--overlap", "7"]) == 2
+
+
+def test_failed_write_leaves_no_partial_and_keeps_the_old_cube(tmp_path, monkeypatch):
+    """A failure in the middle of writing (here: the second strip's read raises) leaves neither a half cube nor
+    a .partial file, and an existing cube of the same name is untouched."""
+    from sgmagnet.formats import ahi as ahi_fmt
+
+    ahi = scene(tmp_path, n=40)
+    out = tmp_path / "cube.nc"
+    out.write_bytes(b"an earlier cube")
+    real, calls = ahi_fmt.read_ahi, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:            # header, first strip, then the second strip fails
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+    monkeypatch.setattr(ahi_fmt, "read_ahi", flaky)
+    with pytest.raises(OSError):
+        predict_scene(Local3x3(), NORM, ahi, str(out), tile=16, overlap=4, log=None)
+    assert len(calls) == 3 and out.read_bytes() == b"an earlier cube"
+    assert not os.path.exists(str(out) + ".partial")
