@@ -60,7 +60,31 @@ def scores(cm) -> dict:
     out["cloud_mask"] = {"precision": cp, "recall": cr, "f1": float(_div(2 * cp * cr, cp + cr)),
                          "iou": float(_div(ctp, ctp + cfp + cfn)),
                          "accuracy": float(_div(cm[0, 0] + ctp, cm.sum()))}
+    out["paper_comparable"] = paper_comparable(cm)
     return out
+
+
+def paper_comparable(cm) -> dict:
+    """Scores of the kinds the paper's P 0.922 / R 0.858 / F1 0.763 / IoU 0.617 may be (DESIGN.md, Metrics):
+    micro_phase   pooled counts over the 3 phase classes, clear the negative: TP = sum_k C[k,k],
+                  FP = predicted phase k but truth differs, FN = true phase k but prediction differs (k = 1..3)
+    weighted      per-class P/R/F1 over the 4 classes averaged with weights = class support
+    mask_pooled   the binary cloud mask (clear vs any phase) from pooled counts
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp_k = np.diag(cm)[1:]
+    tp, fp, fn = tp_k.sum(), (cm[:, 1:].sum(0) - tp_k).sum(), (cm[1:].sum(1) - tp_k).sum()
+    p, r = float(_div(tp, tp + fp)), float(_div(tp, tp + fn))
+    micro = {"precision": p, "recall": r, "f1": float(_div(2 * p * r, p + r)), "iou": float(_div(tp, tp + fp + fn))}
+    d = np.diag(cm)
+    pc, rc = _div(d, cm.sum(0)), _div(d, cm.sum(1))
+    f1c = _div(2 * pc * rc, pc + rc)
+    w = _div(cm.sum(1), cm.sum())
+    weighted = {"precision": float((w * pc).sum()), "recall": float((w * rc).sum()), "f1": float((w * f1c).sum())}
+    ctp, cfp, cfn = cm[1:, 1:].sum(), cm[0, 1:].sum(), cm[1:, 0].sum()
+    mp, mr = float(_div(ctp, ctp + cfp)), float(_div(ctp, ctp + cfn))
+    mask = {"f1": float(_div(2 * mp * mr, mp + mr)), "iou": float(_div(ctp, ctp + cfp + cfn))}
+    return {"micro_phase": micro, "weighted": weighted, "mask_pooled": mask}
 
 
 def column_type(profiles: torch.Tensor) -> torch.Tensor:

@@ -62,3 +62,56 @@ def test_cloud_type_stratum():
     cs2 = ConfusionSet()
     cs2.update(prof, prof.long(), torch.zeros(3), torch.zeros(3))      # shards without cloud types
     assert cs2.report()["strata"]["cloudtype"] == {}
+
+
+def test_paper_comparable_block_on_a_hand_made_matrix():
+    from sgmagnet.metrics import paper_comparable
+
+    cm = np.array([[90, 5, 3, 2],       # truth clear
+                   [4, 20, 4, 2],       # truth ice
+                   [2, 3, 10, 5],       # truth mixed
+                   [1, 1, 2, 16]])      # truth liquid
+    pc = paper_comparable(cm)
+    tp = 20 + 10 + 16
+    fp = (5 + 3 + 1) + (3 + 4 + 2) + (2 + 2 + 5)         # predicted a phase, truth differs (incl. clear)
+    fn = (4 + 4 + 2) + (2 + 3 + 5) + (1 + 1 + 2)         # true phase, prediction differs (incl. clear)
+    m = pc["micro_phase"]
+    assert m["precision"] == pytest.approx(tp / (tp + fp)) and m["recall"] == pytest.approx(tp / (tp + fn))
+    assert m["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert m["iou"] == pytest.approx(m["f1"] / (2 - m["f1"]))        # pooled counts: IoU = F1 / (2 - F1)
+    sup = cm.sum(1) / cm.sum()
+    prec = np.diag(cm) / cm.sum(0)
+    rec = np.diag(cm) / cm.sum(1)
+    assert pc["weighted"]["precision"] == pytest.approx((sup * prec).sum())
+    assert pc["weighted"]["recall"] == pytest.approx((sup * rec).sum())    # = accuracy
+    assert pc["weighted"]["recall"] == pytest.approx(np.trace(cm) / cm.sum())
+    ctp, cfp, cfn = cm[1:, 1:].sum(), cm[0, 1:].sum(), cm[1:, 0].sum()
+    assert pc["mask_pooled"]["iou"] == pytest.approx(ctp / (ctp + cfp + cfn))
+
+
+def test_top_layer_and_the_oracle_on_hand_made_columns():
+    import torch
+
+    from sgmagnet.evaluate import TopLayerOracle, top_layer
+
+    L = 38
+    y = np.zeros((3, L), np.uint8)
+    y[0, 20:24] = 1            # ice layer, levels 20-23 (top 23)
+    y[0, 5:8] = 3              # liquid below
+    y[1, 10:12] = 2            # mixed, top 11, two levels thick
+    y[2, :] = 0                # clear column
+    y[2, 0] = 255
+    top, phase, thick = top_layer(y)
+    assert top.tolist() == [23, 11, -1] and phase.tolist() == [1, 2, 0] and thick.tolist() == [4, 2, 0]
+    oracle = TopLayerOracle(thickness_levels=4, error_km=0.0)
+    pred = oracle({"prof": torch.from_numpy(y)}).numpy()
+    want = np.zeros_like(pred)
+    want[0, 20:24] = 1
+    want[1, 8:12] = 2          # median thickness 4 below the true top
+    assert np.array_equal(pred, want)
+    # with an error, the layer moves but keeps its phase and thickness; deterministic per seed
+    a = TopLayerOracle(4, 1.0, seed=3)({"prof": torch.from_numpy(np.repeat(y[:1], 200, 0))}).numpy()
+    b = TopLayerOracle(4, 1.0, seed=3)({"prof": torch.from_numpy(np.repeat(y[:1], 200, 0))}).numpy()
+    assert np.array_equal(a, b) and set(np.unique(a)) == {0, 1} and ((a == 1).sum(1) <= 4).all()
+    tops = 37 - np.argmax((a == 1)[:, ::-1], axis=1)
+    assert 0.5 < np.std(tops - 23) * 0.5 < 1.5            # about 1 km spread

@@ -127,10 +127,15 @@ def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
                      "--curtains", "1"]) == 0
     out = capsys.readouterr().out
     assert "| unet |" in out and "| climatology |" in out and "| all clear |" in out
+    assert "| top-layer oracle (±1 km) |" in out and "micro-phase F1" in out
     for f in ("eval_test.json", "eval_test.md", "confusion_test.png", "curtain_test_0.png", "loss_curves.png"):
         assert (run / f).exists(), f
     res = json.loads((run / "eval_test.json").read_text())
     assert res["metrics"]["overall"]["voxels"] == res["references"]["all_clear"]["overall"]["voxels"] > 0
+    assert res["voxels"] == res["references"]["oracle"]["overall"]["voxels"] and res["samples"] > 0
+    assert len(res["manifest_sha256"]) == 64 and res["verified"] and res["checksum_failures"] == []
+    oracle, clim = res["references"]["oracle"]["overall"], res["references"]["climatology"]["overall"]
+    assert oracle["macro"]["f1"] > clim["macro"]["f1"]          # knowing the top beats the climatology
     assert cli.main(["report", str(run / "eval_test.json"), "--out", str(tmp_path / "t.md")]) == 0
     assert "| unet |" in (tmp_path / "t.md").read_text()
     # bad input: exit 2 with a one-line reason

@@ -141,10 +141,39 @@ def write_granule(world: World, n: int, t, lat, lon, root: str, rng) -> tuple[st
         lev = profile_levels(nl[inreg], np.where(rep_s, base, np.nan)[inreg], np.where(rep_s, top, np.nan)[inreg],
                              np.where(rep_s, take(col.phase), 0)[inreg], col.dem_km[inreg])
     hist = np.bincount(lev[lev != IGNORE].astype(np.int64), minlength=4)
-    st = {"profiles": int(inreg.sum()), "hist": hist.tolist(),
+    st = {"profiles": int(inreg.sum()), "hist": hist.tolist(), "structure": profile_structure(col, inreg),
           "cloudy_profiles": int((nl[inreg] > 0).sum()), "multilayer_profiles": int((nl[inreg] > 1).sum()),
           "t_min": str(t[inreg].min()) if inreg.any() else None, "t_max": str(t[inreg].max()) if inreg.any() else None}
     return path, st
+
+
+GROUPS = ("ice-only", "ice-above-liquid", "liquid-only", "ice-above-mixed", "mixed-only")
+
+
+def profile_structure(col: Column, sel: np.ndarray) -> dict:
+    """Counts behind PHYSICS.md's targets, over the selected profiles' reported layers (top-down)."""
+    rep = col.reported[sel]
+    ph = np.where(rep, col.phase[sel], 0)
+    tau = np.where(rep, col.tau[sel], np.nan)
+    n = rep.sum(1)
+    first = np.argmax(rep, axis=1)
+    rows = np.arange(len(n))
+    top_ph, top_tau = ph[rows, first], tau[rows, first]
+    top_rad = np.where(rep, col.rad_phase[sel], 0)[rows, first]
+    has = lambda c: (ph == c).any(1)  # noqa: E731
+    only = lambda c: (n > 0) & ((ph == c) | ~rep).all(1)  # noqa: E731
+    lower = lambda c: ((ph == c) & rep & (np.arange(ph.shape[1])[None] > first[:, None])).any(1)  # noqa: E731
+    groups = {"ice-only": only(1), "liquid-only": only(3), "mixed-only": only(2),
+              "ice-above-liquid": (n > 1) & (top_ph == 1) & lower(3) & ~lower(2),
+              "ice-above-mixed": (n > 1) & (top_ph == 1) & lower(2)}
+    cloudy, multi = n > 0, n > 1
+    return {"profiles": int(len(n)), "layers": [int((n == k).sum()) for k in range(4)] + [int((n >= 4).sum())],
+            "groups": {g: int(groups[g].sum()) for g in GROUPS}, "with_mixed": int(has(2).sum()),
+            "thin_cirrus_top": int((cloudy & (top_ph == 1) & (top_tau < 0.3)).sum()),
+            "multilayer_top_tau_gt3": int((multi & (top_tau > 3)).sum()),
+            "top_seen_as_other_phase": int((cloudy & (top_rad != top_ph)).sum()),
+            "mixed_top": int((cloudy & (top_ph == 2)).sum()),
+            "mixed_top_seen_as_liquid": int((cloudy & (top_ph == 2) & (top_rad == 3)).sum())}
 
 
 def region_grid(cfg: SynthConfig):
@@ -161,29 +190,79 @@ def scan_offset_s(lat):
     return 20.0 + (81.3 - np.asarray(lat, np.float64)) / 162.6 * 580.0
 
 
+KM_PER_DEG = 111.2
+PARALLAX_MAX_KM = 30.0
+NAV_ERROR_PX = 0.3          # navigation error per scene, standard deviation in pixels (PHYSICS §5: < 1 km)
+FOOTPRINT_KM = {"vis": 1.0, "ir": 2.0}   # AHI sampling at nadir (B1, B2, B4: 1 km; B5-B16: 2 km; PHYSICS §5)
+
+
+def parallax_offset_px(top_km, saz_deg, lat, lon, res):
+    """(d_row, d_col) in pixels from a pixel to the column whose cloud top (at top_km) it sees: AHI looks
+    at a cloud of height h along a slanted line, so the cloud appears h tan(SAZ) farther from the
+    sub-satellite point; the pixel therefore sees the clouds of the column h tan(SAZ) closer to it.
+    Rows run north -> south. Clear columns (top NaN) and off-disk pixels get no offset."""
+    h = np.nan_to_num(np.asarray(top_km, np.float64), nan=0.0)
+    d = np.clip(h * np.tan(np.deg2rad(np.nan_to_num(saz_deg, nan=0.0))), 0.0, PARALLAX_MAX_KM)
+    phi, dlam = np.deg2rad(lat), np.deg2rad(orbit.SUB_LON - np.asarray(lon, np.float64))
+    bearing = np.arctan2(np.sin(dlam), -np.sin(phi) * np.cos(dlam))        # toward the sub-satellite point
+    north, east = d * np.cos(bearing), d * np.sin(bearing)
+    return -north / (res * KM_PER_DEG), east / (res * KM_PER_DEG * np.maximum(np.cos(phi), 0.05))
+
+
+def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Separable Gaussian (instrument footprint), edges replicated; no-op below 0.1 px."""
+    if sigma_px < 0.1:
+        return img
+    r = max(1, int(np.ceil(3 * sigma_px)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma_px) ** 2)
+    k /= k.sum()
+    out = img.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="edge")
+        out = sum(k[i] * np.take(p, np.arange(i, i + out.shape[axis]), axis=axis) for i in range(2 * r + 1))
+    return out.astype(img.dtype)
+
+
 def write_scene(world: World, slot: np.datetime64, root: str, block_rows: int = 128) -> str:
+    """One P-Tree scene of the region. What AHI sees differs from the columns CloudSat labels: each scene
+    has a navigation error (a sub-pixel shift), every pixel sees the clouds along its slanted line of sight
+    (parallax), and the bands are blurred by the instrument footprint."""
     cfg = world.cfg
     lat, lon = region_grid(cfg)
     nlat, nlon = lat.size, lon.size
     t_row = slot + (scan_offset_s(lat) * 1e9).astype("timedelta64[ns]")
     rng = np.random.default_rng([cfg.seed, int(world.seconds(np.array([slot]))[0])])
+    nav = rng.normal(0.0, NAV_ERROR_PX, 2)                        # rows, cols
+    halo = int(np.ceil(PARALLAX_MAX_KM / (cfg.res * KM_PER_DEG))) + 1
     out = {name: np.empty((nlat, nlon), np.float32) for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA", "Hour")}
-    lon2 = np.broadcast_to(lon[None, :], (block_rows, nlon))
     for r0 in range(0, nlat, block_rows):
         r1 = min(nlat, r0 + block_rows)
-        la = np.repeat(lat[r0:r1], nlon)
-        lo = lon2[: r1 - r0].ravel()
-        tt = np.repeat(t_row[r0:r1], nlon)
-        f = world.bank.grid(lon, lat[r0:r1], world.seconds(t_row[r0:r1]))
-        col = Column({k: v.ravel() for k, v in f.items()}, la)
+        ra, rb = max(0, r0 - halo), min(nlat, r1 + halo)           # rows whose clouds the block may see
+        f = world.bank.grid(lon + nav[1] * cfg.res, lat[ra:rb] - nav[0] * cfg.res, world.seconds(t_row[ra:rb]))
+        full = Column({k: v.ravel() for k, v in f.items()}, np.repeat(lat[ra:rb] - nav[0] * cfg.res, nlon))
+        rows = np.repeat(np.arange(r0, r1), nlon)
+        cols = np.tile(np.arange(nlon), r1 - r0)
+        la, lo = lat[rows], lon[cols]
+        tt = t_row[rows]
         soz, soa = orbit.solar_angles(tt, la, lo)
         saz, saa = orbit.satellite_angles(la, lo)
+        own = (rows - ra) * nlon + cols
+        top = np.nanmax(np.where(np.isfinite(full.top[own]), full.top[own], -np.inf), axis=1)
+        dr, dc = parallax_offset_px(np.where(np.isfinite(top), top, np.nan), saz, la, lo, cfg.res)
+        sr = np.clip(np.rint(rows + dr).astype(np.int64), ra, rb - 1)
+        sc = np.clip(np.rint(cols + dc).astype(np.int64), 0, nlon - 1)
+        col = full.take(own, cloud_idx=(sr - ra) * nlon + sc)
         bands = forward(col, soz, rng)
         for b, name in enumerate(BAND_VARS):
             out[name][r0:r1] = bands[b].reshape(r1 - r0, nlon)
         for name, v in (("SOZ", soz), ("SOA", soa), ("SAZ", saz), ("SAA", saa)):
             out[name][r0:r1] = v.reshape(r1 - r0, nlon)
         out["Hour"][r0:r1] = (orbit.ut_hours(t_row[r0:r1]))[:, None]
+    for b, name in enumerate(BAND_VARS):                              # instrument footprint
+        fp = FOOTPRINT_KM["vis" if b in (0, 1, 2, 3) else "ir"]
+        out[name] = blur(out[name], fp / 2.355 / (cfg.res * KM_PER_DEG))
     sl = slot.astype("datetime64[s]").astype(dt.datetime)
     sub = os.path.join(root, "ahi", f"{sl:%Y%m}", f"{sl:%d}")
     os.makedirs(sub, exist_ok=True)
@@ -217,6 +296,7 @@ def synthesize(cfg: SynthConfig, log=print) -> dict:
     granules, slots = [], set()
     hist = np.zeros(4, np.int64)
     prof = cloudy = multi = 0
+    struct = None
     for n in range(n0, n1 + 1):
         g = granule_profiles(world, n)
         if g is None:
@@ -230,6 +310,7 @@ def synthesize(cfg: SynthConfig, log=print) -> dict:
         prof += st["profiles"]
         cloudy += st["cloudy_profiles"]
         multi += st["multilayer_profiles"]
+        struct = st["structure"] if struct is None else _add(struct, st["structure"])
         if st["t_min"]:
             slots.update(needed_slots(np.datetime64(st["t_min"]), np.datetime64(st["t_max"])))
         log(f"granule {os.path.basename(path)}: {t.size} profiles ({st['profiles']} in region)")
@@ -252,6 +333,7 @@ def synthesize(cfg: SynthConfig, log=print) -> dict:
         "clear_fraction": hist[0] / tot,
         "phase_fractions_of_cloudy": {"ice": hist[1] / cl, "mixed": hist[2] / cl, "liquid": hist[3] / cl},
         "cloudy_profile_fraction": cloudy / max(prof, 1), "multilayer_fraction_of_cloudy": multi / max(cloudy, 1),
+        "structure": struct or {},
         "levels": {"n": N_LEVELS, "centres_km": [float(LEVEL_CENTRE_KM[0]), float(LEVEL_CENTRE_KM[-1])]},
         "files": {"granules": granules, "scenes": scenes},
     }
@@ -260,8 +342,45 @@ def synthesize(cfg: SynthConfig, log=print) -> dict:
     return stats
 
 
+def _add(a, b):
+    if isinstance(a, dict):
+        return {k: _add(a[k], b[k]) for k in a}
+    if isinstance(a, list):
+        return [x + y for x, y in zip(a, b)]
+    return a + b
+
+
+# PHYSICS.md targets shown beside the archive's own statistics: (label, value, target, source)
+def physics_table(st: dict) -> list[tuple[str, float, str, str]]:
+    n = max(st.get("profiles", 0), 1)
+    lay = st.get("layers", [0] * 5)
+    cl = max(sum(lay[1:]), 1)
+    ml = max(sum(lay[2:]), 1)
+    g = st.get("groups", {})
+    mt = max(st.get("mixed_top", 0), 1)
+    return [
+        ("clear profiles", lay[0] / n, "0.20-0.30 (global ~0.24; East Asia ~0.34)", "§1a, §6 [V/I]"),
+        ("1 / 2 / 3 / >=4 layers (of cloudy)", ", ".join(f"{v / cl:.3f}" for v in (lay[1], lay[2], lay[3], lay[4])),
+         "0.69 / 0.26 / 0.045 / 0.005", "§6 [I]"),
+        ("ice-only (of all)", g.get("ice-only", 0) / n, "0.286 (SE Asia)", "§1a Hong & Di Girolamo [V]"),
+        ("ice-above-liquid", g.get("ice-above-liquid", 0) / n, "0.201", "§1a [V]"),
+        ("liquid-only", g.get("liquid-only", 0) / n, "0.160", "§1a [V]"),
+        ("ice-above-mixed", g.get("ice-above-mixed", 0) / n, "0.093", "§1a [V]"),
+        ("mixed-only", g.get("mixed-only", 0) / n, "0.067", "§1a [V]"),
+        ("profiles with a mixed layer", st.get("with_mixed", 0) / n, "0.10-0.16", "§2 [I]"),
+        ("thin cirrus top (tau < 0.3, of cloudy)", st.get("thin_cirrus_top", 0) / cl, "0.10-0.15", "§6 [I]"),
+        ("multilayer with top tau > 3 (lower hidden)", st.get("multilayer_top_tau_gt3", 0) / ml, "0.30-0.40",
+         "§6 [I]"),
+        ("top seen as another phase than labelled (of cloudy)", st.get("top_seen_as_other_phase", 0) / cl,
+         "mixed tops 48 % wrong in SEVIRI", "§6 Mayer 2024 [V]"),
+        ("mixed tops that look liquid", st.get("mixed_top_seen_as_liquid", 0) / mt, "supercooled tops", "§2 [V]"),
+    ]
+
+
 def format_stats(s: dict) -> str:
     pf = s["phase_fractions_of_cloudy"]
+    rows = [f"  {lab:<52} {v if isinstance(v, str) else f'{v:.3f}':>28}   target {t}  ({src})"
+            for lab, v, t, src in physics_table(s.get("structure", {}))]
     return "\n".join([
         f"granules {s['granules']}, AHI scenes {s['scenes']} (day {s['day_scenes']}, night {s['night_scenes']})",
         f"profiles in region {s['profiles_in_region']}, labelled voxels {s['labelled_voxels']}",
@@ -269,4 +388,5 @@ def format_stats(s: dict) -> str:
         f"cloudy voxels: ice {100 * pf['ice']:.1f} %, mixed {100 * pf['mixed']:.1f} %, liquid {100 * pf['liquid']:.1f} %",
         f"cloudy profiles {100 * s['cloudy_profile_fraction']:.1f} %, multi-layer among cloudy "
         f"{100 * s['multilayer_fraction_of_cloudy']:.1f} %",
-    ])
+        "profile structure (reported layers) vs PHYSICS.md targets:",
+    ] + rows)

@@ -18,8 +18,11 @@ FIELD_NAMES = ["land", "oro", "tsfc", "lapse",
                "hi_p", "hi_top", "hi_dz", "hi_tau", "hi_u",
                "mid_p", "mid_base", "mid_dz", "mid_tau", "mid_kind", "mid_u",
                "low_p", "low_base", "low_dz", "low_tau", "low_kind", "low_u",
-               "deep_p", "deep_kind", "deep_top", "deep_tau", "miss_u"]
-STATIC_FIELDS = ("land", "oro")
+               "deep_p", "deep_kind", "deep_top", "deep_tau", "miss_u",
+               # v2: particle size, surface brightness, water vapour, inversions, radiative top phase
+               "re_liq", "re_ice", "alb", "wv", "inv", "rad_u"]
+STATIC_FIELDS = ("land", "oro", "alb")
+CLOUD_ATTRS = ("base", "top", "tau", "ctype", "phase", "rad_phase", "re", "reported")   # what parallax moves
 K_MAX = 4
 CI, AS, AC, ST, SC, CU, NS, DC = 1, 2, 3, 4, 5, 6, 7, 8
 
@@ -52,7 +55,12 @@ class Column:
         w_m = 1 - w_t
         # --- surface, temperature
         self.land = f["land"] > 0.55
-        self.dem_km = np.where(self.land, np.clip(f["oro"] + 0.3, 0, None) ** 2 * 1.2, 0.0)
+        # terrain of the region (Australia < 2.2 km, New Guinea / Borneo peaks 4-4.8 km): mostly < 1.5 km
+        self.dem_km = np.where(self.land, np.clip(np.clip(0.45 * (f["oro"] + 0.6), 0, None) ** 1.6, 0, 4.5), 0.0)
+        # surface brightness varies within each surface type (PHYSICS §4a: ocean 0.03-0.06, land by cover)
+        self.alb_u = f["alb"]
+        # column water vapour: its own field, not a function of surface temperature
+        self.rh = np.clip(0.6 + 0.22 * f["wv"], 0.15, 1.0)
         absl = np.abs(lat)
         t_sfc = 301.0 - 26.0 * np.clip((absl - 15) / 45, 0, 1) ** 1.3
         t_sfc -= np.where(lat > 20, 6.0 * np.clip((lat - 20) / 25, 0, 1), 0.0)   # boreal autumn/winter
@@ -74,17 +82,17 @@ class Column:
         hi_top = np.where(absl < 30, self.z_trop - 0.3 - 3.0 * u(f["hi_top"]), 8.5 + 3.5 * u(f["hi_top"]))
         hi_top = np.minimum(hi_top, self.z_trop + 0.5)
         hi_dz = 0.6 + 3.2 * u(f["hi_dz"]) ** 1.2
-        hi_tau = 10 ** (0.1 + 0.75 * f["hi_tau"])
+        hi_tau = 0.8 * hi_dz * 10 ** (0.7 * f["hi_tau"])          # optical depth grows with thickness
         # middle: As (thick, deep) or Ac (thin)
         is_as = f["mid_kind"] > 0
         mid_base = self.dem_km + 2.0 + 4.5 * u(f["mid_base"])
         mid_dz = np.where(is_as, 1.5 + 2.5 * u(f["mid_dz"]), 0.4 + 1.1 * u(f["mid_dz"]))
-        mid_tau = np.where(is_as, 3 + 17 * u(f["mid_tau"]), 1 + 7 * u(f["mid_tau"]))
+        mid_tau = mid_dz * np.where(is_as, 5.0, 5.0) * np.exp(0.45 * f["mid_tau"])
         # low: St / Sc / Cu
         is_cu = (f["low_kind"] > 0.4) & (absl < 35)
         low_base = self.dem_km + 0.3 + 1.4 * u(f["low_base"])
         low_dz = np.where(is_cu, 0.8 + 2.2 * u(f["low_dz"]), 0.3 + 1.0 * u(f["low_dz"]))
-        low_tau = 3 + 17 * u(f["low_tau"])
+        low_tau = np.clip(12.0 * low_dz * np.exp(0.4 * f["low_tau"]), 1.0, 60.0)
         low_type = np.where(is_cu, CU, np.where(low_base - self.dem_km < 0.5, ST, SC))
         # deep: DC (tropics) / Ns
         is_dc = (f["deep_kind"] > -0.3) & (absl < 30)
@@ -119,6 +127,10 @@ class Column:
         idx = np.argsort(key, axis=1, kind="stable")
         take = lambda a: np.take_along_axis(a, idx, 1)  # noqa: E731
         self.base, self.top, self.tau, self.ctype = take(base), take(top), take(tau), take(ctype)
+        # --- a trade/subtropical inversion capping stratocumulus over the ocean (PHYSICS §3: +1-3 K)
+        sc = L["low"][0] & np.isin(L["low"][4], (ST, SC)) & ~self.land & (absl > 10) & (absl < 40)
+        self.z_inv = np.where(sc, L["low"][2], np.inf)
+        self.dt_inv = np.where(sc, 1.0 + 2.0 * u(f["inv"]), 0.0)
         # --- phase per layer
         u_slot = np.stack([u(f["hi_u"]), u(f["low_u"]), u(f["mid_u"]), u(f["low_u"])], 1)
         u_slot = take(u_slot)
@@ -133,7 +145,28 @@ class Column:
         phase = np.where(t_top < 235.15, np.where(t_base > 268, MIXED, ICE), phase)
         deep_l = np.isin(self.ctype, (NS, DC))
         phase = np.where(deep_l, np.where(t_base > 268, MIXED, ICE), phase)
-        self.phase = np.where(np.isfinite(self.top), phase, 0).astype(np.int64)
+        present = np.isfinite(self.top)
+        self.phase = np.where(present, phase, 0).astype(np.int64)
+        # --- what AHI sees at each layer top is not the lidar/radar label (v2): the radiative top phase.
+        # A mixed layer with a supercooled-liquid top looks liquid (or in between); a mixed layer whose ice
+        # top sits over liquid looks ice; deep layers (Ns, DC) radiate as ice when their top is colder than
+        # -38 C and, above that, as liquid or ice as the Hu et al. top fraction decides.
+        r = take(np.stack([u(f["rad_u"]), u(-f["rad_u"]), u(f["rad_u"] * 0.7 + f["low_u"] * 0.3),
+                           u(f["mid_u"] * 0.5 - f["rad_u"] * 0.5)], 1))
+        liquid_top = liquid & ~deep_l & (phase == MIXED)
+        rad = np.where(phase == MIXED, ICE, phase)
+        rad = np.where(liquid_top, np.where(r < 0.6, LIQUID, MIXED), rad)
+        deep_liq = u_slot < f_liquid(t_top + shift)
+        rad = np.where(deep_l, np.where(t_top < 235.15, ICE, np.where(deep_liq, LIQUID, ICE)), rad)
+        self.rad_phase = np.where(present, rad, 0).astype(np.int64)
+        # --- effective radius (um) of the radiating top: water 5-20 (smaller over land: more aerosol),
+        # ice 15-80 growing with temperature (PHYSICS §1b: ice mean ~48 um)
+        re_liq = np.exp(np.log(np.where(self.land, 8.5, 12.0))[:, None] + 0.35 * f["re_liq"][:, None]
+                        + 0.3 * (r - 0.5))
+        re_ice = np.clip(36.0 + 1.0 * (t_top - 210.0), 12.0, 90.0) * np.exp(0.35 * f["re_ice"][:, None])
+        re = np.where(self.rad_phase == LIQUID, re_liq, np.where(self.rad_phase == ICE, re_ice,
+                                                                 0.5 * (re_liq + re_ice)))
+        self.re = np.where(present, np.clip(re, 4.0, 90.0), np.nan)
         # --- what CloudSat/CALIPSO report (label blind spots, PHYSICS §1c): low tops < 1.2 km are
         # clutter for the CPR and hidden from the lidar under tau > 5, so they are often missed.
         tau_above = np.nancumsum(np.nan_to_num(self.tau), axis=1) - np.nan_to_num(self.tau)
@@ -142,11 +175,25 @@ class Column:
         self.reported = np.isfinite(self.top) & ~miss
 
     def temperature(self, z_km):
+        """T(z): lapse rate to the tropopause, isothermal above, plus the inversion above a capped Sc top."""
         z = np.asarray(z_km, np.float64)
-        zt = self.z_trop if z.ndim == 1 else self.z_trop[:, None]
-        ts = self.t_sfc if z.ndim == 1 else self.t_sfc[:, None]
-        lp = self.lapse if z.ndim == 1 else self.lapse[:, None]
-        return ts - lp * np.minimum(z, zt)
+        col = (lambda a: a) if z.ndim == 1 else (lambda a: a[:, None])
+        t = col(self.t_sfc) - col(self.lapse) * np.minimum(z, col(self.z_trop))
+        z_inv = getattr(self, "z_inv", None)
+        if z_inv is not None:
+            t = t + col(self.dt_inv) * np.clip((z - col(z_inv)) / 0.3, 0.0, 1.0)
+        return t
+
+    def take(self, idx: np.ndarray, cloud_idx: np.ndarray | None = None) -> "Column":
+        """Columns `idx`; with cloud_idx, their surface and atmosphere carry the cloud layers of columns
+        `cloud_idx` instead (parallax: a pixel sees the clouds of another column along its line of sight)."""
+        n = self.lat.size
+        out = object.__new__(Column)
+        for k, v in self.__dict__.items():
+            if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n:
+                v = v[cloud_idx if cloud_idx is not None and k in CLOUD_ATTRS else idx]
+            setattr(out, k, v)
+        return out
 
     def cloudy(self):
         return np.isfinite(self.top).any(1)

@@ -1,0 +1,105 @@
+"""The synthetic generator's physics, effect by effect (benchmark realism v2, PHYSICS.md): what AHI sees is
+not the label, no fixed spectral constants per phase, geometry (parallax, navigation, footprint), backgrounds."""
+import numpy as np
+import pytest
+
+from sgmagnet.grid import ICE, LIQUID, MIXED
+from sgmagnet.synth import orbit
+from sgmagnet.synth.archive import KM_PER_DEG, blur, parallax_offset_px
+from sgmagnet.synth.fields import FieldBank
+from sgmagnet.synth.radiance import forward, nir_absorption
+from sgmagnet.synth.world import CU, DC, FIELD_NAMES, NS, SC, ST, STATIC_FIELDS, Column
+
+
+@pytest.fixture(scope="module")
+def col():
+    """20,000 columns over the paper's region at one time."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    lat, lon = rng.uniform(-60, 60, n), rng.uniform(100, 160, n)
+    f = FieldBank(5, FIELD_NAMES, static=STATIC_FIELDS).points(lon, lat, np.zeros(n))
+    return Column(f, lat)
+
+
+def test_parallax_moves_a_high_cloud_by_the_expected_pixels():
+    res = 0.05
+    # on the equator, 20 deg east of the sub-satellite point: the satellite is due west
+    dr, dc = parallax_offset_px(np.array([12.0]), np.array([45.0]), np.array([0.0]), np.array([orbit.SUB_LON + 20]), res)
+    assert abs(dr[0]) < 1e-6 and dc[0] == pytest.approx(-12.0 / (res * KM_PER_DEG), rel=1e-6)   # 2.16 px west
+    # 30 N on the sub-satellite meridian: the satellite is due south (rows grow southward)
+    dr, dc = parallax_offset_px(np.array([15.0]), np.array([40.0]), np.array([30.0]), np.array([orbit.SUB_LON]), res)
+    assert dc[0] == pytest.approx(0.0, abs=1e-6) and dr[0] == pytest.approx(15 * np.tan(np.deg2rad(40)) / (res * KM_PER_DEG))
+    # a low cloud barely moves; a clear column not at all; never more than 30 km
+    assert abs(parallax_offset_px(np.array([0.5]), np.array([45.0]), np.array([0.0]), np.array([150.0]), res)[1][0]) < 0.1
+    assert parallax_offset_px(np.array([np.nan]), np.array([60.0]), np.array([0.0]), np.array([150.0]), res)[1][0] == 0
+    big = parallax_offset_px(np.array([18.0]), np.array([80.0]), np.array([0.0]), np.array([170.0]), res)[1][0]
+    assert abs(big) == pytest.approx(30 / (res * KM_PER_DEG))
+
+
+def test_parallax_moves_clouds_not_the_surface(col):
+    idx = np.arange(100)
+    src = idx[::-1].copy()
+    seen = col.take(idx, cloud_idx=src)
+    assert np.array_equal(seen.dem_km, col.dem_km[idx]) and np.array_equal(seen.t_sfc, col.t_sfc[idx])
+    assert np.array_equal(np.nan_to_num(seen.top, nan=-1), np.nan_to_num(col.top[src], nan=-1))
+    assert np.array_equal(seen.rad_phase, col.rad_phase[src])
+
+
+def test_what_ahi_sees_at_the_top_is_not_the_label(col):
+    present = np.isfinite(col.top)
+    t_top = col.temperature(col.top)
+    deep = present & np.isin(col.ctype, (NS, DC))
+    cold = deep & (t_top < 235.15)
+    assert cold.sum() > 20 and (col.rad_phase[cold] == ICE).all()          # a DC/Ns top below -38 C radiates as ice
+    assert (col.phase[cold] == MIXED).any()                                 # ... though labelled mixed
+    mixed = present & (col.phase == MIXED) & ~deep
+    assert (col.rad_phase[mixed] == LIQUID).mean() > 0.2                    # supercooled-liquid tops look liquid
+    assert (col.rad_phase[present & (col.phase == LIQUID)] == LIQUID).all()
+
+
+def test_effective_radius_varies_and_darkens_the_absorbing_bands(col):
+    present = np.isfinite(col.top)
+    liq = present & (col.rad_phase == LIQUID)
+    ice = present & (col.rad_phase == ICE)
+    assert 6 < np.median(col.re[liq]) < 14 and 30 < np.median(col.re[ice]) < 60        # PHYSICS §1b
+    # the 1.6 um signatures of the two phases overlap (no fixed constant per phase)
+    k_liq, k_ice = nir_absorption(LIQUID, col.re[liq], 5), nir_absorption(ICE, col.re[ice], 5)
+    assert np.percentile(k_liq, 1) < np.percentile(k_ice, 99)
+    # larger particles absorb more: darker at 1.6 and 2.3 um (documented direction), same at 0.64 um
+    for band in (5, 6):
+        assert nir_absorption(np.array([LIQUID]), np.array([20.0]), band) < nir_absorption(np.array([LIQUID]), np.array([8.0]), band)
+        assert nir_absorption(np.array([ICE]), np.array([60.0]), band) < nir_absorption(np.array([ICE]), np.array([20.0]), band)
+    assert nir_absorption(np.array([LIQUID]), np.array([10.0]), 5)[0] == pytest.approx(0.75, abs=0.01)
+    assert nir_absorption(np.array([ICE]), np.array([40.0]), 6)[0] == pytest.approx(0.25, abs=0.01)
+    sel = np.flatnonzero(liq.any(1) & (np.nan_to_num(col.tau) > 5).any(1))[:500]
+    small, large = col.take(sel), col.take(sel)
+    small.re, large.re = np.where(np.isfinite(small.re), 6.0, np.nan), np.where(np.isfinite(large.re), 25.0, np.nan)
+    soz = np.full(len(sel), 30.0)
+    a, b = forward(small, soz, np.random.default_rng(1)), forward(large, soz, np.random.default_rng(1))
+    assert (b[4] < a[4]).mean() > 0.9 and np.allclose(a[2], b[2])
+
+
+def test_backgrounds(col):
+    assert col.dem_km.max() <= 4.5 and np.percentile(col.dem_km[col.land], 90) < 2.0    # no 11 km mountains
+    assert abs(np.corrcoef(col.rh, col.t_sfc)[0, 1]) < 0.3                           # vapour is its own field
+    low = np.isfinite(col.top) & np.isin(col.ctype, (ST, SC, CU))
+    dz, tau = (col.top - col.base)[low], col.tau[low]
+    assert np.corrcoef(np.log(dz), np.log(tau))[0, 1] > 0.5                            # thicker = optically thicker
+    inv = np.isfinite(col.z_inv)
+    assert inv.sum() > 50
+    i = np.flatnonzero(inv)[:200]
+    z = col.z_inv[i] + 0.5
+    no_inv = col.t_sfc[i] - col.lapse[i] * np.minimum(z, col.z_trop[i])
+    assert np.allclose(col.take(i).temperature(z) - no_inv, col.dt_inv[i])
+    assert ((col.dt_inv[i] >= 1) & (col.dt_inv[i] <= 3)).all()                          # +1-3 K (PHYSICS §3)
+    clear = ~np.isfinite(col.top).any(1) & col.land
+    b4 = forward(col.take(np.flatnonzero(clear)[:400]), np.full(min(400, clear.sum()), 20.0), np.random.default_rng(0))[3]
+    assert b4.std() / b4.mean() > 0.2                                                   # land albedo varies
+
+
+def test_footprint_blur_keeps_the_mean_and_smooths():
+    rng = np.random.default_rng(0)
+    img = rng.normal(280, 5, (60, 80)).astype(np.float32)
+    out = blur(img, 0.8)
+    assert out.shape == img.shape and abs(out.mean() - img.mean()) < 0.05 and out.std() < 0.7 * img.std()
+    assert blur(img, 0.05) is img
