@@ -185,7 +185,7 @@ def cmd_evaluate(a):
         return 2
     try:
         res = evaluate_checkpoint(a.checkpoint, a.shards, a.split, a.out, batch_size=a.batch_size,
-                                  curtains=a.curtains, device=a.device, verify=not a.no_verify)
+                                  curtains=a.curtains, device=a.device, verify=not a.no_verify, decision=a.decision)
     except (ValueError, FileNotFoundError) as e:   # ManifestError, ShardError, ConfigError, a bad checkpoint
         return _fail("evaluate", e)
     print(report_markdown(res))
@@ -347,6 +347,9 @@ def main(argv=None) -> int:
     e.add_argument("--batch-size", type=_positive_int, default=8, help="patches per batch (8)")
     e.add_argument("--curtains", type=int, default=3, help="number of along-track curtain PNGs (3)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--decision", choices=("argmax", "prior"), default="argmax",
+                   help="argmax of the phase-gated probabilities (default), or prior: argmax after undoing alpha x "
+                        "the loss's class-weight prior, alpha chosen on the validation split (recorded in the JSON)")
     e.add_argument("--no-verify", action="store_true", help="score shards that do not match the manifest's "
                    "sha256 (default: refuse); the mismatches are recorded in the JSON")
     e.set_defaults(func=cmd_evaluate)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .grid import CLASS_NAMES, N_CLASSES, N_LEVELS
-from .losses import fast_argmax, gather_columns
-from .metrics import LAT_BANDS, ConfusionSet, lat_band, paper_comparable
+from .losses import fast_argmax, gather_columns, log_probs
+from .metrics import LAT_BANDS, Calibration, ConfusionSet, lat_band, paper_comparable
 
 
 @dataclass
@@ -37,11 +37,47 @@ class EvalResult:
     loss_n: int = 0
     batches: int = 0
     references: dict = field(default_factory=dict)   # name -> ConfusionSet of a reference predictor
+    calibration: Calibration = field(default_factory=Calibration)
+
+
+PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def prior_corrected(weights, alpha: float, form: str = "gated"):
+    """Decision rule that undoes (a power alpha of) the class-weight prior of the training loss: a model
+    trained with weights w_c learns probabilities inflated by about w_c, so predict argmax_c log p_c -
+    alpha log w_c. alpha = 0 is the plain argmax."""
+    logw = alpha * torch.log(torch.as_tensor(weights, dtype=torch.float32))
+
+    def rule(cols: torch.Tensor) -> torch.Tensor:
+        return (log_probs(cols, form) - logw.to(cols.device).view(1, -1, 1)).argmax(1)
+    return rule
+
+
+@torch.no_grad()
+def choose_prior_alpha(model, batches, device, weights, bf16: bool = False, form: str = "gated") -> dict:
+    """One pass over (validation) batches scoring every alpha of PRIOR_ALPHAS; the best macro F1 wins."""
+    from .metrics import confusion, scores
+
+    rules = {a: prior_corrected(weights, a, form) for a in PRIOR_ALPHAS}
+    cms = {a: torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.long) for a in PRIOR_ALPHAS}
+    was = model.training
+    model.eval()
+    for b in batches:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(b["x"].to(device), b["geom"].to(device))
+        cols = gather_columns(logits, b["index"].to(device)).float()
+        for a, rule in rules.items():
+            cms[a] += confusion(b["prof"], rule(cols).cpu())
+    model.train(was)
+    f1 = {a: scores(cms[a].numpy())["macro"]["f1"] for a in PRIOR_ALPHAS}
+    best = max(PRIOR_ALPHAS, key=lambda a: (round(f1[a], 6), -a))
+    return {"rule": "prior", "alpha": best, "val_macro_f1": {str(a): v for a, v in f1.items()}}
 
 
 @torch.no_grad()
 def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: int = 0, loss_fn=None,
-                     prepare=None, form: str = "gated", references: dict | None = None) -> EvalResult:
+                     prepare=None, form: str = "gated", references: dict | None = None, decide=None) -> EvalResult:
     """One pass of the model over batches. `references`: name -> f(batch) -> predicted classes [N, L], scored on
     the same labelled voxels in the same pass. Sums (not means) are returned so ranks can add them up."""
     was = model.training
@@ -55,7 +91,9 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x, geom)
         idx = b["index"].to(device)
-        pred = fast_argmax(gather_columns(logits, idx), form=form).cpu()
+        cols = gather_columns(logits, idx)
+        pred = (fast_argmax(cols, form=form) if decide is None else decide(cols.float())).cpu()
+        r.calibration.update(log_probs(cols, form).exp(), b["prof"])
         if loss_fn is not None and len(idx):
             r.loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
             r.loss_n += len(idx)
@@ -194,6 +232,14 @@ def report_markdown(res: dict) -> str:
     rows = [(name, res["metrics"]["overall"])] + [(_ref_name(k, res), v["overall"]) for k, v in res["references"].items()]
     out = [f"## {name} on split `{res['split']}` ({res['metrics']['overall']['voxels']} labelled voxels, "
            f"{res['metrics']['patches']} patches)", "", markdown(rows), "", PAPER_NOTE, "", paper_markdown(rows)]
+    if res.get("decision", {}).get("rule") == "prior":
+        d = res["decision"]
+        out += ["", f"Decision rule: argmax after undoing {d['alpha']:g} x the class-weight prior (alpha chosen on "
+                    f"split `{d['chosen_on']}` by macro F1; the reference rows are unchanged)."]
+    if "calibration" in res:
+        ece = res["calibration"]["ece"]
+        out += ["", "Calibration of the phase-gated probabilities (expected calibration error per class, 10 bins): "
+                + ", ".join(f"{c} {v:.3f}" for c, v in ece.items()) + f"; mean {res['calibration']['ece_mean']:.3f}"]
     for fam, strata in res["metrics"]["strata"].items():
         out += ["", f"### by {fam}", "",
                 markdown([(f"{name} · {s} ({r['voxels']} vox)", r) for s, r in strata.items()]
@@ -250,9 +296,11 @@ def check_shards(shards: str, manifest: dict, splits, verify: bool, log=print) -
 
 def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: str | None = None,
                         batch_size: int = 8, curtains: int = 3, device: str = "auto", log=print,
-                        verify: bool = True) -> dict:
+                        verify: bool = True, decision: str = "argmax") -> dict:
+    """decision: argmax (default) or prior (argmax after undoing alpha x the class-weight prior, alpha chosen
+    on the checkpoint's validation split; recorded in the JSON as `decision`)."""
     from .data import LoaderConfig, Normaliser, make_loader, split_urls
-    from .shards import manifest_sha256, read_manifest
+    from .shards import manifest_sha256, read_manifest, shard_paths
     from .train import load_model_from_checkpoint, pick_device
 
     manifest = read_manifest(shards)
@@ -268,10 +316,21 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     clim = Climatology.from_batches(checked_batches(make_loader(split_urls(shards, train_split), norm, lcfg,
                                                                 train=False, strict=verify), shards))
     weights = ck["loss_weights"]
+    form = cfg["loss"].get("form", "gated")
+    decision_rec, decide = {"rule": "argmax"}, None
+    if decision == "prior":
+        val = cfg["data"].get("val_split") or ""
+        if not val or not shard_paths(shards, val):
+            raise ShardError(f"--decision prior chooses its alpha on the validation split, and {shards} has no "
+                             f"{val or '(none configured)'} shards")
+        decision_rec = choose_prior_alpha(model, checked_batches(make_loader(split_urls(shards, val), norm, lcfg,
+                                                                             train=False, strict=verify), shards),
+                                          dev, weights, cfg["train"]["bf16"], form)
+        decision_rec["chosen_on"] = val
+        decide = prior_corrected(weights, decision_rec["alpha"], form)
     ev = evaluate_batches(model, checked_batches(make_loader(urls, norm, lcfg, train=False, strict=verify), shards),
-                          dev, bf16=cfg["train"]["bf16"],
-                          keep_curtains=curtains, form=cfg["loss"].get("form", "gated"),
-                          references=reference_predictors(clim, weights))
+                          dev, bf16=cfg["train"]["bf16"], keep_curtains=curtains, form=form,
+                          references=reference_predictors(clim, weights), decide=decide)
     if ev.confusion.patches == 0:
         raise ShardError(f"{shards}: split {split!r} gave no sample to score")
     cs, curt = ev.confusion, ev.curtains
@@ -283,7 +342,8 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
            "samples": int(cs.patches), "voxels": int(cs.report()["overall"]["voxels"]),
            "manifest_sha256": manifest_sha256(shards), "verified": bool(verify), "checksum_failures": failures,
            "references": refs, "climatology_table": clim.table(weights).tolist(), "loss_weights": list(weights),
-           "oracle_error_km": ORACLE_TOP_ERROR_KM, "oracle_thickness_levels": clim.top_thickness_levels}
+           "oracle_error_km": ORACLE_TOP_ERROR_KM, "oracle_thickness_levels": clim.top_thickness_levels,
+           "calibration": ev.calibration.report(), "decision": decision_rec}
     out = out or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))  # the run folder
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"eval_{split}.json"), "w") as f:
@@ -296,6 +356,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
                         f"{name} · {split}")
     for k, c in enumerate(curt):
         plots.curtain_png(c, os.path.join(out, f"curtain_{split}_{k}.png"), f"{name} · {c['key']}")
+    plots.reliability_png(res["calibration"], os.path.join(out, f"reliability_{split}.png"), f"{name} · {split}")
     log_path = os.path.join(out, "log.jsonl")
     if os.path.exists(log_path):
         plots.loss_curves_png({name: log_path}, os.path.join(out, "loss_curves.png"))

@@ -142,3 +142,38 @@ class ConfusionSet:
             out["strata"][f] = {n: scores(self.strata[f][s].numpy()) for s, n in enumerate(names)
                                 if int(self.strata[f][s].sum())}
         return out
+
+
+class Calibration:
+    """Reliability of the predicted class probabilities at labelled voxels, per class (one-vs-rest):
+    probabilities are binned in `bins` equal bins; per bin the mean predicted probability (confidence) and
+    the observed frequency of the class. ECE_c = sum_b (n_b / N) |freq_b - conf_b| (expected calibration
+    error, Guo et al. 2017, per class). Sums only, so ranks can add them up."""
+
+    def __init__(self, bins: int = 10):
+        self.bins = bins
+        self.n = torch.zeros(N_CLASSES, bins, dtype=torch.float64)
+        self.p_sum = torch.zeros(N_CLASSES, bins, dtype=torch.float64)
+        self.hit = torch.zeros(N_CLASSES, bins, dtype=torch.float64)
+
+    def update(self, prob: torch.Tensor, true: torch.Tensor):
+        """prob [N, C, L] class probabilities; true [N, L] labels (255 = none)."""
+        p = prob.detach().double().permute(0, 2, 1).reshape(-1, N_CLASSES).cpu()
+        y = true.reshape(-1).long().cpu()
+        keep = y != IGNORE
+        p, y = p[keep], y[keep]
+        b = (p * self.bins).long().clamp_(0, self.bins - 1)
+        for c in range(N_CLASSES):
+            self.n[c] += torch.bincount(b[:, c], minlength=self.bins).double()
+            self.p_sum[c] += torch.bincount(b[:, c], weights=p[:, c], minlength=self.bins)
+            self.hit[c] += torch.bincount(b[:, c], weights=(y == c).double(), minlength=self.bins)
+
+    def report(self) -> dict:
+        n, ps, hit = self.n.numpy(), self.p_sum.numpy(), self.hit.numpy()
+        conf, freq = _div(ps, n), _div(hit, n)
+        tot = np.maximum(n.sum(1, keepdims=True), 1)
+        ece = (n / tot * np.abs(freq - conf)).sum(1)
+        return {"bins": self.bins, "ece": {c: float(ece[k]) for k, c in enumerate(CLASS_NAMES)},
+                "ece_mean": float(ece.mean()),
+                "reliability": {c: {"confidence": conf[k].tolist(), "frequency": freq[k].tolist(),
+                                    "count": n[k].astype(np.int64).tolist()} for k, c in enumerate(CLASS_NAMES)}}

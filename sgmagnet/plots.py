@@ -45,6 +45,26 @@ def curtain_png(c: dict, path: str, title: str):
     plt.close(fig)
 
 
+def reliability_png(cal: dict, path: str, title: str):
+    """Reliability diagram per class: observed frequency vs predicted probability (diagonal = calibrated)."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    for k, (c, r) in enumerate(cal["reliability"].items()):
+        n = np.asarray(r["count"])
+        ok = n > 0
+        colour = "#555555" if k == 0 else PHASE_COLOURS[k]      # the map's clear is near-white
+        ax.plot(np.asarray(r["confidence"])[ok], np.asarray(r["frequency"])[ok], "o-", ms=3, color=colour,
+                label=f"{c} (ECE {cal['ece'][c]:.3f})")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title + " · reliability", fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def confusion_png(cm: np.ndarray, path: str, title: str):
     cm = np.asarray(cm, np.float64)
     rown = cm / np.maximum(cm.sum(1, keepdims=True), 1)

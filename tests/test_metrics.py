@@ -115,3 +115,23 @@ def test_top_layer_and_the_oracle_on_hand_made_columns():
     assert np.array_equal(a, b) and set(np.unique(a)) == {0, 1} and ((a == 1).sum(1) <= 4).all()
     tops = 37 - np.argmax((a == 1)[:, ::-1], axis=1)
     assert 0.5 < np.std(tops - 23) * 0.5 < 1.5            # about 1 km spread
+
+
+def test_calibration_ece_on_hand_made_probabilities():
+    from sgmagnet.metrics import Calibration
+
+    cal = Calibration(bins=10)
+    # 100 voxels predicted clear with p = 0.95 of which 95 are clear; then 100 at p(ice) = 0.75, 50 % ice
+    p = torch.zeros(200, 4, 1)
+    p[:100, 0, 0], p[:100, 1, 0] = 0.95, 0.05
+    p[100:, 1, 0], p[100:, 0, 0] = 0.75, 0.25
+    y = torch.zeros(200, 1, dtype=torch.uint8)
+    y[95:100] = 1
+    y[100:150] = 1
+    cal.update(p, y)
+    r = cal.report()
+    # clear: bin 9 (p .95): 100 voxels, 95 clear -> |0.95 - 0.95| = 0; bin 2 (p .25): 100 voxels, 50 clear -> 0.25
+    assert r["ece"]["clear"] == pytest.approx(0.5 * 0.25)
+    # ice: bin 0 (p .05): 5 of 100 ice -> 0; bin 7 (p .75): 50 of 100 -> 0.25
+    assert r["ece"]["ice"] == pytest.approx(0.5 * 0.25)
+    assert r["reliability"]["ice"]["count"][7] == 100 and r["reliability"]["ice"]["frequency"][7] == pytest.approx(0.5)

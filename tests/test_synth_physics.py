@@ -103,3 +103,17 @@ def test_footprint_blur_keeps_the_mean_and_smooths():
     out = blur(img, 0.8)
     assert out.shape == img.shape and abs(out.mean() - img.mean()) < 0.05 and out.std() < 0.7 * img.std()
     assert blur(img, 0.05) is img
+
+
+def test_broken_clouds_fill_part_of_the_pixel_and_dc_is_mixed_or_ice(col):
+    present = np.isfinite(col.top)
+    cu, deep = present & (col.ctype == CU), present & np.isin(col.ctype, (NS, DC))
+    assert col.frac[cu].mean() < 0.8 and (col.frac[deep] == 1).all()
+    sel = np.flatnonzero(cu.any(1) & (present.sum(1) == 1))[:300]
+    full, part = col.take(sel), col.take(sel)
+    full.frac = np.where(np.isfinite(full.frac), 1.0, np.nan)
+    soz = np.full(len(sel), 30.0)
+    a, b = forward(full, soz, np.random.default_rng(2)), forward(part, soz, np.random.default_rng(2))
+    assert (b[2] <= a[2] + 1e-3).mean() > 0.95 and (b[13] >= a[13] - 0.3).mean() > 0.95   # darker VIS, warmer IR
+    dc = present & (col.ctype == DC)
+    assert 0.2 < (col.phase[dc] == ICE).mean() < 0.8 and (col.phase[dc] == MIXED).any()

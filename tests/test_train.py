@@ -128,7 +128,8 @@ def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| unet |" in out and "| climatology |" in out and "| all clear |" in out
     assert "| top-layer oracle (±1 km) |" in out and "micro-phase F1" in out
-    for f in ("eval_test.json", "eval_test.md", "confusion_test.png", "curtain_test_0.png", "loss_curves.png"):
+    for f in ("eval_test.json", "eval_test.md", "confusion_test.png", "curtain_test_0.png", "loss_curves.png",
+              "reliability_test.png"):
         assert (run / f).exists(), f
     res = json.loads((run / "eval_test.json").read_text())
     assert res["metrics"]["overall"]["voxels"] == res["references"]["all_clear"]["overall"]["voxels"] > 0
@@ -136,6 +137,13 @@ def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
     assert len(res["manifest_sha256"]) == 64 and res["verified"] and res["checksum_failures"] == []
     oracle, clim = res["references"]["oracle"]["overall"], res["references"]["climatology"]["overall"]
     assert oracle["macro"]["f1"] > clim["macro"]["f1"]          # knowing the top beats the climatology
+    cal = res["calibration"]
+    assert 0 <= cal["ece_mean"] <= 1 and sum(cal["reliability"]["clear"]["count"]) == res["voxels"]
+    assert cli.main(["evaluate", "--checkpoint", str(run), "--shards", str(root), "--split", "test", "--curtains", "0",
+                     "--decision", "prior", "--out", str(tmp_path / "prior")]) == 0
+    d = json.loads((tmp_path / "prior" / "eval_test.json").read_text())["decision"]
+    assert d["rule"] == "prior" and d["alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0) and len(d["val_macro_f1"]) == 5
+    assert d["val_macro_f1"][str(d["alpha"])] == max(d["val_macro_f1"].values())
     assert cli.main(["report", str(run / "eval_test.json"), "--out", str(tmp_path / "t.md")]) == 0
     assert "| unet |" in (tmp_path / "t.md").read_text()
     # bad input: exit 2 with a one-line reason

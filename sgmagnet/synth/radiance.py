@@ -78,6 +78,7 @@ def forward(col: Column, soz_deg: np.ndarray, rng: np.random.Generator) -> np.nd
     tau = np.where(present, col.tau, 0.0)
     ph = col.rad_phase                      # what the radiances see (not the label)
     re = col.re
+    frac = np.nan_to_num(getattr(col, "frac", np.ones_like(col.top)), nan=1.0)   # horizontal cover per layer
     out = np.empty((16, n), np.float32)
     # ---------------------------------------------------------------- visible / NIR
     rc_cons = tau / (tau + 7.7)
@@ -86,9 +87,9 @@ def forward(col: Column, soz_deg: np.ndarray, rng: np.random.Generator) -> np.nd
     for b in range(6):
         kb = nir_absorption(ph, re, b + 1) if b >= 4 else np.ones_like(tau)
         r = np.clip(np.where(col.land, SFC_ALB_LAND[b], SFC_ALB_OCEAN[b]) * sfc_scale, 0.005, 0.6)
-        for k in range(col.top.shape[1] - 1, -1, -1):          # bottom-up
+        for k in range(col.top.shape[1] - 1, -1, -1):          # bottom-up; a broken layer covers frac
             rc, tc = rc_cons[:, k] * kb[:, k], 1 - rc_cons[:, k]
-            r = np.where(present[:, k], rc + tc * tc * r / (1 - rc * r), r)
+            r = np.where(present[:, k], frac[:, k] * (rc + tc * tc * r / (1 - rc * r)) + (1 - frac[:, k]) * r, r)
         refl = r + RAYLEIGH[b] / np.maximum(mu0, 0.1) ** 0.5
         refl = refl + rng.normal(0, 1, n) * (0.003 + 0.01 * refl)
         out[b] = np.where(day, np.clip(refl * mu0, 0, 1.2), 0.0)
@@ -112,7 +113,7 @@ def forward(col: Column, soz_deg: np.ndarray, rng: np.random.Generator) -> np.nd
         lrad = lbg
         beta = beta_of(ph, re, band)
         for k in range(col.top.shape[1] - 1, -1, -1):
-            eps = 1 - (1 - eps11[:, k]) ** beta[:, k]
+            eps = frac[:, k] * (1 - (1 - eps11[:, k]) ** beta[:, k])     # cover x emissivity
             lrad = np.where(visible[:, k], eps * planck(nu, t_cloud[:, k]) + (1 - eps) * lrad, lrad)
         if band == 12:      # ozone: part of the signal comes from the warm-ish stratosphere
             lrad = 0.78 * lrad + 0.22 * planck(nu, np.full(n, 235.0))
@@ -121,7 +122,8 @@ def forward(col: Column, soz_deg: np.ndarray, rng: np.random.Generator) -> np.nd
             for k in range(col.top.shape[1] - 1, -1, -1):
                 r_sat = 0.35 * np.exp(-by_phase(ph[:, k], A_ABS, 2) * np.sqrt(np.nan_to_num(re[:, k], nan=10.0)))
                 rk = np.clip(r_sat * rc_cons[:, k] / 0.5, 0, 0.25)
-                r39 = np.where(present[:, k], rk + (1 - rc_cons[:, k]) * r39 * (1 - eps11[:, k]), r39)
+                new = rk + (1 - rc_cons[:, k]) * r39 * (1 - eps11[:, k])
+                r39 = np.where(present[:, k], frac[:, k] * new + (1 - frac[:, k]) * r39, r39)
             lrad = lrad + np.where(day, 14.6 * mu0 * r39 / np.pi, 0.0)
         dbdt = planck(nu, 300.5) - planck(nu, 299.5)
         lrad = lrad + rng.normal(0, 1, n) * NEDT[i] * dbdt

@@ -20,9 +20,9 @@ FIELD_NAMES = ["land", "oro", "tsfc", "lapse",
                "low_p", "low_base", "low_dz", "low_tau", "low_kind", "low_u",
                "deep_p", "deep_kind", "deep_top", "deep_tau", "miss_u",
                # v2: particle size, surface brightness, water vapour, inversions, radiative top phase
-               "re_liq", "re_ice", "alb", "wv", "inv", "rad_u"]
+               "re_liq", "re_ice", "alb", "wv", "inv", "rad_u", "frac", "dc_ice"]
 STATIC_FIELDS = ("land", "oro", "alb")
-CLOUD_ATTRS = ("base", "top", "tau", "ctype", "phase", "rad_phase", "re", "reported")   # what parallax moves
+CLOUD_ATTRS = ("base", "top", "tau", "ctype", "phase", "rad_phase", "re", "frac", "reported")   # what parallax moves
 K_MAX = 4
 CI, AS, AC, ST, SC, CU, NS, DC = 1, 2, 3, 4, 5, 6, 7, 8
 
@@ -145,6 +145,9 @@ class Column:
         phase = np.where(t_top < 235.15, np.where(t_base > 268, MIXED, ICE), phase)
         deep_l = np.isin(self.ctype, (NS, DC))
         phase = np.where(deep_l, np.where(t_base > 268, MIXED, ICE), phase)
+        # deep convection is labelled "mixed or ice" (PHYSICS §1b): the same-looking tower may be either
+        dc_ice = (self.ctype == DC) & (u(f["dc_ice"])[:, None] < 0.45)
+        phase = np.where(dc_ice, ICE, phase)
         present = np.isfinite(self.top)
         self.phase = np.where(present, phase, 0).astype(np.int64)
         # --- what AHI sees at each layer top is not the lidar/radar label (v2): the radiative top phase.
@@ -167,6 +170,12 @@ class Column:
         re = np.where(self.rad_phase == LIQUID, re_liq, np.where(self.rad_phase == ICE, re_ice,
                                                                  0.5 * (re_liq + re_ice)))
         self.re = np.where(present, np.clip(re, 4.0, 90.0), np.nan)
+        # --- horizontal cover within a ~2 km AHI pixel: broken Cu / Sc / Ac fill only part of it, while the
+        # CloudSat profile under the track either hits the cloud or not
+        fu = u(f["frac"])[:, None]
+        frac = np.select([self.ctype == CU, self.ctype == SC, self.ctype == AC, self.ctype == CI],
+                         [0.3 + 0.6 * fu, 0.7 + 0.3 * fu, 0.55 + 0.45 * fu, 0.75 + 0.25 * fu], 1.0)
+        self.frac = np.where(present, frac, np.nan)
         # --- what CloudSat/CALIPSO report (label blind spots, PHYSICS §1c): low tops < 1.2 km are
         # clutter for the CPR and hidden from the lidar under tau > 5, so they are often missed.
         tau_above = np.nancumsum(np.nan_to_num(self.tau), axis=1) - np.nan_to_num(self.tau)
