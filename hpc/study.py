@@ -127,12 +127,32 @@ def tables(results: list[dict], preset_name: str, preset: dict, shards: str) -> 
     out = [f"Configuration `{preset_name}`: {json.dumps(preset)}; shards `{shards}`; test split; "
            f"mean ± standard deviation over seeds.", "", "### Models", "", head, sep]
     out += [row(n, by[n]) for n in MODELS if n in by]
+    out += ([refrow("top-layer oracle ±1 km (reference)", ref["oracle"]["overall"])] if "oracle" in ref else [])
     out += [refrow("climatology (reference)", ref["climatology"]["overall"]),
             refrow("all clear (reference)", ref["all_clear"]["overall"])]
     abl = [n for n in RUNS if n not in MODELS and n in by]
     if abl:
         out += ["", "### SGMAGNet ablations (one component changed)", "", head, sep]
         out += [row(n, by[n]) for n in ["sgmagnet"] + abl if n in by]
+    from sgmagnet.metrics import paper_comparable
+
+    def pc(o):
+        return o.get("paper_comparable") or paper_comparable(o["confusion"])
+    out += ["", "### Paper-comparable block (micro over the 3 phases with clear as negative; support-weighted over "
+            "4 classes; pooled cloud mask)", "", "| run | micro-phase P | micro-phase R | micro-phase F1 | "
+            "micro-phase IoU | weighted F1 | mask IoU |", "|---" * 7 + "|"]
+    for n in list(MODELS) + abl:
+        if n in by:
+            ps = [pc(r["overall"]) for r in by[n]]
+            out.append(f"| {n} | " + " | ".join(_ms([p[a][b] for p in ps]) for a, b in (
+                ("micro_phase", "precision"), ("micro_phase", "recall"), ("micro_phase", "f1"), ("micro_phase", "iou"),
+                ("weighted", "f1"), ("mask_pooled", "iou"))) + " |")
+    for k in ("oracle", "climatology", "all_clear"):
+        if k in ref:
+            p = pc(ref[k]["overall"])
+            out.append(f"| {k.replace('_', ' ')} (reference) | " + " | ".join(f"{v:.3f}" for v in (
+                p["micro_phase"]["precision"], p["micro_phase"]["recall"], p["micro_phase"]["f1"],
+                p["micro_phase"]["iou"], p["weighted"]["f1"], p["mask_pooled"]["iou"])) + " |")
     fams = results[0]["strata"].keys()
     for fam in fams:
         strata = sorted({s for r in results for s in r["strata"][fam]})
@@ -173,6 +193,8 @@ def figures(results: list[dict], out: str):
     ax.bar(range(len(names)), [np.mean(by[n]) for n in names], yerr=[np.std(by[n]) for n in names], capsize=3,
            color=["#4a90d9" if n in MODELS else "#9b59b6" for n in names])
     ref = results[0]["references"]
+    if "oracle" in ref:
+        ax.axhline(ref["oracle"]["overall"]["macro"]["f1"], color="tab:green", ls="-.", lw=1, label="top-layer oracle")
     ax.axhline(ref["climatology"]["overall"]["macro"]["f1"], color="k", ls="--", lw=1, label="climatology")
     ax.axhline(ref["all_clear"]["overall"]["macro"]["f1"], color="grey", ls=":", lw=1, label="all clear")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
