@@ -65,11 +65,15 @@ def test_two_task_job_runs_distributed(slurm, tiny_shards, tmp_path):
 
 
 def _release_requeued(job_id: str, timeout: float = 90):
-    """Slurm holds a requeued job ~2 min before it may start again; let it start now (saves CI time)."""
+    """Slurm holds a requeued job ~2 min before it may start again; let it start now (saves CI time) -- but
+    only once the node has finished cleaning up the previous run (started earlier, the new run is killed:
+    "Job credential revoked")."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         st = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
-        if st.startswith("PENDING"):
+        node = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        if st.startswith("PENDING") and node == "idle":
+            time.sleep(2)
             subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
             return
         time.sleep(0.5)

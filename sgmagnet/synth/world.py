@@ -72,7 +72,7 @@ class Column:
             return field > quantile(1 - frac)
 
         # --- regimes
-        hi = p_of(0.42 * w_t + 0.26 * w_m, f["hi_p"])
+        hi = p_of(0.42 * w_t + 0.32 * w_m, f["hi_p"])
         mid = p_of(0.14 * w_t + 0.22 * w_m, f["mid_p"])
         low = p_of(np.where(self.land, 0.22, 0.34 * w_t + 0.45 * w_m), f["low_p"])
         deep = p_of(0.06 * w_t + 0.08 * w_m, f["deep_p"])
@@ -82,7 +82,7 @@ class Column:
         hi_top = np.where(absl < 30, self.z_trop - 0.3 - 3.0 * u(f["hi_top"]), 8.5 + 3.5 * u(f["hi_top"]))
         hi_top = np.minimum(hi_top, self.z_trop + 0.5)
         hi_dz = 0.6 + 3.2 * u(f["hi_dz"]) ** 1.2
-        hi_tau = 0.8 * hi_dz * 10 ** (0.7 * f["hi_tau"])          # optical depth grows with thickness
+        hi_tau = 0.5 * hi_dz * 10 ** (0.75 * f["hi_tau"])         # optical depth grows with thickness
         # middle: As (thick, deep) or Ac (thin)
         is_as = f["mid_kind"] > 0
         mid_base = self.dem_km + 2.0 + 4.5 * u(f["mid_base"])
@@ -137,7 +137,7 @@ class Column:
         t_top, t_base = self.temperature(self.top), self.temperature(self.base)
         shift = np.where(lat < 0, 3.0, 0.0)[:, None] + np.where(self.land, 0.0, 1.5)[:, None]
         liquid = u_slot < f_liquid(t_top + shift)
-        thick = (self.top - self.base) > 1.0
+        thick = (self.top - self.base) > 1.2
         phase = np.where(liquid, LIQUID, ICE)
         phase = np.where(liquid & thick & (t_top < 268), MIXED, phase)
         phase = np.where(~liquid & (t_base > 273.15), MIXED, phase)    # ice top, liquid base
@@ -146,7 +146,7 @@ class Column:
         deep_l = np.isin(self.ctype, (NS, DC))
         phase = np.where(deep_l, np.where(t_base > 268, MIXED, ICE), phase)
         # deep convection is labelled "mixed or ice" (PHYSICS §1b): the same-looking tower may be either
-        dc_ice = (self.ctype == DC) & (u(f["dc_ice"])[:, None] < 0.45)
+        dc_ice = (self.ctype == DC) & (u(f["dc_ice"])[:, None] < 0.55)
         phase = np.where(dc_ice, ICE, phase)
         present = np.isfinite(self.top)
         self.phase = np.where(present, phase, 0).astype(np.int64)
