@@ -193,6 +193,10 @@ def scan_offset_s(lat):
 KM_PER_DEG = 111.2
 PARALLAX_MAX_KM = 30.0
 NAV_ERROR_PX = 0.3          # navigation error per scene, standard deviation in pixels (PHYSICS §5: < 1 km)
+# calibration per scene (PHYSICS §5, Okuyama et al. 2018): B1-B4 unbiased to ~1 %, B5-B6 biased ~+-5 %,
+# IR bias < 0.2-0.3 K
+CAL_GAIN_SD = (0.01, 0.01, 0.01, 0.01, 0.05, 0.05)
+CAL_IR_BIAS_SD_K = 0.2
 FOOTPRINT_KM = {"vis": 1.0, "ir": 2.0}   # AHI sampling at nadir (B1, B2, B4: 1 km; B5-B16: 2 km; PHYSICS §5)
 
 
@@ -227,14 +231,16 @@ def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
 
 def write_scene(world: World, slot: np.datetime64, root: str, block_rows: int = 128) -> str:
     """One P-Tree scene of the region. What AHI sees differs from the columns CloudSat labels: each scene
-    has a navigation error (a sub-pixel shift), every pixel sees the clouds along its slanted line of sight
-    (parallax), and the bands are blurred by the instrument footprint."""
+    has a navigation error (a sub-pixel shift) and its own calibration error, every pixel sees the clouds
+    along its slanted line of sight (parallax), and the bands are blurred by the instrument footprint."""
     cfg = world.cfg
     lat, lon = region_grid(cfg)
     nlat, nlon = lat.size, lon.size
     t_row = slot + (scan_offset_s(lat) * 1e9).astype("timedelta64[ns]")
     rng = np.random.default_rng([cfg.seed, int(world.seconds(np.array([slot]))[0])])
     nav = rng.normal(0.0, NAV_ERROR_PX, 2)                        # rows, cols
+    gain = 1.0 + rng.normal(0.0, 1.0, 6) * np.asarray(CAL_GAIN_SD)
+    ir_bias = rng.normal(0.0, CAL_IR_BIAS_SD_K, 10)
     halo = int(np.ceil(PARALLAX_MAX_KM / (cfg.res * KM_PER_DEG))) + 1
     out = {name: np.empty((nlat, nlon), np.float32) for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA", "Hour")}
     for r0 in range(0, nlat, block_rows):
@@ -260,7 +266,8 @@ def write_scene(world: World, slot: np.datetime64, root: str, block_rows: int = 
         for name, v in (("SOZ", soz), ("SOA", soa), ("SAZ", saz), ("SAA", saa)):
             out[name][r0:r1] = v.reshape(r1 - r0, nlon)
         out["Hour"][r0:r1] = (orbit.ut_hours(t_row[r0:r1]))[:, None]
-    for b, name in enumerate(BAND_VARS):                              # instrument footprint
+    for b, name in enumerate(BAND_VARS):                              # calibration, instrument footprint
+        out[name] = out[name] * np.float32(gain[b]) if b < 6 else out[name] + np.float32(ir_bias[b - 6])
         fp = FOOTPRINT_KM["vis" if b in (0, 1, 2, 3) else "ir"]
         out[name] = blur(out[name], fp / 2.355 / (cfg.res * KM_PER_DEG))
     sl = slot.astype("datetime64[s]").astype(dt.datetime)
