@@ -117,3 +117,38 @@ def test_broken_clouds_fill_part_of_the_pixel_and_dc_is_mixed_or_ice(col):
     assert (b[2] <= a[2] + 1e-3).mean() > 0.95 and (b[13] >= a[13] - 0.3).mean() > 0.95   # darker VIS, warmer IR
     dc = present & (col.ctype == DC)
     assert 0.2 < (col.phase[dc] == ICE).mean() < 0.8 and (col.phase[dc] == MIXED).any()
+
+
+def test_top_phase_probe_runs_on_shards(tiny_shards):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hpc", "bench"))
+    from probe_top_phase import probe, top_phase
+
+    y = np.full((3, 38), 255, np.uint8)
+    y[0, :10], y[0, 10:14], y[0, 3:5] = 0, 2, 3
+    y[1, :] = 0
+    y[2, 20] = 1
+    assert top_phase(y).tolist() == [2, 0, 1]
+    root, _ = tiny_shards
+    r = probe(str(root), "train", "test")
+    assert r["train_pixels"] > 0 and 0 <= r["all"]["accuracy"] <= 1 and r["all"]["pixels"] > 0
+
+
+def test_cloud_fields_vary_below_the_pixel_scale():
+    from sgmagnet.synth.world import FINE_FIELDS
+
+    bank = FieldBank(0, ["smooth", "fine"], fine=("fine",))
+    lam = {k: 2 * np.pi / np.hypot(v[0], v[1]) for k, v in bank.params.items()}
+    assert lam["smooth"].min() >= 0.15 and lam["fine"].min() < 0.1
+    # neighbours 0.05 deg apart differ more in a fine field
+    lon = np.linspace(120, 140, 4001)
+    f = bank.points(lon, np.zeros_like(lon), np.zeros_like(lon))
+    d = {k: np.abs(np.diff(v[::10])).mean() for k, v in f.items()}
+    assert d["fine"] > 1.5 * d["smooth"]
+    # cloudy chords of a fine occurrence field are tens of km (East Asia, 2B-CLDCLASS-LIDAR: 82 km mean)
+    c = f["fine"][::10] > 0.3
+    chord_km = 0.05 * KM_PER_DEG / max((c[1:] != c[:-1]).mean(), 1e-9)
+    assert 30 < chord_km < 200
+    assert {"hi_p", "mid_p", "low_p", "frac"} <= set(FINE_FIELDS)

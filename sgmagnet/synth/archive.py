@@ -25,7 +25,7 @@ from ..labels import profile_levels
 from . import orbit
 from .fields import FieldBank
 from .radiance import forward
-from .world import FIELD_NAMES, STATIC_FIELDS, Column
+from .world import FIELD_NAMES, FINE_FIELDS, STATIC_FIELDS, Column
 
 CLOUDSAT_LAUNCH = np.datetime64("2006-04-28T10:02:16", "ns")
 LEAP_S_SINCE_1993 = 10           # valid from 2017-01-01
@@ -53,7 +53,7 @@ class World:
     def __init__(self, cfg: SynthConfig):
         self.cfg = cfg
         self.t0 = np.datetime64(cfg.start, "ns")
-        self.bank = FieldBank(cfg.seed, FIELD_NAMES, static=STATIC_FIELDS)
+        self.bank = FieldBank(cfg.seed, FIELD_NAMES, static=STATIC_FIELDS, fine=FINE_FIELDS)
         self.u0 = float(np.random.default_rng(cfg.seed + 7919).uniform(0, 2 * np.pi))
 
     def seconds(self, t):

@@ -13,17 +13,20 @@ DEG_PER_S_PER_MS = 1.0 / 111_000.0
 
 class FieldBank:
     def __init__(self, seed: int, names: list[str], n_modes: int = 40, static: tuple[str, ...] = (),
-                 scale_deg: tuple[float, float] = (0.15, 8.0)):
+                 scale_deg: tuple[float, float] = (0.15, 8.0), fine: tuple[str, ...] = (),
+                 fine_scale_deg: tuple[float, float] = (0.04, 8.0)):
         self.names = list(names)
         rng = np.random.default_rng(seed)
         self.params = {}
         for name in self.names:
-            lam = np.exp(rng.uniform(np.log(scale_deg[0]), np.log(scale_deg[1]), n_modes))   # wavelength, deg
+            lo, hi = fine_scale_deg if name in fine else scale_deg     # cloud fields vary below the AHI pixel
+            lam = np.exp(rng.uniform(np.log(lo), np.log(hi), n_modes))   # wavelength, deg
             ang = rng.uniform(0, 2 * np.pi, n_modes)
             k = 2 * np.pi / lam
             kx, ky = k * np.cos(ang), k * np.sin(ang)
-            # red spectrum: larger scales carry more variance
-            amp = lam ** 0.8
+            # red spectrum: larger scales carry more variance (flatter for fine fields, so the small scales
+            # carry enough of it to matter from one AHI pixel to the next)
+            amp = lam ** (0.5 if name in fine else 0.8)
             amp = amp / np.sqrt(0.5 * np.sum(amp ** 2))
             phi = rng.uniform(0, 2 * np.pi, n_modes)
             if name in static:

@@ -22,6 +22,9 @@ FIELD_NAMES = ["land", "oro", "tsfc", "lapse",
                # v2: particle size, surface brightness, water vapour, inversions, radiative top phase
                "re_liq", "re_ice", "alb", "wv", "inv", "rad_u", "frac", "dc_ice"]
 STATIC_FIELDS = ("land", "oro", "alb")
+# cloud occurrence and optical properties vary down to ~4 km (a few AHI pixels at 0.05 deg), as real cloud
+# fields do; the collocated CloudSat profile and the pixel centre then need not see the same cloud
+FINE_FIELDS = ("hi_p", "mid_p", "low_p", "hi_tau", "mid_tau", "low_tau", "frac", "hi_dz", "low_dz")
 CLOUD_ATTRS = ("base", "top", "tau", "ctype", "phase", "rad_phase", "re", "frac", "reported")   # what parallax moves
 K_MAX = 4
 CI, AS, AC, ST, SC, CU, NS, DC = 1, 2, 3, 4, 5, 6, 7, 8
