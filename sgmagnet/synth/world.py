@@ -5,8 +5,10 @@ grid) and by CloudSat (at its profile points). Layers come from four regimes -- 
 Ac), low (St / Sc / Cu) and deep (Ns / DC) -- whose cover varies with latitude; overlapping layers are
 resolved so that a column holds at most 3 separated layers plus deep convection. Each layer gets a
 phase from its temperatures (Hu et al. 2010 liquid fraction, ice below -38 C, liquid above 0 C,
-mixed for deep / liquid-topped thick layers) and an optical depth. Layer types follow the
-2B-CLDCLASS-LIDAR codes (1 Ci, 2 As, 3 Ac, 4 St, 5 Sc, 6 Cu, 7 Ns, 8 DC).
+mixed for deep layers and, with a probability growing with cold and depth, for liquid-topped layers
+colder than -5 C) and an optical depth. Layer types follow the 2B-CLDCLASS-LIDAR codes (1 Ci, 2 As,
+3 Ac, 4 St, 5 Sc, 6 Cu, 7 Ns, 8 DC). v2 adds what AHI sees (radiative top phase, effective radius,
+horizontal cover) apart from the label, and the backgrounds (docs/realism.md).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ FIELD_NAMES = ["land", "oro", "tsfc", "lapse",
                "low_p", "low_base", "low_dz", "low_tau", "low_kind", "low_u",
                "deep_p", "deep_kind", "deep_top", "deep_tau", "miss_u",
                # v2: particle size, surface brightness, water vapour, inversions, radiative top phase
-               "re_liq", "re_ice", "alb", "wv", "inv", "rad_u", "frac", "dc_ice"]
+               "re_liq", "re_ice", "alb", "wv", "inv", "rad_u", "frac", "dc_ice", "mix_u"]
 STATIC_FIELDS = ("land", "oro", "alb")
 # cloud occurrence and optical properties vary down to ~4 km (a few AHI pixels at 0.05 deg), as real cloud
 # fields do; the collocated CloudSat profile and the pixel centre then need not see the same cloud
@@ -140,9 +142,13 @@ class Column:
         t_top, t_base = self.temperature(self.top), self.temperature(self.base)
         shift = np.where(lat < 0, 3.0, 0.0)[:, None] + np.where(self.land, 0.0, 1.5)[:, None]
         liquid = u_slot < f_liquid(t_top + shift)
-        thick = (self.top - self.base) > 1.2
+        # a liquid-topped layer colder than -5 C holds ice below its top (mixed) with a probability that grows
+        # with cold and with depth (Hu et al. 2010: the ice fraction rises as T falls), not by a hard
+        # thickness threshold that brightness would give away
+        dz = self.top - self.base
+        p_mix = np.clip((268.0 - t_top) / 20.0, 0, 1) * np.clip(0.35 + 0.65 * dz / 1.5, 0, 1)
         phase = np.where(liquid, LIQUID, ICE)
-        phase = np.where(liquid & thick & (t_top < 268), MIXED, phase)
+        phase = np.where(liquid & (t_top < 268) & (u(f["mix_u"])[:, None] < p_mix), MIXED, phase)
         phase = np.where(~liquid & (t_base > 273.15), MIXED, phase)    # ice top, liquid base
         phase = np.where(t_top >= 273.15, LIQUID, phase)
         phase = np.where(t_top < 235.15, np.where(t_base > 268, MIXED, ICE), phase)
