@@ -1,7 +1,7 @@
 """`sgmagnet submit train|build`: Slurm jobs through submitit (or `--cluster local|debug` on a laptop).
 
 train: one task per GPU (or `--tasks-per-node` on CPU nodes); each task maps submitit's JobEnvironment
-onto RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT and runs the trainer (hpc.dist.init_distributed
+onto RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT and runs the trainer (sgmagnet.dist.init_distributed
 picks them up). Preemption and time-outs: Slurm signals the tasks (SIGTERM then SIGUSR2 on preemption,
 SIGUSR2 `signal_delay_s` before the time limit); the trainer saves a checkpoint at the next step
 boundary on every rank (Trainer's Preemption hook), then rank 0 hands over to submitit's handler, which
@@ -128,7 +128,7 @@ class TrainJob:
         return a + self.overrides
 
     def __call__(self):
-        from hpc import dist as hdist
+        from sgmagnet import dist as hdist
         from sgmagnet.config import load_config
         from sgmagnet.train import Preempted, Trainer
 

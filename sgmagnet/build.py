@@ -4,8 +4,15 @@ Work unit = one granule. Each granule's samples go to its own shards `<out>/<spl
 (written under `_tmp/` and renamed when complete), then a record `<out>/_records/<granule>.json`
 is written last. A re-run skips granules whose record and shards (sha256) are intact, so a killed build
 resumes and gives byte-identical shards; any rank count gives the same files. The manifest is merged
-from the records in granule order, so it is identical too. Bad inputs never stop the build: they are
-listed in `skipped` with the file and the reason.
+from the records in granule order, so it is identical too. Under mpirun/srun (`build`, below) rank 0
+plans, granules are balanced over ranks by profile count, and rank 0 merges after a barrier.
+
+Failures. Bad input files (FormatError: unreadable, truncated, missing variables, all fill, ...) never
+stop the build: they are listed in `skipped` with the file and the reason. Anything else (disk full,
+permissions, memory, a bug) is not a property of the input: the build stops with BuildFailed on every
+rank, that granule gets no record (a re-run retries it) and the previous manifest is left as it was.
+Each record carries the hash of the configuration that shaped its samples; an `--out` built with another
+configuration is refused (BuildRefused) unless `overwrite=True` rebuilds it from scratch.
 """
 from __future__ import annotations
 
@@ -339,3 +346,57 @@ def merge_manifest(cfg: BuildConfig, p: dict) -> dict:
     write_json_atomic(os.path.join(cfg.out, "manifest.json"), man)
     shutil.rmtree(os.path.join(cfg.out, "_tmp"), ignore_errors=True)
     return man
+
+
+# ------------------------------------------------------------------------------- MPI ranks (mpi4py)
+def get_comm():
+    """COMM_WORLD when launched under mpirun/srun with more than one rank, else None."""
+    import os
+
+    if not any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def _bcast(comm, obj):
+    return json.loads(comm.bcast(json.dumps(obj), root=0)) if comm else obj
+
+
+def build(cfg: BuildConfig, log=print, overwrite: bool = False) -> dict:
+    """Every rank returns, or every rank raises the same BuildRefused (bad input/options; nothing built) or
+    BuildFailed (an environment failure on some rank: the manifest is not rewritten; re-run to retry)."""
+    comm = get_comm()
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm else (0, 1)
+    p, refused = None, None
+    if rank == 0:
+        try:
+            p = plan(cfg)
+            check_out(cfg, p, overwrite, log)
+        except BuildRefused as e:
+            refused = str(e)
+    p, refused = _bcast(comm, [p, refused]) if comm else (p, refused)
+    if refused:
+        raise BuildRefused(refused)
+    my = assign(p["granules"], size)[rank]
+    stats = run_rank(cfg, p, my, log=(lambda m: log(f"[rank {rank}] {m}")) if comm else log)
+    ranks = [json.loads(s) for s in comm.allgather(json.dumps(stats))] if comm else [stats]
+    errors = [r["error"] for r in ranks if "error" in r]
+    if errors:
+        raise BuildFailed(errors[0] + (f" (and {len(errors) - 1} more rank(s) failed)" if len(errors) > 1 else ""))
+    man = None
+    if rank == 0:
+        man = merge_manifest(cfg, p)
+        with open(f"{cfg.out}/build_stats.json", "w") as f:   # timing only; not part of the manifest
+            json.dump({"ranks": ranks}, f, indent=1)
+    total = _bcast(comm, sum(man["counts"].values()) if rank == 0 else None)
+    if total == 0:
+        first = (man or {}).get("skipped", [{}])[:1]
+        why = f"; first skipped input: {first[0].get('file')}: {first[0].get('reason')}" if first and first[0] else ""
+        raise BuildRefused(f"no sample was produced from {len(p['granules'])} granule(s) and {len(p['scenes'])} "
+                           f"scene(s) (manifest.json lists the skipped inputs{why})")
+    return {"rank": rank, "size": size, "stats": stats, "manifest": man}

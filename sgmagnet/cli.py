@@ -92,8 +92,7 @@ def cmd_synth(a):
 
 
 def cmd_build(a):
-    from hpc.mpi_build import build, get_comm
-    from .build import BuildConfig, BuildFailed, BuildRefused
+    from .build import BuildConfig, BuildFailed, BuildRefused, build, get_comm
 
     for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat")):
         if not os.path.isdir(d):
@@ -155,7 +154,7 @@ def cmd_train(a):
         trainer = Trainer(cfg, resume=a.resume, overwrite=a.overwrite)
     except (ValueError, FileNotFoundError) as e:   # ConfigError, ManifestError, a bad checkpoint
         return _fail("train", e)
-    from hpc import dist as hdist
+    from . import dist as hdist
     from .train import Preempted
 
     code = 0
@@ -164,7 +163,7 @@ def cmd_train(a):
     except Preempted as p:
         code = p.code
     hdist.shutdown()
-    if trainer.env.distributed:  # skip native destructors (rare gloo/DeepSpeed abort at exit, see hpc/dist.py)
+    if trainer.env.distributed:  # skip native destructors (rare gloo/DeepSpeed abort at exit, see sgmagnet/dist.py)
         hdist.hard_exit(code)
     return code
 
@@ -280,7 +279,7 @@ def cmd_plot(a):
 def cmd_demo(a):
     from .demo import run
 
-    return run(a.out, a.ranks)
+    return run(main, a.out, a.ranks)
 
 
 def main(argv=None) -> int:

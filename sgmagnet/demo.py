@@ -18,9 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("sgmagnet", "unet")
 
 
-def run(out: str = "demo_out", ranks: int = 2) -> int:
-    from .cli import main as cli
-
+def run(cli, out: str = "demo_out", ranks: int = 2) -> int:
+    """`cli` is sgmagnet.cli.main (passed in, so this module does not import the CLI it serves)."""
     t0 = time.time()
     configs = {m: os.path.join(REPO, "configs", f"demo_{m}.yaml") for m in MODELS}
     for c in configs.values():

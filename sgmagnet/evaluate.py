@@ -301,7 +301,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     on the checkpoint's validation split; recorded in the JSON as `decision`)."""
     from .data import LoaderConfig, Normaliser, make_loader, split_urls
     from .shards import manifest_sha256, read_manifest, shard_paths
-    from .train import load_model_from_checkpoint, pick_device
+    from .runtime import load_model_from_checkpoint, pick_device
 
     manifest = read_manifest(shards)
     dev = pick_device(device)

@@ -213,7 +213,7 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
 def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32,
                        batch: int = 4, probabilities: bool = False, device: str = "auto", log=print) -> dict:
     from .data import Normaliser
-    from .train import load_model_from_checkpoint, pick_device
+    from .runtime import load_model_from_checkpoint, pick_device
 
     dev = pick_device(device)
     model, ck = load_model_from_checkpoint(checkpoint, dev)

@@ -19,49 +19,23 @@ import contextlib
 import json
 import math
 import os
-import random
 import signal
 import time
 
-import numpy as np
 import torch
 
-from hpc import dist as hdist
+from . import dist as hdist
 
 from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state, set_rng_state
-from .config import Config, ConfigError, dump, from_dict, to_dict, validate
+from .config import Config, ConfigError, dump, to_dict, validate
 from .data import EpochStream, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
 from .losses import SparseLoss, class_weights, use_triton
 from .models import build_model, n_parameters
+from .runtime import pick_device, seed_everything
 from .shards import shard_paths
 
 EXIT_PREEMPTED = 3   # exit code after a checkpoint taken on SIGUSR2/SIGTERM
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, dict]:
-    """Model (eval mode) and the common checkpoint dict from a run folder, checkpoint folder or state.pt."""
-    ck = load_common(path)
-    cfg = from_dict(ck["config"])
-    model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), ck
 
 
 def refuse_existing_run(run_dir: str):
@@ -217,7 +191,7 @@ class Preempted(SystemExit):
 # --------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """cfg -> components -> fit(). `data` may replace the shard stream with any iterator of batches
-    (tests feed fixed in-memory batches); `env` is the distributed environment (hpc.dist)."""
+    (tests feed fixed in-memory batches); `env` is the distributed environment (sgmagnet.dist)."""
 
     def __init__(self, cfg: Config, resume: bool = False, log=print, data=None, env=None, overwrite: bool = False):
         self.cfg, t = validate(cfg), cfg.train

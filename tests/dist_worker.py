@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hpc import dist as hdist  # noqa: E402
+from sgmagnet import dist as hdist  # noqa: E402
 from sgmagnet.config import load_config  # noqa: E402
 from sgmagnet.train import Trainer  # noqa: E402
 

@@ -192,7 +192,7 @@ def test_too_few_shards_for_ranks_and_workers_is_a_clear_error(tiny_shards):
 
 
 def test_launcher_detection(monkeypatch):
-    from hpc import dist
+    from sgmagnet import dist
 
     assert dist.first_host("gpu[003-005,9],cpu1") == "gpu003" and dist.first_host("n7") == "n7"
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):

@@ -1,0 +1,36 @@
+"""What training, evaluation and prediction share: the device, seeding, and a model from a checkpoint."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .checkpoint import load_common
+from .config import ConfigError, from_dict
+from .models import build_model
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, dict]:
+    """Model (eval mode) and the common checkpoint dict from a run folder, checkpoint folder or state.pt."""
+    ck = load_common(path)
+    cfg = from_dict(ck["config"])
+    model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), ck
