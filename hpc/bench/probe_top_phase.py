@@ -51,7 +51,8 @@ def pixels(shards: str, split: str, mean, std):
             ys.append(y[ok])
             soz.append(g[ok, 0])
     if not feats:
-        raise SystemExit(f"probe: no shards for split {split!r} in {shards}")
+        sys.stderr.write(f"probe_top_phase: error: {shards}: no labelled cloudy pixels in split {split!r}\n")
+        raise SystemExit(2)
     return np.concatenate(feats).astype(np.float32), np.concatenate(ys), np.concatenate(soz)
 
 
@@ -110,7 +111,13 @@ def main(argv=None) -> int:
     p.add_argument("--test", default="test")
     p.add_argument("--json", help="also write the result as JSON")
     a = p.parse_args(argv)
-    r = probe(a.shards, a.train, a.test)
+    from sgmagnet.shards import ManifestError
+
+    try:
+        r = probe(a.shards, a.train, a.test)
+    except ManifestError as e:
+        sys.stderr.write(f"probe_top_phase: error: {e}\n")
+        return 2
     print(f"linear probe of cloud-top phase, one pixel's bands (train {r['train_pixels']} pixels, {a.shards})")
     print(f"{'subset':<15}{'pixels':>8}{'accuracy':>10}{'balanced':>10}" + "".join(f"{'R ' + n:>10}" for n in PHASES))
     for k in ("all", "day", "night", "unweighted_day"):
