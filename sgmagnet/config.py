@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import yaml
 
 
-MODEL_NAMES = ("sgmagnet", "unet", "unet3d", "segnet", "transformer")   # = sgmagnet.models.MODELS (tested)
+MODEL_NAMES = ("sgmagnet", "sgmagnet_v1", "unet", "unet3d", "segnet", "transformer")   # = sgmagnet.models.MODELS (tested)
 MODEL_SIZES = ("tiny", "demo", "paper")
 
 
@@ -77,6 +77,7 @@ class TrainConfig:
     steps: int = rule(200, ge=1)
     seed: int = rule(0, ge=0)
     bf16: bool = False                # autocast to bfloat16
+    columns: bool = True              # decode only the labelled columns (model(..., columns=index)); false = dense volume, then gather
     log_every: int = rule(10, ge=1)
     val_every: int = rule(100, ge=0)  # 0 = only at the end
     ckpt_every: int = rule(100, ge=0)   # 0 = only at the end

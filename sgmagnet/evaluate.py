@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .grid import CLASS_NAMES, N_CLASSES, N_LEVELS
-from .losses import fast_argmax, gather_columns, log_probs
+from .losses import fast_argmax, log_probs
 from .metrics import LAT_BANDS, Calibration, ConfusionSet, lat_band, paper_comparable
 
 
@@ -65,8 +65,7 @@ def choose_prior_alpha(model, batches, device, weights, bf16: bool = False, form
     model.eval()
     for b in batches:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(b["x"].to(device), b["geom"].to(device))
-        cols = gather_columns(logits, b["index"].to(device)).float()
+            cols = model(b["x"].to(device), b["geom"].to(device), columns=b["index"].to(device)).float()
         for a, rule in rules.items():
             cms[a] += confusion(b["prof"], rule(cols).cpu())
     model.train(was)
@@ -88,14 +87,13 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
         x, geom = b["x"].to(device), b["geom"].to(device)
         if prepare is not None:
             x, geom = prepare(x, geom)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x, geom)
         idx = b["index"].to(device)
-        cols = gather_columns(logits, idx)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            cols = model(x, geom, columns=idx)                  # only the labelled columns are decoded
         pred = (fast_argmax(cols, form=form) if decide is None else decide(cols.float())).cpu()
         r.calibration.update(log_probs(cols, form).exp(), b["prof"])
         if loss_fn is not None and len(idx):
-            r.loss_sum += float(loss_fn(logits, idx, b["prof"].to(device))) * len(idx)
+            r.loss_sum += float(loss_fn(cols, idx, b["prof"].to(device))) * len(idx)
             r.loss_n += len(idx)
         for cs, p in [(r.confusion, pred)] + [(r.references[k], f(b)) for k, f in (references or {}).items()]:
             cs.update(b["prof"], p, b["lat"], b["soz"], b.get("ctype"))

@@ -55,6 +55,15 @@ def gather_columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return logits[index[:, 0], :, :, index[:, 1], index[:, 2]]
 
 
+def compact_view(cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of a column forward, [N, 4, L], as the [1, 4, L, 1, N] view the volume losses and kernels
+    take, and its index (0, 0, n) (DESIGN.md, Interfaces: no copy, any strides)."""
+    n = cols.shape[0]
+    index = torch.zeros(n, 3, dtype=torch.long, device=cols.device)
+    index[:, 2] = torch.arange(n, device=cols.device)
+    return cols.permute(1, 2, 0)[None, :, :, None], index
+
+
 def class_weights(frequency, power: float = 0.5) -> torch.Tensor:
     """w_c proportional to freq_c^-power (default 1/sqrt), normalised to mean 1. Absent classes get the largest weight."""
     f = torch.as_tensor(frequency, dtype=torch.float64)
@@ -141,6 +150,10 @@ class SparseLoss(torch.nn.Module):
         self.gamma, self.impl = gamma, impl
 
     def forward(self, logits, index, profiles, denominator=None):
+        """logits [B, 4, L, H, W] with the labelled columns at index [N, 3], or the compact [N, 4, L] of a column
+        forward (index then only gives N and may be None)."""
+        if logits.dim() == 3:
+            logits, index = compact_view(logits)
         if not self.gamma and self.form == "gated" and use_triton(self.impl, logits.device):
             import kernels
             return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator)

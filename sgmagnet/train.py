@@ -299,11 +299,13 @@ class Trainer:
                               engine=self.engine)
 
     # -- one optimisation step over `accum` micro-batches
-    def forward(self, batch):
+    def forward(self, batch, index):
+        """Logits for the loss: [N, 4, L] at the labelled columns (train.columns, the default), or the dense
+        [B, 4, L, H, W] volume (the loss then gathers the same columns)."""
         d = self.device
         x, geom = self._prepare(batch["x"].to(d, non_blocking=True), batch["geom"].to(d, non_blocking=True))
         with torch.autocast(device_type=d.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16 and self.engine is None):
-            return self.forward_module(x, geom)
+            return self.forward_module(x, geom, columns=index if self.cfg.train.columns else None)
 
     def train_step(self, micro: list[dict]) -> tuple[float, float]:
         """Gradient = that of sum(w * nll) / (global sum of w) over all micro-batches of all ranks, i.e. the
@@ -319,7 +321,8 @@ class Trainer:
         for i, (b, prof) in enumerate(zip(micro, profs)):
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                loss = self.loss_fn(self.forward(b), b["index"].to(d), prof, denominator=den)
+                idx = b["index"].to(d)
+                loss = self.loss_fn(self.forward(b, idx), idx, prof, denominator=den)
                 total += loss.detach()
                 if self.engine is not None:
                     self.engine.backward(loss * scale)

@@ -231,3 +231,32 @@ def test_offsets_past_int32_on_gpu():
     y[0, 0, -1, H - 1, W - 1] = 10.0
     a = kernels.gated_argmax(y)
     assert int(a[0, -1, H - 1, W - 1]) in (1, 2, 3) and int(a[0, 0, 0, 0]) in (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N", [1, 37, 300])
+def test_loss_on_the_compact_column_layout(N, dtype):
+    """A column forward's [N, 4, L] output goes to the kernel as the [1, 4, L, 1, N] view (no copy) with index
+    (0, 0, n): loss and gradient equal the reference on the same columns, and the training loss component
+    dispatches it the same way."""
+    from sgmagnet.losses import SparseLoss, compact_view
+
+    g = torch.Generator().manual_seed(N)
+    cols = (torch.randn(N, 4, 38, generator=g) * 3).to(dtype).to(DEV)
+    prof = torch.randint(0, 4, (N, 38), generator=g, dtype=torch.uint8).to(DEV)
+    prof[:, 30:] = 255
+    w = torch.tensor([0.3, 1.4, 1.1, 1.2], device=DEV)
+    view, index = compact_view(cols)
+    assert view.shape == (1, 4, 38, 1, N) and view.data_ptr() == cols.data_ptr()
+    grads = []
+    for fn in (kernels.gated_sparse_ce, ref_ce):
+        c = cols.detach().clone().requires_grad_()
+        v, i = compact_view(c)
+        loss = fn(v, i, prof, w)
+        loss.backward()
+        grads.append((loss.detach(), c.grad))
+    (lk, gk), (lr, gr) = grads
+    torch.testing.assert_close(lk, lr, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gk.float(), gr.float(), **TOL[dtype])
+    loss_fn = SparseLoss(w, impl="triton").to(DEV)
+    torch.testing.assert_close(loss_fn(cols.float(), None, prof), lr, rtol=1e-5, atol=1e-6)

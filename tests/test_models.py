@@ -55,3 +55,118 @@ def test_nan_input_equals_zero_input_with_mask():
     x2 = x.clone()
     x2[torch.isnan(x2)] = float("inf")
     assert torch.isfinite(y1).all() and torch.equal(y1, m(x2, geom))
+
+
+# ---- label-sparse columns: model(x, geom, columns=idx) == model(x, geom)[b, :, :, row, col] ----------------
+
+def _columns_case(b=2, h=32, n=40, seed=1):
+    """float64 inputs with NaN pixels and bands, geometry, and n unique random columns (corners included)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 16, h, h, generator=g, dtype=torch.float64)
+    x[0, 5, :4, :4] = float("nan")
+    x[1, :, 7, 9] = float("nan")                      # a pixel with no valid band
+    geom = torch.rand(b, 2, h, h, generator=g, dtype=torch.float64) * 80
+    flat = torch.randperm(b * h * h, generator=g)[:n]
+    idx = torch.stack([flat // (h * h), flat % (h * h) // h, flat % h], 1)
+    idx = torch.cat([idx, torch.tensor([[0, 0, 0], [1, h - 1, h - 1], [1, 7, 9]])]).unique(dim=0)
+    idx = idx[torch.randperm(len(idx), generator=g)]  # any order
+    return x, geom, idx
+
+
+MODEL_VARIANTS = [(n, {}) for n in sorted(MODELS)] + [
+    ("sgmagnet", dict(height="static")), ("sgmagnet", dict(scales=(1,))), ("sgmagnet", dict(scales=(1, 2))),
+    ("sgmagnet", dict(gating=False))]
+
+
+@pytest.mark.parametrize("name,opts", MODEL_VARIANTS, ids=lambda v: str(v).replace(" ", ""))
+def test_columns_equal_the_dense_gather_values_and_gradients(name, opts):
+    torch.manual_seed(0)
+    m = build_model(name, "tiny", **opts).double()
+    x, geom, idx = _columns_case()
+    dense = m(x, geom)
+    ref = dense[idx[:, 0], :, :, idx[:, 1], idx[:, 2]]
+    cols = m(x, geom, columns=idx)
+    assert cols.shape == (len(idx), 4, 38)
+    torch.testing.assert_close(cols, ref, rtol=1e-10, atol=1e-10)
+    w = torch.randn(ref.shape, dtype=torch.float64)        # a generic downstream function of the columns
+    g_ref = torch.autograd.grad((ref * w).sum() + ref.square().sum(), list(m.parameters()), allow_unused=True)
+    g_col = torch.autograd.grad((cols * w).sum() + cols.square().sum(), list(m.parameters()), allow_unused=True)
+    for (k, _), a, c in zip(m.named_parameters(), g_ref, g_col):
+        assert (a is None) == (c is None), k
+        if a is not None:
+            torch.testing.assert_close(c, a, rtol=1e-9, atol=1e-10, msg=k)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_columns_empty_and_bad_index(name):
+    m = build_model(name, "tiny")
+    x = torch.randn(1, 16, 32, 32)
+    y = m(x, columns=torch.zeros(0, 3, dtype=torch.long))
+    assert y.shape == (0, 4, 38)
+    y.sum().backward()                                    # an unlabelled batch still has a (zero) graph
+    with pytest.raises(ValueError, match="out of range"):
+        m(x, columns=torch.tensor([[0, 32, 0]]))
+    with pytest.raises(ValueError, match="out of range"):
+        m(x, columns=torch.tensor([[1, 0, 0]]))
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        m(x, columns=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="integer"):
+        m(x, columns=torch.zeros(2, 3))
+
+
+def test_sgmagnet_inference_chunks_equal_the_training_forward(monkeypatch):
+    """Without autograd SGMAGNet's dense forward runs the column stage over chunks (bounded memory): it must
+    give the training forward's volume."""
+    import sgmagnet.models.sgmagnet as sg
+
+    m = build_model("sgmagnet", "tiny").double()
+    x, geom, _ = _columns_case(h=16)
+    ref = m(x, geom)
+    monkeypatch.setattr(sg, "DENSE_CHUNK", 100)           # 2 * 256 columns -> 6 chunks, the last one short
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, geom), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("size", [(38, 32, 32), (38, 12, 20), (20, 7, 5)])
+def test_sample_volume_is_trilinear_interpolation_at_the_columns(size):
+    import torch.nn.functional as F
+
+    from sgmagnet.models.common import sample_volume
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(2, 3, 10, 8, 5, generator=g, dtype=torch.float64)
+    L, H, W = size
+    r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    idx = torch.stack([torch.arange(2).repeat_interleave(H * W), r.reshape(-1).repeat(2), c.reshape(-1).repeat(2)], 1)
+    dense = F.interpolate(v, size=size, mode="trilinear")
+    torch.testing.assert_close(sample_volume(v, idx, size), dense[idx[:, 0], :, :, idx[:, 1], idx[:, 2]])
+
+
+@pytest.mark.parametrize("name", ["sgmagnet", "unet", "transformer"])
+def test_training_with_columns_equals_dense_training_then_gather(name):
+    """A few AdamW steps in float64: the parameters after column training equal those after dense training
+    with the loss gathering the same columns."""
+    from sgmagnet.losses import SparseLoss
+
+    x, geom, idx = _columns_case(n=60)
+    prof = torch.randint(0, 4, (len(idx), 38), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    prof[::5, 20:] = 255
+    loss = SparseLoss(weights=[0.5, 1.0, 2.0, 1.5]).double()
+    out = {}
+    for path in ("dense", "columns"):
+        torch.manual_seed(0)
+        m = build_model(name, "tiny").double()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        for _ in range(3):
+            y = m(x, geom, columns=idx) if path == "columns" else m(x, geom)
+            opt.zero_grad()
+            loss(y, idx, prof).backward()
+            opt.step()
+        out[path] = m.state_dict()
+    for k, v in out["dense"].items():
+        torch.testing.assert_close(out["columns"][k], v, rtol=1e-8, atol=1e-10, msg=k)
+
+
+def test_sgmagnet_v2_column_flops_are_a_fraction_of_the_dense_volume():
+    m = build_model("sgmagnet", "demo")
+    assert flops_per_sample(m, 64, columns=True) < 0.3 * flops_per_sample(m, 64)

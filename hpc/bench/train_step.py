@@ -1,12 +1,18 @@
-"""Training throughput per model: samples/s of full steps (forward, sparse loss, backward, AdamW).
+"""Training throughput per model: samples/s and peak memory of full steps (forward, sparse loss, backward,
+AdamW), for the dense path and the label-sparse column path, side by side in one run.
 
-    python hpc/bench/train_step.py [--models sgmagnet,unet,...] [--size demo] [--patch 64] [--batch 8]
-                                   [--steps 5] [--warmup 2] [--device auto] [--bf16]
+    python hpc/bench/train_step.py [--models sgmagnet,unet,...] [--size demo] [--patch 64,128] [--batch 8]
+                                   [--paths dense,columns] [--steps 3] [--warmup 1] [--device auto] [--bf16]
     python hpc/bench/train_step.py --loader real --shards demo_out/shards [--models unet] [--workers 2]
 
---loader memory (default): synthetic batches held in memory (random bands, a diagonal track of labelled
-columns per patch), so this measures model + loss + optimiser. Prints parameters, forward GFLOPs per
-sample (torch.utils.flop_counter) and samples/s, all models in one run so the ratios are comparable.
+--loader memory (default): synthetic batches held in memory (random bands, one diagonal CloudSat-like track
+of labelled columns per patch: 1/patch of the columns, 0.8 % at 128 px), so this measures model + loss +
+optimiser. Paths: `dense` decodes the whole [B, 4, 38, H, W] volume and the loss gathers the labelled columns;
+`columns` calls model(x, geom, columns=index) and the loss reads the compact [N, 4, 38] output through its
+[1, 4, 38, 1, N] view (DESIGN.md, Interfaces). Prints parameters, forward GFLOPs per sample of each path
+(torch.utils.flop_counter), samples/s, the column path's speed-up over the dense path, and peak memory:
+on CUDA max_memory_allocated, on CPU the peak resident set of a fresh process that runs only that
+measurement (each row is run in its own spawned process, so rows do not inherit each other's peaks).
 --loader real: the same training step fed by the real WebDataset loader (DataLoader workers) over the
 shards, against the same batches pre-loaded into memory, in one run: the ratio is the input-pipeline
 overhead seen by training (target >= 95 %).
@@ -19,21 +25,21 @@ import time
 
 import torch
 
-from sgmagnet.losses import gated_sparse_ce
-from sgmagnet.models import MODELS, build_model, flops_per_sample, n_parameters
+from sgmagnet.losses import compact_view, gated_sparse_ce
+from sgmagnet.models import MODELS, build_model, flops_per_sample, n_parameters, track_columns
 
 
 def memory_batch(b: int, s: int, device):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, 16, s, s, generator=g)
     geom = torch.rand(b, 2, s, s, generator=g) * 80
-    r = torch.arange(s)
-    idx = torch.stack([torch.arange(b).repeat_interleave(s), r.repeat(b), r.flip(0).repeat(b)], 1)
-    prof = torch.randint(0, 4, (b * s, 38), dtype=torch.uint8, generator=g)
+    idx = track_columns(b, s)
+    prof = torch.randint(0, 4, (len(idx), 38), dtype=torch.uint8, generator=g)
     return [t.to(device) for t in (x, geom, idx, prof)]
 
 
-def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl="torch"):
+def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl="torch", path="dense"):
+    """One (model, patch, path) measurement in this process."""
     torch.manual_seed(0)
     loss_fn = gated_sparse_ce
     if loss_impl == "triton":
@@ -42,11 +48,16 @@ def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl
     m = build_model(name, size).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     x, geom, idx, prof = memory_batch(batch, patch, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     def step():
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            y = m(x, geom)
-        loss = loss_fn(y, idx, prof)
+            if path == "columns":
+                y, index = compact_view(m(x, geom, columns=idx))
+            else:
+                y, index = m(x, geom), idx
+        loss = loss_fn(y, index, prof)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -61,9 +72,38 @@ def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-    return {"model": name, "params": n_parameters(m), "gflops": flops_per_sample(m.cpu(), patch) / 1e9,
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024       # KiB on Linux
+    return {"model": name, "path": path, "params": n_parameters(m),
+            "gflops": flops_per_sample(m.cpu(), patch, columns=(path == "columns")) / 1e9,
             "samples_per_s": steps * batch / dt, "peak_mib": peak}
+
+
+def _child(queue, args):
+    torch.set_num_threads(args.pop("threads"))
+    args["device"] = torch.device(args["device"])
+    try:
+        queue.put(bench_model(**args))
+    except Exception as e:   # noqa: BLE001 - reported as the row's error, the other rows go on
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def isolated(**kw) -> dict:
+    """bench_model in a fresh spawned process (CPU peak memory = that process's peak resident set)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    kw = {**kw, "device": str(kw["device"]), "threads": torch.get_num_threads()}
+    p = ctx.Process(target=_child, args=(q, kw))
+    p.start()
+    p.join()
+    if p.exitcode != 0:
+        return {"error": f"exit code {p.exitcode} (out of memory?)"}
+    return q.get()
 
 
 def append_csv(path: str, rows: list[dict]):
@@ -110,8 +150,8 @@ def real_vs_memory(a, device):
                 if i == a.warmup:
                     t0, seen = time.perf_counter(), 0
                 b = next(batches)
-                y = m(b["x"].to(device), b["geom"].to(device))
-                loss = gated_sparse_ce(y, b["index"].to(device), b["prof"].to(device))
+                y, index = compact_view(m(b["x"].to(device), b["geom"].to(device), columns=b["index"].to(device)))
+                loss = gated_sparse_ce(y, index, b["prof"].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -126,10 +166,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--size", default="demo", choices=("tiny", "demo", "paper"))
-    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--patch", default="64,128", help="patch sizes, comma-separated (default 64,128)")
+    p.add_argument("--paths", default="dense,columns", help="dense, columns or both (default dense,columns)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--loader", choices=("memory", "real"), default="memory")
@@ -137,25 +178,44 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers with --loader real")
     p.add_argument("--loss", choices=("torch", "triton"), default="torch",
                    help="loss implementation: the PyTorch reference or the fused Triton kernel (CUDA)")
-    p.add_argument("--csv", help="append one row per model to this CSV")
+    p.add_argument("--csv", help="append one row per model and path to this CSV")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
     if a.loader == "real":
+        a.patch = int(a.patch.split(",")[0])
         return real_vs_memory(a, device)
+    try:
+        patches = [int(v) for v in a.patch.split(",")]
+        paths = a.paths.split(",")
+        assert paths and set(paths) <= {"dense", "columns"}
+        models = a.models.split(",")
+        assert set(models) <= set(MODELS)
+    except (ValueError, AssertionError):
+        p.error(f"--patch must be integers, --paths dense and/or columns, --models among {', '.join(MODELS)}")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"size {a.size}, patch {a.patch}, batch {a.batch}, {a.steps} timed steps, {where}, in-memory batches")
-    print(f"{'model':<12}{'params':>12}{'GFLOP/sample':>14}{'samples/s':>11}{'vs first':>10}")
-    first, rows = None, []
-    for name in a.models.split(","):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        r = bench_model(name, a.size, a.patch, a.batch, a.steps, a.warmup, device, a.bf16, a.loss)
-        rows.append({**r, "size": a.size, "patch": a.patch, "batch": a.batch, "bf16": a.bf16, "loss": a.loss})
-        first = first or r["samples_per_s"]
-        print(f"{name:<12}{r['params']:>12,}{r['gflops']:>14.3f}{r['samples_per_s']:>11.2f}"
-              f"{r['samples_per_s'] / first:>9.2f}x", flush=True)
-    if a.csv:
+    mem = "peak MiB (CUDA allocated)" if device.type == "cuda" else "peak MiB (process RSS)"
+    rows = []
+    for patch in patches:
+        print(f"\nsize {a.size}, patch {patch}, batch {a.batch}, {a.steps} timed steps after {a.warmup}, {where}, "
+              f"{'bf16' if a.bf16 else 'fp32'}, in-memory batches, {patch} labelled columns per patch")
+        print(f"{'model':<13}{'path':<9}{'params':>11}{'GFLOP/sample':>14}{'samples/s':>11}{'columns/dense':>15}"
+              f"{mem:>27}")
+        for name in models:
+            dense = None
+            for path in paths:
+                kw = dict(name=name, size=a.size, patch=patch, batch=a.batch, steps=a.steps, warmup=a.warmup,
+                          device=device, bf16=a.bf16, loss_impl=a.loss, path=path)
+                r = bench_model(**kw) if device.type == "cuda" else isolated(**kw)
+                if "error" in r:
+                    print(f"{name:<13}{path:<9}  failed: {r['error']}", flush=True)
+                    continue
+                dense = r["samples_per_s"] if path == "dense" else dense
+                ratio = f"{r['samples_per_s'] / dense:>14.1f}x" if path == "columns" and dense else f"{'':>15}"
+                rows.append({**r, "size": a.size, "patch": patch, "batch": a.batch, "bf16": a.bf16, "loss": a.loss})
+                print(f"{name:<13}{path:<9}{r['params']:>11,}{r['gflops']:>14.3f}{r['samples_per_s']:>11.2f}{ratio}"
+                      f"{r['peak_mib']:>27.0f}", flush=True)
+    if a.csv and rows:
         append_csv(a.csv, rows)
     return 0
 

@@ -1,4 +1,5 @@
-"""Model registry: every model maps x [B,16,H,W] (+ geom [B,2,H,W]) to logits [B,4,38,H,W].
+"""Model registry: every model maps x [B,16,H,W] (+ geom [B,2,H,W]) to logits [B,4,38,H,W]; with
+columns=index [N,3] (b, row, col) to logits [N,4,38] at those columns only (DESIGN.md, Interfaces).
 
     build_model("sgmagnet", size="demo", **overrides)
 
@@ -12,10 +13,11 @@ from torch import nn
 
 from .segnet import SegNet
 from .sgmagnet import SGMAGNet
+from .sgmagnet_v1 import SGMAGNetV1
 from .transformer import Transformer
 from .unet import UNet2D, UNet3DLift
 
-MODELS = {"sgmagnet": SGMAGNet, "unet": UNet2D, "unet3d": UNet3DLift, "segnet": SegNet, "transformer": Transformer}
+MODELS = {"sgmagnet": SGMAGNet, "sgmagnet_v1": SGMAGNetV1, "unet": UNet2D, "unet3d": UNet3DLift, "segnet": SegNet, "transformer": Transformer}
 
 
 def build_model(name: str, size: str = "demo", levels: int = 38, **overrides) -> nn.Module:
@@ -36,9 +38,17 @@ def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_sample(model: nn.Module, size: int = 128) -> int:
+def track_columns(batch: int, size: int) -> torch.Tensor:
+    """A diagonal CloudSat-like track through each patch: index [batch*size, 3] (b, row, col), i.e. 1/size of
+    the columns (0.8 % at 128 px), the label density of real patches."""
+    r = torch.arange(size)
+    return torch.stack([torch.arange(batch).repeat_interleave(size), r.repeat(batch), r.flip(0).repeat(batch)], 1)
+
+
+def flops_per_sample(model: nn.Module, size: int = 128, columns: bool = False) -> int:
     """Forward FLOPs for one [1,16,size,size] sample, counted by torch.utils.flop_counter (convs, matmuls,
-    attention; elementwise ops are not counted)."""
+    einsums, attention; elementwise ops are not counted). columns=True: the label-sparse forward over one
+    track of `size` columns (what training and evaluation run); else the dense volume (prediction)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 16, size, size)
@@ -46,6 +56,6 @@ def flops_per_sample(model: nn.Module, size: int = 128) -> int:
     was = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x, g)
+        model(x, g, columns=track_columns(1, size) if columns else None)
     model.train(was)
     return int(fc.get_total_flops())

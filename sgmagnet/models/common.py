@@ -9,7 +9,10 @@ models know day from night and the viewing slant.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IN_BANDS = 16
@@ -35,6 +38,15 @@ class InputStem(nn.Module):
         else:
             g = torch.cos(torch.deg2rad(torch.nan_to_num(geom.to(x0.dtype), nan=90.0)))
         return torch.cat([x0, frac, g], 1)
+
+
+def sinusoid(levels: int, dim: int) -> torch.Tensor:
+    pos = torch.arange(levels, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(1000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    out = torch.zeros(levels, dim)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return out
 
 
 def _block(conv, cin: int, cout: int, n: int) -> nn.Sequential:
@@ -63,3 +75,61 @@ def to_volume(y: torch.Tensor, levels: int) -> torch.Tensor:
 def check_divisible(x: torch.Tensor, k: int, name: str):
     if x.shape[-1] % k or x.shape[-2] % k:
         raise ValueError(f"{name} needs H and W divisible by {k}, got {tuple(x.shape[-2:])}")
+
+
+# ---- label-sparse columns (DESIGN.md, Interfaces: models) ------------------------------------------------
+# `columns` = index [N, 3] (batch, row, col): a model called with it returns logits [N, 4, L] for those columns
+# only, equal to its dense output gathered there. The helpers below are the exact column versions of the dense
+# operations the models end with.
+
+def check_columns(columns: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The index as int64 on x's device, after checking its shape and range (one clear error, not an
+    out-of-bounds gather)."""
+    if columns.dim() != 2 or columns.shape[1] != 3:
+        raise ValueError(f"columns must be an index [N, 3] (batch, row, col), got {tuple(columns.shape)}")
+    if columns.dtype.is_floating_point or columns.dtype == torch.bool:
+        raise ValueError(f"columns must be an integer index, got {columns.dtype}")
+    idx = columns.to(device=x.device, dtype=torch.long)
+    if len(idx):
+        hi = torch.tensor([x.shape[0], x.shape[-2], x.shape[-1]], device=idx.device)
+        if bool(((idx < 0) | (idx >= hi)).any()):
+            raise ValueError(f"columns out of range for input {tuple(x.shape)}")
+    return idx
+
+
+def gather_pixels(feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] at idx [N, 3] -> [N, C]."""
+    return feat[idx[:, 0], :, idx[:, 1], idx[:, 2]]
+
+
+def head_columns(head: nn.Conv2d, feat: torch.Tensor, idx: torch.Tensor, levels: int) -> torch.Tensor:
+    """A 1x1 Conv2d head emitting 4*L channels, evaluated only at the columns: [N, 4, L]."""
+    y = F.linear(gather_pixels(feat, idx), head.weight.flatten(1), head.bias)
+    return y.view(-1, 4, levels)
+
+
+def dense_or_columns(logits: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """For models whose volumetric stage has no column path: the dense logits, gathered when asked."""
+    return logits if idx is None else logits[idx[:, 0], :, :, idx[:, 1], idx[:, 2]]
+
+
+def _source_index(dst: torch.Tensor, n_in: int, n_out: int):
+    """PyTorch's linear-interpolation source indices and weights (align_corners=False, output size given)."""
+    src = ((dst.to(torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(n_in - 1)
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    return i0, i1, (src - i0)
+
+
+def sample_volume(vol: torch.Tensor, idx: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """F.interpolate(vol, size, mode="trilinear") at the columns idx, without the dense volume:
+    vol [B, C, l, h, w] -> [N, C, L] (bilinear in the plane from the 2x2 neighbours, then linear in height)."""
+    L, H, W = size
+    b = idx[:, 0]
+    r0, r1, lr = _source_index(idx[:, 1], vol.shape[-2], H)
+    c0, c1, lc = _source_index(idx[:, 2], vol.shape[-1], W)
+    lr, lc = (t.to(vol.dtype)[:, None, None] for t in (lr, lc))
+    top = vol[b, :, :, r0, c0] * (1 - lc) + vol[b, :, :, r0, c1] * lc
+    bottom = vol[b, :, :, r1, c0] * (1 - lc) + vol[b, :, :, r1, c1] * lc
+    cols = top * (1 - lr) + bottom * lr                                   # [N, C, l]
+    return cols if cols.shape[-1] == L else F.interpolate(cols, size=L, mode="linear")

@@ -1,48 +1,68 @@
-"""SGMAGNet: dynamic height encoder + multi-scale volumetric generator + phase-aware gating.
+"""SGMAGNet v2: dynamic height encoder + multi-scale volumetric generator + phase-aware gating, with the
+full-resolution volume computed per column (so training decodes only the labelled columns).
 
     x, geom ─ InputStem ─ 2D encoder E1 (H) ─ E2 (H/2) ─ E4 (H/4) ─ global pool ─ scene vector s
                           2D top-down decoder: D4 = E4, D2 = E2 + up(D4), D1 = E1 + up(D2)
-    dynamic height encoder: level embedding e_l (learned, one per level) + MLP(s)  ->  h_l(scene)
-                            -> per scale i and level l: FiLM (gamma_il, beta_il), and a logit prior
-                               pi_l(scene) [4] added to the output (a scene-dependent climatology)
-    volumetric generator:   V_i[:, :, l] = P_i(D_i) * (1 + gamma_il) + beta_il      (2D -> 3D lift)
-                            scale i = 1, 2, 4 has H/i x W/i pixels and ceil(L/i) levels (FiLM pooled to it);
-                            3D conv blocks at each scale; top-down fusion V2 += up(V4), V1 += up(V2)
-    phase-aware gating:     c = conv3x3x3(V1), a = conv1x1x1(V1);  g = 1x1x1(c);  z = 1x1x1(a * sigmoid(c))
-                            -> logits [B, 4, L, H, W] = cat(g, z)
+    dynamic height encoder (a height-query decoder):
+        level codes   h_l(s) = MLP(e_l + S s)              e_l learned per level, s modulates every level
+        pixel queries q_i    = Q_i(D_i)                    1x1 conv of the pixel's own scale-i features
+        lift          U_i[:, l, p] = GELU(q_i[:, p] + K_i h_l)    a per-pixel, per-level nonlinear code, so every
+                                                              pixel gets its own vertical profile (not a mix of
+                                                              a few patch-wide shapes as in v1's FiLM lift)
+        prior         pi_l(s) [4] added to the logits (a scene-dependent climatology)
+    multi-scale volumetric generator:
+        scale 4, 2 (3D, whole patch): V4 = Block3D(U4);  V2 = Block3D(U2 + up(F4 V4))     ceil(L/i) levels
+        scale 1 (per column):         V1 = ColumnBlocks(U1 + up(F2 V2))   Conv1d along height, GroupNorm over
+                                                                          each column's (channels, levels)
+    phase-aware gating (per column): c = GateBlock(V1), a = GELU(A V1);  g = G c;  z = Z (a * sigmoid(c))
+                                     -> logits [4, L] per column = cat(g, z) + pi
 
-The gate branch c decides cloud/clear; the phase branch sees its features only where the gate features
-open (a * sigmoid(c)), so phase capacity is spent on cloudy voxels. The loss (losses.py) turns (g, z)
-into probabilities with the phase-gated softmax.
+Spatial context lives in the 2D encoder/decoder and in the coarse 3D scales; the full-resolution stage sees
+one column at a time (its own query, the trilinearly upsampled coarse volume at that column, the level codes).
+Hence `model(x, geom, columns=idx)` computes the 2D and coarse stages for the whole patch but the
+full-resolution stage only for the N requested columns, and equals the dense output gathered there.
 
-Ablations (config flags): height="static" replaces the dynamic encoder by a fixed sinusoidal code of the
-level altitude through a learned linear map (no scene modulation); scales=(1,) lifts only D1 (single-scale
-generator); gating=False uses one plain 3D head for the 4 logits (train it with loss.form=softmax).
+Ablations (config flags): height="static" uses a fixed sinusoidal level code (no scene modulation, the
+pixel queries stay); scales=(1,) has no coarse volumes (single scale); gating=False ends in one plain column
+head for the 4 logits (train it with loss.form=softmax).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import STEM_CHANNELS, InputStem, check_divisible, conv2d_block, conv3d_block
+from .common import (STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, conv3d_block,
+                     gather_pixels, groups_for, sample_volume, sinusoid)
+
+#: inference (no autograd) runs the full-resolution stage over this many columns at a time, bounding memory
+DENSE_CHUNK = 8192
 
 
-def sinusoid(levels: int, dim: int) -> torch.Tensor:
-    pos = torch.arange(levels, dtype=torch.float32)[:, None]
-    freq = torch.exp(-math.log(1000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    out = torch.zeros(levels, dim)
-    out[:, 0::2] = torch.sin(pos * freq)
-    out[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
-    return out
+def column_layer(c: int, dilation: int = 1) -> nn.Sequential:
+    """Conv1d (k=3 along height) + GroupNorm over one column's channels and levels + GELU: every statistic is
+    per column, so the result for a column does not depend on which other columns are computed."""
+    return nn.Sequential(nn.Conv1d(c, c, 3, padding=dilation, dilation=dilation, bias=False),
+                         nn.GroupNorm(groups_for(c), c), nn.GELU())
 
 
-class HeightEncoder(nn.Module):
-    """Per-scale FiLM parameters [B, L, C_i] from level embeddings, modulated by the scene vector."""
+class ColumnBlocks(nn.Module):
+    """Residual column layers with dilations 1, 2, 4, ... (vertical receptive field 1 + 2 * sum(dilations))."""
 
-    def __init__(self, levels: int, dim: int, scene_dim: int, out_channels: list[int], dynamic: bool = True):
+    def __init__(self, c: int, depth: int):
+        super().__init__()
+        self.layers = nn.ModuleList(column_layer(c, 2 ** (k % 3)) for k in range(depth))
+
+    def forward(self, v):
+        for layer in self.layers:
+            v = v + layer(v)
+        return v
+
+
+class HeightCodes(nn.Module):
+    """Level codes h [B, L, D] (scene-modulated when dynamic) and the logit prior [B, 4, L]."""
+
+    def __init__(self, levels: int, dim: int, scene_dim: int, dynamic: bool = True):
         super().__init__()
         self.dynamic = dynamic
         if dynamic:
@@ -50,34 +70,29 @@ class HeightEncoder(nn.Module):
             self.scene = nn.Linear(scene_dim, dim)
         else:
             self.register_buffer("code", sinusoid(levels, dim))
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
-        self.film = nn.ModuleList(nn.Linear(dim, 2 * c) for c in out_channels)
-        self.prior = nn.Linear(dim, 4)      # per-level logit prior (the scene-dependent climatology)
-        for f in self.film:  # start near the identity lift (small, not zero: gradients must reach every weight)
-            nn.init.normal_(f.weight, std=0.02)
-            nn.init.zeros_(f.bias)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.prior = nn.Linear(dim, 4)
 
-    def forward(self, scene: torch.Tensor, levels: list[int]):
-        """[(gamma, beta)] each [B, levels[i], C_i] (scale i works on a height grid pooled to levels[i]),
-        and the logit prior [B, 4, L, 1, 1]."""
+    def forward(self, scene: torch.Tensor):
         if self.dynamic:
-            h = self.embed[None] + self.scene(scene)[:, None]          # [B, L, D]
+            h = self.embed[None] + self.scene(scene)[:, None]
         else:
             h = self.code[None].expand(scene.shape[0], -1, -1)
-        h = self.mlp(h)                                                   # [B, L, D]
-        out = []
-        for f, n in zip(self.film, levels):
-            hn = h if n == h.shape[1] else F.adaptive_avg_pool1d(h.transpose(1, 2), n).transpose(1, 2)
-            out.append(f(hn).chunk(2, dim=-1))
-        return out, self.prior(h).transpose(1, 2)[..., None, None]
+        h = self.mlp(h)
+        return h, self.prior(h).transpose(1, 2)
+
+
+def pool_levels(h: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, L, D] -> [B, n, D] (mean over the levels a coarse level covers)."""
+    return h if h.shape[1] == n else F.adaptive_avg_pool1d(h.transpose(1, 2), n).transpose(1, 2)
 
 
 class SGMAGNet(nn.Module):
-    SIZES = {"tiny": dict(width=8, vol=(4, 8, 8), height_dim=16),
-             "demo": dict(width=16, vol=(8, 16, 24), height_dim=32),
-             "paper": dict(width=48, vol=(16, 32, 64), height_dim=128)}
+    SIZES = {"tiny": dict(width=8, vol=(8, 8, 8), height_dim=16, depth=2),
+             "demo": dict(width=16, vol=(24, 8, 16), height_dim=32, depth=3),
+             "paper": dict(width=48, vol=(64, 24, 48), height_dim=128, depth=6)}
 
-    def __init__(self, levels: int = 38, width: int = 16, vol=(8, 16, 24), height_dim: int = 32,
+    def __init__(self, levels: int = 38, width: int = 16, vol=(24, 8, 16), height_dim: int = 32, depth: int = 3,
                  height: str = "dynamic", scales=(1, 2, 4), gating: bool = True):
         super().__init__()
         if height not in ("dynamic", "static"):
@@ -85,47 +100,86 @@ class SGMAGNet(nn.Module):
         self.levels, self.scales, self.gating = levels, tuple(sorted(scales)), gating
         if self.scales not in ((1,), (1, 2), (1, 2, 4)):
             raise ValueError(f"scales must be (1,), (1, 2) or (1, 2, 4), got {scales}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
         w = (width, 2 * width, 4 * width)
         self.stem = InputStem()
         self.enc = nn.ModuleList([conv2d_block(STEM_CHANNELS, w[0]), conv2d_block(w[0], w[1]), conv2d_block(w[1], w[2])])
         self.lat = nn.ModuleList([nn.Conv2d(w[2], w[1], 1), nn.Conv2d(w[1], w[0], 1)])   # top-down 2D decoder
         self.dec = nn.ModuleList([conv2d_block(w[1], w[1], 1), conv2d_block(w[0], w[0], 1)])
-        idx = [{1: 0, 2: 1, 4: 2}[s] for s in self.scales]
-        self.idx = idx
-        self.proj = nn.ModuleList(nn.Conv2d(w[i], vol[i], 1) for i in idx)
-        self.height = HeightEncoder(levels, height_dim, w[2], [vol[i] for i in idx], dynamic=(height == "dynamic"))
-        self.vol3d = nn.ModuleList(conv3d_block(vol[i], vol[i], 2 if i else 1) for i in idx)
-        self.fuse = nn.ModuleList(nn.Conv3d(vol[i + 1], vol[i], 1) for i in idx[:-1])
+        self.idx = [{1: 0, 2: 1, 4: 2}[s] for s in self.scales]
+        self.heights = HeightCodes(levels, height_dim, w[2], dynamic=(height == "dynamic"))
+        self.query = nn.ModuleList(nn.Conv2d(w[i], vol[i], 1) for i in self.idx)      # Q_i
+        self.level = nn.ModuleList(nn.Linear(height_dim, vol[i], bias=False) for i in self.idx)   # K_i
+        coarse = self.idx[1:]
+        self.vol3d = nn.ModuleList(conv3d_block(vol[i], vol[i], 2 if i == 2 else 1) for i in coarse)
+        self.fuse = nn.ModuleList(nn.Conv3d(vol[i + 1], vol[i], 1) for i in self.idx[:-1])
         c = vol[0]
+        self.columns = ColumnBlocks(c, depth)
         if gating:
-            self.gate_feat = conv3d_block(c, c)
-            self.phase_feat = nn.Sequential(nn.Conv3d(c, c, 1), nn.GELU())
-            self.gate_out = nn.Conv3d(c, 1, 1)
-            self.phase_out = nn.Conv3d(c, 3, 1)
+            self.gate_feat = column_layer(c)
+            self.phase_feat = nn.Sequential(nn.Conv1d(c, c, 1), nn.GELU())
+            self.gate_out = nn.Conv1d(c, 1, 1)
+            self.phase_out = nn.Conv1d(c, 3, 1)
         else:
-            self.head = nn.Sequential(conv3d_block(c, c), nn.Conv3d(c, 4, 1))
+            self.head = nn.Sequential(column_layer(c), nn.Conv1d(c, 4, 1))
 
-    def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None) -> torch.Tensor:
-        check_divisible(x, 4, "SGMAGNet")
+    # -- stages -----------------------------------------------------------------------------------------------
+    def encode(self, x, geom):
+        """The whole-patch stages: 2D features per scale, level codes, prior, and the fused coarse volume
+        (already projected to the full-resolution channels), or None for the single-scale generator."""
         e1 = self.enc[0](self.stem(x, geom))
         e2 = self.enc[1](F.max_pool2d(e1, 2))
         e4 = self.enc[2](F.max_pool2d(e2, 2))
-        scene = e4.mean((2, 3))
-        d2 = self.dec[0](e2 + F.interpolate(self.lat[0](e4), scale_factor=2.0))
-        d1 = self.dec[1](e1 + F.interpolate(self.lat[1](d2), scale_factor=2.0))
+        d2 = self.dec[0](e2 + F.interpolate(self.lat[0](e4), size=e2.shape[-2:]))
+        d1 = self.dec[1](e1 + F.interpolate(self.lat[1](d2), size=e1.shape[-2:]))
         d = (d1, d2, e4)
-        nlev = [-(-self.levels // s) for s in self.scales]
-        films, prior = self.height(scene, nlev)
-        vols = []
-        for k, i in enumerate(self.idx):
-            p = self.proj[k](d[i])[:, :, None]                               # [B, C, 1, h, w]
-            gamma, beta = (t.transpose(1, 2)[..., None, None] for t in films[k])  # [B, C, L, 1, 1]
-            vols.append(p * (1 + gamma) + beta)
-        v = self.vol3d[-1](vols[-1])
-        for k in range(len(self.idx) - 2, -1, -1):                             # top-down 3D fusion
-            up = F.interpolate(self.fuse[k](v), size=vols[k].shape[2:], mode="trilinear")
-            v = self.vol3d[k](vols[k] + up)
-        if not self.gating:
-            return self.head(v) + prior
-        c = self.gate_feat(v)
-        return torch.cat([self.gate_out(c), self.phase_out(self.phase_feat(v) * torch.sigmoid(c))], 1) + prior
+        h, prior = self.heights(e4.mean((2, 3)))
+        v = None
+        for k in range(len(self.idx) - 1, 0, -1):                         # coarse scales, coarsest first
+            i = self.idx[k]
+            n = -(-self.levels // self.scales[k])
+            hk = self.level[k](pool_levels(h, n)).transpose(1, 2)[..., None, None]   # [B, C, n, 1, 1]
+            u = F.gelu(self.query[k](d[i])[:, :, None] + hk)             # [B, C, n, h, w]
+            if v is not None:
+                u = u + F.interpolate(v, size=u.shape[2:], mode="trilinear")
+            v = self.fuse[k - 1](self.vol3d[k - 1](u))
+        return d1, h, prior, v
+
+    def column_stage(self, f, bidx, h, prior, coarse):
+        """The full-resolution stage for M columns: f [M, w] their 2D features D1, bidx [M] their sample,
+        coarse [M, C, L] the upsampled coarse volume there (or None) -> logits [M, 4, L]."""
+        q = F.linear(f, self.query[0].weight.flatten(1), self.query[0].bias)     # Q_1 at these columns only
+        v = F.gelu(q[:, :, None] + self.level[0](h)[bidx].transpose(1, 2))    # [M, C, L]
+        if coarse is not None:
+            v = v + coarse
+        v = self.columns(v)
+        if self.gating:
+            c = self.gate_feat(v)
+            out = torch.cat([self.gate_out(c), self.phase_out(self.phase_feat(v) * torch.sigmoid(c))], 1)
+        else:
+            out = self.head(v)
+        return out + prior[bidx]
+
+    def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None, columns=None) -> torch.Tensor:
+        check_divisible(x, 4, "SGMAGNet")
+        idx = None if columns is None else check_columns(columns, x)
+        d1, h, prior, v = self.encode(x, geom)
+        size = (self.levels, *x.shape[-2:])
+        if idx is not None:
+            coarse = None if v is None else sample_volume(v, idx, size)
+            return self.column_stage(gather_pixels(d1, idx), idx[:, 0], h, prior, coarse)
+        B, _, H, W = d1.shape
+        if torch.is_grad_enabled():    # dense training (the slow path the column path replaces): one pass
+            coarse = None if v is None else F.interpolate(v, size=size, mode="trilinear").permute(0, 3, 4, 1, 2)
+            out = self.column_stage(d1.permute(0, 2, 3, 1).reshape(B * H * W, -1),
+                                    torch.arange(B, device=x.device).repeat_interleave(H * W), h, prior,
+                                    None if coarse is None else coarse.reshape(B * H * W, -1, self.levels))
+        else:                          # prediction: the column path over chunks of columns, bounded memory
+            r, c = torch.meshgrid(torch.arange(H, device=x.device), torch.arange(W, device=x.device), indexing="ij")
+            all_idx = torch.stack([torch.arange(B, device=x.device).repeat_interleave(H * W),
+                                   r.reshape(-1).repeat(B), c.reshape(-1).repeat(B)], 1)
+            out = torch.cat([self.column_stage(gather_pixels(d1, ix), ix[:, 0], h, prior,
+                                               None if v is None else sample_volume(v, ix, size))
+                             for ix in all_idx.split(DENSE_CHUNK)])
+        return out.view(B, H, W, 4, self.levels).permute(0, 3, 4, 1, 2)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import STEM_CHANNELS, InputStem, check_divisible, conv2d_block, to_volume
+from .common import STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, head_columns, to_volume
 
 
 class Transformer(nn.Module):
@@ -35,8 +35,9 @@ class Transformer(nn.Module):
         self.refine = conv2d_block(2 * width, width)
         self.head = nn.Conv2d(width, 4 * levels, 1)
 
-    def forward(self, x, geom=None):
+    def forward(self, x, geom=None, columns=None):
         check_divisible(x, self.patch, "Transformer")
+        idx = None if columns is None else check_columns(columns, x)
         s = self.stem(x, geom)
         t = self.embed(s)                                                   # [B, D, h, w]
         b, d, h, w = t.shape
@@ -44,4 +45,7 @@ class Transformer(nn.Module):
         tok = self.norm(self.encoder((t + pos).flatten(2).transpose(1, 2)))  # [B, h*w, D]
         f = self.unembed(tok).transpose(1, 2).reshape(b, -1, h, w)          # [B, C*p*p, h, w]
         f = F.pixel_shuffle(f, self.patch)                                  # [B, C, H, W]
-        return to_volume(self.head(self.refine(torch.cat([f, self.local(s)], 1))), self.levels)
+        f = self.refine(torch.cat([f, self.local(s)], 1))
+        if idx is not None:
+            return head_columns(self.head, f, idx, self.levels)
+        return to_volume(self.head(f), self.levels)

@@ -7,6 +7,10 @@ UNet3DLift: the same 2D encoder; the bottleneck and every skip are lifted to 3D 
 whose kernel spans the full height (a learned 2D -> column map, as spaceml-org/3DClouds lifts with
 unsqueeze + ConvTranspose3d), and a 3D decoder with skip concatenation produces the 4 logits per voxel.
 No level embedding, no scene modulation, no gating: the plain way to go 3D.
+
+Columns: UNet2D evaluates its 1x1 head only at the requested columns. UNet3DLift decodes densely and
+gathers: its full-resolution 3x3x3 block and GroupNorm mix columns, and most of its cost is at half
+resolution with all 38 levels, so a column path would change the baseline without paying.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import STEM_CHANNELS, InputStem, check_divisible, conv2d_block, conv3d_block, to_volume
+from .common import (STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, conv3d_block,
+                     dense_or_columns, head_columns, to_volume)
 
 
 class UNet2D(nn.Module):
@@ -31,14 +36,17 @@ class UNet2D(nn.Module):
         self.dec = nn.ModuleList([conv2d_block(2 * w[i], w[i]) for i in range(3)])
         self.head = nn.Conv2d(w[0], 4 * levels, 1)
 
-    def forward(self, x, geom=None):
+    def forward(self, x, geom=None, columns=None):
         check_divisible(x, 8, "UNet2D")
+        idx = None if columns is None else check_columns(columns, x)
         skips, h = [], self.stem(x, geom)
         for k, enc in enumerate(self.enc):
             h = enc(h if k == 0 else F.max_pool2d(h, 2))
             skips.append(h)
         for i in (2, 1, 0):
             h = self.dec[i](torch.cat([self.up[i](h), skips[i]], 1))
+        if idx is not None:
+            return head_columns(self.head, h, idx, self.levels)
         return to_volume(self.head(h), self.levels)
 
 
@@ -58,12 +66,13 @@ class UNet3DLift(nn.Module):
         self.dec = nn.ModuleList(conv3d_block(2 * vol[i], vol[i]) for i in range(2))
         self.head = nn.Conv3d(vol[0], 4, 1)
 
-    def forward(self, x, geom=None):
+    def forward(self, x, geom=None, columns=None):
         check_divisible(x, 4, "UNet3DLift")
+        idx = None if columns is None else check_columns(columns, x)
         e1 = self.enc[0](self.stem(x, geom))
         e2 = self.enc[1](F.max_pool2d(e1, 2))
         e4 = self.enc[2](F.max_pool2d(e2, 2))
         v = self.bottom(self.lift[2](e4[:, :, None]))
         for i, e in ((1, e2), (0, e1)):
             v = self.dec[i](torch.cat([self.up[i](v), self.lift[i](e[:, :, None])], 1))
-        return self.head(v)
+        return dense_or_columns(self.head(v), idx)
