@@ -3,7 +3,7 @@
 # Runs with the machine's own python3 (PyTorch + Triton, no network, nothing installed; PYTHONPATH=.):
 #   1. the kernel tests natively on CUDA against the PyTorch references (pytest, or the stand-in runner)
 #   2. kernels/bench/bench_gated_loss.py and bench_gated_softmax.py (bf16 and fp32 rows)
-#   3. hpc/bench/train_step.py on CUDA: fp32 and bf16, reference loss and fused Triton loss
+#   3. hpc/bench/train_step.py on CUDA at 128 px, dense and column paths: fp32, and bf16 with the fused Triton loss
 # Writes CSV rows (GPU name, torch/triton versions) and a log to $OUT, or bench_results/gpu/ when unset.
 # Through the device tool:  run(command="make gpu-check")  -> commit the CSVs under bench_results/gpu/.
 set -uo pipefail
@@ -33,9 +33,9 @@ step kernel-tests 150 "$PY" scripts/kernel_tests.py
 step bench-loss-bf16 110 "$PY" kernels/bench/bench_gated_loss.py --dtype bf16 --csv "$DEST/kernels.csv"
 step bench-loss-fp32 60 "$PY" kernels/bench/bench_gated_loss.py --dtype fp32 --batches 16 --csv "$DEST/kernels.csv"
 step bench-softmax 60 "$PY" kernels/bench/bench_gated_softmax.py --dtype bf16 --csv "$DEST/kernels.csv"
-step train-step-fp32 60 "$PY" hpc/bench/train_step.py --device cuda --patch 128 --batch 8 --steps 10 --warmup 3 \
-    --csv "$DEST/train_step.csv"
-step train-step-bf16-triton 60 "$PY" hpc/bench/train_step.py --device cuda --patch 128 --batch 8 --steps 10 \
-    --warmup 3 --bf16 --loss triton --csv "$DEST/train_step.csv"
+step train-step-fp32 100 "$PY" hpc/bench/train_step.py --device cuda --patch 128 --paths dense,columns --batch 8 \
+    --steps 5 --warmup 2 --csv "$DEST/train_step.csv"
+step train-step-bf16-triton 100 "$PY" hpc/bench/train_step.py --device cuda --patch 128 --paths dense,columns --batch 8 \
+    --steps 5 --warmup 2 --bf16 --loss triton --csv "$DEST/train_step.csv"
 echo "gpu-check: $( [ $status = 0 ] && echo all steps passed || echo SOME STEPS FAILED ) -> $DEST" | tee -a "$LOG"
 exit $status

@@ -170,3 +170,21 @@ def test_training_with_columns_equals_dense_training_then_gather(name):
 def test_sgmagnet_v2_column_flops_are_a_fraction_of_the_dense_volume():
     m = build_model("sgmagnet", "demo")
     assert flops_per_sample(m, 64, columns=True) < 0.3 * flops_per_sample(m, 64)
+
+
+def test_train_step_bench_runs_both_paths(capsys):
+    """hpc/bench/train_step.py: one row per model and path, the column row with its speed-up."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "hpc", "bench", "train_step.py")
+    spec = importlib.util.spec_from_file_location("train_step_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--models", "sgmagnet", "--size", "tiny", "--patch", "32", "--batch", "2",
+                       "--steps", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("sgmagnet")]
+    assert [r[1] for r in rows] == ["dense", "columns"] and rows[1][-2].endswith("x"), out
+    with pytest.raises(SystemExit):
+        bench.main(["--paths", "sparse"])
