@@ -7,7 +7,7 @@ Every run trains with the same shards, optimiser, schedule, batch, step budget a
 `gpu` preset below), then `sgmagnet evaluate` scores it on the held-out test split. Runs:
   models     sgmagnet, unet, unet3d, segnet, transformer
   ablations  sgmagnet with: static height code (no dynamic height encoder), single-scale generator,
-             no phase-aware gating (plain 3D head and a plain 4-way softmax), unweighted loss,
+             no phase-aware gating (plain head and a plain 4-way softmax), unweighted loss,
              focal loss (gamma = 2)
 Each run folder (under --runs) keeps its config, log.jsonl, TensorBoard, checkpoints, eval_test.json/.md and
 PNGs; --out/runs/<run>/ gets study_run.json (the run's metrics overall and by stratum, reference rows,

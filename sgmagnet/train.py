@@ -300,12 +300,12 @@ class Trainer:
 
     # -- one optimisation step over `accum` micro-batches
     def forward(self, batch, index):
-        """Logits for the loss: [N, 4, L] at the labelled columns (train.columns, the default), or the dense
-        [B, 4, L, H, W] volume (the loss then gathers the same columns)."""
+        """Logits for the loss: [N, 4, L] at the columns `index` (train.columns, the default), or with
+        index None the dense [B, 4, L, H, W] volume (the loss then gathers the labelled columns)."""
         d = self.device
         x, geom = self._prepare(batch["x"].to(d, non_blocking=True), batch["geom"].to(d, non_blocking=True))
         with torch.autocast(device_type=d.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16 and self.engine is None):
-            return self.forward_module(x, geom, columns=index if self.cfg.train.columns else None)
+            return self.forward_module(x, geom, columns=index)
 
     def train_step(self, micro: list[dict]) -> tuple[float, float]:
         """Gradient = that of sum(w * nll) / (global sum of w) over all micro-batches of all ranks, i.e. the
@@ -322,7 +322,8 @@ class Trainer:
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 idx = b["index"].to(d)
-                loss = self.loss_fn(self.forward(b, idx), idx, prof, denominator=den)
+                loss = self.loss_fn(self.forward(b, idx if self.cfg.train.columns else None), idx, prof,
+                                    denominator=den)
                 total += loss.detach()
                 if self.engine is not None:
                     self.engine.backward(loss * scale)
@@ -360,7 +361,7 @@ class Trainer:
             pad = {"x": torch.zeros(1, 16, p, p), "geom": torch.zeros(1, 2, p, p)}
             with torch.no_grad():
                 for _ in range(most - nb):
-                    self.forward(pad)
+                    self.forward(pad, torch.zeros(0, 3, dtype=torch.long, device=self.device))  # as evaluation
             for tns in cs.tensors():
                 tns.copy_(hdist.all_reduce(tns.to(self.device)).cpu())
             red = hdist.all_reduce(torch.tensor([lsum, ln, cs.patches], dtype=torch.float64, device=self.device))

@@ -174,13 +174,7 @@ def test_sgmagnet_v2_column_flops_are_a_fraction_of_the_dense_volume():
 
 def test_train_step_bench_runs_both_paths(capsys):
     """hpc/bench/train_step.py: one row per model and path, the column row with its speed-up."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "hpc", "bench", "train_step.py")
-    spec = importlib.util.spec_from_file_location("train_step_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    import hpc.bench.train_step as bench      # importable by name: each row runs in a spawned process
     assert bench.main(["--models", "sgmagnet", "--size", "tiny", "--patch", "32", "--batch", "2",
                        "--steps", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
