@@ -49,6 +49,30 @@ def sinusoid(levels: int, dim: int) -> torch.Tensor:
     return out
 
 
+class LevelCode(nn.Module):
+    """The per-level code [B, L, D] the height encoders start from: dynamic = a learned embedding per level
+    (sinusoidal init) plus a linear map of the scene vector; static = the fixed sinusoidal code."""
+
+    def __init__(self, levels: int, dim: int, scene_dim: int, dynamic: bool = True):
+        super().__init__()
+        self.dynamic = dynamic
+        if dynamic:
+            self.embed = nn.Parameter(sinusoid(levels, dim) + 0.02 * torch.randn(levels, dim))
+            self.scene = nn.Linear(scene_dim, dim)
+        else:
+            self.register_buffer("code", sinusoid(levels, dim))
+
+    def forward(self, scene: torch.Tensor) -> torch.Tensor:
+        if self.dynamic:
+            return self.embed[None] + self.scene(scene)[:, None]
+        return self.code[None].expand(scene.shape[0], -1, -1)
+
+
+def pool_levels(h: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, L, D] -> [B, n, D] (mean over the levels a coarse level covers)."""
+    return h if h.shape[1] == n else F.adaptive_avg_pool1d(h.transpose(1, 2), n).transpose(1, 2)
+
+
 def _block(conv, cin: int, cout: int, n: int) -> nn.Sequential:
     """n x (3^d convolution without bias, GroupNorm, GELU)."""
     layers = []
@@ -75,6 +99,38 @@ def to_volume(y: torch.Tensor, levels: int) -> torch.Tensor:
 def check_divisible(x: torch.Tensor, k: int, name: str):
     if x.shape[-1] % k or x.shape[-2] % k:
         raise ValueError(f"{name} needs H and W divisible by {k}, got {tuple(x.shape[-2:])}")
+
+
+class Pyramid2D(nn.Module):
+    """The 2D stage of SGMAGNet (v1 and v2): stem, encoder E1 (H, w) -> E2 (H/2, 2w) -> E4 (H/4, 4w) and the
+    top-down decoder D2 = E2 + up(E4), D1 = E1 + up(D2). forward -> (D1, D2, D4 = E4)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        w = (width, 2 * width, 4 * width)
+        self.stem = InputStem()
+        self.enc = nn.ModuleList([conv2d_block(STEM_CHANNELS, w[0]), conv2d_block(w[0], w[1]), conv2d_block(w[1], w[2])])
+        self.lat = nn.ModuleList([nn.Conv2d(w[2], w[1], 1), nn.Conv2d(w[1], w[0], 1)])
+        self.dec = nn.ModuleList([conv2d_block(w[1], w[1], 1), conv2d_block(w[0], w[0], 1)])
+
+    def forward(self, x, geom=None):
+        check_divisible(x, 4, "SGMAGNet")
+        e1 = self.enc[0](self.stem(x, geom))
+        e2 = self.enc[1](F.max_pool2d(e1, 2))
+        e4 = self.enc[2](F.max_pool2d(e2, 2))
+        d2 = self.dec[0](e2 + F.interpolate(self.lat[0](e4), size=e2.shape[-2:]))
+        d1 = self.dec[1](e1 + F.interpolate(self.lat[1](d2), size=e1.shape[-2:]))
+        return d1, d2, e4
+
+
+def sgmagnet_options(height: str, scales) -> tuple:
+    """The ablation switches shared by SGMAGNet v1 and v2, checked; returns the sorted scales."""
+    if height not in ("dynamic", "static"):
+        raise ValueError(f"height must be dynamic or static, got {height!r}")
+    s = tuple(sorted(scales))
+    if s not in ((1,), (1, 2), (1, 2, 4)):
+        raise ValueError(f"scales must be (1,), (1, 2) or (1, 2, 4), got {scales}")
+    return s
 
 
 # ---- label-sparse columns (DESIGN.md, Interfaces: models) ------------------------------------------------

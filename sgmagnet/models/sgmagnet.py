@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, conv3d_block,
-                     gather_pixels, groups_for, sample_volume, sinusoid)
+from .common import (LevelCode, Pyramid2D, check_columns, conv3d_block, gather_pixels, groups_for, pool_levels,
+                     sample_volume, sgmagnet_options)
 
 #: inference (no autograd) runs the full-resolution stage over this many columns at a time, bounding memory
 DENSE_CHUNK = 8192
@@ -64,27 +64,13 @@ class HeightCodes(nn.Module):
 
     def __init__(self, levels: int, dim: int, scene_dim: int, dynamic: bool = True):
         super().__init__()
-        self.dynamic = dynamic
-        if dynamic:
-            self.embed = nn.Parameter(sinusoid(levels, dim) + 0.02 * torch.randn(levels, dim))
-            self.scene = nn.Linear(scene_dim, dim)
-        else:
-            self.register_buffer("code", sinusoid(levels, dim))
+        self.code = LevelCode(levels, dim, scene_dim, dynamic)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.prior = nn.Linear(dim, 4)
 
     def forward(self, scene: torch.Tensor):
-        if self.dynamic:
-            h = self.embed[None] + self.scene(scene)[:, None]
-        else:
-            h = self.code[None].expand(scene.shape[0], -1, -1)
-        h = self.mlp(h)
+        h = self.mlp(self.code(scene))
         return h, self.prior(h).transpose(1, 2)
-
-
-def pool_levels(h: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, L, D] -> [B, n, D] (mean over the levels a coarse level covers)."""
-    return h if h.shape[1] == n else F.adaptive_avg_pool1d(h.transpose(1, 2), n).transpose(1, 2)
 
 
 class SGMAGNet(nn.Module):
@@ -95,18 +81,11 @@ class SGMAGNet(nn.Module):
     def __init__(self, levels: int = 38, width: int = 16, vol=(24, 8, 16), height_dim: int = 32, depth: int = 3,
                  height: str = "dynamic", scales=(1, 2, 4), gating: bool = True):
         super().__init__()
-        if height not in ("dynamic", "static"):
-            raise ValueError(f"height must be dynamic or static, got {height!r}")
-        self.levels, self.scales, self.gating = levels, tuple(sorted(scales)), gating
-        if self.scales not in ((1,), (1, 2), (1, 2, 4)):
-            raise ValueError(f"scales must be (1,), (1, 2) or (1, 2, 4), got {scales}")
+        self.levels, self.scales, self.gating = levels, sgmagnet_options(height, scales), gating
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         w = (width, 2 * width, 4 * width)
-        self.stem = InputStem()
-        self.enc = nn.ModuleList([conv2d_block(STEM_CHANNELS, w[0]), conv2d_block(w[0], w[1]), conv2d_block(w[1], w[2])])
-        self.lat = nn.ModuleList([nn.Conv2d(w[2], w[1], 1), nn.Conv2d(w[1], w[0], 1)])   # top-down 2D decoder
-        self.dec = nn.ModuleList([conv2d_block(w[1], w[1], 1), conv2d_block(w[0], w[0], 1)])
+        self.pyramid = Pyramid2D(width)
         self.idx = [{1: 0, 2: 1, 4: 2}[s] for s in self.scales]
         self.heights = HeightCodes(levels, height_dim, w[2], dynamic=(height == "dynamic"))
         self.query = nn.ModuleList(nn.Conv2d(w[i], vol[i], 1) for i in self.idx)      # Q_i
@@ -128,12 +107,7 @@ class SGMAGNet(nn.Module):
     def encode(self, x, geom):
         """The whole-patch stages: 2D features per scale, level codes, prior, and the fused coarse volume
         (already projected to the full-resolution channels), or None for the single-scale generator."""
-        e1 = self.enc[0](self.stem(x, geom))
-        e2 = self.enc[1](F.max_pool2d(e1, 2))
-        e4 = self.enc[2](F.max_pool2d(e2, 2))
-        d2 = self.dec[0](e2 + F.interpolate(self.lat[0](e4), size=e2.shape[-2:]))
-        d1 = self.dec[1](e1 + F.interpolate(self.lat[1](d2), size=e1.shape[-2:]))
-        d = (d1, d2, e4)
+        d = d1, _, e4 = self.pyramid(x, geom)
         h, prior = self.heights(e4.mean((2, 3)))
         v = None
         for k in range(len(self.idx) - 1, 0, -1):                         # coarse scales, coarsest first
@@ -162,7 +136,6 @@ class SGMAGNet(nn.Module):
         return out + prior[bidx]
 
     def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None, columns=None) -> torch.Tensor:
-        check_divisible(x, 4, "SGMAGNet")
         idx = None if columns is None else check_columns(columns, x)
         d1, h, prior, v = self.encode(x, geom)
         size = (self.levels, *x.shape[-2:])

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, conv3d_block,
-                     dense_or_columns, sinusoid)
+from .common import LevelCode, Pyramid2D, check_columns, conv3d_block, dense_or_columns, pool_levels, sgmagnet_options
 
 
 class HeightEncoder(nn.Module):
@@ -34,12 +33,7 @@ class HeightEncoder(nn.Module):
 
     def __init__(self, levels: int, dim: int, scene_dim: int, out_channels: list[int], dynamic: bool = True):
         super().__init__()
-        self.dynamic = dynamic
-        if dynamic:
-            self.embed = nn.Parameter(sinusoid(levels, dim) + 0.02 * torch.randn(levels, dim))
-            self.scene = nn.Linear(scene_dim, dim)
-        else:
-            self.register_buffer("code", sinusoid(levels, dim))
+        self.code = LevelCode(levels, dim, scene_dim, dynamic)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
         self.film = nn.ModuleList(nn.Linear(dim, 2 * c) for c in out_channels)
         self.prior = nn.Linear(dim, 4)      # per-level logit prior (the scene-dependent climatology)
@@ -50,15 +44,8 @@ class HeightEncoder(nn.Module):
     def forward(self, scene: torch.Tensor, levels: list[int]):
         """[(gamma, beta)] each [B, levels[i], C_i] (scale i works on a height grid pooled to levels[i]),
         and the logit prior [B, 4, L, 1, 1]."""
-        if self.dynamic:
-            h = self.embed[None] + self.scene(scene)[:, None]          # [B, L, D]
-        else:
-            h = self.code[None].expand(scene.shape[0], -1, -1)
-        h = self.mlp(h)                                                   # [B, L, D]
-        out = []
-        for f, n in zip(self.film, levels):
-            hn = h if n == h.shape[1] else F.adaptive_avg_pool1d(h.transpose(1, 2), n).transpose(1, 2)
-            out.append(f(hn).chunk(2, dim=-1))
+        h = self.mlp(self.code(scene))                                    # [B, L, D]
+        out = [f(pool_levels(h, n)).chunk(2, dim=-1) for f, n in zip(self.film, levels)]
         return out, self.prior(h).transpose(1, 2)[..., None, None]
 
 
@@ -70,16 +57,9 @@ class SGMAGNetV1(nn.Module):
     def __init__(self, levels: int = 38, width: int = 16, vol=(8, 16, 24), height_dim: int = 32,
                  height: str = "dynamic", scales=(1, 2, 4), gating: bool = True):
         super().__init__()
-        if height not in ("dynamic", "static"):
-            raise ValueError(f"height must be dynamic or static, got {height!r}")
-        self.levels, self.scales, self.gating = levels, tuple(sorted(scales)), gating
-        if self.scales not in ((1,), (1, 2), (1, 2, 4)):
-            raise ValueError(f"scales must be (1,), (1, 2) or (1, 2, 4), got {scales}")
+        self.levels, self.scales, self.gating = levels, sgmagnet_options(height, scales), gating
         w = (width, 2 * width, 4 * width)
-        self.stem = InputStem()
-        self.enc = nn.ModuleList([conv2d_block(STEM_CHANNELS, w[0]), conv2d_block(w[0], w[1]), conv2d_block(w[1], w[2])])
-        self.lat = nn.ModuleList([nn.Conv2d(w[2], w[1], 1), nn.Conv2d(w[1], w[0], 1)])   # top-down 2D decoder
-        self.dec = nn.ModuleList([conv2d_block(w[1], w[1], 1), conv2d_block(w[0], w[0], 1)])
+        self.pyramid = Pyramid2D(width)
         idx = [{1: 0, 2: 1, 4: 2}[s] for s in self.scales]
         self.idx = idx
         self.proj = nn.ModuleList(nn.Conv2d(w[i], vol[i], 1) for i in idx)
@@ -96,15 +76,9 @@ class SGMAGNetV1(nn.Module):
             self.head = nn.Sequential(conv3d_block(c, c), nn.Conv3d(c, 4, 1))
 
     def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None, columns=None) -> torch.Tensor:
-        check_divisible(x, 4, "SGMAGNet")
         idx = None if columns is None else check_columns(columns, x)
-        e1 = self.enc[0](self.stem(x, geom))
-        e2 = self.enc[1](F.max_pool2d(e1, 2))
-        e4 = self.enc[2](F.max_pool2d(e2, 2))
-        scene = e4.mean((2, 3))
-        d2 = self.dec[0](e2 + F.interpolate(self.lat[0](e4), scale_factor=2.0))
-        d1 = self.dec[1](e1 + F.interpolate(self.lat[1](d2), scale_factor=2.0))
-        d = (d1, d2, e4)
+        d = self.pyramid(x, geom)
+        scene = d[2].mean((2, 3))
         nlev = [-(-self.levels // s) for s in self.scales]
         films, prior = self.height(scene, nlev)
         vols = []
