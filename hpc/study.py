@@ -1,27 +1,42 @@
-"""The benchmark study: SGMAGNet vs the baselines, and SGMAGNet ablations, same data and budget.
+"""The benchmark study: SGMAGNet vs the baselines and its ablations, same data, protocol and selection rule.
 
-    python hpc/study.py --shards demo_out/shards --out docs/study_cpu [--runs study_out] [--config cpu|gpu]
-                        [--seeds 0,1] [--only NAME,...] [--steps N]
+    python hpc/study.py --shards study_data/shards --out docs/study [--runs study_out] [--config cpu|gpu|tiny]
+                        [--seeds 0,1,2] [--only NAME,...] [--phase sweep|main|all] [--report-only]
 
-Every run trains with the same shards, optimiser, schedule, batch, step budget and seeds (the `cpu` or
-`gpu` preset below), then `sgmagnet evaluate` scores it on the held-out test split. Runs:
-  models     sgmagnet, unet, unet3d, segnet, transformer
-  ablations  sgmagnet with: static height code (no dynamic height encoder), single-scale generator,
-             no phase-aware gating (plain head and a plain 4-way softmax), unweighted loss,
-             focal loss (gamma = 2)
-Each run folder (under --runs) keeps its config, log.jsonl, TensorBoard, checkpoints, eval_test.json/.md and
-PNGs; --out/runs/<run>/ gets study_run.json (the run's metrics overall and by stratum, reference rows,
-parameters, FLOPs, samples/s, wall time, exact command) and copies of eval_test.md, log.jsonl, config, the
-confusion matrix and one curtain; the study writes --out/study.json (an index of the runs) and --out/study.md (mean ± spread over seeds, the reference rows,
-stratified tables). Finished runs are skipped on a rerun.
+Protocol (issue 15):
+  1. learning rate per model family from a sweep on the validation split (seed 0, the preset's `sweep_lrs`,
+     the preset's `sweep_steps`): the rate whose run reached the best validation macro F1 wins
+     (`lr_sweep.json`); ablations and size-matched variants use their family's rate;
+  2. every run trains until its validation macro F1 has not improved for `patience` validations (or
+     `max_steps`); the checkpoint with the best validation macro F1 (`checkpoints/best`) is the one scored;
+  3. `sgmagnet evaluate` of that checkpoint on the test split, with the reference rows (top-layer oracle,
+     climatology, all clear) and per-patch confusion matrices;
+  4. tables: mean ± sd over seeds, and paired bootstrap 95 % intervals over test patches (the seed-mean
+     macro F1 of each run, and its difference to SGMAGNet, resampling the same patches for every run).
+Runs:
+  models      sgmagnet (v2), unet, unet3d, segnet, transformer (preset size)
+  ablations   sgmagnet with: static height code, single-scale generator, no phase-aware gating (plain 4-way
+              softmax), unweighted loss, focal loss (gamma = 2)
+  size-matched baselines at SGMAGNet's parameter count (`-params`) or label-sparse FLOPs per sample
+              (`-flops`), widths chosen at the demo size (docs/architecture.md)
+Resumable and incremental: a finished run (its study_run.json) is kept; an unfinished one resumes from its
+last checkpoint; --report-only rebuilds the tables and figures from what is finished. Run order: the sweep,
+then seed 0 of the models, ablations and size-matched runs, then the other seeds (so a partial study
+answers the main question first). Each run folder (under --runs, not for git) keeps checkpoints and
+TensorBoard; --out/runs/<run>/ gets study_run.json (model, seed, lr, steps trained, selected step,
+train_days, patch, scores overall and by stratum, reference rows, parameters, FLOPs, samples/s, wall time,
+exact command), eval_test_patches.npz, eval_test.md, log.jsonl and config.yaml; --out gets study.json,
+study.md and the figures.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -29,135 +44,273 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PRESETS = {
-    # 2-core CPU, ~35 min for everything with 2 seeds on the demo shards (64-pixel patches)
-    "cpu": {"size": "demo", "steps": 60, "batch": 8, "lr": 0.004, "warmup": 10, "val_every": 30, "workers": 1},
+    # 2-core CPU, 64-pixel patches of the study archive (hpc/study_data.py), demo-size models
+    "cpu": {"size": "demo", "max_steps": 3000, "batch": 8, "lr": 0.004, "warmup": 100, "val_every": 150,
+            "patience": 4, "workers": 1, "sweep_lrs": [0.002, 0.004, 0.008], "sweep_steps": 900, "threads": 1},
     # one GPU, 128-pixel patches, paper-size models
-    "gpu": {"size": "paper", "steps": 20000, "batch": 16, "lr": 0.001, "warmup": 500, "val_every": 2000, "workers": 8},
+    "gpu": {"size": "paper", "max_steps": 40000, "batch": 16, "lr": 0.001, "warmup": 500, "val_every": 1000,
+            "patience": 5, "workers": 8, "sweep_lrs": [0.0005, 0.001, 0.002], "sweep_steps": 8000, "threads": 0},
+    # tests: seconds (the tiny test archive has no validation days: validates on test, never for results)
+    "tiny": {"size": "tiny", "max_steps": 6, "batch": 2, "lr": 0.003, "warmup": 2, "val_every": 2,
+             "patience": 2, "workers": 0, "sweep_lrs": [0.003, 0.01], "sweep_steps": 2, "threads": 1,
+             "val_split": "test"},
 }
+# name -> (model, model options, extra config overrides, family whose learning rate it uses)
 RUNS = {
-    "sgmagnet": ("sgmagnet", {}, []),
-    "unet": ("unet", {}, []),
-    "unet3d": ("unet3d", {}, []),
-    "segnet": ("segnet", {}, []),
-    "transformer": ("transformer", {}, []),
-    "sgmagnet-static-height": ("sgmagnet", {"height": "static"}, []),
-    "sgmagnet-single-scale": ("sgmagnet", {"scales": [1]}, []),
-    "sgmagnet-no-gating": ("sgmagnet", {"gating": False}, ["loss.form=softmax"]),
-    "sgmagnet-unweighted": ("sgmagnet", {}, ["loss.weights=none"]),
-    "sgmagnet-focal": ("sgmagnet", {}, ["loss.gamma=2.0"]),
+    "sgmagnet": ("sgmagnet", {}, [], "sgmagnet"),
+    "unet": ("unet", {}, [], "unet"),
+    "unet3d": ("unet3d", {}, [], "unet3d"),
+    "segnet": ("segnet", {}, [], "segnet"),
+    "transformer": ("transformer", {}, [], "transformer"),
+    "sgmagnet-static-height": ("sgmagnet", {"height": "static"}, [], "sgmagnet"),
+    "sgmagnet-single-scale": ("sgmagnet", {"scales": [1]}, [], "sgmagnet"),
+    "sgmagnet-no-gating": ("sgmagnet", {"gating": False}, ["loss.form=softmax"], "sgmagnet"),
+    "sgmagnet-unweighted": ("sgmagnet", {}, ["loss.weights=none"], "sgmagnet"),
+    "sgmagnet-focal": ("sgmagnet", {}, ["loss.gamma=2.0"], "sgmagnet"),
+    # size-matched to SGMAGNet v2 demo (121,408 parameters; 1.21 GFLOP per 128-px sample on the column path)
+    "unet-params": ("unet", {"width": 8}, [], "unet"),            # 123,688 parameters
+    "unet-flops": ("unet", {"width": 16}, [], "unet"),            # 1.24 GFLOP
+    "segnet-params": ("segnet", {"width": 14}, [], "segnet"),     # 125,410 parameters
+    "segnet-flops": ("segnet", {"width": 20}, [], "segnet"),      # 1.15 GFLOP
+    "unet3d-params": ("unet3d", {"width": 10}, [], "unet3d"),     # 116,654 parameters
 }
 MODELS = ("sgmagnet", "unet", "unet3d", "segnet", "transformer")
+ABLATIONS = tuple(n for n in RUNS if n.startswith("sgmagnet-"))
+MATCHED = tuple(n for n in RUNS if n.endswith(("-params", "-flops")))
 
 
-def run_one(name: str, seed: int, a, preset: dict) -> dict:
+def train_days(shards: str, split: str = "train") -> int:
+    """Distinct UTC days among the split's sample keys (YYYYMMDDTHHMM_...), read from the tar headers."""
+    from sgmagnet.shards import shard_paths
+
+    days = set()
+    for p in shard_paths(shards, split):
+        with tarfile.open(p) as t:
+            days.update(os.path.basename(m.name)[:8] for m in t.getmembers())
+    return len(days)
+
+
+def overrides(a, preset: dict, model: str, opts: dict, extra: list, run: str, seed: int, lr: float,
+              steps: int) -> list[str]:
+    return [f"data.shards={a.shards}", f"train.run_dir={run}", f"train.steps={steps}", f"train.seed={seed}",
+            f"model.name={model}", f"model.size={preset['size']}", f"data.batch_size={preset['batch']}",
+            f"data.workers={preset['workers']}", f"optim.lr={lr}", f"optim.warmup_steps={preset['warmup']}",
+            f"train.val_every={preset['val_every']}", f"train.ckpt_every={preset['val_every']}",
+            f"train.patience={preset['patience']}", f"train.threads={preset['threads']}", "train.log_every=10",
+            "train.progress=false", "model.options=" + json.dumps(opts)] + list(extra) + (
+                [f"data.val_split={preset['val_split']}"] if "val_split" in preset else [])
+
+
+def train(over: list[str]) -> tuple[dict, float]:
     from sgmagnet.config import load_config
+    from sgmagnet.train import Trainer
+
+    t0 = time.time()
+    summary = Trainer(load_config(None, over), log=lambda m: None, resume=True).fit()   # resumes a killed run
+    return summary, time.time() - t0
+
+
+def sweep(a, preset: dict, families: list[str]) -> dict:
+    """Learning rate per family: seed 0, preset['sweep_steps'] steps, best validation macro F1 wins."""
+    path = os.path.join(a.out, "lr_sweep.json")
+    done = json.load(open(path)) if os.path.exists(path) else {}
+    for fam in families:
+        if fam in done and "lr" in done[fam]:
+            continue
+        model, opts, extra, _ = RUNS[fam]
+        trials = done.get(fam, {}).get("trials", {})
+        for lr in preset["sweep_lrs"]:
+            if str(lr) in trials:
+                continue
+            run = os.path.join(a.runs, "sweep", f"{fam}_lr{lr}")
+            summary, wall = train(overrides(a, preset, model, opts, extra, run, 0, lr, preset["sweep_steps"]))
+            trials[str(lr)] = {"best_val_macro_f1": summary["best"].get("val_macro_f1"),
+                               "best_step": summary["best"].get("step"), "wall_s": round(wall, 1)}
+            done[fam] = {"trials": trials}
+            _dump(path, done)
+            print(f"sweep {fam} lr {lr}: best val macro F1 {trials[str(lr)]['best_val_macro_f1']:.4f} "
+                  f"({wall:.0f} s)", flush=True)
+        best = max(trials, key=lambda k: (trials[k]["best_val_macro_f1"] or -1, -float(k)))
+        done[fam] = {"trials": trials, "lr": float(best)}
+        _dump(path, done)
+    return {f: done[f]["lr"] for f in families if "lr" in done.get(f, {})}
+
+
+def _dump(path: str, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_one(name: str, seed: int, a, preset: dict, lr: float, days: int) -> dict:
     from sgmagnet.evaluate import evaluate_checkpoint
     from sgmagnet.models import build_model, flops_per_sample
     from sgmagnet.shards import read_manifest
-    from sgmagnet.train import Trainer
 
-    model, opts, extra = RUNS[name]
+    model, opts, extra, _ = RUNS[name]
     run = os.path.join(a.runs, f"{name}_s{seed}")
     keep = os.path.join(a.out, "runs", f"{name}_s{seed}")
     res_path = os.path.join(keep, "study_run.json")
     if os.path.exists(res_path):
         with open(res_path) as f:
-            out = json.load(f)
-        if a.reevaluate and os.path.isdir(run):   # score the kept checkpoint again (e.g. after new strata)
-            ev = evaluate_checkpoint(run, a.shards, "test", log=lambda m: None)
-            out.update(overall=ev["metrics"]["overall"], strata=ev["metrics"]["strata"], references=ev["references"])
-            for f in ("eval_test.md", "confusion_test.png", "curtain_test_0.png"):
-                shutil.copy(os.path.join(run, f), keep)
-            with open(res_path, "w") as f:
-                json.dump(out, f, indent=1)
-        return out
-    over = [f"data.shards={a.shards}", f"train.run_dir={run}", f"train.steps={a.steps or preset['steps']}",
-            f"train.seed={seed}", f"model.name={model}", f"model.size={preset['size']}",
-            f"data.batch_size={preset['batch']}", f"data.workers={preset['workers']}", f"optim.lr={preset['lr']}",
-            f"optim.warmup_steps={preset['warmup']}", f"train.val_every={preset['val_every']}",
-            f"train.ckpt_every={preset['val_every']}", "train.log_every=5", "train.progress=false",
-            "model.options=" + json.dumps(opts)] + extra
-    cfg = load_config(None, over)
-    t0 = time.time()
-    Trainer(cfg, log=lambda m: None, resume=True).fit()     # a killed study continues its unfinished run
-    wall = time.time() - t0
-    ev = evaluate_checkpoint(run, a.shards, "test", log=lambda m: None)
+            return json.load(f)
+    over = overrides(a, preset, model, opts, extra, run, seed, lr, preset["max_steps"])
+    summary, wall = train(over)
+    best = os.path.join(run, "checkpoints", "best")
+    ev = evaluate_checkpoint(best, a.shards, "test", out=run, log=lambda m: None)
     log = [json.loads(x) for x in open(os.path.join(run, "log.jsonl"))]
     sps = [r["samples_per_s"] for r in log if r["kind"] == "train"][1:]
     m = build_model(model, preset["size"], **opts)
     patch = read_manifest(a.shards)["config"]["patch_size"]
-    out = {"name": name, "seed": seed, "model": model, "options": opts, "extra": extra, "train_wall_s": wall,
+    out = {"name": name, "seed": seed, "model": model, "size": preset["size"], "options": opts, "extra": extra,
+           "lr": lr, "steps": summary["steps"], "max_steps": preset["max_steps"],
+           "selected_step": summary["best"]["step"], "val_macro_f1": summary["best"]["val_macro_f1"],
+           "train_days": days, "patch": patch, "train_wall_s": round(wall, 1),
            "samples_per_s": float(np.median(sps)) if sps else None,
-           "parameters": sum(p.numel() for p in m.parameters()), "gflops_per_sample": flops_per_sample(m, patch) / 1e9,
-           "patch": patch, "overall": ev["metrics"]["overall"], "strata": ev["metrics"]["strata"],
-           "references": ev["references"], "command": "sgmagnet train " + " ".join(over)}
+           "parameters": sum(p.numel() for p in m.parameters()),
+           "gflops_per_sample": flops_per_sample(m, patch, columns=True) / 1e9,
+           "overall": ev["metrics"]["overall"], "strata": ev["metrics"]["strata"], "references": ev["references"],
+           "manifest_sha256": ev["manifest_sha256"], "command": "sgmagnet train --resume " + " ".join(over)}
     os.makedirs(keep, exist_ok=True)
-    for f in ("eval_test.md", "log.jsonl", "confusion_test.png", "curtain_test_0.png", "config.yaml"):
+    for f in ("eval_test.md", "eval_test_patches.npz", "log.jsonl", "confusion_test.png", "config.yaml"):
         if os.path.exists(os.path.join(run, f)):
             shutil.copy(os.path.join(run, f), keep)
-    with open(res_path, "w") as f:
-        json.dump(out, f, indent=1)
+    _dump(res_path, out)
     return out
 
 
+# ----------------------------------------------------------------------------------------- tables
 def _ms(vals):
     v = np.asarray(vals, float)
     return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
-def tables(results: list[dict], preset_name: str, preset: dict, shards: str) -> str:
+def patch_cms(out: str, results: list[dict]) -> tuple[dict, dict]:
+    """(run name -> [seeds, P, 4, 4], reference name -> [P, 4, 4]) aligned on the test keys common to all."""
+    from sgmagnet.evaluate import load_patch_confusions
+
+    loaded = {(r["name"], r["seed"]): load_patch_confusions(os.path.join(out, "runs", f"{r['name']}_s{r['seed']}",
+                                                                         "eval_test_patches.npz"))
+              for r in results}
+    common = sorted(set.intersection(*(set(z["keys"].tolist()) for z in loaded.values())))
+    order = {k: {key: i for i, key in enumerate(z["keys"].tolist())} for k, z in loaded.items()}
+    take = lambda k, arr: arr[[order[k][c] for c in common]]  # noqa: E731
+    runs = {}
+    for (name, seed), z in sorted(loaded.items()):
+        runs.setdefault(name, []).append(take((name, seed), z["model"]))
+    first = next(iter(loaded))
+    refs = {f[4:]: take(first, loaded[first][f]) for f in loaded[first] if f.startswith("ref_")}
+    return {n: np.stack(v) for n, v in runs.items()}, refs
+
+
+def bootstrap(runs: dict, refs: dict, n_boot: int, seed: int = 0) -> dict:
+    """Paired percentile bootstrap over test patches: per run the seed-mean macro F1 and its difference to
+    sgmagnet; the same resampled patches for every run and reference (95 % intervals)."""
+    from sgmagnet.metrics import _div
+
+    P = next(iter(runs.values())).shape[1]
+    idx = np.random.default_rng(seed).integers(0, P, size=(n_boot, P))
+
+    def macro(cm):                      # [..., 4, 4] -> [...]
+        tp = np.diagonal(cm, axis1=-2, axis2=-1)
+        p, r = _div(tp, cm.sum(-2)), _div(tp, cm.sum(-1))
+        return _div(2 * p * r, p + r).mean(-1)
+
+    def draws(c):                       # [S, P, 4, 4] -> [n_boot] seed-mean macro F1 on resampled patches
+        c = c.astype(np.float64)
+        return np.stack([macro(c[:, i].sum(1)).mean(0) for i in idx])
+    d = {n: draws(c) for n, c in runs.items()}
+    d.update({f"ref:{n}": draws(c[None]) for n, c in refs.items()})
+    point = {n: float(macro(c.astype(np.float64).sum(1)).mean()) for n, c in runs.items()}
+    point.update({f"ref:{n}": float(macro(c.astype(np.float64).sum(0))) for n, c in refs.items()})
+    out = {}
+    for n, v in d.items():
+        lo, hi = np.quantile(v, [0.025, 0.975])
+        out[n] = {"macro_f1": point[n], "low": float(lo), "high": float(hi)}
+        if "sgmagnet" in d and n != "sgmagnet":
+            diff = v - d["sgmagnet"]
+            dlo, dhi = np.quantile(diff, [0.025, 0.975])
+            out[n]["minus_sgmagnet"] = {"point": point[n] - point["sgmagnet"], "low": float(dlo),
+                                        "high": float(dhi), "p_le_0": float((diff <= 0).mean())}
+    return {"patches": int(P), "n_boot": n_boot, "runs": out}
+
+
+def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, lrs: dict) -> str:
+    from sgmagnet.metrics import paper_comparable
+
     by = {}
     for r in results:
         by.setdefault(r["name"], []).append(r)
     ref = results[0]["references"]
-    head = "| run | seeds | macro P | macro R | macro F1 | macro IoU | phase F1 | mask F1 | params | GFLOP/sample | samples/s |"
-    sep = "|---" * 11 + "|"
+    b = boot["runs"]
+    r0 = results[0]
+    out = [f"Configuration `{preset_name}`: {json.dumps(preset)}; shards `{a.shards}` (manifest sha256 "
+           f"`{r0['manifest_sha256'][:16]}…`, {r0['train_days']} training days, {r0['patch']}-px patches); "
+           f"learning rates from the validation sweep: {json.dumps(lrs)}. Test split, {boot['patches']} patches. "
+           "Macro F1: mean ± sd over seeds; 95 % CI: paired bootstrap over test patches "
+           f"({boot['n_boot']} draws) of the seed-mean; Δ vs SGMAGNet with its paired 95 % CI.", ""]
+    head = ("| run | seeds | macro F1 | 95 % CI | Δ vs SGMAGNet [95 % CI] | macro IoU | phase F1 | mask F1 | "
+            "selected step | params | GFLOP/sample | samples/s |")
+    sep = "|---" * 12 + "|"
+
+    def delta(n):
+        d = b.get(n, {}).get("minus_sgmagnet")
+        return f"{d['point']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "–"
 
     def row(name, rs):
         o = [r["overall"] for r in rs]
-        return (f"| {name} | {len(rs)} | {_ms([x['macro']['precision'] for x in o])} | {_ms([x['macro']['recall'] for x in o])} | "
-                f"{_ms([x['macro']['f1'] for x in o])} | {_ms([x['macro']['iou'] for x in o])} | "
-                f"{_ms([x['phase_macro']['f1'] for x in o])} | {_ms([x['cloud_mask']['f1'] for x in o])} | "
-                f"{rs[0]['parameters']:,} | {rs[0]['gflops_per_sample']:.2f} | "
+        ci = b.get(name)
+        return (f"| {name} | {len(rs)} | {_ms([x['macro']['f1'] for x in o])} | "
+                + (f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "–") + " | "
+                f"{delta(name)} | {_ms([x['macro']['iou'] for x in o])} | {_ms([x['phase_macro']['f1'] for x in o])} | "
+                f"{_ms([x['cloud_mask']['f1'] for x in o])} | {np.mean([r['selected_step'] for r in rs]):.0f} | "
+                f"{rs[0]['parameters']:,} | {rs[0]['gflops_per_sample']:.3f} | "
                 f"{np.mean([r['samples_per_s'] or 0 for r in rs]):.1f} |")
 
-    def refrow(name, r):
-        return (f"| {name} | – | {r['macro']['precision']:.3f} | {r['macro']['recall']:.3f} | {r['macro']['f1']:.3f} | "
-                f"{r['macro']['iou']:.3f} | {r['phase_macro']['f1']:.3f} | {r['cloud_mask']['f1']:.3f} | – | – | – |")
-    out = [f"Configuration `{preset_name}`: {json.dumps(preset)}; shards `{shards}`; test split; "
-           f"mean ± standard deviation over seeds.", "", "### Models", "", head, sep]
-    out += [row(n, by[n]) for n in MODELS if n in by]
-    out += ([refrow("top-layer oracle ±1 km (reference)", ref["oracle"]["overall"])] if "oracle" in ref else [])
-    out += [refrow("climatology (reference)", ref["climatology"]["overall"]),
-            refrow("all clear (reference)", ref["all_clear"]["overall"])]
-    abl = [n for n in RUNS if n not in MODELS and n in by]
-    if abl:
-        out += ["", "### SGMAGNet ablations (one component changed)", "", head, sep]
-        out += [row(n, by[n]) for n in ["sgmagnet"] + abl if n in by]
-    from sgmagnet.metrics import paper_comparable
+    def refrow(name, key):
+        r, ci = ref[key]["overall"], b.get(f"ref:{key}")
+        return (f"| {name} | – | {r['macro']['f1']:.3f} | " + (f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "–")
+                + f" | – | {r['macro']['iou']:.3f} | {r['phase_macro']['f1']:.3f} | {r['cloud_mask']['f1']:.3f} "
+                "| – | – | – | – |")
+    for title, names in (("Models", MODELS), ("SGMAGNet ablations (one component changed)", ("sgmagnet",) + ABLATIONS),
+                         ("Size-matched baselines", ("sgmagnet",) + MATCHED)):
+        rows = [row(n, by[n]) for n in names if n in by]
+        if len(rows) > (1 if names[0] == "sgmagnet" and title != "Models" else 0):
+            out += [f"### {title}", "", head, sep] + rows
+            if title == "Models":
+                out += [refrow("top-layer oracle ±1 km (reference)", "oracle")] if "oracle" in ref else []
+                out += [refrow("climatology (reference)", "climatology"), refrow("all clear (reference)", "all_clear")]
+            out.append("")
 
     def pc(o):
         return o.get("paper_comparable") or paper_comparable(o["confusion"])
-    out += ["", "### Paper-comparable block (micro over the 3 phases with clear as negative; support-weighted over "
+    out += ["### Paper-comparable block (micro over the 3 phases with clear as negative; support-weighted over "
             "4 classes; pooled cloud mask)", "", "| run | micro-phase P | micro-phase R | micro-phase F1 | "
             "micro-phase IoU | weighted F1 | mask IoU |", "|---" * 7 + "|"]
-    for n in list(MODELS) + abl:
+    keys = (("micro_phase", "precision"), ("micro_phase", "recall"), ("micro_phase", "f1"), ("micro_phase", "iou"),
+            ("weighted", "f1"), ("mask_pooled", "iou"))
+    for n in RUNS:
         if n in by:
             ps = [pc(r["overall"]) for r in by[n]]
-            out.append(f"| {n} | " + " | ".join(_ms([p[a][b] for p in ps]) for a, b in (
-                ("micro_phase", "precision"), ("micro_phase", "recall"), ("micro_phase", "f1"), ("micro_phase", "iou"),
-                ("weighted", "f1"), ("mask_pooled", "iou"))) + " |")
+            out.append(f"| {n} | " + " | ".join(_ms([p[x][y] for p in ps]) for x, y in keys) + " |")
     for k in ("oracle", "climatology", "all_clear"):
         if k in ref:
             p = pc(ref[k]["overall"])
-            out.append(f"| {k.replace('_', ' ')} (reference) | " + " | ".join(f"{v:.3f}" for v in (
-                p["micro_phase"]["precision"], p["micro_phase"]["recall"], p["micro_phase"]["f1"],
-                p["micro_phase"]["iou"], p["weighted"]["f1"], p["mask_pooled"]["iou"])) + " |")
-    fams = results[0]["strata"].keys()
-    for fam in fams:
+            out.append(f"| {k.replace('_', ' ')} (reference) | " + " | ".join(f"{p[x][y]:.3f}" for x, y in keys) + " |")
+    out += ["", "### Per-class F1 (mean over seeds)", "", "| run | clear | ice | mixed | liquid |", "|---" * 5 + "|"]
+    for n in RUNS:
+        if n in by:
+            out.append(f"| {n} | " + " | ".join(_ms([r["overall"]["per_class"][c]["f1"] for r in by[n]])
+                                               for c in ("clear", "ice", "mixed", "liquid")) + " |")
+    for k in ("oracle", "climatology"):
+        if k in ref:
+            out.append(f"| {k} (reference) | " + " | ".join(f"{ref[k]['overall']['per_class'][c]['f1']:.3f}"
+                                                          for c in ("clear", "ice", "mixed", "liquid")) + " |")
+    for fam in results[0]["strata"]:
         strata = sorted({s for r in results for s in r["strata"][fam]})
         out += ["", f"### Macro F1 by {fam}", "", "| run | " + " | ".join(strata) + " |", "|---" * (len(strata) + 1) + "|"]
-        for n in list(MODELS) + abl:
+        for n in RUNS:
             if n not in by:
                 continue
             cells = []
@@ -165,15 +318,17 @@ def tables(results: list[dict], preset_name: str, preset: dict, shards: str) -> 
                 v = [r["strata"][fam][s]["macro"]["f1"] for r in by[n] if s in r["strata"][fam]]
                 cells.append(_ms(v) if v else "–")
             out.append(f"| {n} | " + " | ".join(cells) + " |")
-        cl = ref["climatology"]["strata"][fam]
-        out.append("| climatology | " + " | ".join(f"{cl[s]['macro']['f1']:.3f}" if s in cl else "–" for s in strata) + " |")
+        for k in ("oracle", "climatology"):
+            if k in ref:
+                cl = ref[k]["strata"][fam]
+                out.append(f"| {k} | " + " | ".join(f"{cl[s]['macro']['f1']:.3f}" if s in cl else "–" for s in strata) + " |")
         counts = [str(results[0]["strata"][fam][s]["voxels"]) if s in results[0]["strata"][fam] else "0" for s in strata]
         out.append("| labelled voxels | " + " | ".join(counts) + " |")
     return "\n".join(out) + "\n"
 
 
-def figures(results: list[dict], out: str):
-    """Loss/validation curves (seed 0) of the models and of the ablations, and macro F1 per run."""
+def figures(results: list[dict], boot: dict, out: str):
+    """Learning curves (seed 0), macro F1 per run with bootstrap CIs, and the Pareto plots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,66 +336,128 @@ def figures(results: list[dict], out: str):
 
     from sgmagnet.plots import loss_curves_png
 
-    seed0 = {r["name"]: os.path.join(out, "runs", f"{r['name']}_s{r['seed']}", "log.jsonl")
-             for r in results if r["seed"] == min(x["seed"] for x in results)}
-    loss_curves_png({n: p for n, p in seed0.items() if n in MODELS}, os.path.join(out, "curves_models.png"))
-    loss_curves_png({n: p for n, p in seed0.items() if n.startswith("sgmagnet")}, os.path.join(out, "curves_ablations.png"))
-    by = {}
-    for r in results:
-        by.setdefault(r["name"], []).append(r["overall"]["macro"]["f1"])
-    names = [n for n in RUNS if n in by]
-    fig, ax = plt.subplots(figsize=(9, 3.6), constrained_layout=True)
-    ax.bar(range(len(names)), [np.mean(by[n]) for n in names], yerr=[np.std(by[n]) for n in names], capsize=3,
-           color=["#4a90d9" if n in MODELS else "#9b59b6" for n in names])
-    ref = results[0]["references"]
-    if "oracle" in ref:
-        ax.axhline(ref["oracle"]["overall"]["macro"]["f1"], color="tab:green", ls="-.", lw=1, label="top-layer oracle")
-    ax.axhline(ref["climatology"]["overall"]["macro"]["f1"], color="k", ls="--", lw=1, label="climatology")
-    ax.axhline(ref["all_clear"]["overall"]["macro"]["f1"], color="grey", ls=":", lw=1, label="all clear")
+    s0 = min(r["seed"] for r in results)
+    logs = {r["name"]: os.path.join(out, "runs", f"{r['name']}_s{r['seed']}", "log.jsonl") for r in results if r["seed"] == s0}
+    loss_curves_png({n: p for n, p in logs.items() if n in MODELS}, os.path.join(out, "curves_models.png"))
+    loss_curves_png({n: p for n, p in logs.items() if n == "sgmagnet" or n in ABLATIONS},
+                    os.path.join(out, "curves_ablations.png"))
+    b, ref = boot["runs"], results[0]["references"]
+    names = [n for n in RUNS if n in b]
+    fig, ax = plt.subplots(figsize=(10, 3.8), constrained_layout=True)
+    y = [b[n]["macro_f1"] for n in names]
+    err = [[b[n]["macro_f1"] - b[n]["low"] for n in names], [b[n]["high"] - b[n]["macro_f1"] for n in names]]
+    ax.bar(range(len(names)), y, yerr=err, capsize=3,
+           color=["#4a90d9" if n in MODELS else "#9b59b6" if n in ABLATIONS else "#e67e22" for n in names])
+    for key, style, label in (("oracle", "-.", "top-layer oracle"), ("climatology", "--", "climatology"),
+                              ("all_clear", ":", "all clear")):
+        if key in ref:
+            ax.axhline(ref[key]["overall"]["macro"]["f1"], color="k", ls=style, lw=1, label=label)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("test macro F1 (mean ± sd over seeds)")
+    ax.set_ylabel("test macro F1 (seed mean, 95 % CI)")
     ax.legend(fontsize=8)
     fig.savefig(os.path.join(out, "macro_f1.png"), dpi=110)
     plt.close(fig)
+    by = {}
+    for r in results:
+        by.setdefault(r["name"], []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, key, label, logx in ((axes[0], "gflops_per_sample", "GFLOP per sample (label-sparse forward)", True),
+                                 (axes[1], "samples_per_s", "training samples/s (this machine)", True)):
+        xs = []
+        for n in names:
+            x = np.mean([r[key] or np.nan for r in by[n]])
+            if not np.isfinite(x):
+                continue
+            xs.append(x)
+            ax.errorbar(x, b[n]["macro_f1"], yerr=[[b[n]["macro_f1"] - b[n]["low"]], [b[n]["high"] - b[n]["macro_f1"]]],
+                        fmt="o", color="#4a90d9" if n in MODELS else "#9b59b6" if n in ABLATIONS else "#e67e22")
+            ax.annotate(n, (x, b[n]["macro_f1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if "oracle" in ref:
+            ax.axhline(ref["oracle"]["overall"]["macro"]["f1"], color="k", ls="-.", lw=1, label="top-layer oracle")
+        ax.axhline(ref["climatology"]["overall"]["macro"]["f1"], color="k", ls="--", lw=1, label="climatology")
+        ax.set_xscale("log" if logx and xs and min(xs) > 0 else "linear")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test macro F1")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(os.path.join(out, "pareto.png"), dpi=110)
+    plt.close(fig)
+
+
+def report(a, preset_name: str, preset: dict, lrs: dict, wall: float) -> int:
+    results = []
+    for p in sorted(glob.glob(os.path.join(a.out, "runs", "*", "study_run.json"))):
+        with open(p) as f:
+            results.append(json.load(f))
+    if not results:
+        print("no finished run yet", flush=True)
+        return 0
+    runs, refs = patch_cms(a.out, results)
+    boot = bootstrap(runs, refs, a.n_boot)
+    index = [{k: r[k] for k in ("name", "seed", "model", "options", "lr", "steps", "selected_step", "val_macro_f1",
+                                 "train_days", "patch", "parameters", "gflops_per_sample", "samples_per_s",
+                                 "train_wall_s", "command")} | {"macro": r["overall"]["macro"],
+                                                                "metrics": f"runs/{r['name']}_s{r['seed']}/study_run.json"}
+             for r in results]
+    prev = os.path.join(a.out, "study.json")
+    spent = (json.load(open(prev)).get("wall_s_total", 0.0) if os.path.exists(prev) else 0.0) + wall
+    _dump(prev, {"config": preset_name, "preset": preset, "shards": a.shards,
+                 "manifest_sha256": results[0]["manifest_sha256"], "lr": lrs, "bootstrap": boot,
+                 "wall_s_total": round(spent, 1), "runs": index})
+    md = tables(results, boot, preset_name, preset, a, lrs)
+    figures(results, boot, a.out)
+    with open(os.path.join(a.out, "study.md"), "w") as f:
+        f.write(md)
+    print(md, flush=True)
+    return 0
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", default="demo_out/shards")
-    p.add_argument("--out", default="docs/study_cpu", help="results: tables, JSON, small per-run files")
+    p.add_argument("--shards", default="study_data/shards", help="shards folder (hpc/study_data.py)")
+    p.add_argument("--out", default="docs/study", help="results: tables, JSON, small per-run files (for git)")
     p.add_argument("--runs", default="study_out", help="run folders (checkpoints, TensorBoard): not for git")
-    p.add_argument("--config", choices=tuple(PRESETS), default="cpu")
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--config", choices=tuple(PRESETS), default="cpu", help="preset (cpu)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (0,1,2)")
     p.add_argument("--only", help="comma-separated run names (default: all)")
-    p.add_argument("--steps", type=int, default=0, help="override the preset's step budget")
-    p.add_argument("--reevaluate", action="store_true", help="re-score finished runs from their kept checkpoints")
+    p.add_argument("--phase", choices=("sweep", "main", "all"), default="all", help="what to run (all)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws (2000)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild tables and figures from finished runs")
     a = p.parse_args(argv)
     preset = dict(PRESETS[a.config])
-    if a.steps:
-        preset["steps"] = a.steps
     names = a.only.split(",") if a.only else list(RUNS)
     for n in names:
         if n not in RUNS:
-            p.error(f"unknown run {n!r}; choose from {', '.join(RUNS)}")
+            p.error(f"--only: unknown run {n!r}; choose from {', '.join(RUNS)}")
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds: {a.seeds!r} is not a comma-separated list of integers")
+    from sgmagnet.shards import ManifestError, read_manifest
+
+    try:
+        read_manifest(a.shards)
+    except ManifestError as e:
+        p.error(f"--shards: {e}")
     os.makedirs(a.out, exist_ok=True)
-    results, t0 = [], time.time()
-    for seed in (int(s) for s in a.seeds.split(",")):
-        for n in names:
-            r = run_one(n, seed, a, preset)
-            results.append(r)
-            print(f"[{time.time() - t0:6.0f} s] {n} seed {seed}: macro F1 {r['overall']['macro']['f1']:.3f} "
-                  f"IoU {r['overall']['macro']['iou']:.3f} ({r['train_wall_s']:.0f} s)", flush=True)
-    index = [{"name": r["name"], "seed": r["seed"], "macro": r["overall"]["macro"], "parameters": r["parameters"],
-              "gflops_per_sample": r["gflops_per_sample"], "samples_per_s": r["samples_per_s"],
-              "metrics": f"runs/{r['name']}_s{r['seed']}/study_run.json"} for r in results]
-    with open(os.path.join(a.out, "study.json"), "w") as f:   # the index; full metrics are in each study_run.json
-        json.dump({"config": a.config, "preset": preset, "shards": a.shards, "runs": index}, f, indent=1)
-    md = tables(results, a.config, preset, a.shards)
-    figures(results, a.out)
-    with open(os.path.join(a.out, "study.md"), "w") as f:
-        f.write(md)
-    print(md)
-    return 0
+    t0 = time.time()
+    families = sorted({RUNS[n][3] for n in names})
+    lrs = {}
+    if not a.report_only:
+        if a.phase in ("sweep", "all"):
+            lrs = sweep(a, preset, families)
+        if a.phase in ("main", "all"):
+            lrs = lrs or sweep(a, preset, families)
+            days = train_days(a.shards)
+            order = [(s, n) for s in seeds for grp in (MODELS, ABLATIONS, MATCHED) for n in grp if n in names]
+            for seed, n in order:
+                r = run_one(n, seed, a, preset, lrs[RUNS[n][3]], days)
+                print(f"[{time.time() - t0:6.0f} s] {n} seed {seed}: test macro F1 {r['overall']['macro']['f1']:.3f} "
+                      f"(best val {r['val_macro_f1']:.3f} at step {r['selected_step']} of {r['steps']}; "
+                      f"{r['train_wall_s']:.0f} s)", flush=True)
+    path = os.path.join(a.out, "lr_sweep.json")
+    lrs = lrs or ({f: v["lr"] for f, v in json.load(open(path)).items() if "lr" in v} if os.path.exists(path) else {})
+    return report(a, a.config, preset, lrs, time.time() - t0)
 
 
 if __name__ == "__main__":

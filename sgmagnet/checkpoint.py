@@ -5,6 +5,7 @@
     checkpoints/step_0000060/rank_00000.pt   every rank: its RNG states and data-loader position
     checkpoints/step_0000060/*               DeepSpeed's own files (engine.save_checkpoint, every rank)
     checkpoints/latest                       the name of the newest complete folder
+    checkpoints/best/state.pt, best.json     weights (no optimizer) of the best validation macro F1 so far
 
 Save protocol (all ranks): write into `step_N.partial/`, barrier, rank 0 renames it to `step_N/`, then
 replaces `latest` atomically (temp file + fsync + rename), prunes old folders, barrier. `latest` is
@@ -94,6 +95,35 @@ class Checkpointer:
 
     def latest(self) -> str | None:
         return latest_in(self.folder)
+
+    def save_best(self, common: dict, info: dict) -> str:
+        """Rank 0: the weights of the best validation so far -> `best/state.pt` (+ `best/best.json`: step and
+        score), written beside `best.partial/` and renamed, so a crash leaves the previous best whole.
+        No optimizer state: `best/` is for evaluation and prediction, resuming uses `latest`."""
+        import json
+
+        part, final = os.path.join(self.folder, "best.partial"), os.path.join(self.folder, "best")
+        shutil.rmtree(part, ignore_errors=True)
+        os.makedirs(part)
+        _save({k: v for k, v in common.items() if k not in ("optimizer", "scheduler")}, os.path.join(part, "state.pt"))
+        _atomic_write_text(os.path.join(part, "best.json"), json.dumps(info) + "\n")
+        old = final + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(part, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def best_info(self) -> dict:
+        """{"step", "val_macro_f1"} of `best/`, or {} when there is none."""
+        import json
+
+        path = os.path.join(self.folder, "best", "best.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
 
 
 def latest_in(folder: str) -> str | None:

@@ -81,6 +81,7 @@ class TrainConfig:
     log_every: int = rule(10, ge=1)
     val_every: int = rule(100, ge=0)  # 0 = only at the end
     ckpt_every: int = rule(100, ge=0)   # 0 = only at the end
+    patience: int = rule(0, ge=0)     # stop after this many validations without a better macro F1 (0 = never)
     keep_checkpoints: int = rule(2, ge=1)
     threads: int = rule(0, ge=0)      # torch intra-op threads (0 = torch's default)
     device: str = rule("auto", choices=("auto", "cpu", "cuda"))

@@ -97,6 +97,7 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
             r.loss_n += len(idx)
         for cs, p in [(r.confusion, pred)] + [(r.references[k], f(b)) for k, f in (references or {}).items()]:
             cs.update(b["prof"], p, b["lat"], b["soz"], b.get("ctype"))
+            cs.update_patches(b["keys"], b["index"][:, 0], b["prof"], p)
             cs.patches += len(b["keys"])
         for k in range(len(b["keys"])):
             if len(r.curtains) >= keep_curtains:
@@ -106,6 +107,21 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
                                "lat": b["lat"][sel].numpy()})
     model.train(was)
     return r
+
+
+def save_patch_confusions(path: str, ev: EvalResult):
+    """Per-patch [4, 4] confusion matrices of the model and of each reference row (bootstrap input):
+    arrays `keys` [P] (sample keys), `model` and `ref_<name>` [P, 4, 4] int64 (no pickle)."""
+    arrays = {"keys": np.asarray(ev.confusion.patch_keys, dtype=str),
+              "model": np.asarray(ev.confusion.patch_cms, np.int64).reshape(-1, N_CLASSES, N_CLASSES)}
+    for k, cs in ev.references.items():
+        arrays[f"ref_{k}"] = np.asarray(cs.patch_cms, np.int64).reshape(-1, N_CLASSES, N_CLASSES)
+    np.savez_compressed(path, **arrays)
+
+
+def load_patch_confusions(path: str) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def top_layer(prof: np.ndarray):
@@ -348,6 +364,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
         json.dump(res, f, indent=1)
     with open(os.path.join(out, f"eval_{split}.md"), "w") as f:
         f.write(report_markdown(res))
+    save_patch_confusions(os.path.join(out, f"eval_{split}_patches.npz"), ev)
     from . import plots
 
     plots.confusion_png(np.asarray(res["metrics"]["overall"]["confusion"]), os.path.join(out, f"confusion_{split}.png"),

@@ -117,6 +117,18 @@ class ConfusionSet:
         self.total = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.long)
         self.strata = {f: torch.zeros(len(v), N_CLASSES, N_CLASSES, dtype=torch.long) for f, v in self.FAMILIES.items()}
         self.patches = 0
+        self.patch_keys: list[str] = []          # per-patch matrices, for bootstrap confidence intervals
+        self.patch_cms: list[np.ndarray] = []
+
+    def update_patches(self, keys, sample: torch.Tensor, true: torch.Tensor, pred: torch.Tensor):
+        """One [4, 4] matrix per patch of the batch; `sample` [N] is each labelled column's patch index."""
+        n = N_CLASSES
+        sample, true, pred = sample.cpu().long(), true.cpu().long(), pred.cpu().long()
+        keep = true != IGNORE
+        s = sample[:, None].expand_as(true)[keep]
+        cm = torch.bincount(s * n * n + true[keep] * n + pred[keep], minlength=len(keys) * n * n)
+        self.patch_keys += list(keys)
+        self.patch_cms += list(cm.reshape(len(keys), n, n).numpy())
 
     def update(self, true: torch.Tensor, pred: torch.Tensor, lat: torch.Tensor, soz: torch.Tensor,
                ctype: torch.Tensor | None = None):
@@ -177,3 +189,29 @@ class Calibration:
                 "ece_mean": float(ece.mean()),
                 "reliability": {c: {"confidence": conf[k].tolist(), "frequency": freq[k].tolist(),
                                     "count": n[k].astype(np.int64).tolist()} for k, c in enumerate(CLASS_NAMES)}}
+
+
+def bootstrap_macro_f1(cms: np.ndarray, n_boot: int = 1000, seed: int = 0, base: np.ndarray | None = None,
+                       level: float = 0.95) -> dict:
+    """Percentile bootstrap over patches of the macro F1 from per-patch confusion matrices cms [P, 4, 4].
+    With `base` (another predictor's [P, 4, 4] on the same patches, same order) the interval is of the
+    paired difference macro F1(cms) - macro F1(base), resampling the same patches for both (patches, not
+    voxels, are the independent units: columns along one track are strongly correlated)."""
+    cms = np.asarray(cms, np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(cms), size=(n_boot, len(cms)))
+
+    def macro(batch):                                          # batch [B, 4, 4] -> [B]
+        tp = np.diagonal(batch, axis1=1, axis2=2)
+        p, r = _div(tp, batch.sum(1)), _div(tp, batch.sum(2))
+        return _div(2 * p * r, p + r).mean(1)
+    stat = lambda c: macro(np.stack([c[i].sum(0) for i in idx]))  # noqa: E731
+    point = macro(cms.sum(0)[None])[0]
+    draws = stat(cms)
+    if base is not None:
+        base = np.asarray(base, np.float64)
+        point -= macro(base.sum(0)[None])[0]
+        draws = draws - stat(base)
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return {"point": float(point), "low": float(lo), "high": float(hi), "n_boot": n_boot, "patches": len(cms),
+            "p_le_0": float((draws <= 0).mean()) if base is not None else None}

@@ -237,6 +237,7 @@ class Trainer:
         self.ckpt = Checkpointer(os.path.join(t.run_dir, "checkpoints"), t.keep_checkpoints, self.env.rank,
                                  self.env.world_size, hdist.barrier)
         self.step = 0
+        self.best = self.ckpt.best_info() if resume else {}
         if resume:
             path = self.ckpt.latest()
             if path is None:
@@ -375,6 +376,20 @@ class Trainer:
             self.logger.log(rec)
         return rec
 
+    def keep_best(self, rec: dict | None):
+        """After a validation: a new best macro F1 -> checkpoints/best (model selection by validation)."""
+        if rec is None or not self.env.is_main:
+            return
+        if rec["val_macro_f1"] > self.best.get("val_macro_f1", -1.0):
+            self.best = {"step": self.step, "val_macro_f1": rec["val_macro_f1"], "val_loss": rec["val_loss"]}
+            self.ckpt.save_best(self.common_state(), self.best)
+
+    def plateau(self) -> bool:
+        """train.patience validations in a row without a better macro F1 (ranks agree: rank 0 decides)."""
+        t = self.cfg.train
+        stale = bool(t.patience and self.best and self.step - self.best["step"] >= t.patience * t.val_every)
+        return bool(hdist.all_reduce(torch.tensor([float(stale)], device=self.device), "max")[0] > 0)
+
     def _prepare(self, x, geom):
         """Inputs in the dtype of a DeepSpeed bf16 engine's parameters (autocast handles the plain loop)."""
         if self.engine is not None and self.engine.bfloat16_enabled():
@@ -413,6 +428,11 @@ class Trainer:
                 tick, seen = now, 0
             if t.val_every and self.step % t.val_every == 0 and self.step < t.steps:
                 last_val = self.validate()
+                self.keep_best(last_val)
+                if self.plateau():
+                    self.log(f"step {self.step}: no better validation macro F1 for {t.patience} validations "
+                             f"(best {self.best['val_macro_f1']:.4f} at step {self.best['step']}): stopping")
+                    break
             if t.ckpt_every and self.step % t.ckpt_every == 0 and self.step < t.steps:
                 self.save()
             if self.preemption.requested(self.device):
@@ -422,9 +442,12 @@ class Trainer:
                 raise Preempted(path)
         bar.close()
         path = self.save()
-        last_val = self.validate() or last_val
+        final_val = last_val if last_val and last_val["step"] == self.step else self.validate()
+        self.keep_best(final_val)
+        last_val = final_val or last_val
         summary = {"model": self.cfg.model.name, "size": self.cfg.model.size, "steps": self.step,
                    "parameters": n_parameters(self.model), "checkpoint": path, "final_val": last_val,
+                   "best": self.best,
                    "world_size": self.env.world_size}
         if self.env.is_main:
             with open(os.path.join(t.run_dir, "summary.json"), "w") as f:

@@ -135,3 +135,38 @@ def test_calibration_ece_on_hand_made_probabilities():
     # ice: bin 0 (p .05): 5 of 100 ice -> 0; bin 7 (p .75): 50 of 100 -> 0.25
     assert r["ece"]["ice"] == pytest.approx(0.5 * 0.25)
     assert r["reliability"]["ice"]["count"][7] == 100 and r["reliability"]["ice"]["frequency"][7] == pytest.approx(0.5)
+
+
+def test_per_patch_confusions_sum_to_the_total():
+    import torch
+
+    from sgmagnet.metrics import ConfusionSet
+
+    g = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 4, (50, 38), generator=g)
+    true[true == 3] = 255
+    pred = torch.randint(0, 4, (50, 38), generator=g)
+    sample = torch.randint(0, 3, (50,), generator=g)
+    cs = ConfusionSet()
+    cs.update(true, pred, torch.zeros(50), torch.zeros(50))
+    cs.update_patches(["a", "b", "c"], sample, true, pred)
+    assert cs.patch_keys == ["a", "b", "c"]
+    np.testing.assert_array_equal(np.sum(cs.patch_cms, 0), cs.total.numpy())
+    for k in range(3):
+        sel = sample == k
+        np.testing.assert_array_equal(cs.patch_cms[k], confusion(true[sel], pred[sel]).numpy())
+
+
+def test_bootstrap_macro_f1_intervals():
+    from sgmagnet.metrics import bootstrap_macro_f1
+
+    rng = np.random.default_rng(1)
+    good = np.stack([np.diag(rng.integers(5, 20, 4)) + rng.integers(0, 3, (4, 4)) for _ in range(60)])
+    bad = np.stack([rng.integers(1, 10, (4, 4)) for _ in range(60)])
+    r = bootstrap_macro_f1(good, n_boot=300)
+    assert r["low"] <= r["point"] <= r["high"] and r["high"] - r["low"] > 0
+    assert abs(r["point"] - scores(good.sum(0))["macro"]["f1"]) < 1e-12
+    d = bootstrap_macro_f1(good, n_boot=300, base=bad)       # paired difference: clearly positive
+    assert d["low"] > 0 and d["p_le_0"] == 0.0
+    same = bootstrap_macro_f1(good, n_boot=300, base=good)   # a model against itself: exactly 0
+    assert same["low"] == same["high"] == 0.0

@@ -195,3 +195,30 @@ def test_every_config_value_is_checked(override, msg):
     cfg.train.steps = -3
     with pytest.raises(ConfigError, match="train.steps"):
         validate(cfg)
+
+
+def test_best_checkpoint_and_patience(tiny_shards, tmp_path, monkeypatch):
+    """checkpoints/best holds the weights of the best validation macro F1 (model selection by validation);
+    train.patience stops after that many validations without a better one; a resumed run keeps the best."""
+    from sgmagnet.checkpoint import load_common
+
+    root, _ = tiny_shards
+    scores = iter([0.30, 0.50, 0.40, 0.45, 0.20, 0.10])
+    real = Trainer.validate
+
+    def fake(self):
+        rec = real(self)
+        rec["val_macro_f1"] = next(scores)
+        return rec
+    monkeypatch.setattr(Trainer, "validate", fake)
+    t = Trainer(tiny_cfg(root, tmp_path / "r", "train.steps=30", "train.val_every=2", "train.ckpt_every=2",
+                         "train.patience=2"), log=lambda m: None)
+    summary = t.fit()
+    assert summary["steps"] == 8                      # best at step 4, then 2 validations (6, 8) without gain
+    assert summary["best"]["step"] == 4 and summary["best"]["val_macro_f1"] == 0.50
+    best = load_common(str(tmp_path / "r" / "checkpoints" / "best"))
+    assert best["step"] == 4 and "optimizer" not in best
+    assert json.load(open(tmp_path / "r" / "checkpoints" / "best" / "best.json"))["step"] == 4
+    again = Trainer(tiny_cfg(root, tmp_path / "r", "train.steps=30", "train.val_every=2", "train.patience=2"),
+                    resume=True, log=lambda m: None)
+    assert again.best["step"] == 4 and again.plateau()

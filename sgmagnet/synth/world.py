@@ -141,7 +141,10 @@ class Column:
         u_slot = take(u_slot)
         t_top, t_base = self.temperature(self.top), self.temperature(self.base)
         shift = np.where(lat < 0, 3.0, 0.0)[:, None] + np.where(self.land, 0.0, 1.5)[:, None]
-        liquid = u_slot < f_liquid(t_top + shift)
+        # As is deep and ice-dominated, Ac shallow and liquid-topped (PHYSICS §1b, Sassen & Wang 2012): an As
+        # top is liquid with 0.3 x the Hu et al. probability, so ice tops are common between -5 and -38 C
+        is_as_l = self.ctype == AS
+        liquid = u_slot < f_liquid(t_top + shift) * np.where(is_as_l, 0.3, 1.0)
         # a liquid-topped layer colder than -5 C holds ice below its top (mixed) with a probability that grows
         # with cold and with depth (Hu et al. 2010: the ice fraction rises as T falls), not by a hard
         # thickness threshold that brightness would give away
@@ -149,15 +152,31 @@ class Column:
         p_mix = np.clip((268.0 - t_top) / 20.0, 0, 1) * np.clip(0.35 + 0.65 * dz / 1.5, 0, 1)
         phase = np.where(liquid, LIQUID, ICE)
         phase = np.where(liquid & (t_top < 268) & (u(f["mix_u"])[:, None] < p_mix), MIXED, phase)
-        phase = np.where(~liquid & (t_base > 273.15), MIXED, phase)    # ice top, liquid base
+        phase = np.where(~liquid & ~is_as_l & (t_base > 273.15), MIXED, phase)    # ice top, liquid base
+        # thick As reaching below -5 C may hold liquid under its ice top ("As: ice or mixed", PHYSICS §1b,
+        # §2 recipe 3): mixed for half of them (a smooth field, independent of the radiances), looks ice
+        as_mix = u(0.7 * f["mix_u"] + 0.7 * f["dc_ice"])[:, None] < 0.5
+        phase = np.where(is_as_l & ~liquid & (t_base > 268.0) & as_mix, MIXED, phase)
         phase = np.where(t_top >= 273.15, LIQUID, phase)
         phase = np.where(t_top < 235.15, np.where(t_base > 268, MIXED, ICE), phase)
         deep_l = np.isin(self.ctype, (NS, DC))
         phase = np.where(deep_l, np.where(t_base > 268, MIXED, ICE), phase)
+        # Ns crossing the freezing level is mixed while its top is warmer than the glaciation temperature
+        # ("mixed between 0 and about -20 C and ice above", PHYSICS §2 recipe 3), which varies between -10
+        # and -30 C from a smooth field: a cold-topped Ns is labelled ice, a warm-topped one mixed
+        t_glac = 243.15 + 20.0 * u(0.7 * f["mix_u"] - 0.7 * f["deep_tau"])[:, None]
+        phase = np.where((self.ctype == NS) & (t_top <= t_glac), ICE, phase)
         # deep convection is labelled "mixed or ice" (PHYSICS §1b): the same-looking tower may be either
-        dc_ice = (self.ctype == DC) & (u(f["dc_ice"])[:, None] < 0.55)
+        dc_ice = (self.ctype == DC) & (u(f["dc_ice"])[:, None] < 0.4)
         phase = np.where(dc_ice, ICE, phase)
         present = np.isfinite(self.top)
+        # seeder-feeder: ice falling from a layer above glaciates part of a supercooled liquid layer below
+        # (Bergeron-Findeisen), so a supercooled layer under ice is mixed for 60 % of the columns (a smooth
+        # field); this touches hidden lower layers only (PHYSICS §1a: ice-above-mixed 9 % of profiles)
+        is_ice = present & (phase == ICE)
+        ice_above = np.cumsum(is_ice, axis=1) - is_ice > 0
+        seeded = ice_above & (phase == LIQUID) & (t_top < 271.15) & (u(f["mix_u"] - f["hi_u"])[:, None] < 0.6)
+        phase = np.where(seeded, MIXED, phase)
         self.phase = np.where(present, phase, 0).astype(np.int64)
         # --- what AHI sees at each layer top is not the lidar/radar label (v2): the radiative top phase.
         # A mixed layer with a supercooled-liquid top looks liquid (or in between); a mixed layer whose ice
