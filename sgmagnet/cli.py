@@ -107,10 +107,25 @@ def cmd_build(a):
         comm = get_comm()
         code = 2 if isinstance(e, BuildRefused) else 1
         return _fail("build", e, code) if comm is None or comm.Get_rank() == 0 else code
-    if r["rank"] == 0 and not a.quiet:
-        from .inspect import summary
-        print(summary(a.out))
+    if r["rank"] == 0:
+        warn_empty_splits(a.out, cfg)
+        if not a.quiet:
+            from .inspect import summary
+            print(summary(a.out))
     return 0
+
+
+def warn_empty_splits(out: str, cfg) -> list[str]:
+    """A loud warning per split without a sample (train skips validation, evaluate refuses the split)."""
+    from .shards import read_manifest
+
+    counts = read_manifest(out)["counts"]
+    empty = [s for s in ("train", "val", "test") if not counts.get(s)]
+    for s in empty:
+        sys.stderr.write(f"sgmagnet build: WARNING: split {s!r} of {out} is empty (0 samples): the archive's days "
+                         f"do not reach its block of the --split-days {','.join(map(str, cfg.split_days))} / "
+                         f"--gap-days {cfg.gap_days} cycle (or its days gave no patch); add days or shorten the blocks\n")
+    return empty
 
 
 def cmd_inspect(a):
@@ -151,6 +166,10 @@ def cmd_train(a):
             if not os.path.isfile(a.deepspeed):
                 raise ConfigError(f"--deepspeed {a.deepspeed!r} is not a file")
             cfg.train.deepspeed = a.deepspeed
+        if a.print_config:
+            from .config import dump, validate
+            print(dump(validate(cfg)), end="")
+            return 0
         trainer = Trainer(cfg, resume=a.resume, overwrite=a.overwrite)
     except (ValueError, FileNotFoundError) as e:   # ConfigError, ManifestError, a bad checkpoint
         return _fail("train", e)
@@ -266,8 +285,13 @@ def cmd_plot(a):
         for k, line in enumerate(a.section or []):
             plots.cube_section_png(a.cube, line, f"{stem}_section_{k}.png")
             done.append(f"{stem}_section_{k}.png")
-        if a.granule:
-            plots.cube_curtain_png(a.cube, a.granule, stem + "_curtain.png")
+        granule, note = a.granule, ""
+        if granule is None and a.cloudsat:
+            granule, gap = plots.nearest_granule(a.cube, a.cloudsat)
+            note = f" (nearest profile {gap:.1f} min from the scene)"
+            print(f"curtain granule: {granule}{note}")
+        if granule:
+            plots.cube_curtain_png(a.cube, granule, stem + "_curtain.png", note)
             done.append(stem + "_curtain.png")
     except (ValueError, KeyError, OSError, FormatError) as e:
         sys.stderr.write(f"sgmagnet plot: error: {str(e).splitlines()[0]}\n")
@@ -285,6 +309,8 @@ def cmd_demo(a):
 def main(argv=None) -> int:
     p = Parser(prog="sgmagnet", description="3D cloud-phase benchmark builder and SGMAGNet training.")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher (also LOCAL_RANK)
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"sgmagnet {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     s = sub.add_parser("synth", help="write a synthetic AHI + CloudSat archive in the real file formats")
@@ -333,6 +359,8 @@ def main(argv=None) -> int:
     t.add_argument("--overwrite", action="store_true", help="start again in a run folder that already holds "
                    "checkpoints (they and the run's logs are deleted); without it such a folder is refused")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config (YAML, after the "
+                   "overrides and checks) and exit without training")
     t.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.steps=50 model.name=unet data.batch_size=4")
     t.set_defaults(func=cmd_train)
@@ -377,6 +405,8 @@ def main(argv=None) -> int:
     pl.add_argument("--section", type=lambda s: _floats(s, 4, "--section"), action="append",
                     metavar="LON0,LAT0,LON1,LAT1", help="vertical cross-section along this line (repeatable)")
     pl.add_argument("--granule", help="2B-CLDCLASS-LIDAR granule: along-track curtain, labels vs prediction")
+    pl.add_argument("--cloudsat", help="instead of --granule: a folder searched recursively; the curtain uses the "
+                    "granule crossing the cube nearest in time (its time gap is printed and in the title)")
     pl.set_defaults(func=cmd_plot)
 
     dm = sub.add_parser("demo", help="the main job on the embedded default: synth -> shards -> train SGMAGNet and "

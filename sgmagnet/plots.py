@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import matplotlib
 
@@ -31,7 +32,13 @@ def _phase_image(ax, cols: np.ndarray, dist_km: np.ndarray, title: str):
 def curtain_png(c: dict, path: str, title: str):
     """c: {"truth": [N,L], "pred": [N,L], "lat": [N]} in along-track order."""
     lat = np.asarray(c["lat"], np.float64)
-    dist = np.concatenate([[0.0], np.cumsum(np.abs(np.diff(lat)) * KM_PER_DEG)]) if len(lat) else np.zeros(0)
+    if "lon" in c and len(lat) > 1:          # geodesic (haversine) steps between consecutive profiles
+        lon = np.deg2rad(np.asarray(c["lon"], np.float64))
+        p = np.deg2rad(lat)
+        a = np.sin(np.diff(p) / 2) ** 2 + np.cos(p[:-1]) * np.cos(p[1:]) * np.sin(np.diff(lon) / 2) ** 2
+        dist = np.concatenate([[0.0], np.cumsum(2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0, 1))))])
+    else:                                    # along a near-meridional track: latitude steps
+        dist = np.concatenate([[0.0], np.cumsum(np.abs(np.diff(lat)) * KM_PER_DEG)]) if len(lat) else np.zeros(0)
     if len(dist) > 1 and dist[-1] == 0:
         dist = np.arange(len(lat), dtype=np.float64)
     fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True, constrained_layout=True)
@@ -40,6 +47,9 @@ def curtain_png(c: dict, path: str, title: str):
     axes[1].set_xlabel("along-track distance (km)")
     cb = fig.colorbar(m, ax=axes, ticks=range(4))
     cb.ax.set_yticklabels(CLASS_NAMES)
+    from matplotlib.patches import Patch
+    axes[0].legend(handles=[Patch(color="#555555", label="no label / below ground")], loc="upper right",
+                   fontsize=7, framealpha=0.8)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -76,11 +86,11 @@ def confusion_png(cm: np.ndarray, path: str, title: str):
                     color="white" if rown[i, j] > 0.5 else "black")
     ax.set_xticks(range(4), CLASS_NAMES)
     ax.set_yticks(range(4), CLASS_NAMES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (label)")
     ax.set_title(title + " (row-normalised)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)   # keeps both axis labels on the canvas
     plt.close(fig)
 
 
@@ -197,7 +207,46 @@ def cube_section_png(cube: str, line, path: str, n: int = 300):
     return {"columns": cols, "rows": i, "cols": j, "distance_km": dist}
 
 
-def cube_curtain_png(cube: str, granule: str, path: str):
+def nearest_granule(cube: str, cloudsat_dir: str) -> tuple[str, float]:
+    """The 2B-CLDCLASS-LIDAR granule under `cloudsat_dir` (searched recursively) whose profiles inside the
+    cube come nearest in time to the cube's scene: (path, |time gap| in minutes of its nearest profile)."""
+    import datetime as dt
+    import glob
+    import re
+
+    from .formats.cloudsat import read_granule
+
+    with open_cube(cube) as ds:
+        t_cube = ds["time"].values[0] if np.issubdtype(ds["time"].dtype, np.datetime64) else \
+            np.datetime64("1970-01-01") + np.timedelta64(int(ds["time"].values[0]), "s")
+        lat, lon = ds["latitude"].values, ds["longitude"].values
+    res = max(abs(float(lat[1] - lat[0])) if len(lat) > 1 else 0.05, 1e-6)
+    best, gap = None, np.inf
+    for p in sorted(glob.glob(os.path.join(cloudsat_dir, "**", "*.hdf"), recursive=True)):
+        m = re.match(r"(\d{4})(\d{3})(\d{2})(\d{2})(\d{2})_", os.path.basename(p))
+        if m:          # a granule lasts ~99 min: skip those that start far from the scene time
+            y, d, hh, mm, ss = map(int, m.groups())
+            start = np.datetime64(dt.datetime(y, 1, 1) + dt.timedelta(days=d - 1, hours=hh, minutes=mm, seconds=ss))
+            if not (t_cube - np.timedelta64(3, "h") <= start <= t_cube + np.timedelta64(1, "h")):
+                continue
+        try:
+            g = read_granule(p)
+        except Exception:  # noqa: BLE001 - an unreadable granule is simply not a candidate
+            continue
+        glat, glon = g["latitude"].values, g["longitude"].values
+        inside = ((glat >= lat.min() - res / 2) & (glat <= lat.max() + res / 2)
+                  & (glon >= lon.min() - res / 2) & (glon <= lon.max() + res / 2))
+        if inside.any():
+            dtmin = float(np.min(np.abs((g["time"].values[inside] - t_cube) / np.timedelta64(1, "s")))) / 60
+            if dtmin < gap:
+                best, gap = p, dtmin
+    if best is None:
+        raise ValueError(f"--cloudsat {cloudsat_dir}: no 2B-CLDCLASS-LIDAR granule crosses the cube {cube} "
+                         f"within 3 h of its scene")
+    return best, gap
+
+
+def cube_curtain_png(cube: str, granule: str, path: str, note: str = ""):
     """Along-track curtain: the granule's CloudSat/CALIPSO labels vs the cube at the nearest pixels."""
     from .formats.cloudsat import read_granule
     from .labels import profile_is_valid, profile_levels
@@ -219,6 +268,6 @@ def cube_curtain_png(cube: str, granule: str, path: str):
     truth = np.full((len(sel), N_LEVELS), IGNORE, np.int16)
     truth[ok] = profile_levels(nl[ok], b[ok], t[ok], ph[ok], g["dem_km"].values[sel][ok])
     pred = np.where(pred < 0, IGNORE, pred)
-    drawn = {"truth": truth, "pred": pred, "lat": glat[sel], "rows": i, "cols": j}
-    curtain_png(drawn, path, f"{granule.split('/')[-1][:19]} vs {cube.split('/')[-1]}")
+    drawn = {"truth": truth, "pred": pred, "lat": glat[sel], "lon": glon[sel], "rows": i, "cols": j}
+    curtain_png(drawn, path, f"{granule.split('/')[-1][:19]} vs {cube.split('/')[-1]}{note}")
     return drawn

@@ -18,7 +18,9 @@ argmax of the phase-gated probabilities (the Triton int8 argmax on CUDA).
 Output: dims time(1), level(38), latitude, longitude; `level` = altitude of the level centres (m,
 positive up); `cloud_phase` int8 with flag_values 0..3 / flag_meanings "clear ice mixed liquid" and
 _FillValue -1 where the input is off-disk or its infrared bands are missing; with --probabilities also
-p_clear, p_ice, p_mixed, p_liquid (uint8, scale_factor 1/250, _FillValue 255). Variables are chunked
+p_clear, p_ice, p_mixed, p_liquid (packed signed bytes 0..100, scale_factor 0.01, _FillValue -127; CF §8.1).
+`level_bounds` gives each level's 500 m extent. Latitude ascends (south to north, so
+`ds.sel(latitude=slice(-10, 0))` works), longitude ascends. Variables are chunked
 (1, 38, tile, tile) and zlib-compressed; provenance (model, checkpoint and its sha256, input file,
 software) is in the global attributes.
 """
@@ -34,7 +36,10 @@ from .grid import BAND_VARS, CLASS_NAMES, LEVEL_CENTRE_KM, N_LEVELS
 from .losses import fast_argmax, log_probs
 from .shards import sha256
 
-PROB_SCALE = 250.0
+PROB_SCALE = 100.0      # probabilities packed as signed bytes 0..100 x 0.01 (CF §8.1: byte, short or int)
+PROB_FILL = -127
+REFERENCES = ("SGMAGNet: Wang et al. (2025), arXiv:2509.15706; labels: CloudSat 2B-CLDCLASS-LIDAR (Sassen & "
+              "Wang 2008); cloud-phase flags as in the GOES-R ABI cloud-top-phase product (ACTP)")
 
 
 def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -89,10 +94,15 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
     v = nc.createVariable("time", "f8", ("time",))
     v.units, v.standard_name, v.calendar, v.axis = "seconds since 1970-01-01 00:00:00", "time", "standard", "T"
     v[:] = [(time - np.datetime64("1970-01-01T00:00:00")) / np.timedelta64(1, "s")]
+    nc.createDimension("nv", 2)
     v = nc.createVariable("level", "f4", ("level",))
     v.units, v.standard_name, v.positive, v.axis = "m", "altitude", "up", "Z"
     v.long_name = "altitude of the level centre above mean sea level (levels are 500 m thick)"
+    v.bounds = "level_bounds"
     v[:] = (LEVEL_CENTRE_KM * 1000.0).astype(np.float32)
+    b = nc.createVariable("level_bounds", "f4", ("level", "nv"))
+    b.units = "m"
+    b[:] = np.stack([LEVEL_CENTRE_KM * 1000.0 - 250.0, LEVEL_CENTRE_KM * 1000.0 + 250.0], 1).astype(np.float32)
     for name, vals, std in (("latitude", lat, "degrees_north"), ("longitude", lon, "degrees_east")):
         v = nc.createVariable(name, "f4", (name,))
         v.units, v.standard_name = std, name
@@ -101,16 +111,21 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
     dims = ("time", "level", "latitude", "longitude")
     ch = (1, N_LEVELS, min(tile, len(lat)), min(tile, len(lon)))
     v = nc.createVariable("cloud_phase", "i1", dims, zlib=True, complevel=4, chunksizes=ch, fill_value=np.int8(-1))
-    v.long_name = "cloud thermodynamic phase"
+    v.long_name = "cloud thermodynamic phase per 500 m level"
     v.flag_values = np.array([0, 1, 2, 3], np.int8)
     v.flag_meanings = " ".join(CLASS_NAMES)
+    v.valid_range = np.array([0, 3], np.int8)
+    v.comment = ("0 clear (no cloud in the level), 1 ice, 2 mixed (ice and supercooled liquid), 3 liquid water; "
+                 "the 2B-CLDCLASS-LIDAR phase classes; argmax of the model's phase-gated probabilities; "
+                 "_FillValue where the input is off-disk or its infrared bands are missing")
     v.coordinates = "time level latitude longitude"
     if probabilities:
         for c in CLASS_NAMES:
-            p = nc.createVariable(f"p_{c}", "u1", dims, zlib=True, complevel=4, chunksizes=ch, fill_value=np.uint8(255))
-            p.long_name = f"probability of {c}"
+            p = nc.createVariable(f"p_{c}", "i1", dims, zlib=True, complevel=4, chunksizes=ch,
+                                  fill_value=np.int8(PROB_FILL))
+            p.long_name = f"probability of {c} (phase-gated model output)"
             p.scale_factor, p.add_offset, p.units = np.float32(1 / PROB_SCALE), np.float32(0.0), "1"
-            p.valid_range = np.array([0, int(PROB_SCALE)], np.uint8)
+            p.valid_range = np.array([0, int(PROB_SCALE)], np.int8)
             p.set_auto_scale(False)   # we write the packed integers ourselves
     nc.setncatts(attrs)
     return nc
@@ -144,18 +159,24 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
     r0, c0 = int(head.attrs["row0"]), int(head.attrs["col0"])
     H, W = head.sizes["latitude"], head.sizes["longitude"]
     lat, lon = head["latitude"].values, head["longitude"].values
+    flip = len(lat) > 1 and lat[0] > lat[-1]          # files run north to south; the cube south to north
     tl = np.datetime64(ahi_fmt.parse_name(ahi).timeline.replace(tzinfo=None), "ns")
     rows, cols = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     rcore, ccore = cores(rows, tile, H), cores(cols, tile, W)
+    from . import __version__
+
     base = {"Conventions": "CF-1.8", "title": "3D cloud phase reconstructed from Himawari AHI",
-            "source": "sgmagnet predict", "input_file": os.path.basename(ahi),
+            "institution": os.environ.get("SGMAGNET_INSTITUTION", "unspecified (set SGMAGNET_INSTITUTION)"),
+            "source": f"Himawari-8/9 AHI L1 gridded (JAXA P-Tree), 16 bands -> sgmagnet {__version__} predict",
+            "references": REFERENCES, "input_file": os.path.basename(ahi),
+            "orientation": "latitude ascending (south to north), longitude ascending (west to east)",
             "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} sgmagnet predict",
             "tiling": f"tile {tile}, overlap {overlap}, centre-crop stitching", "grid_row0": r0, "grid_col0": c0}
     base.update(attrs or {})
     n_valid = 0
     nc = None
     try:
-        nc = _create(out, lat, lon, tl, tile, probabilities, base)
+        nc = _create(out, lat[::-1] if flip else lat, lon, tl, tile, probabilities, base)
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not log, mininterval=2)
         for rs, (rlo, rhi) in zip(rows, rcore):
             strip = ahi_fmt.read_ahi(ahi, rows=slice(r0 + rs, r0 + min(rs + tile, H)), cols=slice(c0, c0 + W),
@@ -170,14 +191,14 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                 xn = np.pad(xn, pad, constant_values=np.nan)
                 geom = np.pad(geom, pad, constant_values=np.nan)
             phase = np.full((N_LEVELS, rhi - rlo, W), -1, np.int8)
-            probs = np.full((4, N_LEVELS, rhi - rlo, W), 255, np.uint8) if probabilities else None
+            probs = np.full((4, N_LEVELS, rhi - rlo, W), PROB_FILL, np.int8) if probabilities else None
             for k in range(0, len(cols), batch):
                 group = list(zip(cols, ccore))[k:k + batch]
                 xb = torch.from_numpy(np.stack([xn[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
                 gb = torch.from_numpy(np.stack([geom[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
                 logits = model(xb, gb)
                 cls = fast_argmax(logits, form=form).to(torch.int8).cpu().numpy()        # [b, L, t, t]
-                pr = ((log_probs(logits, form).exp() * PROB_SCALE).round().to(torch.uint8).cpu().numpy()
+                pr = ((log_probs(logits, form).exp() * PROB_SCALE).round().to(torch.int8).cpu().numpy()
                       if probabilities else None)
                 for j, (cs, (clo, chi)) in enumerate(group):
                     rr, cc = slice(rlo - rs, rhi - rs), slice(clo - cs, chi - cs)
@@ -187,11 +208,13 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                 bar.update(len(group))
             mask = ~ok[rlo - rs:rhi - rs]
             phase[:, mask] = -1
-            nc["cloud_phase"][0, :, rlo:rhi, :] = phase
+            rows_out = slice(H - rhi, H - rlo) if flip else slice(rlo, rhi)
+            order = slice(None, None, -1) if flip else slice(None)
+            nc["cloud_phase"][0, :, rows_out, :] = phase[:, order]
             if probabilities:
-                probs[:, :, mask] = 255
+                probs[:, :, mask] = PROB_FILL
                 for c, name in enumerate(CLASS_NAMES):
-                    nc[f"p_{name}"][0, :, rlo:rhi, :] = probs[c]
+                    nc[f"p_{name}"][0, :, rows_out, :] = probs[c][:, order]
             n_valid += int((~mask).sum())
         bar.close()
         nc.close()

@@ -87,15 +87,42 @@ class Logger:
     def log(self, rec: dict):
         self.f.write(json.dumps(rec) + "\n")
         self.f.flush()
-        if self.tb is not None:
+        if self.tb is not None and rec["kind"] != "header":
+            pre = rec["kind"] + "_"
             for k, v in rec.items():
-                if k not in ("step", "kind", "time") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{rec['kind']}/{k}", v, rec["step"])
+                if k not in ("step", "kind", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{rec['kind']}/{k[len(pre):] if k.startswith(pre) else k}", v, rec["step"])
 
     def close(self):
         self.f.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def run_header(cfg: Config, step: int, world_size: int) -> dict:
+    """The first record of every (re)start in log.jsonl: what ran, where, with which code and packages."""
+    import datetime as dt
+    import hashlib
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    text = dump(cfg)
+    return {"kind": "header", "step": step, "time": time.time(),
+            "time_iso": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": commit, "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "host": platform.node(), "world_size": world_size, "python": platform.python_version(),
+            "versions": {p: version(p) for p in ("sgmagnet", "torch", "numpy", "triton", "deepspeed", "webdataset")}}
 
 
 def build_optimizer(cfg: Config, model) -> torch.optim.Optimizer:
@@ -249,6 +276,8 @@ class Trainer:
             with open(os.path.join(t.run_dir, "config.yaml"), "w") as f:
                 f.write(dump(cfg))
         self.logger = Logger(t.run_dir) if self.env.is_main else None
+        if self.logger:
+            self.logger.log(run_header(cfg, self.step, self.env.world_size))
         self.preemption = None
 
     def _make_stream(self):
@@ -405,6 +434,8 @@ class Trainer:
                  f"{'DeepSpeed ' + os.path.basename(t.deepspeed) if t.deepspeed else ('DDP' if self.ddp else 'plain')}; "
                  f"global batch {self.cfg.data.batch_size}x{accum}x{self.env.world_size}; "
                  f"loss weights {[round(w, 3) for w in self.weights]}")
+        self.log(f"run folder {t.run_dir} (log.jsonl, checkpoints/, config.yaml); TensorBoard: "
+                 f"tensorboard --logdir {os.path.join(t.run_dir, 'tb')}")
         self.preemption = Preemption()
         bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.env.is_main), mininterval=2,
                    desc="train", dynamic_ncols=True)
@@ -429,6 +460,10 @@ class Trainer:
             if t.val_every and self.step % t.val_every == 0 and self.step < t.steps:
                 last_val = self.validate()
                 self.keep_best(last_val)
+                if last_val:
+                    self.log(f"step {self.step}: val loss {last_val['val_loss']:.4f}  macro F1 "
+                             f"{last_val['val_macro_f1']:.3f}  macro IoU {last_val['val_macro_iou']:.3f}  (best "
+                             f"{self.best.get('val_macro_f1', float('nan')):.3f} at step {self.best.get('step', '-')})")
                 if self.plateau():
                     self.log(f"step {self.step}: no better validation macro F1 for {t.patience} validations "
                              f"(best {self.best['val_macro_f1']:.4f} at step {self.best['step']}): stopping")

@@ -184,3 +184,27 @@ def test_all_fill_scene_is_listed_in_skipped(tiny_archive, tiny_shards, tmp_path
     reasons = [s["reason"] for s in r["manifest"]["skipped"] if os.path.basename(s["file"]) == name]
     assert reasons and "all 16 bands are fill/NaN" in reasons[0], r["manifest"]["skipped"]
     assert sum(r["manifest"]["counts"].values()) < sum(want["counts"].values())
+
+
+def test_cli_build_warns_when_a_split_is_empty(tiny_archive, tmp_path):
+    archive, _ = tiny_archive
+    res = subprocess.run([sys.executable, "-m", "sgmagnet.cli", "build", "--ahi", str(archive / "ahi"), "--cloudsat",
+                          str(archive / "cloudsat"), "--out", str(tmp_path / "s"), "--patch-size", "32",
+                          "--min-labelled", "16", "--split-days", "1,0,1", "--gap-days", "0", "--quiet"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    warn = [x for x in res.stderr.splitlines() if "WARNING" in x]
+    assert len(warn) == 1 and "split 'val'" in warn[0] and "--split-days 1,0,1" in warn[0]
+
+
+def test_cli_version_and_print_config():
+    from sgmagnet import __version__
+
+    res = subprocess.run([sys.executable, "-m", "sgmagnet.cli", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == f"sgmagnet {__version__}"
+    res = subprocess.run([sys.executable, "-m", "sgmagnet.cli", "train", "--print-config", "train.steps=7",
+                          "model.name=unet"], capture_output=True, text=True)
+    assert res.returncode == 0 and "steps: 7" in res.stdout and "name: unet" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "sgmagnet.cli", "train", "--print-config", "train.steps=0"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "train.steps" in res.stderr

@@ -122,7 +122,7 @@ def test_preemption_signal_saves_and_exits_with_code_3(tiny_shards, tmp_path, si
     p = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     t0 = time.time()
-    while not (run / "log.jsonl").exists() or not open(run / "log.jsonl").read():
+    while not (run / "log.jsonl").exists() or '"kind": "train"' not in open(run / "log.jsonl").read():
         assert p.poll() is None and time.time() - t0 < 120
         time.sleep(0.1)
     if group:

@@ -81,7 +81,9 @@ def _release_requeued(job_id: str, timeout: float = 90):
 
 def _wait_log_lines(run, n, alive, timeout=180):
     t0 = time.time()
-    while not (run / "log.jsonl").exists() or len((run / "log.jsonl").read_text().splitlines()) < n:
+    def records():   # training records (the header of each (re)start is not progress)
+        return [x for x in (run / "log.jsonl").read_text().splitlines() if '"kind": "header"' not in x]
+    while not (run / "log.jsonl").exists() or len(records()) < n:
         assert time.time() - t0 < timeout and alive(), "the job ended before it was signalled"
         time.sleep(0.2)
 

@@ -86,7 +86,10 @@ def test_resume_is_exact(tiny_shards, tmp_path, monkeypatch):
     for k in want:
         assert torch.equal(want[k], got[k]), k
     log = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
-    assert {r["kind"] for r in log} == {"train", "val"}
+    assert {r["kind"] for r in log} == {"header", "train", "val"}
+    head = log[0]
+    assert head["kind"] == "header" and head["step"] == 0 and head["config_hash"] and head["versions"]["torch"]
+    assert head["time_iso"].endswith("+00:00")
 
 
 def test_trainer_columns_path_equals_dense_path(tiny_shards, tmp_path):

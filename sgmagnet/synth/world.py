@@ -171,11 +171,11 @@ class Column:
         phase = np.where(dc_ice, ICE, phase)
         present = np.isfinite(self.top)
         # seeder-feeder: ice falling from a layer above glaciates part of a supercooled liquid layer below
-        # (Bergeron-Findeisen), so a supercooled layer under ice is mixed for 60 % of the columns (a smooth
+        # (Bergeron-Findeisen), so a supercooled layer under ice is mixed for 90 % of the columns (a smooth
         # field); this touches hidden lower layers only (PHYSICS §1a: ice-above-mixed 9 % of profiles)
         is_ice = present & (phase == ICE)
         ice_above = np.cumsum(is_ice, axis=1) - is_ice > 0
-        seeded = ice_above & (phase == LIQUID) & (t_top < 271.15) & (u(f["mix_u"] - f["hi_u"])[:, None] < 0.6)
+        seeded = ice_above & (phase == LIQUID) & (t_top < 273.15) & (u(f["mix_u"] - f["hi_u"])[:, None] < 0.9)
         phase = np.where(seeded, MIXED, phase)
         self.phase = np.where(present, phase, 0).astype(np.int64)
         # --- what AHI sees at each layer top is not the lidar/radar label (v2): the radiative top phase.
