@@ -1,7 +1,7 @@
 """The study's archive: synthesise and build a multi-week benchmark in chunks of days, within a small disk.
 
-    python hpc/study_data.py --out study_data [--start 2018-10-01 --days 45 --chunk 15]
-                             [--region 110,150,-60,60 --res 0.05 --seed 0]
+    python hpc/study_data.py --out study_data [--start 2018-10-01 --days 45 --chunk 3 --jobs 1]
+                             [--region 125,145,-60,60 --res 0.05 --seed 0]
                              [--patch-size 64 --min-labelled 32 --split-days 10,2,2 --gap-days 1] [--np 2]
 
 For each chunk of days: `sgmagnet synth` writes its AHI and CloudSat files under <out>/raw/chunk_NNN/,
@@ -85,8 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder: raw/, shards/, logs/, study_data.json")
     p.add_argument("--start", default="2018-10-01", help="first day (UTC) and split anchor (2018-10-01)")
     p.add_argument("--days", type=int, default=45, help="number of days (45 = 3 cycles of 10,2,2 + 1 gap)")
-    p.add_argument("--chunk", type=int, default=15, help="days per chunk (15)")
-    p.add_argument("--region", default="110,150,-60,60", help="LON0,LON1,LAT0,LAT1 (110,150,-60,60)")
+    p.add_argument("--chunk", type=int, default=3, help="days per chunk (3: small, so a killed run loses little)")
+    p.add_argument("--region", default="125,145,-60,60",
+                   help="LON0,LON1,LAT0,LAT1 (125,145,-60,60: the paper's latitudes, a 20-degree band of its longitudes)")
     p.add_argument("--res", default="0.05", help="grid step in degrees (0.05)")
     p.add_argument("--seed", type=int, default=0, help="synthetic archive seed (0)")
     p.add_argument("--patch-size", type=int, default=64, help="patch size in pixels (64)")
@@ -135,7 +136,9 @@ def main(argv=None) -> int:
             fh = open(log, "a")
             fh.write("$ " + " ".join(synth) + "\n")
             fh.flush()
-            procs.append((k, raw, log, fh, time.time(), subprocess.Popen(synth, stdout=fh, stderr=subprocess.STDOUT, cwd=HERE)))
+            env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")   # one core per chunk
+            procs.append((k, raw, log, fh, time.time(),
+                          subprocess.Popen(synth, stdout=fh, stderr=subprocess.STDOUT, cwd=HERE, env=env)))
         for k, raw, log, fh, t0, proc in procs:
             rc = proc.wait()
             fh.close()

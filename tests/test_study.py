@@ -50,3 +50,35 @@ def test_study_bad_options(tiny_shards, tmp_path, capsys):
             study.main(["--shards", str(root), "--out", str(tmp_path / "o"), *bad])
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
+
+
+def test_study_data_chunks_resume_and_free_the_raw_files(tmp_path, capsys):
+    """Two 1-day chunks: synthesised, built into one shard set, verified, AHI deleted; a rerun skips both."""
+    import glob
+
+    from hpc import study_data
+
+    out = tmp_path / "sd"
+    args = ["--out", str(out), "--days", "2", "--chunk", "1", "--region", "125,145,-30,30", "--res", "0.1",
+            "--seed", "3", "--patch-size", "32", "--min-labelled", "16", "--split-days", "1,1,0", "--gap-days", "0",
+            "--np", "1"]
+    assert study_data.main(args) == 0
+    info = json.load(open(out / "study_data.json"))
+    assert set(info["chunks"]) == {"0", "1"} and info["counts"]["train"] > 0 and info["counts"]["val"] > 0
+    assert len(info["manifest_sha256"]) == 64
+    assert not glob.glob(str(out / "raw" / "*" / "ahi")) and glob.glob(str(out / "raw" / "*" / "cloudsat"))
+    capsys.readouterr()
+    assert study_data.main(args) == 0
+    assert capsys.readouterr().out.count("already built") == 2
+    assert json.load(open(out / "study_data.json"))["manifest_sha256"] == info["manifest_sha256"]
+
+
+def test_study_data_bad_options(tmp_path, capsys):
+    import pytest
+
+    from hpc import study_data
+
+    for bad, msg in ((["--start", "2018-13-01"], "--start"), (["--days", "0"], "must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            study_data.main(["--out", str(tmp_path / "x"), *bad])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
