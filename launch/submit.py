@@ -110,9 +110,11 @@ def rendezvous_env():
     """Map submitit's JobEnvironment onto the variables torch.distributed reads."""
     import submitit
 
+    from sgmagnet.dist import slurm_master_port
+
     env = submitit.JobEnvironment()
     os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
-                      MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000))
+                      MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(slurm_master_port(env.job_id)))
     return env
 
 

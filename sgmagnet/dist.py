@@ -67,11 +67,17 @@ def detect() -> DistEnv:
     return DistEnv()
 
 
+def slurm_master_port(job_id) -> int:
+    """The rendezvous port of a Slurm job (one formula for srun and submitit; array ids "123_4" use 123):
+    20000 + job id mod 20000, so concurrent jobs on a node rarely collide."""
+    return 20000 + int(str(job_id).split("_")[0]) % 20000
+
+
 def _slurm_rendezvous():
     e = os.environ
     nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST") or "127.0.0.1"
     e.setdefault("MASTER_ADDR", first_host(nodes))
-    e.setdefault("MASTER_PORT", str(20000 + int(e.get("SLURM_JOB_ID", "9533")) % 20000))
+    e.setdefault("MASTER_PORT", str(slurm_master_port(e.get("SLURM_JOB_ID", "9533"))))
     e["RANK"], e["WORLD_SIZE"], e["LOCAL_RANK"] = e["SLURM_PROCID"], e["SLURM_NTASKS"], e.get("SLURM_LOCALID", "0")
 
 

@@ -234,3 +234,18 @@ def test_deepspeed_launcher_runs_the_cli(tiny_shards, tmp_path):
     import json
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["world_size"] == 2 and s["steps"] == 2 and s["final_val"]["val_voxels"] > 0
+
+
+def test_one_master_port_formula_for_srun_and_submitit(monkeypatch):
+    from sgmagnet import dist
+
+    assert dist.slurm_master_port(123456) == 20000 + 123456 % 20000 == dist.slurm_master_port("123456_7")
+    for k in ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK"):   # restored after the test
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[01-02]")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    dist._slurm_rendezvous()
+    import os
+    assert os.environ["MASTER_PORT"] == str(dist.slurm_master_port(123456)) and os.environ["RANK"] == "1"
