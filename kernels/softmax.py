@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import softmax3
+
 BLOCK = 1024
 
 
@@ -29,11 +31,7 @@ def _probs(g, z1, z2, z3):
     big = 1.0 / (1.0 + e)
     sg = tl.where(g >= 0, big, e * big)    # sigma(g)
     sn = tl.where(g >= 0, e * big, big)    # sigma(-g)
-    m = tl.maximum(tl.maximum(z1, z2), z3)
-    e1 = tl.exp(z1 - m)
-    e2 = tl.exp(z2 - m)
-    e3 = tl.exp(z3 - m)
-    s = e1 + e2 + e3
+    _, e1, e2, e3, s = softmax3(z1, z2, z3)
     return sn, sg, e1 / s, e2 / s, e3 / s
 
 

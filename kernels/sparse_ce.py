@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import softmax3
+
 IGNORE = 255
 BLOCK = 1024
 
@@ -71,11 +73,7 @@ def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr
     z3 = tl.load(logits_ptr + base + 3 * s_c, mask=lab, other=0.0).to(tl.float32)
     ls_pos = _logsigmoid(g)          # log sigma(g)  = log P(cloud)
     ls_neg = _logsigmoid(-g)         # log sigma(-g) = log P(clear)
-    m = tl.maximum(tl.maximum(z1, z2), z3)
-    e1 = tl.exp(z1 - m)
-    e2 = tl.exp(z2 - m)
-    e3 = tl.exp(z3 - m)
-    s = e1 + e2 + e3
+    m, e1, e2, e3, s = softmax3(z1, z2, z3)
     lse = m + tl.log(s)
     zy = tl.where(y == 1, z1, tl.where(y == 2, z2, z3))
     logp = tl.where(y == 0, ls_neg, ls_pos + zy - lse)
