@@ -270,12 +270,18 @@ def write_json_atomic(path: str, obj) -> None:
             os.remove(tmp)
 
 
-def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print) -> dict:
+def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print, progress: bool = False) -> dict:
+    """Process this rank's granules; progress: a tqdm bar with ETA (rank 0's share) instead of a line each."""
+    from tqdm import tqdm
+
     scenes = [Scene(s["path"], np.datetime64(s["timeline"], "ns")) for s in p["scenes"]]
     anchor = dt.date.fromisoformat(p["split_anchor"])
     stats = {"granules": 0, "resumed": 0, "profiles": 0, "seconds": 0.0}
     t0 = time.perf_counter()
+    bar = tqdm(total=len(my), desc="granules", unit="granule", disable=not progress, mininterval=2,
+               dynamic_ncols=True)
     for k in my:
+        bar.update(1)
         g = dict(p["granules"][k], config_hash=p["config_hash"], config=shaping(cfg, p["split_anchor"]))
         rp = record_path(cfg, g["path"])
         if os.path.exists(rp) and _record_intact(cfg, rp, p["config_hash"]):
@@ -291,7 +297,9 @@ def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print) -> dict:
             break
         stats["granules"] += 1
         stats["profiles"] += g["nray"]
-        log(f"{rec['granule']}: {rec['status']} " + " ".join(f"{s}={n}" for s, n in rec.get("samples", {}).items()))
+        if not progress:
+            log(f"{rec['granule']}: {rec['status']} " + " ".join(f"{s}={n}" for s, n in rec.get("samples", {}).items()))
+    bar.close()
     stats["seconds"] = time.perf_counter() - t0
     return stats
 
@@ -367,7 +375,7 @@ def _bcast(comm, obj):
     return json.loads(comm.bcast(json.dumps(obj), root=0)) if comm else obj
 
 
-def build(cfg: BuildConfig, log=print, overwrite: bool = False) -> dict:
+def build(cfg: BuildConfig, log=print, overwrite: bool = False, progress: bool = False) -> dict:
     """Every rank returns, or every rank raises the same BuildRefused (bad input/options; nothing built) or
     BuildFailed (an environment failure on some rank: the manifest is not rewritten; re-run to retry)."""
     comm = get_comm()
@@ -383,7 +391,8 @@ def build(cfg: BuildConfig, log=print, overwrite: bool = False) -> dict:
     if refused:
         raise BuildRefused(refused)
     my = assign(p["granules"], size)[rank]
-    stats = run_rank(cfg, p, my, log=(lambda m: log(f"[rank {rank}] {m}")) if comm else log)
+    stats = run_rank(cfg, p, my, log=(lambda m: log(f"[rank {rank}] {m}")) if comm else log,
+                     progress=progress and rank == 0)
     ranks = [json.loads(s) for s in comm.allgather(json.dumps(stats))] if comm else [stats]
     errors = [r["error"] for r in ranks if "error" in r]
     if errors:

@@ -86,7 +86,7 @@ def cmd_synth(a):
 
     cfg = SynthConfig(out=a.out, start=a.start, days=a.days, region=a.region, res=a.res, seed=a.seed,
                       orbit_mode=a.orbit)
-    stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print)
+    stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet)
     print(format_stats(stats))
     return 0
 
@@ -102,7 +102,7 @@ def cmd_build(a):
                       min_labelled=a.min_labelled, split_days=a.split_days, gap_days=a.gap_days,
                       split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount)
     try:
-        r = build(cfg, log=(lambda m: None) if a.quiet else print, overwrite=a.overwrite)
+        r = build(cfg, log=(lambda m: None) if a.quiet else print, overwrite=a.overwrite, progress=not a.quiet)
     except (BuildRefused, BuildFailed) as e:   # every rank raises the same; rank 0 says it
         comm = get_comm()
         code = 2 if isinstance(e, BuildRefused) else 1
@@ -121,10 +121,13 @@ def warn_empty_splits(out: str, cfg) -> list[str]:
 
     counts = read_manifest(out)["counts"]
     empty = [s for s in ("train", "val", "test") if not counts.get(s)]
+    days = dict(zip(("train", "val", "test"), cfg.split_days))
+    cycle = f"--split-days {','.join(map(str, cfg.split_days))} / --gap-days {cfg.gap_days}"
     for s in empty:
-        sys.stderr.write(f"sgmagnet build: WARNING: split {s!r} of {out} is empty (0 samples): the archive's days "
-                         f"do not reach its block of the --split-days {','.join(map(str, cfg.split_days))} / "
-                         f"--gap-days {cfg.gap_days} cycle (or its days gave no patch); add days or shorten the blocks\n")
+        why = (f"its block of the {cycle} cycle is 0 days" if days[s] == 0 else
+               f"the archive's days do not reach its block of the {cycle} cycle (or its days gave no patch); "
+               "add days or shorten the blocks")
+        sys.stderr.write(f"sgmagnet build: WARNING: split {s!r} of {out} is empty (0 samples): {why}\n")
     return empty
 
 
@@ -323,7 +326,7 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0, help="random seed (the archive is deterministic per seed)")
     s.add_argument("--orbit", choices=("doop", "full"), default="doop",
                    help="doop: daylight-only CloudSat (as since 2011, default); full: day and night passes")
-    s.add_argument("--quiet", action="store_true", help="print only the final statistics")
+    s.add_argument("--quiet", action="store_true", help="no progress bar; print only the final statistics")
     s.set_defaults(func=cmd_synth)
 
     b = sub.add_parser("build", help="collocate AHI with CloudSat into WebDataset shards (also under mpirun -n K)")
@@ -341,7 +344,7 @@ def main(argv=None) -> int:
     b.add_argument("--shard-maxcount", type=_positive_int, default=200, help="max samples per shard (200)")
     b.add_argument("--overwrite", action="store_true", help="rebuild an --out made with another configuration "
                    "(its shards, records and manifest are deleted); without it such an --out is refused")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--quiet", action="store_true", help="no progress bar and no summary (warnings and errors only)")
     b.set_defaults(func=cmd_build)
 
     i = sub.add_parser("inspect", help="print a shard set's statistics (counts, class histogram, bands)")

@@ -292,8 +292,11 @@ def needed_slots(t_min: np.datetime64, t_max: np.datetime64) -> list[np.datetime
     return slots
 
 
-def synthesize(cfg: SynthConfig, log=print) -> dict:
-    """Write the archive; return (and write to <out>/synth_stats.json) its statistics."""
+def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
+    """Write the archive; return (and write to <out>/synth_stats.json) its statistics. progress: a tqdm bar
+    with ETA over the AHI scenes (the slow part) instead of one log line per scene."""
+    from tqdm import tqdm
+
     os.makedirs(cfg.out, exist_ok=True)
     world = World(cfg)
     rng = np.random.default_rng(cfg.seed + 1)
@@ -324,12 +327,14 @@ def synthesize(cfg: SynthConfig, log=print) -> dict:
     scenes, day_scenes = [], 0
     lat_c = 0.5 * (cfg.region[2] + cfg.region[3])
     lon_c = 0.5 * (cfg.region[0] + cfg.region[1])
-    for slot in sorted(slots):
+    for slot in tqdm(sorted(slots), desc="AHI scenes", unit="scene", disable=not progress, mininterval=2,
+                     dynamic_ncols=True):
         path = write_scene(world, slot, cfg.out)
         scenes.append(os.path.relpath(path, cfg.out))
         soz, _ = orbit.solar_angles(np.array([slot]), np.array([lat_c]), np.array([lon_c]))
         day_scenes += int(soz[0] < 85)
-        log(f"scene {os.path.basename(path)}")
+        if not progress:
+            log(f"scene {os.path.basename(path)}")
     tot = max(int(hist.sum()), 1)
     cl = max(int(hist[1:].sum()), 1)
     stats = {
