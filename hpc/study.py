@@ -103,10 +103,12 @@ def overrides(a, preset: dict, model: str, opts: dict, extra: list, run: str, se
 
 def train(over: list[str]) -> tuple[dict, float]:
     from sgmagnet.config import load_config
-    from sgmagnet.train import Trainer
+    from sgmagnet.train import run_training
 
     t0 = time.time()
-    summary = Trainer(load_config(None, over), log=lambda m: None, resume=True).fit()   # resumes a killed run
+    _, summary, preempted = run_training(load_config(None, over), resume=True, log=lambda m: None)  # resumes
+    if preempted:
+        raise SystemExit(f"study: preempted; checkpoint {preempted.checkpoint} (run the study again to resume)")
     return summary, time.time() - t0
 
 

@@ -132,7 +132,7 @@ class TrainJob:
     def __call__(self):
         from sgmagnet import dist as hdist
         from sgmagnet.config import load_config
-        from sgmagnet.train import Preempted, Trainer
+        from sgmagnet.train import run_training
 
         rendezvous_env()
         submitit_handler = signal.getsignal(signal.SIGUSR2)     # submitit's checkpoint-and-requeue
@@ -140,10 +140,8 @@ class TrainJob:
         cfg.train.progress = False
         if self.deepspeed:
             cfg.train.deepspeed = self.deepspeed
-        trainer = Trainer(cfg, resume=self.resume)
-        try:
-            summary = trainer.fit()
-        except Preempted:
+        trainer, summary, preempted = run_training(cfg, resume=self.resume)
+        if preempted:
             hdist.shutdown()
             if trainer.env.rank == 0 and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)     # pickles self.checkpoint(), requeues, exits

@@ -156,7 +156,7 @@ def _fail(cmd: str, e, code: int = 2) -> int:
 
 def cmd_train(a):
     from .config import ConfigError, load_config
-    from .train import Trainer
+    from .train import run_training
 
     if a.config and not os.path.isfile(a.config):
         sys.stderr.write(f"sgmagnet train: error: --config {a.config!r} is not a file\n")
@@ -173,17 +173,12 @@ def cmd_train(a):
             from .config import dump, validate
             print(dump(validate(cfg)), end="")
             return 0
-        trainer = Trainer(cfg, resume=a.resume, overwrite=a.overwrite)
+        trainer, _, preempted = run_training(cfg, resume=a.resume, overwrite=a.overwrite)
     except (ValueError, FileNotFoundError) as e:   # ConfigError, ManifestError, a bad checkpoint
         return _fail("train", e)
     from . import dist as hdist
-    from .train import Preempted
 
-    code = 0
-    try:
-        trainer.fit()
-    except Preempted as p:
-        code = p.code
+    code = preempted.code if preempted else 0
     hdist.shutdown()
     if trainer.env.distributed:  # skip native destructors (rare gloo/DeepSpeed abort at exit, see sgmagnet/dist.py)
         hdist.hard_exit(code)

@@ -492,3 +492,14 @@ class Trainer:
             self.log(f"step {self.step}: val loss {last_val['val_loss']:.4f}  macro F1 {last_val['val_macro_f1']:.3f}"
                      f"  macro IoU {last_val['val_macro_iou']:.3f}  -> {path}")
         return summary
+
+
+def run_training(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=print):
+    """The one way to run training (CLI, Slurm job, study): build the Trainer, fit. Returns (trainer, summary,
+    None), or (trainer, None, Preempted) when a preemption signal ended the run with a checkpoint. Config and
+    data errors raise from the Trainer's constructor (ConfigError, ManifestError) before anything runs."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, log=log)
+    try:
+        return trainer, trainer.fit(), None
+    except Preempted as p:
+        return trainer, None, p
