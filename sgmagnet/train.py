@@ -502,4 +502,7 @@ def run_training(cfg: Config, *, resume: bool = False, overwrite: bool = False, 
     try:
         return trainer, trainer.fit(), None
     except Preempted as p:
-        return trainer, None, p
+        checkpoint = p.checkpoint
+    # a new exception object, without the traceback: the caught one holds fit()'s frames and with them the
+    # DataLoader iterator, whose worker processes would then outlive the run and hang the interpreter's exit
+    return trainer, None, Preempted(checkpoint)
