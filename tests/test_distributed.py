@@ -240,8 +240,9 @@ def test_one_master_port_formula_for_srun_and_submitit(monkeypatch):
     from sgmagnet import dist
 
     assert dist.slurm_master_port(123456) == 20000 + 123456 % 20000 == dist.slurm_master_port("123456_7")
-    for k in ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK"):   # restored after the test
-        monkeypatch.delenv(k, raising=False)
+    for k in ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.setenv(k, "")      # recorded, so the values _slurm_rendezvous writes are undone after the test
+        monkeypatch.delenv(k)          # (delenv alone records nothing for an unset variable: RANK would leak)
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "node[01-02]")
     monkeypatch.setenv("SLURM_PROCID", "1")
