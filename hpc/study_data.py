@@ -4,7 +4,8 @@
                              [--region 125,145,-60,60 --res 0.05 --seed 0]
                              [--patch-size 64 --min-labelled 32 --split-days 10,2,2 --gap-days 1] [--np 2]
 
-For each chunk of days: `sgmagnet synth` writes its AHI and CloudSat files under <out>/raw/chunk_NNN/,
+For each chunk of days: `sgmagnet synth` writes its AHI and CloudSat files under <out>/raw/chunk_NNN/ (all
+chunks with `--epoch` = --start, so they are pieces of one synthetic world, not copies of its first days),
 `sgmagnet build` (under mpirun -n NP when NP > 1) collocates them into <out>/shards (one split cycle anchored
 at --start for every chunk, so every chunk shares one configuration hash), the chunk's granule records are
 checked (record present, shards' sha256 intact), and only then the chunk's AHI files (~90 % of the raw
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         day0 = start + dt.timedelta(days=first)
         raw = os.path.join(a.out, "raw", f"chunk_{k:03d}")
         synth = sg + ["synth", "--out", raw, "--start", day0.isoformat(), "--days", str(n), "--region", a.region,
-                      "--res", a.res, "--seed", str(a.seed), "--quiet"]
+                      "--res", a.res, "--seed", str(a.seed), "--epoch", start.isoformat(), "--quiet"]
         chunks.append((k, n, day0, raw, synth, os.path.join(a.out, "logs", f"chunk_{k:03d}.log")))
     todo = [c for c in chunks if not os.path.exists(os.path.join(c[3], "done"))]
     for c in chunks:

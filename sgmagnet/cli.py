@@ -84,8 +84,11 @@ def _date(s):
 def cmd_synth(a):
     from .synth.archive import SynthConfig, format_stats, synthesize
 
+    if a.epoch and a.epoch > a.start:
+        sys.stderr.write(f"sgmagnet synth: error: --epoch {a.epoch} is after --start {a.start}\n")
+        return 2
     cfg = SynthConfig(out=a.out, start=a.start, days=a.days, region=a.region, res=a.res, seed=a.seed,
-                      orbit_mode=a.orbit)
+                      orbit_mode=a.orbit, epoch=a.epoch)
     stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet)
     print(format_stats(stats))
     return 0
@@ -319,6 +322,9 @@ def main(argv=None) -> int:
                    help="LON0,LON1,LAT0,LAT1 in degrees east/north, default 100,160,-60,60 (the paper's)")
     s.add_argument("--res", type=_positive_float, default=0.05, help="grid step in degrees, default 0.05")
     s.add_argument("--seed", type=int, default=0, help="random seed (the archive is deterministic per seed)")
+    s.add_argument("--epoch", type=_date, default=None, help="day the synthetic weather and orbit are anchored "
+                   "to (default: --start); give every piece of an archive written in pieces the same epoch, or "
+                   "each piece repeats the same weather")
     s.add_argument("--orbit", choices=("doop", "full"), default="doop",
                    help="doop: daylight-only CloudSat (as since 2011, default); full: day and night passes")
     s.add_argument("--quiet", action="store_true", help="no progress bar; print only the final statistics")

@@ -82,3 +82,39 @@ def test_study_data_bad_options(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             study_data.main(["--out", str(tmp_path / "x"), *bad])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_an_archive_written_in_pieces_is_one_world(tmp_path):
+    """Two 1-day pieces with a shared epoch = one 2-day run: same granules, same layers, same scenes. (Without
+    the epoch every piece restarted the weather and the orbit: a 45-day archive was 15 copies of 3 days.)"""
+    import glob
+
+    import numpy as np
+
+    from sgmagnet.formats import ahi as ahi_fmt
+    from sgmagnet.formats.cloudsat import read_granule
+    from sgmagnet.synth.archive import SynthConfig, synthesize
+
+    kw = dict(region=(125.0, 145.0, -30.0, 30.0), res=0.2, seed=3)
+    synthesize(SynthConfig(out=str(tmp_path / "one"), start="2018-10-01", days=2, **kw), log=lambda m: None)
+    for day in ("2018-10-01", "2018-10-02"):
+        synthesize(SynthConfig(out=str(tmp_path / "pieces"), start=day, days=1, epoch="2018-10-01", **kw),
+                   log=lambda m: None)
+
+    def files(root, pattern):
+        return {os.path.basename(p): p for p in glob.glob(str(root / "**" / pattern), recursive=True)}
+    g1, g2 = files(tmp_path / "one", "*.hdf"), files(tmp_path / "pieces", "*.hdf")
+    assert g1.keys() == g2.keys() and len(g1) >= 2
+    for name in g1:
+        a, b = read_granule(g1[name]), read_granule(g2[name])
+        for v in ("latitude", "layer_top", "layer_base", "layer_phase"):
+            np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=f"{name} {v}")
+    s1, s2 = files(tmp_path / "one", "*.nc"), files(tmp_path / "pieces", "*.nc")
+    assert s1.keys() == s2.keys()
+    for name in sorted(s1)[:: max(1, len(s1) // 3)]:
+        a, b = ahi_fmt.read_ahi(s1[name], variables=("tbb_13",)), ahi_fmt.read_ahi(s2[name], variables=("tbb_13",))
+        np.testing.assert_array_equal(a["tbb_13"].values, b["tbb_13"].values)
+    # and the second day is not a copy of the first
+    d1 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018274")]
+    d2 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018275")]
+    assert d1 and d2 and not np.array_equal(d1[0][:100], d2[0][:100])

@@ -42,17 +42,20 @@ class SynthConfig:
     res: float = 0.05
     seed: int = 0
     orbit_mode: str = "doop"
+    epoch: str | None = None     # day the fields and the orbit are anchored to (default: start); archives
+                                 # written in pieces must share it, or every piece repeats the same weather
     satellite: str = "08"
     bad_profile_fraction: float = 0.003
     stats: dict = field(default_factory=dict)
 
 
 class World:
-    """Fields + orbit for one seed; t=0 of the fields is the archive start day 00:00 UTC."""
+    """Fields + orbit for one seed; t=0 of the fields and of the orbit is the epoch day (default: the archive
+    start) 00:00 UTC, so two runs with the same seed and epoch describe one world at every instant."""
 
     def __init__(self, cfg: SynthConfig):
         self.cfg = cfg
-        self.t0 = np.datetime64(cfg.start, "ns")
+        self.t0 = np.datetime64(cfg.epoch or cfg.start, "ns")
         self.bank = FieldBank(cfg.seed, FIELD_NAMES, static=STATIC_FIELDS, fine=FINE_FIELDS)
         self.u0 = float(np.random.default_rng(cfg.seed + 7919).uniform(0, 2 * np.pi))
 
@@ -300,9 +303,13 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
     os.makedirs(cfg.out, exist_ok=True)
     world = World(cfg)
     rng = np.random.default_rng(cfg.seed + 1)
-    t_end = world.t0 + np.timedelta64(cfg.days, "D")
-    n0 = int(np.floor(-world.u0 / (2 * np.pi))) - 1
-    n1 = int(np.ceil((cfg.days * 86400.0) / orbit.PERIOD_S)) + 1
+    t_start = np.datetime64(cfg.start, "ns")
+    if t_start < world.t0:
+        raise ValueError(f"start {cfg.start} is before the epoch {cfg.epoch}")
+    t_end = t_start + np.timedelta64(cfg.days, "D")
+    offset = world.seconds(np.array([t_start]))[0]
+    n0 = int(np.floor((offset / orbit.PERIOD_S) - world.u0 / (2 * np.pi))) - 1
+    n1 = int(np.ceil((offset + cfg.days * 86400.0) / orbit.PERIOD_S)) + 1
     granules, slots = [], set()
     hist = np.zeros(4, np.int64)
     prof = cloudy = multi = 0
@@ -312,7 +319,7 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         if g is None:
             continue
         t_node, t, lat, lon = g
-        if t[0] < world.t0 or t[0] >= t_end:
+        if t[0] < t_start or t[0] >= t_end:
             continue
         path, st = write_granule(world, n, t, lat, lon, cfg.out, rng)
         granules.append(os.path.relpath(path, cfg.out))
