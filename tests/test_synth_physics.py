@@ -8,7 +8,7 @@ from sgmagnet.synth import orbit
 from sgmagnet.synth.archive import KM_PER_DEG, blur, parallax_offset_px
 from sgmagnet.synth.fields import FieldBank
 from sgmagnet.synth.radiance import forward, nir_absorption
-from sgmagnet.synth.world import CU, DC, FIELD_NAMES, NS, SC, ST, STATIC_FIELDS, Column
+from sgmagnet.synth.world import AS, CU, DC, FIELD_NAMES, NS, SC, ST, STATIC_FIELDS, Column
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,37 @@ def test_cloud_fields_vary_below_the_pixel_scale():
     chord_km = 0.05 * KM_PER_DEG / max((c[1:] != c[:-1]).mean(), 1e-9)
     assert 30 < chord_km < 200
     assert {"hi_p", "mid_p", "low_p", "frac"} <= set(FINE_FIELDS)
+
+
+def test_label_rules_v21_deep_layers_and_altostratus(col):
+    """v2.1 (PHYSICS §1b, §2 recipe 3): Ns is mixed while its top is warmer than a glaciation temperature
+    between -30 and -10 C and ice above it; DC is mixed or ice; As is ice-dominated and ice or mixed; the label
+    is decided by fields the radiances do not see (mixed As radiate as ice)."""
+    present = np.isfinite(col.top)
+    t_top, t_base = col.temperature(col.top), col.temperature(col.base)
+    ns = present & (col.ctype == NS) & (t_base > 268)
+    assert ns.sum() > 100
+    assert (col.phase[ns & (t_top < 243.1)] == ICE).all()            # colder than -30 C: glaciated
+    assert (col.phase[ns & (t_top > 263.2)] == MIXED).all()          # warmer than -10 C: mixed
+    between = ns & (t_top > 248) & (t_top < 258)
+    assert 0.1 < (col.phase[between] == MIXED).mean() < 0.9           # a varying glaciation temperature
+    dc = present & (col.ctype == DC) & (t_base > 268)
+    assert 0.45 < (col.phase[dc] == MIXED).mean() < 0.75              # "DC: mixed or ice", 60 % mixed
+    as_ = present & (col.ctype == AS)
+    cold = as_ & (t_top < 258)
+    assert (col.phase[cold] != LIQUID).mean() > 0.5                   # ice-dominated where Hu would say liquid
+    mixed_as = as_ & (col.phase == MIXED) & (col.rad_phase == ICE)
+    ice_topped_warm_base = as_ & (col.phase != LIQUID) & (col.rad_phase == ICE) & (t_base > 268) & (t_top < 273)
+    assert 0.25 < mixed_as.sum() / max(ice_topped_warm_base.sum(), 1) < 0.75   # "As: ice or mixed"
+
+
+def test_seeder_feeder_mixes_supercooled_layers_under_ice(col):
+    present = np.isfinite(col.top)
+    t_top = col.temperature(col.top)
+    ice = present & (col.phase == ICE)
+    ice_above = np.cumsum(ice, axis=1) - ice > 0
+    under = present & ice_above & (t_top < 273.15) & np.isin(col.ctype, (ST, SC, CU)) & (col.phase != ICE)
+    assert under.sum() > 50
+    assert (col.phase[under] == MIXED).mean() > 0.75                  # 90 % of the columns (a smooth field)
+    alone = present & ~ice_above & (t_top < 273.15) & (t_top > 268) & np.isin(col.ctype, (ST, SC, CU))
+    assert (col.phase[alone] == MIXED).mean() < 0.3                   # without ice above: mostly liquid
