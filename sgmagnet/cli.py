@@ -265,7 +265,7 @@ def cmd_predict(a):
         sys.stderr.write(f"sgmagnet predict: error: --overlap must be even, >= 0 and smaller than --tile {a.tile}\n")
         return 2
     try:
-        predict_checkpoint(a.checkpoint, a.ahi, a.out, bbox=a.bbox, tile=a.tile, overlap=a.overlap, batch=a.batch,
+        predict_checkpoint(a.checkpoint, a.ahi, a.out, bbox=a.bbox, tile=a.tile, overlap=a.overlap, batch=a.batch_size,
                            probabilities=a.probabilities, device=a.device)
     except (FormatError, ValueError, FileNotFoundError) as e:
         return _fail("predict", e)
@@ -398,7 +398,8 @@ def main(argv=None) -> int:
     pr.add_argument("--out", required=True, help="output NetCDF (written atomically)")
     pr.add_argument("--tile", type=_positive_int, default=128, help="tile size in pixels (128)")
     pr.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels, even (32)")
-    pr.add_argument("--batch", type=_positive_int, default=4, help="tiles per forward pass (4)")
+    pr.add_argument("--batch-size", "--batch", dest="batch_size", type=_positive_int, default=4,
+                    help="tiles per forward pass (4)")
     pr.add_argument("--probabilities", action="store_true", help="also write p_clear .. p_liquid")
     pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     pr.set_defaults(func=cmd_predict)

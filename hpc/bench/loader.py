@@ -37,7 +37,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", default="demo_out/shards")
     p.add_argument("--split", default="train")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8, help="samples per batch (8)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=3, help="passes per loader; the best is reported")
     p.add_argument("--repeat", type=int, default=40, help="list each shard this many times (a larger epoch)")

@@ -89,7 +89,7 @@ def worker(a) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8, help="samples per batch (8)")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--levels", type=int, default=38)
     p.add_argument("--labelled", type=int, default=128, help="labelled pixels per patch (a track crossing it)")

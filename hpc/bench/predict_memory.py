@@ -49,7 +49,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", default="demo_out/runs/unet")
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=4, help="samples per batch (4)")
     p.add_argument("--work", default="bench_out/full_disk")
     a = p.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
@@ -60,7 +60,7 @@ def main(argv=None):
     out = os.path.join(a.work, "cube.nc")
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "sgmagnet.cli", "predict", "--checkpoint", a.checkpoint, "--ahi", ahi,
-                        "--out", out, "--tile", str(a.tile), "--overlap", str(a.overlap), "--batch", str(a.batch)],
+                        "--out", out, "--tile", str(a.tile), "--overlap", str(a.overlap), "--batch-size", str(a.batch)],
                        capture_output=True, text=True)
     wall = time.time() - t0
     if r.returncode:

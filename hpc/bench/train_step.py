@@ -168,7 +168,7 @@ def main(argv=None):
     p.add_argument("--size", default="demo", choices=("tiny", "demo", "paper"))
     p.add_argument("--patch", default="64,128", help="patch sizes, comma-separated (default 64,128)")
     p.add_argument("--paths", default="dense,columns", help="dense, columns or both (default dense,columns)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8, help="samples per batch (8)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
