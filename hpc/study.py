@@ -209,15 +209,10 @@ def patch_cms(out: str, results: list[dict]) -> tuple[dict, dict]:
 def bootstrap(runs: dict, refs: dict, n_boot: int, seed: int = 0) -> dict:
     """Paired percentile bootstrap over test patches: per run the seed-mean macro F1 and its difference to
     sgmagnet; the same resampled patches for every run and reference (95 % intervals)."""
-    from sgmagnet.metrics import _div
+    from sgmagnet.metrics import macro_f1 as macro
 
     P = next(iter(runs.values())).shape[1]
     idx = np.random.default_rng(seed).integers(0, P, size=(n_boot, P))
-
-    def macro(cm):                      # [..., 4, 4] -> [...]
-        tp = np.diagonal(cm, axis1=-2, axis2=-1)
-        p, r = _div(tp, cm.sum(-2)), _div(tp, cm.sum(-1))
-        return _div(2 * p * r, p + r).mean(-1)
 
     def draws(c):                       # [S, P, 4, 4] -> [n_boot] seed-mean macro F1 on resampled patches
         c = c.astype(np.float64)

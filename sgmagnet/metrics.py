@@ -191,6 +191,14 @@ class Calibration:
                                     "count": n[k].astype(np.int64).tolist()} for k, c in enumerate(CLASS_NAMES)}}
 
 
+def macro_f1(cm) -> np.ndarray:
+    """Macro F1 of confusion matrices [..., 4, 4] (rows truth) -> [...]; the same numbers as scores()."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    p, r = _div(tp, cm.sum(-2)), _div(tp, cm.sum(-1))
+    return _div(2 * p * r, p + r).mean(-1)
+
+
 def bootstrap_macro_f1(cms: np.ndarray, n_boot: int = 1000, seed: int = 0, base: np.ndarray | None = None,
                        level: float = 0.95) -> dict:
     """Percentile bootstrap over patches of the macro F1 from per-patch confusion matrices cms [P, 4, 4].
@@ -200,11 +208,7 @@ def bootstrap_macro_f1(cms: np.ndarray, n_boot: int = 1000, seed: int = 0, base:
     cms = np.asarray(cms, np.float64)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(cms), size=(n_boot, len(cms)))
-
-    def macro(batch):                                          # batch [B, 4, 4] -> [B]
-        tp = np.diagonal(batch, axis1=1, axis2=2)
-        p, r = _div(tp, batch.sum(1)), _div(tp, batch.sum(2))
-        return _div(2 * p * r, p + r).mean(1)
+    macro = macro_f1
     stat = lambda c: macro(np.stack([c[i].sum(0) for i in idx]))  # noqa: E731
     point = macro(cms.sum(0)[None])[0]
     draws = stat(cms)

@@ -210,11 +210,10 @@ def cube_section_png(cube: str, line, path: str, n: int = 300):
 def nearest_granule(cube: str, cloudsat_dir: str) -> tuple[str, float]:
     """The 2B-CLDCLASS-LIDAR granule under `cloudsat_dir` (searched recursively) whose profiles inside the
     cube come nearest in time to the cube's scene: (path, |time gap| in minutes of its nearest profile)."""
-    import datetime as dt
     import glob
-    import re
 
-    from .formats.cloudsat import read_granule
+    from .formats import FormatError
+    from .formats.cloudsat import parse_name, read_granule
 
     with open_cube(cube) as ds:
         t_cube = ds["time"].values[0] if np.issubdtype(ds["time"].dtype, np.datetime64) else \
@@ -223,12 +222,12 @@ def nearest_granule(cube: str, cloudsat_dir: str) -> tuple[str, float]:
     res = max(abs(float(lat[1] - lat[0])) if len(lat) > 1 else 0.05, 1e-6)
     best, gap = None, np.inf
     for p in sorted(glob.glob(os.path.join(cloudsat_dir, "**", "*.hdf"), recursive=True)):
-        m = re.match(r"(\d{4})(\d{3})(\d{2})(\d{2})(\d{2})_", os.path.basename(p))
-        if m:          # a granule lasts ~99 min: skip those that start far from the scene time
-            y, d, hh, mm, ss = map(int, m.groups())
-            start = np.datetime64(dt.datetime(y, 1, 1) + dt.timedelta(days=d - 1, hours=hh, minutes=mm, seconds=ss))
+        try:           # a granule lasts ~99 min: skip those that start far from the scene time
+            start = np.datetime64(parse_name(p).start)
             if not (t_cube - np.timedelta64(3, "h") <= start <= t_cube + np.timedelta64(1, "h")):
                 continue
+        except FormatError:
+            pass       # an unconventional name: decide by reading it
         try:
             g = read_granule(p)
         except Exception:  # noqa: BLE001 - an unreadable granule is simply not a candidate
