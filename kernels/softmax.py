@@ -54,7 +54,7 @@ def _voxels(pid, n_vox, inner, BLOCK: tl.constexpr):
 
 @triton.jit
 def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: tl.constexpr):
-    inner = inner.to(tl.int64)   # 2 * inner, 3 * inner, b * 4 * inner must not wrap in 32 bits
+    inner = tl.cast(inner, tl.int64)   # 2 * inner, 3 * inner, b * 4 * inner must not wrap in 32 bits
     v, mask, base = _voxels(tl.program_id(0), n_vox, inner, BLOCK)
     g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
     p0, sg, s1, s2, s3 = _probs(g, z1, z2, z3)
@@ -78,7 +78,7 @@ def _gsm_fwd_kernel(x_ptr, out_ptr, n_vox, inner, BLOCK: tl.constexpr, ARGMAX: t
 
 @triton.jit
 def _gsm_bwd_kernel(x_ptr, gout_ptr, gin_ptr, n_vox, inner, BLOCK: tl.constexpr):
-    inner = inner.to(tl.int64)   # 2 * inner, 3 * inner, b * 4 * inner must not wrap in 32 bits
+    inner = tl.cast(inner, tl.int64)   # 2 * inner, 3 * inner, b * 4 * inner must not wrap in 32 bits
     v, mask, base = _voxels(tl.program_id(0), n_vox, inner, BLOCK)
     g, z1, z2, z3 = _load4(x_ptr, base, inner, mask)
     G0, G1, G2, G3 = _load4(gout_ptr, base, inner, mask)

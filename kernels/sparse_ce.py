@@ -46,7 +46,8 @@ def _logsigmoid(x):
 @triton.jit
 def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     """The BLOCK (pixel n, level) pairs of this program: label y, labelled mask, int64 offset of channel 0."""
-    s_b, s_l, s_h, s_w = s_b.to(tl.int64), s_l.to(tl.int64), s_h.to(tl.int64), s_w.to(tl.int64)
+    # tl.cast, not .to: the compiler passes an int argument equal to 1 (a unit stride) as a constant int
+    s_b, s_l, s_h, s_w = tl.cast(s_b, tl.int64), tl.cast(s_l, tl.int64), tl.cast(s_h, tl.int64), tl.cast(s_w, tl.int64)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     inb = offs < n_elem
     n = offs // L
@@ -63,8 +64,8 @@ def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w, BLOCK
 def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr, n_elem, L,
                      s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     pid = tl.program_id(0)
-    s_c = s_c.to(tl.int64)       # 2 * s_c, 3 * s_c must not wrap in 32 bits
-    L = L.to(tl.int64)           # n * 4 * L likewise
+    s_c = tl.cast(s_c, tl.int64)       # 2 * s_c, 3 * s_c must not wrap in 32 bits
+    L = tl.cast(L, tl.int64)           # n * 4 * L likewise
     offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
                                                     BLOCK, IGNORE)
     g = tl.load(logits_ptr + base, mask=lab, other=0.0).to(tl.float32)
@@ -99,8 +100,8 @@ def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr
 def _gsce_bwd_kernel(grad_ptr, index_ptr, prof_ptr, sgrad_ptr, scale_ptr, n_elem, L,
                      s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     pid = tl.program_id(0)
-    s_c = s_c.to(tl.int64)       # ch * s_c must not wrap in 32 bits
-    L = L.to(tl.int64)
+    s_c = tl.cast(s_c, tl.int64)       # ch * s_c must not wrap in 32 bits
+    L = tl.cast(L, tl.int64)
     offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
                                                     BLOCK, IGNORE)
     scale = tl.load(scale_ptr).to(tl.float32)

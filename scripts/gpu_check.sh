@@ -2,6 +2,7 @@
 # `make gpu-check`: everything that needs a GPU, in one command, within 9 minutes.
 # Runs with the machine's own python3 (PyTorch + Triton, no network, nothing installed; PYTHONPATH=.):
 #   1. the kernel tests natively on CUDA against the PyTorch references (pytest, or the stand-in runner)
+#      (scripts/compile_kernels.py compiles every kernel variant for sm_90 on any machine; `make test` runs it)
 #   2. kernels/bench/bench_gated_loss.py and bench_gated_softmax.py (bf16 and fp32 rows)
 #   3. hpc/bench/train_step.py on CUDA at 128 px, dense and column paths: fp32, and bf16 with the fused Triton loss
 # Writes CSV rows (GPU name, torch/triton versions) and a log to $OUT, or bench_results/gpu/ when unset.

@@ -66,11 +66,11 @@ def main(argv=None):
     if not torch.cuda.is_available():
         return cpu_check()
     import kernels
-    from common import append_rows, bench_ms, gpu_name, hbm_gbps, peak_extra_mib
+    from common import append_rows, bench_ms, compile_reference, gpu_name, hbm_gbps, peak_extra_mib
 
     from sgmagnet.losses import gated_sparse_ce as ref
 
-    compiled = torch.compile(ref)
+    compiled = compile_reference(ref)
     dtype, dev = DTYPES[a.dtype], "cuda"
     peak_bw = hbm_gbps(gpu_name())
     impls = {"triton": kernels.gated_sparse_ce, "eager": ref, "compile": compiled}

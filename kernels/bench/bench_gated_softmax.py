@@ -46,14 +46,14 @@ def main(argv=None):
     if not torch.cuda.is_available():
         return cpu_check()
     import kernels
-    from common import append_rows, bench_ms, gpu_name, hbm_gbps, peak_extra_mib
+    from common import append_rows, bench_ms, compile_reference, gpu_name, hbm_gbps, peak_extra_mib
 
     from sgmagnet.losses import gated_argmax, gated_probs
 
     dtype = DTYPES[a.dtype]
     peak_bw = hbm_gbps(gpu_name())
     ref = lambda x: gated_probs(x).to(x.dtype)  # noqa: E731  (same output dtype as the kernel)
-    compiled = torch.compile(ref)
+    compiled = compile_reference(ref)
     print(f"{gpu_name()} (nominal HBM {peak_bw} GB/s), logits [B,4,{a.levels},{a.size},{a.size}] {a.dtype}")
     print(f"{'B':>3} {'impl':>8} {'phase':>8} {'ms':>8} {'GB/s':>7} {'%HBM':>5} {'peak MiB':>9}")
     rows = []

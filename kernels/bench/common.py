@@ -67,3 +67,12 @@ def append_rows(rows: list[dict], path: str = RESULTS):
             w.writeheader()
         for r in rows:
             w.writerow({**base, **r})
+
+
+def compile_reference(fn):
+    """torch.compile(fn) for benchmarks that time one backward repeatedly (retain_graph=True): AOTAutograd's
+    donated buffers forbid that (RuntimeError on the second backward), so they are switched off here."""
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
+    return torch.compile(fn)
