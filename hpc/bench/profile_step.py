@@ -1,0 +1,113 @@
+"""Where a model's time goes: torch.profiler over training steps (dense or column path) and over dense
+prediction (no autograd, what `sgmagnet predict` runs), printing the top operators by device time.
+
+    python hpc/bench/profile_step.py [--model sgmagnet] [--size demo] [--patch 128] [--batch 8]
+                                     [--mode train-dense,train-columns,predict] [--bf16] [--cudnn-benchmark]
+                                     [--dense-chunk N] [--device auto] [--top 12] [--trace DIR]
+
+Each mode prints its samples/s (3 timed steps after 2 warm-ups, outside the profiler) and the profiler table
+(sorted by self device time: CUDA on a GPU, CPU otherwise). --trace DIR also writes a Chrome trace per mode.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import memory_batch  # noqa: E402  (hpc/bench/train_step.py, beside this script)
+
+from sgmagnet.losses import compact_view, gated_sparse_ce  # noqa: E402
+from sgmagnet.models import MODELS, build_model  # noqa: E402
+
+
+def make_step(model, mode, batch, device, bf16):
+    x, geom, idx, prof = batch
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            if mode == "train-columns":
+                y, index = compact_view(model(x, geom, columns=idx))
+            else:
+                y, index = model(x, geom), idx
+        loss = gated_sparse_ce(y.float(), index, prof)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def predict():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(x, geom)
+
+    return predict if mode == "predict" else train
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="sgmagnet", choices=sorted(MODELS), help="model (default: sgmagnet)")
+    ap.add_argument("--size", default="demo", help="model size (default: demo)")
+    ap.add_argument("--patch", type=int, default=128, help="patch size in pixels (default: 128)")
+    ap.add_argument("--batch", type=int, default=8, help="samples per step (default: 8)")
+    ap.add_argument("--mode", default="train-dense,train-columns,predict",
+                    help="comma list of train-dense, train-columns, predict (default: all three)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (default: fp32)")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    ap.add_argument("--dense-chunk", type=int, default=None,
+                    help="SGMAGNet's prediction chunk in columns (default: DENSE_CHUNK, DENSE_CHUNK_CUDA on a GPU)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    ap.add_argument("--top", type=int, default=12, help="operators shown per mode (default: 12)")
+    ap.add_argument("--trace", default=None, help="folder for Chrome traces (default: none written)")
+    a = ap.parse_args(argv)
+    modes = a.mode.split(",")
+    bad = [m for m in modes if m not in ("train-dense", "train-columns", "predict")]
+    if bad:
+        print(f"profile_step: --mode: unknown mode(s) {bad}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
+    if a.dense_chunk:
+        import sgmagnet.models.sgmagnet as sgm
+        sgm.DENSE_CHUNK = sgm.DENSE_CHUNK_CUDA = a.dense_chunk
+    torch.manual_seed(0)
+    model = build_model(a.model, a.size).to(device)
+    batch = memory_batch(a.batch, a.patch, device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{a.model}/{a.size}, patch {a.patch}, batch {a.batch}, {'bf16' if a.bf16 else 'fp32'}, {name}, "
+          f"cudnn.benchmark={a.cudnn_benchmark}")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for mode in modes:
+        step = make_step(model, mode, batch, device, a.bf16)
+        for _ in range(2):
+            step()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        sync(device)
+        rate = 3 * a.batch / (time.perf_counter() - t0)
+        with profile(activities=acts) as prof:
+            step()
+            sync(device)
+        print(f"\n== {mode}: {rate:.1f} samples/s")
+        print(prof.key_averages().table(sort_by=key, row_limit=a.top, max_name_column_width=60))
+        if a.trace:
+            os.makedirs(a.trace, exist_ok=True)
+            prof.export_chrome_trace(os.path.join(a.trace, f"{a.model}_{mode}.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
