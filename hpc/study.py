@@ -16,7 +16,8 @@ Protocol (issue 15):
 Runs:
   models      sgmagnet (v2), unet, unet3d, segnet, transformer (preset size)
   ablations   sgmagnet with: static height code, single-scale generator, no phase-aware gating (plain 4-way
-              softmax), unweighted loss, focal loss (gamma = 2)
+              softmax), unweighted loss, focal loss (gamma = 2); and one addition: auxiliary losses at
+              scales 2 and 4 on vertically pooled labels (loss.aux_weight = 0.5)
   size-matched baselines at SGMAGNet's parameter count (`-params`) or label-sparse FLOPs per sample
               (`-flops`), widths chosen at the demo size (docs/architecture.md)
 Resumable and incremental: a finished run (its study_run.json) is kept; an unfinished one resumes from its
@@ -67,6 +68,7 @@ RUNS = {
     "sgmagnet-no-gating": ("sgmagnet", {"gating": False}, ["loss.form=softmax"], "sgmagnet"),
     "sgmagnet-unweighted": ("sgmagnet", {}, ["loss.weights=none"], "sgmagnet"),
     "sgmagnet-focal": ("sgmagnet", {}, ["loss.gamma=2.0"], "sgmagnet"),
+    "sgmagnet-aux": ("sgmagnet", {"aux": True}, ["loss.aux_weight=0.5"], "sgmagnet"),   # + coarse-scale aux losses
     # size-matched to SGMAGNet v2 demo (121,408 parameters; 1.21 GFLOP per 128-px sample on the column path)
     "unet-params": ("unet", {"width": 8}, [], "unet"),            # 123,688 parameters
     "unet-flops": ("unet", {"width": 16}, [], "unet"),            # 1.24 GFLOP
@@ -270,7 +272,7 @@ def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, l
         return (f"| {name} | – | {r['macro']['f1']:.3f} | " + (f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "–")
                 + f" | – | {r['macro']['iou']:.3f} | {r['phase_macro']['f1']:.3f} | {r['cloud_mask']['f1']:.3f} "
                 "| – | – | – | – |")
-    for title, names in (("Models", MODELS), ("SGMAGNet ablations (one component changed)", ("sgmagnet",) + ABLATIONS),
+    for title, names in (("Models", MODELS), ("SGMAGNet ablations and the aux-loss variant (one component changed)", ("sgmagnet",) + ABLATIONS),
                          ("Size-matched baselines", ("sgmagnet",) + MATCHED)):
         rows = [row(n, by[n]) for n in names if n in by]
         if len(rows) > (1 if names[0] == "sgmagnet" and title != "Models" else 0):

@@ -69,6 +69,7 @@ class LossConfig:
     gamma: float = rule(0.0, ge=0, finite=True)   # focal-loss exponent (0 = the normative cross-entropy)
     impl: str = rule("auto", choices=("auto", "torch", "triton"))   # auto = triton on CUDA, torch elsewhere
     form: str = rule("gated", choices=("gated", "softmax"))   # gated (normative) | softmax (plain 4-way: ablation)
+    aux_weight: float = rule(0.0, ge=0, finite=True)   # SGMAGNet: auxiliary losses at scales 2, 4 on vertically pooled labels
 
 
 @dataclass
@@ -162,6 +163,21 @@ def validate(cfg: "Config") -> "Config":
         obj = getattr(cfg, sec.name)
         for f in dataclasses.fields(obj):
             setattr(obj, f.name, _check_value(f"config: {sec.name}.{f.name}", getattr(obj, f.name), f.type, f.metadata))
+    return check_combinations(cfg)
+
+
+def check_combinations(cfg: "Config", where: str = "config") -> "Config":
+    """The checks that involve more than one value."""
+    opts = cfg.model.options
+    if cfg.loss.aux_weight > 0:
+        if cfg.model.name != "sgmagnet":
+            raise ConfigError(f"{where}: loss.aux_weight: auxiliary losses need model.name=sgmagnet, got {cfg.model.name}")
+        if not cfg.train.columns:
+            raise ConfigError(f"{where}: loss.aux_weight: auxiliary losses need train.columns=true")
+        if tuple(opts.get("scales", (1, 2, 4))) == (1,):
+            raise ConfigError(f"{where}: loss.aux_weight: auxiliary losses need a coarse scale, got model.options.scales [1]")
+    if opts.get("aux") and not cfg.loss.aux_weight > 0:
+        raise ConfigError(f"{where}: model.options.aux: aux heads are trained only with loss.aux_weight > 0 (set it)")
     return cfg
 
 
@@ -174,7 +190,8 @@ def from_dict(d: dict, where: str = "config") -> Config:
         if k not in secs:
             raise ConfigError(f"{where}: unknown section {k!r} (known: {', '.join(secs)})")
     classes = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "loss": LossConfig, "train": TrainConfig}
-    return Config(**{k: _section(classes[k], d.get(k) or {}, f"{where}: {k}") for k in classes})
+    return check_combinations(Config(**{k: _section(classes[k], d.get(k) or {}, f"{where}: {k}") for k in classes}),
+                              where)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -64,6 +64,27 @@ def compact_view(cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cols.permute(1, 2, 0)[None, :, :, None], index
 
 
+def level_bins(levels: int, n: int) -> list[tuple[int, int]]:
+    """The full-resolution levels [start, end) that coarse level j of n covers: the bins of adaptive average
+    pooling (those SGMAGNet's coarse level codes are pooled over), floor(jL/n) .. ceil((j+1)L/n)."""
+    return [(j * levels // n, -(-(j + 1) * levels // n)) for j in range(n)]
+
+
+#: tie-break between equally frequent classes in a pooled bin: the rarer phase wins (mixed, ice, liquid, clear)
+_POOL_PRIORITY = torch.tensor([0.0, 0.2, 0.3, 0.1])
+
+
+def pool_profiles(profiles: torch.Tensor, n: int) -> torch.Tensor:
+    """Vertically pooled labels for the auxiliary losses at the coarse scales: [N, L] uint8 -> [N, n] uint8,
+    each coarse level the most frequent labelled class of its bin (`level_bins`), ties to the rarer phase,
+    IGNORE where the bin holds no label."""
+    y = profiles.long()
+    onehot = F.one_hot(torch.where(y == IGNORE, N_CLASSES, y), N_CLASSES + 1)[..., :N_CLASSES].float()
+    counts = torch.stack([onehot[:, a:b].sum(1) for a, b in level_bins(profiles.shape[1], n)], 1)   # [N, n, 4]
+    best = (counts + _POOL_PRIORITY.to(counts.device) * (counts > 0)).argmax(-1)
+    return torch.where(counts.sum(-1) > 0, best, IGNORE).to(torch.uint8)
+
+
 def class_weights(frequency, power: float = 0.5) -> torch.Tensor:
     """w_c proportional to freq_c^-power (default 1/sqrt), normalised to mean 1. Absent classes get the largest weight."""
     f = torch.as_tensor(frequency, dtype=torch.float64)

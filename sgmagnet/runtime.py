@@ -27,10 +27,18 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def model_from_config(cfg) -> torch.nn.Module:
+    """The run's model: model.name/size/options, with SGMAGNet's coarse-scale aux heads when loss.aux_weight > 0."""
+    opts = dict(cfg.model.options)
+    if cfg.loss.aux_weight > 0:
+        opts["aux"] = True
+    return build_model(cfg.model.name, cfg.model.size, **opts)
+
+
 def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, dict]:
     """Model (eval mode) and the common checkpoint dict from a run folder, checkpoint folder or state.pt."""
     ck = load_common(path)
     cfg = from_dict(ck["config"])
-    model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
+    model = model_from_config(cfg)
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), ck

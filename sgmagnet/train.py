@@ -1,7 +1,7 @@
 """Training: a short loop over small components (torchtitan style).
 
     data        EpochStream over the training shards (data.py), resumable by (epoch, batch)
-    model       models.build_model(cfg.model)
+    model       runtime.model_from_config(cfg)
     optimizer   Adam/AdamW + linear warm-up then cosine/constant LR (LambdaLR)
     loss        SparseLoss: class-weighted sparse CE of the phase-gated softmax (losses.py)
     checkpointer atomic files (temp + rename, then the `latest` marker), loaded with weights_only=True
@@ -30,9 +30,9 @@ from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state,
 from .config import Config, ConfigError, dump, to_dict, validate
 from .data import EpochStream, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
-from .losses import SparseLoss, class_weights, use_triton
-from .models import build_model, n_parameters
-from .runtime import pick_device, seed_everything
+from .losses import SparseLoss, class_weights, pool_profiles, use_triton
+from .models import n_parameters
+from .runtime import model_from_config, pick_device, seed_everything
 from .shards import shard_paths
 
 EXIT_PREEMPTED = 3   # exit code after a checkpoint taken on SIGUSR2/SIGTERM
@@ -233,7 +233,7 @@ class Trainer:
         self.norm = Normaliser.from_manifest(cfg.data.shards)
         seed_everything(t.seed)
         try:
-            model = build_model(cfg.model.name, cfg.model.size, **cfg.model.options)
+            model = model_from_config(cfg)
         except ValueError as e:
             raise ConfigError(f"model.options: {e}") from None
         if t.init_from:
@@ -329,13 +329,37 @@ class Trainer:
                               engine=self.engine)
 
     # -- one optimisation step over `accum` micro-batches
-    def forward(self, batch, index):
+    def forward(self, batch, index, aux: bool = False):
         """Logits for the loss: [N, 4, L] at the columns `index` (train.columns, the default), or with
-        index None the dense [B, 4, L, H, W] volume (the loss then gathers the labelled columns)."""
+        index None the dense [B, 4, L, H, W] volume (the loss then gathers the labelled columns); with aux
+        (SGMAGNet, loss.aux_weight > 0) the pair (logits, coarse-scale logits [N, 4, n] per coarse scale)."""
         d = self.device
         x, geom = self._prepare(batch["x"].to(d, non_blocking=True), batch["geom"].to(d, non_blocking=True))
         with torch.autocast(device_type=d.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16 and self.engine is None):
+            if aux:
+                return self.forward_module(x, geom, columns=index, aux=True)
             return self.forward_module(x, geom, columns=index)
+
+    def aux_targets(self, profs: list[torch.Tensor]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+        """Per coarse scale (finest first): the vertically pooled labels of each micro-batch and their global
+        weight sum (all ranks, like the main loss's denominator)."""
+        out = []
+        for s in self.model.scales[1:]:
+            pooled = [pool_profiles(p, -(-p.shape[1] // s)) for p in profs]
+            den = hdist.all_reduce(sum(self.loss_fn.weight_sum(p) for p in pooled).float().reshape(1))[0]
+            out.append((pooled, den))
+        return out
+
+    def micro_loss(self, batch, idx, prof, den, aux_targets, i: int) -> torch.Tensor:
+        """The loss of micro-batch i: the sparse CE of the full-resolution logits, plus loss.aux_weight x the
+        mean over coarse scales of the same loss on their logits and pooled labels."""
+        if not aux_targets:
+            return self.loss_fn(self.forward(batch, idx if self.cfg.train.columns else None), idx, prof,
+                                denominator=den)
+        out, aux_logits = self.forward(batch, idx, aux=True)
+        loss = self.loss_fn(out, idx, prof, denominator=den)
+        extra = sum(self.loss_fn(a, None, pooled[i], denominator=d) for a, (pooled, d) in zip(aux_logits, aux_targets))
+        return loss + self.cfg.loss.aux_weight * extra / len(aux_targets)
 
     def train_step(self, micro: list[dict]) -> tuple[float, float]:
         """Gradient = that of sum(w * nll) / (global sum of w) over all micro-batches of all ranks, i.e. the
@@ -344,6 +368,7 @@ class Trainer:
         d = self.device
         profs = [b["prof"].to(d) for b in micro]
         den = hdist.all_reduce(sum(self.loss_fn.weight_sum(p) for p in profs).float().reshape(1))[0]
+        aux = self.aux_targets(profs) if self.cfg.loss.aux_weight > 0 else []
         scale = self.env.world_size * (len(micro) if self.engine is not None else 1)
         if self.engine is None:
             self.opt.zero_grad(set_to_none=True)
@@ -351,9 +376,7 @@ class Trainer:
         for i, (b, prof) in enumerate(zip(micro, profs)):
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                idx = b["index"].to(d)
-                loss = self.loss_fn(self.forward(b, idx if self.cfg.train.columns else None), idx, prof,
-                                    denominator=den)
+                loss = self.micro_loss(b, b["index"].to(d), prof, den, aux, i)
                 total += loss.detach()
                 if self.engine is not None:
                     self.engine.backward(loss * scale)

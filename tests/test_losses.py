@@ -115,3 +115,18 @@ def test_softmax_form_is_plain_cross_entropy():
     assert torch.equal(fast_argmax(a, form="softmax"), a.argmax(1))
     with pytest.raises(ValueError):
         gated_sparse_ce(a, idx, prof, form="sigmoid")
+
+
+def test_pool_profiles_majority_ties_and_empty_bins():
+    from sgmagnet.losses import level_bins, pool_profiles
+
+    p = torch.tensor([[1, 1, 3, 3, 255, 255, 0, 2],
+                      [0, 0, 0, 2, 255, 1, 255, 255]], dtype=torch.uint8)
+    assert pool_profiles(p, 4).tolist() == [[1, 3, 255, 2], [0, 2, 1, 255]]   # tie 0/2 -> mixed (rarer)
+    assert pool_profiles(p, 2).tolist() == [[1, 2], [0, 1]]                    # tie ice/liquid -> ice
+    assert pool_profiles(p, 8).tolist() == p.tolist()
+    assert level_bins(38, 10)[:3] == [(0, 4), (3, 8), (7, 12)] and level_bins(38, 19)[-1] == (36, 38)
+    bins = level_bins(38, 10)                   # the bins of adaptive average pooling (the level codes' pooling)
+    x = torch.randn(1, 1, 38)
+    ref = torch.nn.functional.adaptive_avg_pool1d(x, 10)[0, 0]
+    assert torch.allclose(torch.stack([x[0, 0, a:b].mean() for a, b in bins]), ref)

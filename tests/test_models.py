@@ -182,3 +182,26 @@ def test_train_step_bench_runs_both_paths(capsys):
     assert [r[1] for r in rows] == ["dense", "columns"] and rows[1][-2].endswith("x"), out
     with pytest.raises(SystemExit):
         bench.main(["--paths", "sparse"])
+
+
+def test_sgmagnet_aux_heads_at_columns_equal_dense_coarse_heads():
+    """aux=True returns the same full-resolution logits plus, per coarse scale s, the phase-gated head applied
+    to the coarse volume at (b, row // s, col // s): equal to the head over every coarse voxel, gathered."""
+    torch.manual_seed(0)
+    m = build_model("sgmagnet", "tiny", aux=True).double().eval()
+    x, g = torch.randn(2, 16, 24, 24, dtype=torch.float64), torch.rand(2, 2, 24, 24, dtype=torch.float64) * 80
+    idx = torch.tensor([[0, 0, 0], [1, 23, 23], [0, 5, 17], [1, 12, 3]])
+    out, aux = m(x, g, columns=idx, aux=True)
+    torch.testing.assert_close(out, m(x, g, columns=idx))
+    _, _, _, _, vols = m.encode(x, g)
+    for k, a in zip((1, 2), aux):
+        s = m.scales[k]
+        v = vols[k]                                                     # [B, C, n, h, w]
+        B, C, n, h, w = v.shape
+        dense = m.aux[k - 1](v.permute(0, 3, 4, 1, 2).reshape(-1, C, n)).view(B, h, w, 4, n)
+        torch.testing.assert_close(a, dense[idx[:, 0], idx[:, 1] // s, idx[:, 2] // s])
+        assert a.shape == (4, 4, -(-38 // s))
+    with pytest.raises(ValueError, match="aux=True needs"):
+        build_model("sgmagnet", "tiny")(x.float(), g.float(), columns=idx, aux=True)
+    with pytest.raises(ValueError, match="coarse scale"):
+        build_model("sgmagnet", "tiny", aux=True, scales=[1])

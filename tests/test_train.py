@@ -225,3 +225,45 @@ def test_best_checkpoint_and_patience(tiny_shards, tmp_path, monkeypatch):
     again = Trainer(tiny_cfg(root, tmp_path / "r", "train.steps=30", "train.val_every=2", "train.patience=2"),
                     resume=True, log=lambda m: None)
     assert again.best["step"] == 4 and again.plateau()
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    (["loss.aux_weight=0.5", "model.name=unet"], "need model.name=sgmagnet"),
+    (["loss.aux_weight=0.5", "train.columns=false"], "train.columns=true"),
+    (["loss.aux_weight=0.5", "model.options={scales: [1]}"], "coarse scale"),
+    (["model.options={aux: true}"], "loss.aux_weight > 0"),
+    (["loss.aux_weight=-1"], "loss.aux_weight: must be >= 0")])
+def test_aux_loss_config_combinations_are_checked(overrides, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, overrides)
+    cfg = load_config(None, [])
+    cfg.loss.aux_weight = 0.5
+    cfg.model.name = "segnet"
+    from sgmagnet.config import validate
+    with pytest.raises(ConfigError, match="sgmagnet"):   # code-built configs get the same check
+        validate(cfg)
+
+
+def test_aux_losses_train_the_coarse_heads(tiny_shards, tmp_path):
+    """loss.aux_weight > 0 builds SGMAGNet's coarse-scale heads, adds their loss on pooled labels (so the
+    training loss and the parameters differ from aux_weight=0 from the first step), the checkpoint loads
+    for evaluation, and aux_weight=0 trains exactly as before (no heads, same parameters as the default)."""
+    from sgmagnet.runtime import load_model_from_checkpoint
+
+    root, _ = tiny_shards
+    runs, init = {}, {}
+    for w in ("0.0", "1.0"):
+        t = Trainer(tiny_cfg(root, tmp_path / w, f"loss.aux_weight={w}", "train.steps=3", "train.val_every=0",
+                             "optim.name=sgd", "optim.lr=0.05"), log=lambda m: None)   # SGD: no Adam rounding noise
+        init[w] = _params(t.model)
+        t.fit()
+        runs[w] = (t, _params(t.model))
+    t0, p0 = runs["0.0"]
+    t1, p1 = runs["1.0"]
+    assert all(torch.equal(init["0.0"][k], init["1.0"][k]) for k in p0)   # same start (heads built last) ...
+    assert t0.model.aux is None and t1.model.aux is not None
+    assert set(p1) - set(p0) and all(k.startswith("aux.") for k in set(p1) - set(p0))
+    assert max((p0[k] - p1[k]).abs().max().item() for k in p0) > 1e-3     # ... the aux loss moved shared weights
+    assert any(p1[k].abs().sum() > 0 and k.startswith("aux.") for k in p1)
+    model, _ = load_model_from_checkpoint(str(tmp_path / "1.0"), "cpu")
+    assert model.aux is not None

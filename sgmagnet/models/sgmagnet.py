@@ -76,13 +76,35 @@ class HeightCodes(nn.Module):
         return h, self.prior(h).transpose(1, 2)
 
 
+class AuxHead(nn.Module):
+    """Phase-aware gating on a coarse volume, per column (1x1x1, so gathered columns give the dense values):
+    c = GELU(Conv(v)), a = GELU(Conv(v)); logits = cat(G c, Z (a * sigmoid(c))) -> [N, 4, n] from [N, C, n].
+    Trained by the auxiliary losses on vertically pooled labels (loss.aux_weight)."""
+
+    def __init__(self, c: int, gating: bool = True):
+        super().__init__()
+        self.gating = gating
+        self.gate_feat = nn.Sequential(nn.Conv1d(c, c, 1), nn.GELU())
+        if gating:
+            self.phase_feat = nn.Sequential(nn.Conv1d(c, c, 1), nn.GELU())
+            self.gate_out, self.phase_out = nn.Conv1d(c, 1, 1), nn.Conv1d(c, 3, 1)
+        else:
+            self.out = nn.Conv1d(c, 4, 1)
+
+    def forward(self, v):
+        c = self.gate_feat(v)
+        if not self.gating:
+            return self.out(c)
+        return torch.cat([self.gate_out(c), self.phase_out(self.phase_feat(v) * torch.sigmoid(c))], 1)
+
+
 class SGMAGNet(nn.Module):
     SIZES = {"tiny": dict(width=8, vol=(8, 8, 8), height_dim=16, depth=2),
              "demo": dict(width=16, vol=(24, 8, 16), height_dim=32, depth=3),
              "paper": dict(width=48, vol=(64, 24, 48), height_dim=128, depth=6)}
 
     def __init__(self, levels: int = 38, width: int = 16, vol=(24, 8, 16), height_dim: int = 32, depth: int = 3,
-                 height: str = "dynamic", scales=(1, 2, 4), gating: bool = True):
+                 height: str = "dynamic", scales=(1, 2, 4), gating: bool = True, aux: bool = False):
         super().__init__()
         self.levels, self.scales, self.gating = levels, sgmagnet_options(height, scales), gating
         if depth < 1:
@@ -105,6 +127,12 @@ class SGMAGNet(nn.Module):
             self.phase_out = nn.Conv1d(c, 3, 1)
         else:
             self.head = nn.Sequential(column_layer(c), nn.Conv1d(c, 4, 1))
+        if aux and len(self.scales) == 1:
+            raise ValueError("aux heads need a coarse scale (scales (1, 2) or (1, 2, 4)), got scales (1,)")
+        self.aux = None
+        if aux:   # initialised from a forked generator: adding the heads leaves the rest of the run's randomness as is
+            with torch.random.fork_rng(devices=[]):
+                self.aux = nn.ModuleList(AuxHead(vol[i], gating) for i in coarse)
 
     # -- stages -----------------------------------------------------------------------------------------------
     def encode(self, x, geom):
@@ -112,7 +140,7 @@ class SGMAGNet(nn.Module):
         (already projected to the full-resolution channels), or None for the single-scale generator."""
         d = d1, _, e4 = self.pyramid(x, geom)
         h, prior = self.heights(e4.mean((2, 3)))
-        v = None
+        v, coarse = None, {}
         for k in range(len(self.idx) - 1, 0, -1):                         # coarse scales, coarsest first
             i = self.idx[k]
             n = -(-self.levels // self.scales[k])
@@ -120,8 +148,9 @@ class SGMAGNet(nn.Module):
             u = F.gelu(self.query[k](d[i])[:, :, None] + hk)             # [B, C, n, h, w]
             if v is not None:
                 u = u + F.interpolate(v, size=u.shape[2:], mode="trilinear")
-            v = self.fuse[k - 1](self.vol3d[k - 1](u))
-        return d1, h, prior, v
+            coarse[k] = self.vol3d[k - 1](u)
+            v = self.fuse[k - 1](coarse[k])
+        return d1, h, prior, v, coarse
 
     def column_stage(self, f, bidx, h, prior, coarse):
         """The full-resolution stage for M columns: f [M, w] their 2D features D1, bidx [M] their sample,
@@ -138,13 +167,28 @@ class SGMAGNet(nn.Module):
             out = self.head(v)
         return out + prior[bidx]
 
-    def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None, columns=None) -> torch.Tensor:
+    def aux_stage(self, vols: dict, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Auxiliary logits at the coarse scales for the columns idx: per coarse scale s (finest first) the
+        coarse column under each labelled pixel, (b, row // s, col // s), -> [N, 4, ceil(L / s)]."""
+        out = []
+        for k in range(1, len(self.idx)):
+            s = self.scales[k]
+            vk = vols[k][idx[:, 0], :, :, idx[:, 1] // s, idx[:, 2] // s]          # [N, C, ceil(L / s)]
+            out.append(self.aux[k - 1](vk))
+        return out
+
+    def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None, columns=None, aux: bool = False):
+        """Logits [B, 4, L, H, W], or [N, 4, L] at `columns`; with aux=True (columns only, model built with
+        aux=True) also the list of auxiliary coarse-scale logits of `aux_stage`, as (logits, aux_logits)."""
         idx = None if columns is None else check_columns(columns, x)
-        d1, h, prior, v = self.encode(x, geom)
+        if aux and (idx is None or self.aux is None):
+            raise ValueError("aux=True needs columns= and a model built with aux=True")
+        d1, h, prior, v, vols = self.encode(x, geom)
         size = (self.levels, *x.shape[-2:])
         if idx is not None:
             coarse = None if v is None else sample_volume(v, idx, size)
-            return self.column_stage(gather_pixels(d1, idx), idx[:, 0], h, prior, coarse)
+            out = self.column_stage(gather_pixels(d1, idx), idx[:, 0], h, prior, coarse)
+            return (out, self.aux_stage(vols, idx)) if aux else out
         B, _, H, W = d1.shape
         if torch.is_grad_enabled():    # dense training (the slow path the column path replaces): one pass
             coarse = None if v is None else F.interpolate(v, size=size, mode="trilinear").permute(0, 3, 4, 1, 2)
