@@ -166,7 +166,7 @@ def run_one(name: str, seed: int, a, preset: dict, lr: float, days: int) -> dict
     log = [json.loads(x) for x in open(os.path.join(run, "log.jsonl"))]
     sps = [r["samples_per_s"] for r in log if r["kind"] == "train"][1:]
     m = build_model(model, preset["size"], **opts)
-    patch = read_manifest(a.shards)["config"]["patch_size"]
+    patch = read_manifest(a.shards).patch_size
     out = {"name": name, "seed": seed, "model": model, "size": preset["size"], "options": opts, "extra": extra,
            "lr": lr, "steps": summary["steps"], "max_steps": preset["max_steps"],
            "selected_step": summary["best"]["step"], "val_macro_f1": summary["best"]["val_macro_f1"],

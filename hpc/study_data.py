@@ -154,11 +154,11 @@ def main(argv=None) -> int:
     from sgmagnet.shards import manifest_sha256, read_manifest
 
     m = read_manifest(shards)
-    info.update(manifest_sha256=manifest_sha256(shards), counts=m["counts"], shards_mb=round(du_mb(shards), 1),
+    info.update(manifest_sha256=manifest_sha256(shards), counts=m.counts, shards_mb=round(du_mb(shards), 1),
                 last_run_s=round(time.time() - t_all, 1))
     with open(info_path, "w") as f:
         json.dump(info, f, indent=1)
-    print(f"shards {shards}: {m['counts']}; manifest sha256 {info['manifest_sha256']}", flush=True)
+    print(f"shards {shards}: {m.counts}; manifest sha256 {info['manifest_sha256']}", flush=True)
     return 0
 
 

@@ -258,15 +258,10 @@ def submit_train(a) -> int:
     return 0
 
 
-def submit_build(a) -> int:
-    from sgmagnet.build import BuildConfig
-
+def submit_build(a, cfg) -> int:
+    """Submit the build of `cfg` (a BuildConfig with absolute paths, from the same options as `sgmagnet build`)."""
     for p, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat"), (a.out, "--out")):
         check_path(p, flag)
-    cfg = BuildConfig(ahi=os.path.abspath(a.ahi), cloudsat=os.path.abspath(a.cloudsat), out=os.path.abspath(a.out),
-                      window_min=a.window_min, patch_size=a.patch_size, min_labelled=a.min_labelled,
-                      split_days=tuple(a.split_days), gap_days=a.gap_days, split_anchor=a.split_anchor,
-                      shard_maxcount=a.shard_maxcount)
     from dataclasses import asdict
 
     d = asdict(cfg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -157,3 +158,25 @@ def load_common(path: str) -> dict:
         raise ValueError(f"{folder}/state.pt: not an sgmagnet checkpoint (format {CKPT_FORMAT})")
     ck["folder"] = folder
     return ck
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """The part of a checkpoint that evaluation, prediction and the study read, typed (load_saved)."""
+    folder: str                 # the checkpoint folder (runs/NAME/checkpoints/step_N or best)
+    step: int
+    config: "Config"            # the run's config (sgmagnet.config.Config; defaults fill keys added since)
+    model: dict                 # the model's state dict
+    loss_weights: list          # class weights of the loss (the prior that --decision prior undoes)
+    normaliser: dict            # {"mean": [16], "std": [16]}: the band statistics it was trained with
+    world_size: int
+
+
+def load_saved(path: str) -> SavedModel:
+    """A run folder, checkpoint folder or state.pt -> its SavedModel (weights_only load, format checked)."""
+    from .config import from_dict
+
+    ck = load_common(path)
+    return SavedModel(folder=ck["folder"], step=int(ck["step"]), config=from_dict(ck["config"], f"{ck['folder']}: config"),
+                      model=ck["model"], loss_weights=list(ck["loss_weights"]), normaliser=ck["normaliser"],
+                      world_size=int(ck.get("world_size", 1)))

@@ -61,7 +61,7 @@ def run(cli, out: str = "demo_out", ranks: int = 2) -> int:
             return rc
     from .shards import read_manifest
 
-    counts = read_manifest(shards)["counts"]
+    counts = read_manifest(shards).counts
     print(f"== 5. results (small synthetic demo: {counts})", flush=True)
     cli(["report", *[os.path.join(runs, m, "eval_test.json") for m in MODELS], "--out",
          os.path.join(out, "results.md"), "--curves", os.path.join(out, "loss_curves.png")])

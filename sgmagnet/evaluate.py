@@ -104,7 +104,7 @@ def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: 
                 break
             sel = b["index"][:, 0] == k
             r.curtains.append({"key": b["keys"][k], "truth": b["prof"][sel].numpy(), "pred": pred[sel].numpy(),
-                               "lat": b["lat"][sel].numpy()})
+                               "lat": b["lat"][sel].numpy(), "lon": b["lon"][sel].numpy()})
     model.train(was)
     return r
 
@@ -295,7 +295,7 @@ def checked_batches(loader, where: str):
         yield b
 
 
-def check_shards(shards: str, manifest: dict, splits, verify: bool, log=print) -> list[str]:
+def check_shards(shards: str, manifest, splits, verify: bool, log=print) -> list[str]:
     """sha256 of the splits' shards against the manifest: refuse a mismatch, or (verify=False) warn."""
     from .shards import verify_shards
 
@@ -320,39 +320,39 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
     manifest = read_manifest(shards)
     dev = pick_device(device)
     model, ck = load_model_from_checkpoint(checkpoint, dev)
-    cfg = ck["config"]
-    checkpoint = ck["folder"]
+    cfg = ck.config
+    checkpoint = ck.folder
     norm = Normaliser.from_checkpoint(ck)
     lcfg = LoaderConfig(batch_size=batch_size, workers=0)
     urls = split_urls(shards, split)
-    train_split = cfg["data"]["train_split"]
+    train_split = cfg.data.train_split
     failures = check_shards(shards, manifest, (split, train_split), verify, log)
     clim = Climatology.from_batches(checked_batches(make_loader(split_urls(shards, train_split), norm, lcfg,
                                                                 train=False, strict=verify), shards))
-    weights = ck["loss_weights"]
-    form = cfg["loss"].get("form", "gated")
+    weights = ck.loss_weights
+    form = cfg.loss.form
     decision_rec, decide = {"rule": "argmax"}, None
     if decision == "prior":
-        val = cfg["data"].get("val_split") or ""
+        val = cfg.data.val_split or ""
         if not val or not shard_paths(shards, val):
             raise ShardError(f"--decision prior chooses its alpha on the validation split, and {shards} has no "
                              f"{val or '(none configured)'} shards")
         decision_rec = choose_prior_alpha(model, checked_batches(make_loader(split_urls(shards, val), norm, lcfg,
                                                                              train=False, strict=verify), shards),
-                                          dev, weights, cfg["train"]["bf16"], form)
+                                          dev, weights, cfg.train.bf16, form)
         decision_rec["chosen_on"] = val
         decide = prior_corrected(weights, decision_rec["alpha"], form)
     ev = evaluate_batches(model, checked_batches(make_loader(urls, norm, lcfg, train=False, strict=verify), shards),
-                          dev, bf16=cfg["train"]["bf16"], keep_curtains=curtains, form=form,
+                          dev, bf16=cfg.train.bf16, keep_curtains=curtains, form=form,
                           references=reference_predictors(clim, weights), decide=decide)
     if ev.confusion.patches == 0:
         raise ShardError(f"{shards}: split {split!r} gave no sample to score")
     cs, curt = ev.confusion, ev.curtains
     refs = {k: v.report() for k, v in ev.references.items()}
-    name = cfg["model"]["name"] + ("" if not cfg["model"]["options"] else
-                                   "(" + ",".join(f"{k}={v}" for k, v in cfg["model"]["options"].items()) + ")")
-    res = {"model": name, "size": cfg["model"]["size"], "checkpoint": os.path.abspath(checkpoint),
-           "step": ck["step"], "shards": os.path.abspath(shards), "split": split, "metrics": cs.report(),
+    name = cfg.model.name + ("" if not cfg.model.options else
+                             "(" + ",".join(f"{k}={v}" for k, v in cfg.model.options.items()) + ")")
+    res = {"model": name, "size": cfg.model.size, "checkpoint": os.path.abspath(checkpoint),
+           "step": ck.step, "shards": os.path.abspath(shards), "split": split, "metrics": cs.report(),
            "samples": int(cs.patches), "voxels": int(cs.report()["overall"]["voxels"]),
            "manifest_sha256": manifest_sha256(shards), "verified": bool(verify), "checksum_failures": failures,
            "references": refs, "climatology_table": clim.table(weights).tolist(), "loss_weights": list(weights),

@@ -241,13 +241,13 @@ def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int
     dev = pick_device(device)
     model, ck = load_model_from_checkpoint(checkpoint, dev)
     norm = Normaliser.from_checkpoint(ck)
-    state = os.path.join(ck["folder"], "state.pt")
-    attrs = {"model": f"{ck['config']['model']['name']}/{ck['config']['model']['size']}",
-             "model_options": str(ck["config"]["model"]["options"]), "checkpoint": os.path.abspath(ck["folder"]),
-             "checkpoint_sha256": sha256(state), "checkpoint_step": int(ck["step"])}
+    state = os.path.join(ck.folder, "state.pt")
+    attrs = {"model": f"{ck.config.model.name}/{ck.config.model.size}",
+             "model_options": str(ck.config.model.options), "checkpoint": os.path.abspath(ck.folder),
+             "checkpoint_sha256": sha256(state), "checkpoint_step": ck.step}
     r = predict_scene(model, norm, ahi, out, bbox=bbox, tile=tile, overlap=overlap, batch=batch,
                       probabilities=probabilities, device=dev, attrs=attrs, log=log,
-                      form=ck["config"]["loss"].get("form", "gated"))
+                      form=ck.config.loss.form)
     if log:
         log(f"wrote {out}: cloud_phase {r['shape']} from {r['tiles']} tiles, {r['valid_pixels']} valid pixels")
     return r

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-from .checkpoint import load_common
+from .checkpoint import SavedModel, load_saved
 from .config import ConfigError, from_dict
 from .models import build_model
 
@@ -35,10 +35,9 @@ def model_from_config(cfg) -> torch.nn.Module:
     return build_model(cfg.model.name, cfg.model.size, **opts)
 
 
-def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, dict]:
-    """Model (eval mode) and the common checkpoint dict from a run folder, checkpoint folder or state.pt."""
-    ck = load_common(path)
-    cfg = from_dict(ck["config"])
-    model = model_from_config(cfg)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), ck
+def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, SavedModel]:
+    """Model (eval mode) and its SavedModel from a run folder, checkpoint folder or state.pt."""
+    saved = load_saved(path)
+    model = model_from_config(saved.config)
+    model.load_state_dict(saved.model)
+    return model.to(device).eval(), saved

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,7 +54,30 @@ class ManifestError(ValueError):
     """A shard folder's manifest.json is missing, unreadable, truncated or not ours (one line, names the file)."""
 
 
-def read_manifest(shards_dir: str) -> dict:
+@dataclass(frozen=True)
+class Manifest:
+    """What a reader may use of a shard folder's manifest.json (written by build.merge_manifest), typed."""
+    format: str                       # sgmagnet-shards/N
+    config: dict                      # the BuildConfig it was built with
+    counts: dict                      # split -> samples
+    class_histogram: dict             # split -> labelled voxels per class [4]
+    train_class_frequency: list       # class frequencies of the training split (loss weights)
+    band_stats: dict                  # {"mean": [16], "std": [16]} over the training split
+    shards: list                      # [{"path", "split", "count", "sha256", ...}]
+    skipped: list                     # [{"file", "reason"}]
+    profiles: dict                    # matched profile counts
+    raw: dict = field(repr=False, compare=False, default_factory=dict)   # the whole JSON
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.config["patch_size"])
+
+    @classmethod
+    def from_json(cls, m: dict) -> "Manifest":
+        return cls(**{k: m[k] for k in MANIFEST_KEYS}, raw=m)
+
+
+def read_manifest(shards_dir: str) -> Manifest:
     """manifest.json of a shard folder made by `sgmagnet build`, checked for the keys every reader uses."""
     path = os.path.join(shards_dir, "manifest.json")
     if not os.path.exists(path):
@@ -71,21 +95,21 @@ def read_manifest(shards_dir: str) -> dict:
     missing = [k for k in MANIFEST_KEYS if k not in m]
     if missing:
         raise ManifestError(f"{path}: incomplete manifest, missing {', '.join(missing)}")
-    return m
+    return Manifest.from_json(m)
 
 
 def manifest_sha256(shards_dir: str) -> str:
     return sha256(os.path.join(shards_dir, "manifest.json"))
 
 
-def verify_shards(shards_dir: str, manifest: dict, split: str | None = None) -> list[str]:
+def verify_shards(shards_dir: str, manifest: Manifest, split: str | None = None) -> list[str]:
     """Shards of the manifest (one split, or all) whose file is missing or whose sha256 differs, plus shard
     files of that split on disk that the manifest does not list."""
-    listed = [s for s in manifest["shards"] if split is None or s.get("split") == split]
+    listed = [s for s in manifest.shards if split is None or s.get("split") == split]
     bad = [s["path"] for s in listed if not os.path.exists(os.path.join(shards_dir, s["path"]))
            or sha256(os.path.join(shards_dir, s["path"])) != s["sha256"]]
     names = {s["path"] for s in listed}
-    for sp in ([split] if split else sorted({s.get("split") for s in manifest["shards"]} | {"train", "val", "test"})):
+    for sp in ([split] if split else sorted({s.get("split") for s in manifest.shards} | {"train", "val", "test"})):
         for p in shard_paths(shards_dir, sp):
             rel = os.path.relpath(p, shards_dir)
             if rel not in names:

@@ -90,8 +90,8 @@ def probe(shards: str, train: str = "train", test: str = "test") -> dict:
     from sgmagnet.shards import read_manifest
 
     m = read_manifest(shards)
-    mean = np.asarray(m["band_stats"]["mean"], np.float32)
-    std = np.where(np.asarray(m["band_stats"]["std"]) > 0, m["band_stats"]["std"], 1).astype(np.float32)
+    mean = np.asarray(m.band_stats["mean"], np.float32)
+    std = np.where(np.asarray(m.band_stats["std"]) > 0, m.band_stats["std"], 1).astype(np.float32)
     xtr, ytr, _ = pixels(shards, train, mean, std)
     xte, yte, soz = pixels(shards, test, mean, std)
     lin = fit(xtr, ytr)
