@@ -2,12 +2,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default: "(default: X)", written once here (a help text's own
+    trailing "(X)" becomes "(default: X)"; flags, required options and empty lists show none)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if (not action.option_strings or action.required or d is None or d is False or d == argparse.SUPPRESS
+                or (isinstance(d, (list, tuple)) and not d) or "default" in h):
+            return h
+        shown = ",".join(map(str, d)) if isinstance(d, (list, tuple)) else f"{d:g}" if isinstance(d, float) else str(d)
+        if h.endswith(f"({shown})"):
+            return h[: -len(f"({shown})")] + f"(default: {shown})"
+        return f"{h} (default: {shown})"
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, exit 2
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
@@ -81,6 +102,49 @@ def _date(s):
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {s!r}")
 
 
+def add_build_arguments(p: argparse.ArgumentParser, *, local: bool):
+    """The archive-build options, defined once for `build` and `submit build` (defaults from BuildConfig)."""
+    from .build import BuildConfig
+
+    d = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
+    p.add_argument("--ahi", required=True, help="folder of P-Tree NetCDF files (searched recursively)")
+    p.add_argument("--cloudsat", required=True, help="folder of 2B-CLDCLASS-LIDAR HDF files (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder for shards, records and manifest.json")
+    p.add_argument("--window-min", type=_window_min, default=d["window_min"],
+                   help=f"max |t_profile - t_pixel| in minutes, (0, 60] (default: {d['window_min']:g})")
+    p.add_argument("--patch-size", type=_positive_int, default=d["patch_size"],
+                   help=f"patch height/width in pixels (default: {d['patch_size']})")
+    p.add_argument("--min-labelled", type=_positive_int, default=d["min_labelled"],
+                   help=f"min labelled pixels per patch (default: {d['min_labelled']})")
+    p.add_argument("--split-days", type=_split_days, default=d["split_days"],
+                   help="TRAIN,VAL,TEST whole-day block lengths of the repeating time split "
+                        f"(default: {','.join(map(str, d['split_days']))})")
+    p.add_argument("--gap-days", type=_count0, default=d["gap_days"],
+                   help=f"gap days dropped after each block (default: {d['gap_days']})")
+    p.add_argument("--split-anchor", type=_date, default=d["split_anchor"],
+                   help="first day of the split cycle, YYYY-MM-DD (default: the first AHI day)")
+    p.add_argument("--shard-maxcount", type=_positive_int, default=d["shard_maxcount"],
+                   help=f"max samples per shard (default: {d['shard_maxcount']})")
+    if local:
+        p.add_argument("--overwrite", action="store_true", help="rebuild an --out made with another configuration "
+                       "(its shards, records and manifest are deleted); without it such an --out is refused")
+
+
+def build_config_from_args(a, cmd: str, absolute: bool = False):
+    """BuildConfig from the parsed build options, after the checks both commands share; None (after one line
+    on stderr) if --ahi or --cloudsat is not a folder."""
+    from .build import BuildConfig
+
+    for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat")):
+        if not os.path.isdir(d):
+            sys.stderr.write(f"sgmagnet {cmd}: error: {flag} {d!r} is not a directory\n")
+            return None
+    path = os.path.abspath if absolute else (lambda x: x)
+    return BuildConfig(ahi=path(a.ahi), cloudsat=path(a.cloudsat), out=path(a.out), window_min=a.window_min,
+                       patch_size=a.patch_size, min_labelled=a.min_labelled, split_days=tuple(a.split_days),
+                       gap_days=a.gap_days, split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount)
+
+
 def cmd_synth(a):
     from .synth.archive import SynthConfig, format_stats, synthesize
 
@@ -95,15 +159,11 @@ def cmd_synth(a):
 
 
 def cmd_build(a):
-    from .build import BuildConfig, BuildFailed, BuildRefused, build, get_comm
+    from .build import BuildFailed, BuildRefused, build, get_comm
 
-    for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat")):
-        if not os.path.isdir(d):
-            sys.stderr.write(f"sgmagnet build: error: {flag} {d!r} is not a directory\n")
-            return 2
-    cfg = BuildConfig(ahi=a.ahi, cloudsat=a.cloudsat, out=a.out, window_min=a.window_min, patch_size=a.patch_size,
-                      min_labelled=a.min_labelled, split_days=a.split_days, gap_days=a.gap_days,
-                      split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount)
+    cfg = build_config_from_args(a, "build")
+    if cfg is None:
+        return 2
     try:
         r = build(cfg, log=(lambda m: None) if a.quiet else print, overwrite=a.overwrite, progress=not a.quiet)
     except (BuildRefused, BuildFailed) as e:   # every rank raises the same; rank 0 says it
@@ -122,7 +182,7 @@ def warn_empty_splits(out: str, cfg) -> list[str]:
     """A loud warning per split without a sample (train skips validation, evaluate refuses the split)."""
     from .shards import read_manifest
 
-    counts = read_manifest(out)["counts"]
+    counts = read_manifest(out).counts
     empty = [s for s in ("train", "val", "test") if not counts.get(s)]
     days = dict(zip(("train", "val", "test"), cfg.split_days))
     cycle = f"--split-days {','.join(map(str, cfg.split_days))} / --gap-days {cfg.gap_days}"
@@ -242,7 +302,10 @@ def cmd_submit(a):
     from launch.submit import submit_build, submit_train
 
     try:
-        return submit_train(a) if a.what == "train" else submit_build(a)
+        if a.what == "train":
+            return submit_train(a)
+        cfg = build_config_from_args(a, "submit build", absolute=True)
+        return 2 if cfg is None else submit_build(a, cfg)
     except ValueError as e:  # SubmitError and config errors
         sys.stderr.write(f"sgmagnet submit {a.what}: error: {e}\n")
         return 2
@@ -281,16 +344,16 @@ def cmd_plot(a):
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, os.path.basename(a.cube).rsplit(".", 1)[0])
     try:
-        plots.cube_map_png(a.cube, stem + "_top_phase.png")
-        done = [stem + "_top_phase.png"]
-        for k, line in enumerate(a.section or []):
-            plots.cube_section_png(a.cube, line, f"{stem}_section_{k}.png")
-            done.append(f"{stem}_section_{k}.png")
         granule, note = a.granule, ""
         if granule is None and a.cloudsat:
             granule, gap = plots.nearest_granule(a.cube, a.cloudsat)
             note = f" (nearest profile {gap:.1f} min from the scene)"
             print(f"curtain granule: {granule}{note}")
+        plots.cube_map_png(a.cube, stem + "_top_phase.png", granule)
+        done = [stem + "_top_phase.png"]
+        for k, line in enumerate(a.section or []):
+            plots.cube_section_png(a.cube, line, f"{stem}_section_{k}.png")
+            done.append(f"{stem}_section_{k}.png")
         if granule:
             plots.cube_curtain_png(a.cube, granule, stem + "_curtain.png", note)
             done.append(stem + "_curtain.png")
@@ -331,20 +394,7 @@ def main(argv=None) -> int:
     s.set_defaults(func=cmd_synth)
 
     b = sub.add_parser("build", help="collocate AHI with CloudSat into WebDataset shards (also under mpirun -n K)")
-    b.add_argument("--ahi", required=True, help="folder of P-Tree NetCDF files (searched recursively)")
-    b.add_argument("--cloudsat", required=True, help="folder of 2B-CLDCLASS-LIDAR HDF files (searched recursively)")
-    b.add_argument("--out", required=True, help="output folder for shards, records and manifest.json")
-    b.add_argument("--window-min", type=_window_min, default=5.0, help="max |t_profile - t_pixel| in minutes, "
-                   "(0, 60] (5)")
-    b.add_argument("--patch-size", type=_positive_int, default=128, help="patch height/width in pixels (128)")
-    b.add_argument("--min-labelled", type=_positive_int, default=64, help="min labelled pixels per patch (64)")
-    b.add_argument("--split-days", type=_split_days, default=(10, 2, 2),
-                   help="TRAIN,VAL,TEST whole-day block lengths of the repeating time split (10,2,2)")
-    b.add_argument("--gap-days", type=_count0, default=1, help="gap days dropped after each block (1)")
-    b.add_argument("--split-anchor", type=_date, default=None, help="first day of the split cycle (default: first AHI day)")
-    b.add_argument("--shard-maxcount", type=_positive_int, default=200, help="max samples per shard (200)")
-    b.add_argument("--overwrite", action="store_true", help="rebuild an --out made with another configuration "
-                   "(its shards, records and manifest are deleted); without it such an --out is refused")
+    add_build_arguments(b, local=True)
     b.add_argument("--quiet", action="store_true", help="no progress bar and no summary (warnings and errors only)")
     b.set_defaults(func=cmd_build)
 
@@ -377,7 +427,8 @@ def main(argv=None) -> int:
     e.add_argument("--out", help="output folder (default: the run folder of the checkpoint)")
     e.add_argument("--batch-size", type=_positive_int, default=8, help="patches per batch (8)")
     e.add_argument("--curtains", type=int, default=3, help="number of along-track curtain PNGs (3)")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to run the model (auto: a GPU when there is one)")
     e.add_argument("--decision", choices=("argmax", "prior"), default="argmax",
                    help="argmax of the phase-gated probabilities (default), or prior: argmax after undoing alpha x "
                         "the loss's class-weight prior, alpha chosen on the validation split (recorded in the JSON)")
@@ -401,7 +452,8 @@ def main(argv=None) -> int:
     pr.add_argument("--batch-size", "--batch", dest="batch_size", type=_positive_int, default=4,
                     help="tiles per forward pass (4)")
     pr.add_argument("--probabilities", action="store_true", help="also write p_clear .. p_liquid")
-    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where to run the model (auto: a GPU when there is one)")
     pr.set_defaults(func=cmd_predict)
 
     pl = sub.add_parser("plot", help="pictures of a prediction cube: cloud-top phase map, sections, curtain")
@@ -428,20 +480,13 @@ def main(argv=None) -> int:
     st.add_argument("--config", help="YAML run config")
     st.add_argument("--deepspeed", metavar="DS.json", help="DeepSpeed config for the job")
     add_common(st)
-    st.add_argument("overrides", nargs="*", metavar="section.key=value")
+    st.add_argument("overrides", nargs="*", metavar="section.key=value",
+                    help="config overrides, as for `sgmagnet train` (e.g. train.steps=20000)")
     st.set_defaults(func=cmd_submit)
     sb = ssub.add_parser("build", help="the archive build as one MPI job, or a job array + a merge job")
-    sb.add_argument("--ahi", required=True)
-    sb.add_argument("--cloudsat", required=True)
-    sb.add_argument("--out", required=True)
-    sb.add_argument("--window-min", type=_window_min, default=5.0)
-    sb.add_argument("--patch-size", type=_positive_int, default=128)
-    sb.add_argument("--min-labelled", type=_positive_int, default=64)
-    sb.add_argument("--split-days", type=_split_days, default=(10, 2, 2))
-    sb.add_argument("--gap-days", type=_count0, default=1)
-    sb.add_argument("--split-anchor", type=_date, default=None)
-    sb.add_argument("--shard-maxcount", type=_positive_int, default=200)
-    sb.add_argument("--array", type=int, default=0, help="K > 0: a job array of K time chunks + a merge job")
+    add_build_arguments(sb, local=False)
+    sb.add_argument("--array", type=_count0, default=0,
+                    help="K > 0: a job array of K time chunks + a merge job (default: 0, one MPI job)")
     add_common(sb)
     sb.set_defaults(func=cmd_submit)
 

@@ -66,9 +66,9 @@ def to_batch(outs) -> dict:
     for x, pix, prof, geom, raw in zip(*(_host(o) for o in outs)):
         meta = json.loads(bytes(raw).decode())
         pix = pix.astype(np.int64)
-        lat, soz = pixel_columns(meta, pix, geom)
+        lat, lon, soz = pixel_columns(meta, pix, geom)
         samples.append({"key": sample_key(meta), "x": x, "geom": geom.astype(np.float32), "pix": pix, "prof": prof,
-                        "lat": lat, "soz": soz})   # no ctype: DALI does not read it (strata only), collate fills 0
+                        "lat": lat, "lon": lon, "soz": soz})   # no ctype: DALI does not read it (strata only), collate fills 0
     return collate(samples)
 
 
@@ -85,7 +85,7 @@ def epoch_batches_of(urls, batch_size: int, shard_id: int, num_shards: int, norm
         if k < len(b["keys"]):  # drop the padding at the end of the epoch
             sel = b["index"][:, 0] < k
             b = {**b, "x": b["x"][:k], "geom": b["geom"][:k], "index": b["index"][sel], "prof": b["prof"][sel],
-                 "lat": b["lat"][sel], "soz": b["soz"][sel], "ctype": b["ctype"][sel], "keys": b["keys"][:k]}
+                 "lat": b["lat"][sel], "lon": b["lon"][sel], "soz": b["soz"][sel], "ctype": b["ctype"][sel], "keys": b["keys"][:k]}
         out.append(b)
         left -= k
     return out

@@ -7,6 +7,7 @@ One batch is a dict of tensors:
   index  int64   [N, 3]         (sample in batch, row, col) of every labelled pixel
   prof   uint8   [N, 38]        its labels per level (255 = none)
   lat    float32 [N]            its latitude (from the patch corners; the grid is regular in lat/lon)
+  lon    float32 [N]            its longitude (likewise; curtains use it for geodesic distances and ticks)
   soz    float32 [N]            its solar zenith
   ctype  uint8   [N]            cloud type of its top layer (CloudLayerType 1 Ci .. 8 DC; 0 = clear/unknown)
   keys   list[str]              sample keys
@@ -42,14 +43,14 @@ class Normaliser:
     @classmethod
     def from_manifest(cls, shards_dir: str) -> "Normaliser":
         m = read_manifest(shards_dir)
-        mean = np.asarray(m["band_stats"]["mean"], np.float32)
-        std = np.asarray(m["band_stats"]["std"], np.float32)
+        mean = np.asarray(m.band_stats["mean"], np.float32)
+        std = np.asarray(m.band_stats["std"], np.float32)
         return cls(mean, np.where(std > 0, std, 1.0).astype(np.float32))
 
     @classmethod
-    def from_checkpoint(cls, ck: dict) -> "Normaliser":
-        """The statistics a model was trained with (saved in every checkpoint)."""
-        n = ck["normaliser"]
+    def from_checkpoint(cls, saved) -> "Normaliser":
+        """The statistics a model was trained with (checkpoint.SavedModel.normaliser)."""
+        n = saved.normaliser
         return cls(np.asarray(n["mean"], np.float32), np.asarray(n["std"], np.float32))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -57,11 +58,13 @@ class Normaliser:
 
 
 def pixel_columns(meta: dict, pix: np.ndarray, geom: np.ndarray):
-    """Latitude (from the patch corners; the grid is regular in lat/lon) and solar zenith of labelled pixels."""
+    """Latitude, longitude (from the patch corners; the grid is regular in lat/lon) and solar zenith of the
+    labelled pixels."""
     c = meta["corners"]
-    rows = pix[:, 0].astype(np.float32)
+    rows, cols = pix[:, 0].astype(np.float64), pix[:, 1].astype(np.float64)
     lat = c["nw"][0] + (c["sw"][0] - c["nw"][0]) * rows / max(geom.shape[1] - 1, 1)
-    return lat.astype(np.float32), geom[0][pix[:, 0], pix[:, 1]].astype(np.float32)
+    lon = c["nw"][1] + (c["ne"][1] - c["nw"][1]) * cols / max(geom.shape[2] - 1, 1)
+    return lat.astype(np.float32), lon.astype(np.float32), geom[0][pix[:, 0], pix[:, 1]].astype(np.float32)
 
 
 class Decode:
@@ -75,9 +78,9 @@ class Decode:
         x = s["input"].astype(np.float32)
         if x.shape[0] != len(self.norm.mean):
             raise ValueError(f"sample {s['__key__']}: {x.shape[0]} bands, expected {len(self.norm.mean)}")
-        lat, soz = pixel_columns(s["meta"], s["pix"], s["geom"])
+        lat, lon, soz = pixel_columns(s["meta"], s["pix"], s["geom"])
         return {"key": s["__key__"], "x": self.norm(x), "geom": s["geom"].astype(np.float32),
-                "pix": s["pix"].astype(np.int64), "prof": s["prof"], "lat": lat, "soz": soz,
+                "pix": s["pix"].astype(np.int64), "prof": s["prof"], "lat": lat, "lon": lon, "soz": soz,
                 "ctype": s["ctype"].astype(np.uint8)}
 
 
@@ -89,6 +92,7 @@ def collate(samples: list[dict]) -> dict:
             "index": torch.from_numpy(np.concatenate(index).reshape(-1, 3)),
             "prof": torch.from_numpy(np.concatenate([s["prof"] for s in samples])),
             "lat": torch.from_numpy(np.concatenate([s["lat"] for s in samples])),
+            "lon": torch.from_numpy(np.concatenate([s["lon"] for s in samples])),
             "soz": torch.from_numpy(np.concatenate([s["soz"] for s in samples])),
             "ctype": torch.from_numpy(np.concatenate([s.get("ctype", np.zeros(len(s["pix"]), np.uint8))
                                                       for s in samples])),

@@ -29,8 +29,42 @@ def _phase_image(ax, cols: np.ndarray, dist_km: np.ndarray, title: str):
     return m
 
 
+def _track_ticks(ax, dist: np.ndarray, lat: np.ndarray, lon=None, time=None, n: int = 5) -> str:
+    """Ticks at n profiles spread along the track, labelled with distance, latitude/longitude and UTC time
+    (those known); returns the axis label describing the lines."""
+    if len(dist) == 0:
+        return "along-track distance (km)"
+    k = np.unique(np.linspace(0, len(dist) - 1, min(n, len(dist))).round().astype(int))
+    lines = ["along-track distance (km)"]
+    labels = [[f"{dist[i]:.0f}"] for i in k]
+    if lon is not None:
+        lon = np.asarray(lon, np.float64)
+        for lab, i in zip(labels, k):
+            lab.append(f"{abs(lat[i]):.1f}°{'N' if lat[i] >= 0 else 'S'} {lon[i] % 360:.1f}°E")
+        lines.append("latitude, longitude")
+    else:
+        for lab, i in zip(labels, k):
+            lab.append(f"{abs(lat[i]):.1f}°{'N' if lat[i] >= 0 else 'S'}")
+        lines.append("latitude")
+    if time is not None:
+        t = np.asarray(time, "datetime64[s]")
+        for lab, i in zip(labels, k):
+            lab.append(str(t[i])[11:19] if not np.isnat(t[i]) else "")
+        lines.append("time (UTC)")
+    ax.set_xticks(dist[k], ["\n".join(lab) for lab in labels], fontsize=7)
+    return " · ".join(lines)
+
+
 def curtain_png(c: dict, path: str, title: str):
-    """c: {"truth": [N,L], "pred": [N,L], "lat": [N]} in along-track order."""
+    """The curtain figure (curtain_figure) saved as a PNG."""
+    fig = curtain_figure(c, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curtain_figure(c: dict, title: str):
+    """c: {"truth": [N,L], "pred": [N,L], "lat": [N]} in along-track order; optional "lon" [N] (geodesic
+    distances, lon ticks) and "time" [N] (datetime64, UTC ticks)."""
     lat = np.asarray(c["lat"], np.float64)
     if "lon" in c and len(lat) > 1:          # geodesic (haversine) steps between consecutive profiles
         lon = np.deg2rad(np.asarray(c["lon"], np.float64))
@@ -41,18 +75,17 @@ def curtain_png(c: dict, path: str, title: str):
         dist = np.concatenate([[0.0], np.cumsum(np.abs(np.diff(lat)) * KM_PER_DEG)]) if len(lat) else np.zeros(0)
     if len(dist) > 1 and dist[-1] == 0:
         dist = np.arange(len(lat), dtype=np.float64)
-    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True, constrained_layout=True)
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5.4), sharex=True, constrained_layout=True)
     _phase_image(axes[0], np.asarray(c["truth"]), dist, "CloudSat/CALIPSO label (truth)")
     m = _phase_image(axes[1], np.where(np.asarray(c["truth"]) == IGNORE, IGNORE, c["pred"]), dist, "prediction")
-    axes[1].set_xlabel("along-track distance (km)")
+    axes[1].set_xlabel(_track_ticks(axes[1], dist, lat, c.get("lon"), c.get("time")))
     cb = fig.colorbar(m, ax=axes, ticks=range(4))
     cb.ax.set_yticklabels(CLASS_NAMES)
     from matplotlib.patches import Patch
     axes[0].legend(handles=[Patch(color="#555555", label="no label / below ground")], loc="upper right",
                    fontsize=7, framealpha=0.8)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def reliability_png(cal: dict, path: str, title: str):
@@ -76,6 +109,14 @@ def reliability_png(cal: dict, path: str, title: str):
 
 
 def confusion_png(cm: np.ndarray, path: str, title: str):
+    """The confusion figure (confusion_figure) saved as a PNG."""
+    fig = confusion_figure(cm, title)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)   # keeps both axis labels on the canvas
+    plt.close(fig)
+
+
+def confusion_figure(cm: np.ndarray, title: str):
+    """Row-normalised confusion matrix (true class down, predicted across) with the counts."""
     cm = np.asarray(cm, np.float64)
     rown = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(4.6, 4), constrained_layout=True)
@@ -90,8 +131,7 @@ def confusion_png(cm: np.ndarray, path: str, title: str):
     ax.set_ylabel("true class (label)")
     ax.set_title(title + " (row-normalised)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)   # keeps both axis labels on the canvas
-    plt.close(fig)
+    return fig
 
 
 def read_log(path: str) -> list[dict]:
@@ -150,8 +190,9 @@ def top_phase(phase: np.ndarray) -> np.ndarray:
     return np.where(phase[0] < 0, -1, out)
 
 
-def cube_map_png(cube: str, path: str):
-    """Map of cloud-top phase of a prediction cube."""
+def cube_map_png(cube: str, path: str, granule: str | None = None):
+    """Map of cloud-top phase of a prediction cube; with a CloudSat granule, its track across the cube drawn
+    on top, marked over land or over sea by the granule's own land/sea flag (no coastline data ships)."""
     with open_cube(cube) as ds:
         ph = ds["cloud_phase"].values[0]
         lat, lon = ds["latitude"].values, ds["longitude"].values
@@ -166,9 +207,31 @@ def cube_map_png(cube: str, path: str):
     ax.set_title(title, fontsize=8)
     cb = fig.colorbar(m, ax=ax, ticks=range(4), shrink=0.8)
     cb.ax.set_yticklabels(CLASS_NAMES)
+    drawn = {"top_phase": top}
+    if granule:
+        drawn["track"] = _draw_track(ax, granule, lat, lon)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return {"top_phase": top}
+    return drawn
+
+
+def _draw_track(ax, granule: str, lat: np.ndarray, lon: np.ndarray) -> dict:
+    """The granule's profiles inside the map, coloured by its land/sea flag; returns their counts."""
+    from .formats.cloudsat import read_granule
+
+    g = read_granule(granule)
+    glat, glon, flag = g["latitude"].values, g["longitude"].values, g["land_sea_flag"].values
+    inside = (glat >= lat.min()) & (glat <= lat.max()) & (glon >= lon.min()) & (glon <= lon.max())
+    counts = {}
+    for name, sel, colour in (("land", flag == 1, "#00e676"), ("sea", (flag == 2) | (flag == 3), "#000000"),
+                              ("unknown surface", (flag < 1) | (flag > 3), "#ff1744")):
+        pick = inside & sel
+        counts[name] = int(pick.sum())
+        if pick.any():
+            ax.plot(glon[pick], glat[pick], ".", ms=2.5, color=colour, label=f"CloudSat track over {name}")
+    if any(counts.values()):
+        ax.legend(loc="lower right", fontsize=7, markerscale=6, framealpha=0.85)
+    return counts
 
 
 def _nearest_index(values: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -267,6 +330,7 @@ def cube_curtain_png(cube: str, granule: str, path: str, note: str = ""):
     truth = np.full((len(sel), N_LEVELS), IGNORE, np.int16)
     truth[ok] = profile_levels(nl[ok], b[ok], t[ok], ph[ok], g["dem_km"].values[sel][ok])
     pred = np.where(pred < 0, IGNORE, pred)
-    drawn = {"truth": truth, "pred": pred, "lat": glat[sel], "lon": glon[sel], "rows": i, "cols": j}
+    drawn = {"truth": truth, "pred": pred, "lat": glat[sel], "lon": glon[sel], "time": g["time"].values[sel],
+             "rows": i, "cols": j}
     curtain_png(drawn, path, f"{granule.split('/')[-1][:19]} vs {cube.split('/')[-1]}{note}")
     return drawn

@@ -22,18 +22,20 @@ import os
 import signal
 import time
 
+import numpy as np
 import torch
 
 from . import dist as hdist
 
 from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state, set_rng_state
 from .config import Config, ConfigError, dump, to_dict, validate
-from .data import EpochStream, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
+from .data import LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
+from .loaders import train_stream
 from .losses import SparseLoss, class_weights, pool_profiles, use_triton
 from .models import n_parameters
 from .runtime import model_from_config, pick_device, seed_everything
-from .shards import shard_paths
+from .shards import Manifest, shard_paths
 
 EXIT_PREEMPTED = 3   # exit code after a checkpoint taken on SIGUSR2/SIGTERM
 
@@ -62,15 +64,15 @@ def clear_run(run_dir: str):
             os.remove(os.path.join(run_dir, f))
 
 
-def validation_shards(cfg: Config, manifest: dict) -> list[str]:
+def validation_shards(cfg: Config, manifest: Manifest) -> list[str]:
     """The validation split's shards; an empty or missing split is an error unless data.val_split is ''."""
     split = cfg.data.val_split
     if not split:
         return []
     urls = shard_paths(cfg.data.shards, split)
-    if not urls or not manifest.get("counts", {}).get(split):
+    if not urls or not manifest.counts.get(split):
         raise ConfigError(f"data.val_split={split!r}: {cfg.data.shards} has no {split} samples (manifest counts "
-                          f"{manifest.get('counts')}); choose another split, or data.val_split='' to train "
+                          f"{manifest.counts}); choose another split, or data.val_split='' to train "
                           f"without validation")
     return urls
 
@@ -92,6 +94,18 @@ class Logger:
             for k, v in rec.items():
                 if k not in ("step", "kind", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(f"{rec['kind']}/{k[len(pre):] if k.startswith(pre) else k}", v, rec["step"])
+
+    def images(self, step: int, confusion, curtain: dict | None, title: str):
+        """TensorBoard images at a validation: the confusion matrix and one along-track curtain."""
+        if self.tb is None:
+            return
+        from . import plots
+
+        figs = [("val/confusion", plots.confusion_figure(confusion, title))]
+        if curtain is not None:
+            figs.append(("val/curtain", plots.curtain_figure(curtain, f"{title} · {curtain['key']}")))
+        for tag, fig in figs:
+            self.tb.add_figure(tag, fig, step, close=True)
 
     def close(self):
         self.f.close()
@@ -148,10 +162,10 @@ def build_scheduler(cfg: Config, opt) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def resolve_loss_weights(cfg: Config, manifest: dict) -> list[float]:
+def resolve_loss_weights(cfg: Config, manifest: Manifest) -> list[float]:
     w = cfg.loss.weights
     if w == "manifest":
-        return class_weights(manifest["train_class_frequency"], cfg.loss.power).tolist()
+        return class_weights(manifest.train_class_frequency, cfg.loss.power).tolist()
     if w == "none":
         return [1.0] * 4
     return [float(v) for v in w]          # 4 finite non-negative numbers (config.validate)
@@ -286,13 +300,9 @@ class Trainer:
         lcfg = LoaderConfig(batch_size=c.batch_size, workers=c.workers, shuffle_buffer=c.shuffle_buffer,
                             rank=e.rank, world=e.world_size, resample=resample)
         urls = split_urls(c.shards, c.train_split)
-        epoch_batches = c.epoch_batches or max(1, self.manifest["counts"][c.train_split] // (c.batch_size * e.world_size))
-        loader = c.loader if c.loader != "auto" else ("dali" if self.device.type == "cuda" else "torch")
-        if loader == "dali":
-            from .dali import DaliStream
-            return DaliStream(urls, self.norm, lcfg, seed=self.cfg.train.seed, device=self.device,
-                              epoch_batches=epoch_batches if resample else 0)
-        return EpochStream(urls, self.norm, lcfg, seed=self.cfg.train.seed, epoch_batches=epoch_batches)
+        epoch_batches = c.epoch_batches or max(1, self.manifest.counts[c.train_split] // (c.batch_size * e.world_size))
+        return train_stream(c.loader, urls, self.norm, lcfg, seed=self.cfg.train.seed, device=self.device,
+                            epoch_batches=epoch_batches)
 
     # -- checkpoint state
     def common_state(self) -> dict:
@@ -406,11 +416,11 @@ class Trainer:
             import itertools
             batches = itertools.islice(batches, c.val_batches)
         ev = evaluate_batches(self.forward_module, batches, self.device, self.cfg.train.bf16, loss_fn=self.loss_fn,
-                              prepare=self._prepare, form=self.cfg.loss.form)
+                              prepare=self._prepare, form=self.cfg.loss.form, keep_curtains=1 if self.logger else 0)
         cs, lsum, ln, nb = ev.confusion, ev.loss_sum, ev.loss_n, ev.batches
         if e.distributed:
             most = int(hdist.all_reduce(torch.tensor([nb], device=self.device), "max").item())
-            p = self.manifest["config"]["patch_size"]
+            p = self.manifest.patch_size
             pad = {"x": torch.zeros(1, 16, p, p), "geom": torch.zeros(1, 2, p, p)}
             with torch.no_grad():
                 for _ in range(most - nb):
@@ -426,6 +436,8 @@ class Trainer:
                "val_voxels": r["voxels"], "time": time.time()}
         if self.logger:
             self.logger.log(rec)
+            self.logger.images(self.step, np.asarray(r["confusion"]), ev.curtains[0] if ev.curtains else None,
+                               f"{self.cfg.model.name} · {self.cfg.data.val_split} · step {self.step}")
         return rec
 
     def keep_best(self, rec: dict | None):

@@ -8,7 +8,8 @@ from sgmagnet.shards import iter_shard, shard_paths
 def test_collate_builds_batch_index():
     s = [{"key": f"k{i}", "x": np.zeros((16, 8, 8), np.float32), "geom": np.zeros((2, 8, 8), np.float32),
           "pix": np.array([[i, 1], [2, 3]][: i + 1], np.int64), "prof": np.full((i + 1, 38), i, np.uint8),
-          "lat": np.zeros(i + 1, np.float32), "soz": np.zeros(i + 1, np.float32)} for i in range(2)]
+          "lat": np.zeros(i + 1, np.float32), "lon": np.zeros(i + 1, np.float32), "soz": np.zeros(i + 1, np.float32)}
+         for i in range(2)]
     b = collate(s)
     assert b["index"].tolist() == [[0, 0, 1], [1, 1, 1], [1, 2, 3]]
     assert b["x"].shape == (2, 16, 8, 8) and b["prof"].shape == (3, 38) and b["keys"] == ["k0", "k1"]
@@ -29,6 +30,10 @@ def test_loader_normalises_and_keeps_nan(tiny_shards):
     assert ((b["ctype"] > 0) == cloudy).float().mean() > 0.8 and b["ctype"].max() <= 8
     c = raw["meta"]["corners"]
     assert c["sw"][0] - 1e-4 <= b["lat"].min() and b["lat"].max() <= c["nw"][0] + 1e-4
+    w = raw["geom"].shape[2] - 1                 # longitude: linear between the west and east corners
+    want_lon = c["nw"][1] + (c["ne"][1] - c["nw"][1]) * raw["pix"][:, 1] / w
+    np.testing.assert_allclose(b["lon"].numpy(), want_lon, atol=1e-4)
+    assert len(set(np.round(want_lon, 4))) > 1
 
 
 def _keys(batches):

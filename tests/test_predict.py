@@ -203,6 +203,21 @@ def test_cli_predict_and_plot(checkpoint, tiny_archive, tiny_shards, tmp_path, c
     want = np.where(phase[:, sec["rows"], sec["cols"]].T < 0, 255, phase[:, sec["rows"], sec["cols"]].T)
     assert np.array_equal(sec["columns"], want) and sec["distance_km"][-1] > 50
     assert sec["rows"][0] == 0 and sec["rows"][-1] == len(phase[0]) - 1   # sw -> ne: south row (first) to north row
+    mt = plots.cube_map_png(str(cube), str(tmp_path / "mt.png"), gran)           # with the track, by surface
+    with xr.open_dataset(cube) as ds:
+        la, lo = ds["latitude"].values, ds["longitude"].values
+    from sgmagnet.formats.cloudsat import read_granule
+    g = read_granule(gran)
+    ins = ((g["latitude"] >= la.min()) & (g["latitude"] <= la.max()) & (g["longitude"] >= lo.min())
+           & (g["longitude"] <= lo.max())).values
+    assert sum(mt["track"].values()) == ins.sum() > 0
+    assert mt["track"]["land"] == int((ins & (g["land_sea_flag"].values == 1)).sum())
+    fig, ax = plots.plt.subplots()
+    label = plots._track_ticks(ax, np.array([0.0, 5.0, 10.0]), np.array([-1.0, 0.0, 1.0]), np.array([130.0] * 3),
+                               np.array(["2018-10-01T03:04:05"] * 3, "datetime64[ns]"))
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    plots.plt.close(fig)
+    assert "time (UTC)" in label and ticks[0] == "0\n1.0°S 130.0°E\n03:04:05" and len(ticks) == 3
     cur = plots.cube_curtain_png(str(cube), gran, str(tmp_path / "c.png"))
     assert (cur["truth"] != 255).sum() > 0 and (cur["truth"] > 0).sum() > 0       # labels, some cloudy
     assert np.array_equal(cur["pred"], np.where(phase[:, cur["rows"], cur["cols"]].T < 0, 255,

@@ -147,6 +147,10 @@ def test_cli_train_evaluate_report(tiny_shards, tmp_path, capsys):
                      "--curtains", "1"]) == 0
     out = capsys.readouterr().out
     assert "| unet |" in out and "| climatology |" in out and "| all clear |" in out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(run / "tb"))
+    tb.Reload()                                    # scalars without repeated prefixes, and the images
+    assert "val/macro_f1" in tb.Tags()["scalars"] and {"val/confusion", "val/curtain"} <= set(tb.Tags()["images"])
     assert "| top-layer oracle (±1 km) |" in out and "micro-phase F1" in out
     for f in ("eval_test.json", "eval_test.md", "confusion_test.png", "curtain_test_0.png", "loss_curves.png",
               "reliability_test.png"):

@@ -219,7 +219,7 @@ def read_granule(path, header_only: bool = False) -> xr.Dataset:
 
     Variables: time (datetime64[ns] UTC per profile), latitude, longitude, dem_km, n_layers, layer_base,
     layer_top (km), layer_phase (1 ice, 2 mixed, 3 water; NaN missing), layer_type, phase_confidence,
-    data_quality. header_only=True reads just the profile count and the first profile time.
+    data_quality, land_sea_flag (1 land, 2 ocean, 3 inland water, 0 unknown/absent). header_only=True reads just the profile count and the first profile time.
     Raises FormatError (naming the file and the problem) on anything unreadable.
     """
     from pyhdf.error import HDF4Error
@@ -320,6 +320,9 @@ def read_granule(path, header_only: bool = False) -> xr.Dataset:
         n_layers = (np.isfinite(dec["CloudLayerBase"]) & np.isfinite(dec["CloudLayerTop"])).sum(1).astype(float)
     dem = dec.get("DEM_elevation", np.full(nray, np.nan))
     quality = data.get("Data_quality", np.zeros(nray, np.uint8))
+    surface = np.asarray(data.get("Navigation_land_sea_flag", np.zeros(nray, np.uint8))).reshape(-1)
+    if surface.size != nray:                 # absent or malformed: 0 = unknown (1 land, 2 ocean, 3 inland water)
+        surface = np.zeros(nray, np.uint8)
     lon = dec["Longitude"]
     ds = xr.Dataset(
         {
@@ -332,6 +335,7 @@ def read_granule(path, header_only: bool = False) -> xr.Dataset:
             "layer_phase": (("nray", "ncloud"), dec["CloudPhase"]),
             "layer_type": (("nray", "ncloud"), dec.get("CloudLayerType", np.full_like(dec["CloudPhase"], np.nan))),
             "data_quality": ("nray", quality.astype(np.int64)),
+            "land_sea_flag": ("nray", surface.astype(np.int64)),
         },
         coords={"time": ("nray", time)},
         attrs={"path": path, "file": os.path.basename(path), "granule": gname.granule,
