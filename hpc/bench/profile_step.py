@@ -19,33 +19,22 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import memory_batch  # noqa: E402  (hpc/bench/train_step.py, beside this script)
+from train_step import memory_batch, train_step_fn  # noqa: E402  (hpc/bench/train_step.py, beside this script)
 
-from sgmagnet.losses import compact_view, gated_sparse_ce  # noqa: E402
 from sgmagnet.models import MODELS, build_model  # noqa: E402
 
 
 def make_step(model, mode, batch, device, bf16):
-    x, geom, idx, prof = batch
+    if mode == "predict":
+        x, geom = batch[:2]
+
+        @torch.no_grad()
+        def predict():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                model(x, geom)
+        return predict
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def train():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            if mode == "train-columns":
-                y, index = compact_view(model(x, geom, columns=idx))
-            else:
-                y, index = model(x, geom), idx
-        loss = gated_sparse_ce(y.float(), index, prof)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    @torch.no_grad()
-    def predict():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            model(x, geom)
-
-    return predict if mode == "predict" else train
+    return train_step_fn(model, opt, batch, "columns" if mode == "train-columns" else "dense", bf16)
 
 
 def sync(device):

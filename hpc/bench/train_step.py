@@ -38,6 +38,25 @@ def memory_batch(b: int, s: int, device):
     return [t.to(device) for t in (x, geom, idx, prof)]
 
 
+def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=gated_sparse_ce):
+    """One full training step (forward on the dense or column path, sparse loss, backward, optimiser) on the
+    in-memory batch `data` = (x, geom, index, profiles), as a closure (shared with profile_step.py)."""
+    x, geom, idx, prof = data
+    device = x.device
+
+    def step():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            if path == "columns":
+                y, index = compact_view(model(x, geom, columns=idx))
+            else:
+                y, index = model(x, geom), idx
+        loss = loss_fn(y, index, prof)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl="torch", path="dense"):
     """One (model, patch, path) measurement in this process."""
     torch.manual_seed(0)
@@ -47,20 +66,10 @@ def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl
         loss_fn = kernels.gated_sparse_ce
     m = build_model(name, size).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    x, geom, idx, prof = memory_batch(batch, patch, device)
+    data = memory_batch(batch, patch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-
-    def step():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            if path == "columns":
-                y, index = compact_view(m(x, geom, columns=idx))
-            else:
-                y, index = m(x, geom), idx
-        loss = loss_fn(y, index, prof)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = train_step_fn(m, opt, data, path, bf16, loss_fn)
 
     for _ in range(warmup):
         step()
