@@ -438,7 +438,7 @@ def main(argv=None) -> int:
 
     r = sub.add_parser("report", help="side-by-side table of several eval_<split>.json files")
     r.add_argument("results", nargs="+", help="eval_<split>.json files written by `sgmagnet evaluate`")
-    r.add_argument("--out", help="also write the Markdown table to this file")
+    r.add_argument("--out", help="output file: also write the Markdown table to it")
     r.add_argument("--curves", help="also plot the runs' loss and validation curves (log.jsonl beside each JSON) to this PNG")
     r.set_defaults(func=cmd_report)
 
@@ -446,7 +446,7 @@ def main(argv=None) -> int:
     pr.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or state.pt")
     pr.add_argument("--ahi", required=True, help="P-Tree AHI L1 NetCDF file")
     pr.add_argument("--bbox", type=_bbox, help="LON0,LON1,LAT0,LAT1 window (default: the whole file)")
-    pr.add_argument("--out", required=True, help="output NetCDF (written atomically)")
+    pr.add_argument("--out", required=True, help="output file: the CF NetCDF cube (written atomically)")
     pr.add_argument("--tile", type=_positive_int, default=128, help="tile size in pixels (128)")
     pr.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels, even (32)")
     pr.add_argument("--batch-size", "--batch", dest="batch_size", type=_positive_int, default=4,
@@ -458,7 +458,7 @@ def main(argv=None) -> int:
 
     pl = sub.add_parser("plot", help="pictures of a prediction cube: cloud-top phase map, sections, curtain")
     pl.add_argument("cube", help="NetCDF written by `sgmagnet predict`")
-    pl.add_argument("--out", default=".", help="folder for the PNGs")
+    pl.add_argument("--out", default=".", help="output folder for the PNGs")
     pl.add_argument("--section", type=lambda s: _floats(s, 4, "--section"), action="append",
                     metavar="LON0,LAT0,LON1,LAT1", help="vertical cross-section along this line (repeatable)")
     pl.add_argument("--granule", help="2B-CLDCLASS-LIDAR granule: along-track curtain, labels vs prediction")
