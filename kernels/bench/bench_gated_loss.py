@@ -14,7 +14,6 @@ them against the reference: correctness only -- timings need a GPU.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from common import DTYPES  # noqa: E402  (kernels/bench/common.py, beside this script)
+from common import DTYPES, bench_parser  # noqa: E402  (kernels/bench/common.py, beside this script)
 
 
 def inputs(B, L, S, density, dtype, device):
@@ -54,14 +53,7 @@ def cpu_check():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batches", default="4,16,32")
-    p.add_argument("--densities", default="0.01,1.0")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--levels", type=int, default=38)
-    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
-    p.add_argument("--no-csv", action="store_true")
-    p.add_argument("--csv", default=None, help="append the rows to this CSV (default kernels/bench/results.csv)")
+    p = bench_parser(__doc__, densities=True)
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         return cpu_check()

@@ -76,3 +76,20 @@ def compile_reference(fn):
 
     functorch_config.donated_buffer = False
     return torch.compile(fn)
+
+
+def bench_parser(doc: str, densities: bool = False):
+    """The options both kernel benchmarks share (shape, dtype, where the rows go)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--batches", default="4,16,32", help="comma list of batch sizes B (default: 4,16,32)")
+    if densities:
+        p.add_argument("--densities", default="0.01,1.0",
+                       help="comma list of labelled-column fractions (default: 0.01,1.0: a track, and every column)")
+    p.add_argument("--size", type=int, default=128, help="patch height and width H = W (default: 128)")
+    p.add_argument("--levels", type=int, default=38, help="levels L (default: 38)")
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES), help="logits dtype (default: bf16)")
+    p.add_argument("--no-csv", action="store_true", help="print only, append no CSV rows")
+    p.add_argument("--csv", default=None, help="append the rows to this CSV (default: kernels/bench/results.csv)")
+    return p
