@@ -1,6 +1,6 @@
 """Fused class-weighted sparse cross-entropy of the phase-gated softmax (Triton): kernels, launcher, autograd.
 
-    loss = gated_sparse_ce(logits, index, profiles, weights, denominator=None)
+    loss = gated_sparse_ce(logits, index, profiles, weights, denominator=None, unique_index=False)
 
 logits [B, 4, L, H, W] (fp32/bf16/fp16, any strides: only the labelled columns are read, through the
 tensor's own strides, so a non-contiguous view costs no copy); index [N, 3] (b, row, col) (`sgmagnet build`
@@ -152,7 +152,7 @@ def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int):
 
 class GatedSparseCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, index, profiles, weights, denominator):
+    def forward(ctx, logits, index, profiles, weights, denominator, unique_index=False):
         dev = logits.device
         N, L = profiles.shape
         n_elem = N * L
@@ -170,7 +170,7 @@ class GatedSparseCE(torch.autograd.Function):
         den = tot[1] if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=dev).reshape(())
         den = torch.where(den > 0, den, torch.ones_like(den))
         ctx.save_for_backward(index, profiles, sgrad, den)
-        ctx.shape, ctx.dtype, ctx.grid = logits.shape, logits.dtype, grid
+        ctx.shape, ctx.dtype, ctx.grid, ctx.unique = logits.shape, logits.dtype, grid, unique_index
         return tot[0] / den
 
     @staticmethod
@@ -180,17 +180,23 @@ class GatedSparseCE(torch.autograd.Function):
         N, L = profiles.shape
         if N * L:
             scale = (grad_out.float() / den).reshape(1)
-            index, sgrad, profiles = coalesce(index, sgrad, L)
+            if not ctx.unique:           # one writer per voxel: sum the rows of duplicate pixels first
+                index, sgrad, profiles = coalesce(index, sgrad, L)
             with _on(grad.device):
                 _gsce_bwd_kernel[ctx.grid](grad, index, profiles, sgrad, scale, N * L, L, *grad.stride(),
                                            BLOCK=BLOCK, IGNORE=IGNORE)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
-                    weights: torch.Tensor | None = None, denominator=None) -> torch.Tensor:
-    """Fused Triton version of sgmagnet.losses.gated_sparse_ce (see the module docstring)."""
+                    weights: torch.Tensor | None = None, denominator=None, unique_index: bool = False) -> torch.Tensor:
+    """Fused Triton version of sgmagnet.losses.gated_sparse_ce (see the module docstring).
+
+    unique_index=True promises that no (b, row, col) row repeats (true of the compact [1, 4, L, 1, N] view of a
+    column forward, whose index is (0, 0, n)): the backward then skips the duplicate-row coalescing (a sort
+    and two scatters, the launch-bound part at track densities). A repeated row with it set would lose
+    gradient terms (last writer wins), so the default is False."""
     if weights is None:
         weights = torch.ones(4, device=logits.device)
     _check(logits, index, profiles, weights)
-    return GatedSparseCE.apply(logits, index, profiles, weights, denominator)
+    return GatedSparseCE.apply(logits, index, profiles, weights, denominator, bool(unique_index))

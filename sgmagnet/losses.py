@@ -173,11 +173,13 @@ class SparseLoss(torch.nn.Module):
     def forward(self, logits, index, profiles, denominator=None):
         """logits [B, 4, L, H, W] with the labelled columns at index [N, 3], or the compact [N, 4, L] of a column
         forward (index then only gives N and may be None)."""
-        if logits.dim() == 3:
+        compact = logits.dim() == 3
+        if compact:
             logits, index = compact_view(logits)
         if not self.gamma and self.form == "gated" and use_triton(self.impl, logits.device):
             import kernels
-            return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator)
+            return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator,
+                                           unique_index=compact)     # the compact view's rows are distinct
         return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma, form=self.form)
 
     def weight_sum(self, profiles: torch.Tensor) -> torch.Tensor:

@@ -260,3 +260,24 @@ def test_loss_on_the_compact_column_layout(N, dtype):
     torch.testing.assert_close(gk.float(), gr.float(), **TOL[dtype])
     loss_fn = SparseLoss(w, impl="triton").to(DEV)
     torch.testing.assert_close(loss_fn(cols.float(), None, prof), lr, rtol=1e-5, atol=1e-6)
+    c = cols.detach().clone().requires_grad_()      # the distinct-rows fast path (what SparseLoss uses here)
+    v, i = compact_view(c)
+    fast = kernels.gated_sparse_ce(v, i, prof, w, unique_index=True)
+    fast.backward()
+    torch.testing.assert_close(fast.detach(), lr, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c.grad.float(), gr.float(), **TOL[dtype])
+    c2 = cols.detach().float().clone().requires_grad_()
+    loss_fn(c2, None, prof).backward()
+    torch.testing.assert_close(c2.grad, gr.float(), **TOL[dtype])
+
+
+def test_unique_index_fast_path_needs_distinct_rows():
+    """With duplicate rows the default path sums their gradients (as the definition says); the fast path is
+    only for distinct rows -- so SparseLoss uses it for the compact layout alone."""
+    x = torch.randn(1, 4, 38, 3, 3, device=DEV, requires_grad=True)
+    idx = torch.tensor([[0, 1, 1], [0, 1, 1]], device=DEV)
+    prof = torch.zeros(2, 38, dtype=torch.uint8, device=DEV)
+    kernels.gated_sparse_ce(x, idx, prof).backward()
+    ref = x.detach().clone().requires_grad_()
+    ref_ce(ref, idx, prof).backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-6)
