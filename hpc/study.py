@@ -383,7 +383,17 @@ def figures(results: list[dict], boot: dict, out: str):
     plt.close(fig)
 
 
-def report(a, preset_name: str, preset: dict, lrs: dict, wall: float) -> int:
+def training_wall(out: str, results: list[dict]) -> dict:
+    """Seconds of training the study's files record: every learning-rate sweep trial and every finished run
+    (so a study that was stopped and resumed across sessions still adds up correctly)."""
+    path = os.path.join(out, "lr_sweep.json")
+    sweep_s = sum(t.get("wall_s", 0.0) for fam in (json.load(open(path)).values() if os.path.exists(path) else [])
+                  for t in fam.get("trials", {}).values())
+    runs_s = sum(r.get("train_wall_s", 0.0) for r in results)
+    return {"sweep": round(sweep_s, 1), "runs": round(runs_s, 1), "total": round(sweep_s + runs_s, 1)}
+
+
+def report(a, preset_name: str, preset: dict, lrs: dict) -> int:
     results = []
     for p in sorted(glob.glob(os.path.join(a.out, "runs", "*", "study_run.json"))):
         with open(p) as f:
@@ -398,12 +408,14 @@ def report(a, preset_name: str, preset: dict, lrs: dict, wall: float) -> int:
                                  "train_wall_s", "command")} | {"macro": r["overall"]["macro"],
                                                                 "metrics": f"runs/{r['name']}_s{r['seed']}/study_run.json"}
              for r in results]
-    prev = os.path.join(a.out, "study.json")
-    spent = (json.load(open(prev)).get("wall_s_total", 0.0) if os.path.exists(prev) else 0.0) + wall
-    _dump(prev, {"config": preset_name, "preset": preset, "shards": a.shards,
-                 "manifest_sha256": results[0]["manifest_sha256"], "lr": lrs, "bootstrap": boot,
-                 "wall_s_total": round(spent, 1), "runs": index})
-    md = tables(results, boot, preset_name, preset, a, lrs)
+    spent = training_wall(a.out, results)
+    _dump(os.path.join(a.out, "study.json"),
+          {"config": preset_name, "preset": preset, "shards": a.shards, "manifest_sha256": results[0]["manifest_sha256"],
+           "lr": lrs, "bootstrap": boot, "train_wall_s": spent, "runs": index})
+    md = tables(results, boot, preset_name, preset, a, lrs) + (
+        f"\n\nTraining wall time so far (from the runs' own records; evaluation and tables not included): "
+        f"sweep {spent['sweep'] / 3600:.2f} h, runs {spent['runs'] / 3600:.2f} h, total {spent['total'] / 3600:.2f} h "
+        f"on 2 CPU cores shared with other work.\n")
     figures(results, boot, a.out)
     with open(os.path.join(a.out, "study.md"), "w") as f:
         f.write(md)
@@ -456,7 +468,7 @@ def main(argv=None):
                       f"{r['train_wall_s']:.0f} s)", flush=True)
     path = os.path.join(a.out, "lr_sweep.json")
     lrs = lrs or ({f: v["lr"] for f, v in json.load(open(path)).items() if "lr" in v} if os.path.exists(path) else {})
-    return report(a, a.config, preset, lrs, time.time() - t0)
+    return report(a, a.config, preset, lrs)
 
 
 if __name__ == "__main__":
