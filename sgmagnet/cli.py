@@ -130,13 +130,14 @@ def add_build_arguments(p: argparse.ArgumentParser, *, local: bool):
                        "(its shards, records and manifest are deleted); without it such an --out is refused")
 
 
-def build_config_from_args(a, cmd: str, absolute: bool = False):
+def build_config_from_args(a, cmd: str, absolute: bool = False, check_dirs: bool = True):
     """BuildConfig from the parsed build options, after the checks both commands share; None (after one line
-    on stderr) if --ahi or --cloudsat is not a folder."""
+    on stderr) if --ahi or --cloudsat is not a folder (not checked for a submit --dry-run, which may be
+    written away from the cluster's file system)."""
     from .build import BuildConfig
 
     for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat")):
-        if not os.path.isdir(d):
+        if check_dirs and not os.path.isdir(d):
             sys.stderr.write(f"sgmagnet {cmd}: error: {flag} {d!r} is not a directory\n")
             return None
     path = os.path.abspath if absolute else (lambda x: x)
@@ -304,7 +305,7 @@ def cmd_submit(a):
     try:
         if a.what == "train":
             return submit_train(a)
-        cfg = build_config_from_args(a, "submit build", absolute=True)
+        cfg = build_config_from_args(a, "submit build", absolute=True, check_dirs=not a.dry_run)
         return 2 if cfg is None else submit_build(a, cfg)
     except ValueError as e:  # SubmitError and config errors
         sys.stderr.write(f"sgmagnet submit {a.what}: error: {e}\n")

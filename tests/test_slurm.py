@@ -259,3 +259,7 @@ def test_dry_run_setup_cpus_and_array(capsys):
     array, merge = out.split("merge job script")
     assert "#SBATCH --array=0-3%4" in array and "--dependency" not in array
     assert "#SBATCH --dependency=afterok:" in merge and "--array" not in merge
+    # a real submission checks the input folders first (the dry run above may be written off the cluster)
+    assert cli.main(["submit", "build", "--ahi", "/data/ahi", "--cloudsat", "/data/cs", "--out", "/data/out",
+                     "--partition", "cpu", "--time", "10", "--cluster", "local"]) == 2
+    assert "--ahi '/data/ahi' is not a directory" in capsys.readouterr().err
