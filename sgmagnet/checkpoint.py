@@ -18,9 +18,13 @@ import os
 import random
 import shutil
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .config import Config
 
 CKPT_FORMAT = 2
 

@@ -23,8 +23,6 @@ has already seen (`EpochStream`).
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 from dataclasses import dataclass
 

@@ -17,6 +17,8 @@ The Triton kernels in `kernels/` are tested against these functions.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -70,6 +72,14 @@ def level_bins(levels: int, n: int) -> list[tuple[int, int]]:
     return [(j * levels // n, -(-(j + 1) * levels // n)) for j in range(n)]
 
 
+@functools.lru_cache(maxsize=16)
+def _bin_membership(levels: int, n: int) -> torch.Tensor:
+    m = torch.zeros(levels, n)
+    for j, (a, b) in enumerate(level_bins(levels, n)):
+        m[a:b, j] = 1
+    return m
+
+
 #: tie-break between equally frequent classes in a pooled bin: the rarer phase wins (mixed, ice, liquid, clear)
 _POOL_PRIORITY = torch.tensor([0.0, 0.2, 0.3, 0.1])
 
@@ -80,7 +90,8 @@ def pool_profiles(profiles: torch.Tensor, n: int) -> torch.Tensor:
     IGNORE where the bin holds no label."""
     y = profiles.long()
     onehot = F.one_hot(torch.where(y == IGNORE, N_CLASSES, y), N_CLASSES + 1)[..., :N_CLASSES].float()
-    counts = torch.stack([onehot[:, a:b].sum(1) for a, b in level_bins(profiles.shape[1], n)], 1)   # [N, n, 4]
+    member = _bin_membership(profiles.shape[1], n).to(profiles.device)         # [L, n]: level l lies in bin j
+    counts = torch.einsum("nlc,lj->njc", onehot, member)                         # [N, n, 4] labels per bin
     best = (counts + _POOL_PRIORITY.to(counts.device) * (counts > 0)).argmax(-1)
     return torch.where(counts.sum(-1) > 0, best, IGNORE).to(torch.uint8)
 

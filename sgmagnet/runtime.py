@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .checkpoint import SavedModel, load_saved
-from .config import ConfigError, from_dict
+from .config import ConfigError
 from .models import build_model
 
 

@@ -9,6 +9,8 @@ models know day from night and the viewing slant.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 
 import torch
@@ -196,10 +198,16 @@ def linear_resize_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Ten
 
     A matrix product instead of F.interpolate for many short rows: CUDA's upsample_linear1d kernel runs one
     thread per output position and loops over all rows (measured on an H100: 97 % of SGMAGNet's dense
-    prediction time and 60 % of a column-path training step went there)."""
-    i0, i1, w = _source_index(torch.arange(n_out, device=like.device), n_in, n_out)
-    m = torch.zeros(n_in, n_out, dtype=torch.float64, device=like.device)
-    cols = torch.arange(n_out, device=like.device)
+    prediction time and 60 % of a column-path training step went there). Built once per shape, device and
+    dtype (every forward and every prediction chunk needs the same one)."""
+    return _resize_matrix(n_in, n_out, like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    i0, i1, w = _source_index(torch.arange(n_out), n_in, n_out)
+    m = torch.zeros(n_in, n_out, dtype=torch.float64)
+    cols = torch.arange(n_out)
     m.index_put_((i0, cols), 1 - w, accumulate=True)
     m.index_put_((i1, cols), w, accumulate=True)
-    return m.to(like.dtype)
+    return m.to(device=device, dtype=dtype)
