@@ -5,8 +5,10 @@
 
 Protocol (issue 15):
   1. learning rate per model family from a sweep on the validation split (seed 0, the preset's `sweep_lrs`,
-     the preset's `sweep_steps`): the rate whose run reached the best validation macro F1 wins
-     (`lr_sweep.json`); ablations and size-matched variants use their family's rate;
+     or its `sweep_lrs_family` grid for a family; the preset's `sweep_steps`): the rate whose run reached the
+     best validation macro F1 wins (`lr_sweep.json`, tabled in study.md); ablations and size-matched variants
+     use their family's rate. Widening a grid runs only the new rates; a finished run whose family then picks
+     another rate moves to superseded/ and is trained again;
   2. every run trains until its validation macro F1 has not improved for `patience` validations (or
      `max_steps`); the checkpoint with the best validation macro F1 (`checkpoints/best`) is the one scored;
   3. `sgmagnet evaluate` of that checkpoint on the test split, with the reference rows (top-layer oracle,
@@ -47,7 +49,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRESETS = {
     # 2-core CPU, 64-pixel patches of the study archive (hpc/study_data.py), demo-size models
     "cpu": {"size": "demo", "max_steps": 3000, "batch": 8, "lr": 0.004, "warmup": 100, "val_every": 150,
-            "patience": 4, "workers": 1, "sweep_lrs": [0.002, 0.004, 0.008], "sweep_steps": 900, "threads": 1},
+            "patience": 4, "workers": 1, "sweep_lrs": [0.001, 0.002, 0.004, 0.008], "sweep_steps": 900, "threads": 1,
+            # the 3D UNet trains ~16x slower per step than the Transformer on 2 cores (~45 min per 900-step trial):
+            # its sweep is cut to the rate every other family chose (said in study.md)
+            "sweep_lrs_family": {"unet3d": [0.002]}},
     # one GPU, 128-pixel patches, paper-size models
     "gpu": {"size": "paper", "max_steps": 40000, "batch": 16, "lr": 0.001, "warmup": 500, "val_every": 1000,
             "patience": 5, "workers": 8, "sweep_lrs": [0.0005, 0.001, 0.002], "sweep_steps": 8000, "threads": 0},
@@ -114,30 +119,58 @@ def train(over: list[str]) -> tuple[dict, float]:
     return summary, time.time() - t0
 
 
+def sweep_grid(preset: dict, fam: str) -> list[float]:
+    """The learning rates a family is swept over: the preset's grid, or its per-family grid where it has one."""
+    return list(preset.get("sweep_lrs_family", {}).get(fam, preset["sweep_lrs"]))
+
+
 def sweep(a, preset: dict, families: list[str]) -> dict:
-    """Learning rate per family: seed 0, preset['sweep_steps'] steps, best validation macro F1 wins."""
+    """Learning rate per family: seed 0, preset['sweep_steps'] steps, best validation macro F1 wins.
+
+    A family is done when every rate of its grid has a trial: widening the grid (a best rate at its edge)
+    runs only the new trials and may change the choice. lr_sweep.json is re-read before each write, so two
+    study processes working on different families do not drop each other's trials."""
     path = os.path.join(a.out, "lr_sweep.json")
-    done = json.load(open(path)) if os.path.exists(path) else {}
+
+    def load():
+        return json.load(open(path)) if os.path.exists(path) else {}
+
+    def save(fam, entry):
+        done = load()
+        done[fam] = entry
+        _dump(path, done)
+
     for fam in families:
-        if fam in done and "lr" in done[fam]:
-            continue
         model, opts, extra, _ = RUNS[fam]
-        trials = done.get(fam, {}).get("trials", {})
-        for lr in preset["sweep_lrs"]:
+        trials = load().get(fam, {}).get("trials", {})
+        for lr in sweep_grid(preset, fam):
             if str(lr) in trials:
                 continue
             run = os.path.join(a.runs, "sweep", f"{fam}_lr{lr}")
             summary, wall = train(overrides(a, preset, model, opts, extra, run, 0, lr, preset["sweep_steps"]))
             trials[str(lr)] = {"best_val_macro_f1": summary["best"].get("val_macro_f1"),
                                "best_step": summary["best"].get("step"), "wall_s": round(wall, 1)}
-            done[fam] = {"trials": trials}
-            _dump(path, done)
+            save(fam, {"trials": trials})
             print(f"sweep {fam} lr {lr}: best val macro F1 {trials[str(lr)]['best_val_macro_f1']:.4f} "
                   f"({wall:.0f} s)", flush=True)
-        best = max(trials, key=lambda k: (trials[k]["best_val_macro_f1"] or -1, -float(k)))
-        done[fam] = {"trials": trials, "lr": float(best)}
-        _dump(path, done)
+        grid = {str(lr) for lr in sweep_grid(preset, fam)}
+        best = max(grid, key=lambda k: (trials[k]["best_val_macro_f1"] or -1, -float(k)))
+        save(fam, {"trials": trials, "lr": float(best)})
+    done = load()
     return {f: done[f]["lr"] for f in families if "lr" in done.get(f, {})}
+
+
+def supersede(a, name: str, seed: int, old: float, new: float):
+    """A finished run trained at a rate the (widened) sweep no longer picks: its kept files and run folder move
+    to <out>/superseded/ and <runs>/superseded/ (nothing is deleted; its training time still counts) and the
+    run is trained again at the new rate."""
+    tag = f"{name}_s{seed}"
+    for src, dst in ((os.path.join(a.out, "runs", tag), os.path.join(a.out, "superseded", f"{tag}_lr{old}")),
+                     (os.path.join(a.runs, tag), os.path.join(a.runs, "superseded", f"{tag}_lr{old}"))):
+        if os.path.exists(src):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.move(src, dst)
+    print(f"{tag}: trained at lr {old}, the sweep now picks {new}: moved to superseded/, training again", flush=True)
 
 
 def _dump(path: str, obj):
@@ -158,7 +191,10 @@ def run_one(name: str, seed: int, a, preset: dict, lr: float, days: int) -> dict
     res_path = os.path.join(keep, "study_run.json")
     if os.path.exists(res_path):
         with open(res_path) as f:
-            return json.load(f)
+            kept = json.load(f)
+        if kept["lr"] == lr:
+            return kept
+        supersede(a, name, seed, kept["lr"], lr)
     over = overrides(a, preset, model, opts, extra, run, seed, lr, preset["max_steps"])
     summary, wall = train(over)
     best = os.path.join(run, "checkpoints", "best")
@@ -383,6 +419,39 @@ def figures(results: list[dict], boot: dict, out: str):
     plt.close(fig)
 
 
+def sweep_table(out: str, preset: dict) -> str:
+    """The learning-rate sweep as a table: best validation macro F1 (and its step) per family and rate; the
+    chosen rate in bold; a note where the choice sits on the grid's edge or the family's grid was cut."""
+    path = os.path.join(out, "lr_sweep.json")
+    if not os.path.exists(path):
+        return ""
+    done = json.load(open(path))
+    rates = sorted({float(k) for v in done.values() for k in v.get("trials", {})})
+    lines = ["### Learning-rate sweep (validation macro F1 at the best step of "
+             f"{preset['sweep_steps']}, seed 0)", "",
+             "| family | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen | note |",
+             "|---" * (len(rates) + 3) + "|"]
+    for fam, v in sorted(done.items()):
+        t = {float(k): x for k, x in v.get("trials", {}).items()}
+        cells = []
+        for r in rates:
+            if r not in t:
+                cells.append("–")
+                continue
+            c = f"{t[r]['best_val_macro_f1']:.3f} (step {t[r]['best_step']})"
+            cells.append(f"**{c}**" if v.get("lr") == r else c)
+        grid = sorted(sweep_grid(preset, fam))
+        note = []
+        if len(grid) < len(preset["sweep_lrs"]):
+            note.append(f"grid cut to {', '.join(f'{g:g}' for g in grid)} for cost")
+        elif "lr" in v and v["lr"] in (grid[0], grid[-1]):
+            note.append("chosen rate on the grid's edge")
+        if "lr" not in v:
+            note.append("unfinished")
+        lines.append(f"| {fam} | " + " | ".join(cells) + f" | {v.get('lr', '–')} | {'; '.join(note)} |")
+    return "\n".join(lines) + "\n"
+
+
 def training_wall(out: str, results: list[dict]) -> dict:
     """Seconds of training the study's files record: every learning-rate sweep trial and every finished run
     (so a study that was stopped and resumed across sessions still adds up correctly)."""
@@ -390,7 +459,10 @@ def training_wall(out: str, results: list[dict]) -> dict:
     sweep_s = sum(t.get("wall_s", 0.0) for fam in (json.load(open(path)).values() if os.path.exists(path) else [])
                   for t in fam.get("trials", {}).values())
     runs_s = sum(r.get("train_wall_s", 0.0) for r in results)
-    return {"sweep": round(sweep_s, 1), "runs": round(runs_s, 1), "total": round(sweep_s + runs_s, 1)}
+    old_s = sum(json.load(open(p)).get("train_wall_s", 0.0)
+                for p in glob.glob(os.path.join(out, "superseded", "*", "study_run.json")))
+    return {"sweep": round(sweep_s, 1), "runs": round(runs_s, 1), "superseded_runs": round(old_s, 1),
+            "total": round(sweep_s + runs_s + old_s, 1)}
 
 
 def report(a, preset_name: str, preset: dict, lrs: dict) -> int:
@@ -412,9 +484,10 @@ def report(a, preset_name: str, preset: dict, lrs: dict) -> int:
     _dump(os.path.join(a.out, "study.json"),
           {"config": preset_name, "preset": preset, "shards": a.shards, "manifest_sha256": results[0]["manifest_sha256"],
            "lr": lrs, "bootstrap": boot, "train_wall_s": spent, "runs": index})
-    md = tables(results, boot, preset_name, preset, a, lrs) + (
+    md = tables(results, boot, preset_name, preset, a, lrs) + "\n\n" + sweep_table(a.out, preset) + (
         f"\n\nTraining wall time so far (from the runs' own records; evaluation and tables not included): "
-        f"sweep {spent['sweep'] / 3600:.2f} h, runs {spent['runs'] / 3600:.2f} h, total {spent['total'] / 3600:.2f} h "
+        f"sweep {spent['sweep'] / 3600:.2f} h, runs {spent['runs'] / 3600:.2f} h, superseded runs "
+        f"{spent['superseded_runs'] / 3600:.2f} h, total {spent['total'] / 3600:.2f} h "
         f"on 2 CPU cores shared with other work.\n")
     figures(results, boot, a.out)
     with open(os.path.join(a.out, "study.md"), "w") as f:

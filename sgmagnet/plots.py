@@ -159,7 +159,8 @@ def loss_curves_png(logs: dict[str, str], path: str):
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("validation macro F1")
     for a in axes:
-        a.legend(fontsize=8)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
         a.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)

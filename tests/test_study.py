@@ -38,6 +38,34 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     assert json.load(open(out / "study.json"))["runs"] == index["runs"]
 
 
+def test_widened_sweep_supersedes_runs_trained_at_the_old_rate(tiny_shards, tmp_path, monkeypatch, capsys):
+    """A grid widened after runs finished: only the new rates are tried; a run whose family now picks another
+    rate is moved to superseded/ (kept, its time counted) and trained again at the new rate."""
+    from hpc import study
+
+    root, _ = tiny_shards
+    out, runs = tmp_path / "res", tmp_path / "runs"
+    args = ["--shards", str(root), "--out", str(out), "--runs", str(runs), "--config", "tiny", "--seeds", "0",
+            "--only", "unet", "--n-boot", "20"]
+    assert study.main(args) == 0
+    first = json.load(open(out / "runs" / "unet_s0" / "study_run.json"))
+    monkeypatch.setitem(study.PRESETS["tiny"], "sweep_lrs", [0.003, 0.01, 0.02])
+    sw = json.load(open(out / "lr_sweep.json"))     # the new rate's trial, recorded as the best one
+    sw["unet"]["trials"]["0.02"] = {"best_val_macro_f1": 2.0, "best_step": 2, "wall_s": 1.0}
+    json.dump(sw, open(out / "lr_sweep.json", "w"))
+    assert study.main(args) == 0
+    assert json.load(open(out / "lr_sweep.json"))["unet"]["lr"] == 0.02
+    assert json.load(open(out / "runs" / "unet_s0" / "study_run.json"))["lr"] == 0.02
+    old = f"unet_s0_lr{first['lr']}"
+    assert json.load(open(out / "superseded" / old / "study_run.json")) == first
+    assert (runs / "superseded" / old / "checkpoints").is_dir()
+    index = json.load(open(out / "study.json"))
+    assert [r["lr"] for r in index["runs"]] == [0.02]
+    assert index["train_wall_s"]["superseded_runs"] == first["train_wall_s"]
+    md = (out / "study.md").read_text()
+    assert "Learning-rate sweep" in md and "**2.000 (step 2)**" in md and "on the grid's edge" in md
+
+
 def test_study_bad_options(tiny_shards, tmp_path, capsys):
     import pytest
 
