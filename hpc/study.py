@@ -368,6 +368,7 @@ def figures(results: list[dict], boot: dict, out: str):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from sgmagnet.plots import loss_curves_png
 
@@ -406,11 +407,19 @@ def figures(results: list[dict], boot: dict, out: str):
             xs.append(x)
             ax.errorbar(x, b[n]["macro_f1"], yerr=[[b[n]["macro_f1"] - b[n]["low"]], [b[n]["high"] - b[n]["macro_f1"]]],
                         fmt="o", color="#4a90d9" if n in MODELS else "#9b59b6" if n in ABLATIONS else "#e67e22")
-            ax.annotate(n, (x, b[n]["macro_f1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ranked = sorted((b[n]["macro_f1"], n) for n in names if n in b)   # alternate label sides by score
+        for k, (yv, n) in enumerate(ranked):
+            x = np.mean([r[key] or np.nan for r in by[n]])
+            if np.isfinite(x):
+                ax.annotate(n, (x, yv), fontsize=7, xytext=(4 if k % 2 else -4, 2), textcoords="offset points",
+                            ha="left" if k % 2 else "right")
         if "oracle" in ref:
             ax.axhline(ref["oracle"]["overall"]["macro"]["f1"], color="k", ls="-.", lw=1, label="top-layer oracle")
         ax.axhline(ref["climatology"]["overall"]["macro"]["f1"], color="k", ls="--", lw=1, label="climatology")
-        ax.set_xscale("log" if logx and xs and min(xs) > 0 else "linear")
+        if logx and xs and min(xs) > 0:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("test macro F1")
         ax.grid(alpha=0.3)
