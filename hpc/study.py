@@ -399,20 +399,16 @@ def figures(results: list[dict], boot: dict, out: str):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for ax, key, label, logx in ((axes[0], "gflops_per_sample", "GFLOP per sample (label-sparse forward)", True),
                                  (axes[1], "samples_per_s", "training samples/s (this machine)", True)):
-        xs = []
-        for n in names:
-            x = np.mean([r[key] or np.nan for r in by[n]])
-            if not np.isfinite(x):
-                continue
-            xs.append(x)
-            ax.errorbar(x, b[n]["macro_f1"], yerr=[[b[n]["macro_f1"] - b[n]["low"]], [b[n]["high"] - b[n]["macro_f1"]]],
-                        fmt="o", color="#4a90d9" if n in MODELS else "#9b59b6" if n in ABLATIONS else "#e67e22")
-        ranked = sorted((b[n]["macro_f1"], n) for n in names if n in b)   # alternate label sides by score
-        for k, (yv, n) in enumerate(ranked):
-            x = np.mean([r[key] or np.nan for r in by[n]])
-            if np.isfinite(x):
-                ax.annotate(n, (x, yv), fontsize=7, xytext=(4 if k % 2 else -4, 2), textcoords="offset points",
-                            ha="left" if k % 2 else "right")
+        pts = {n: np.mean([r[key] or np.nan for r in by[n]]) for n in names}
+        pts = {n: x for n, x in pts.items() if np.isfinite(x)}
+        xs = list(pts.values())
+        # points by score, labels alternating sides so close scores stay readable
+        for k, n in enumerate(sorted(pts, key=lambda n: b[n]["macro_f1"])):
+            x, y = pts[n], b[n]["macro_f1"]
+            ax.errorbar(x, y, yerr=[[y - b[n]["low"]], [b[n]["high"] - y]], fmt="o",
+                        color="#4a90d9" if n in MODELS else "#9b59b6" if n in ABLATIONS else "#e67e22")
+            ax.annotate(n, (x, y), fontsize=7, xytext=(4 if k % 2 else -4, 2), textcoords="offset points",
+                        ha="left" if k % 2 else "right")
         if "oracle" in ref:
             ax.axhline(ref["oracle"]["overall"]["macro"]["f1"], color="k", ls="-.", lw=1, label="top-layer oracle")
         ax.axhline(ref["climatology"]["overall"]["macro"]["f1"], color="k", ls="--", lw=1, label="climatology")
