@@ -1,6 +1,8 @@
-"""Triton kernels (one file per op: sparse_ce.py, softmax.py: kernel(s) + launcher + torch.autograd.Function), checked against the
-pure-PyTorch reference in sgmagnet/losses.py. On CPU they run under TRITON_INTERPRET=1 (set it before
-triton is imported), which is how the tests exercise them without a GPU.
+"""Triton kernels, one file per op (sparse_ce.py, softmax.py): kernel(s), launcher, torch.autograd.Function and the
+pure-PyTorch reference they are tested against (gated_log_probs / reference_softmax / reference_argmax,
+reference_sparse_ce). Nothing here imports the model package: sgmagnet/losses.py builds on these. On CPU the
+kernels run under TRITON_INTERPRET=1 (set it before triton is imported), which is how the tests exercise
+them without a GPU.
 
     gated_sparse_ce(logits, index, profiles, weights, denominator=None) -> scalar
     gated_softmax(logits, out_dtype=None) -> probabilities [B, 4, L, H, W]

@@ -6,7 +6,8 @@ logits [B, 4, L, H, W] (fp32/bf16/fp16, any strides: only the labelled columns a
 tensor's own strides, so a non-contiguous view costs no copy); index [N, 3] (b, row, col) (`sgmagnet build`
 writes one row per pixel; duplicate rows are allowed and each contributes its own term, as the definition
 says, so their gradients add up); profiles [N, L] uint8 with 255 = ignore;
-weights [4]. Returns a float32 scalar equal to sgmagnet.losses.gated_sparse_ce (the reference).
+weights [4]. Returns a float32 scalar equal to `reference_sparse_ce` (the pure-PyTorch reference at the end
+of this file, which sgmagnet/losses.py trains with off CUDA).
 
 Forward: one program per BLOCK (pixel, level) pairs of the N x L labels. It gathers the 4 logits of the
 voxel (int64 offsets: volumes may exceed 2^31 elements), computes log p_y in fp32 with stable
@@ -22,7 +23,7 @@ receives grad_out / denominator * the coalesced sparse gradient (one scatter ker
 tensor autograd saved (the in-place trick of Liger-Kernel#272 corrupts saved tensors), and the gradient
 is exactly 0 off the labelled voxels. Peak extra memory: the gradient itself plus N*4*L*4 bytes.
 
-focal (gamma > 0) is not fused: callers fall back to the PyTorch reference.
+focal (gamma > 0) and the plain-softmax ablation are not fused: callers use the reference, which has both.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .common import softmax3
+from .softmax import gated_log_probs
 
 IGNORE = 255
 BLOCK = 1024
@@ -190,7 +192,7 @@ class GatedSparseCE(torch.autograd.Function):
 
 def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
                     weights: torch.Tensor | None = None, denominator=None, unique_index: bool = False) -> torch.Tensor:
-    """Fused Triton version of sgmagnet.losses.gated_sparse_ce (see the module docstring).
+    """Fused Triton version of `reference_sparse_ce` with gamma = 0 and the gated softmax (module docstring).
 
     unique_index=True promises that no (b, row, col) row repeats (true of the compact [1, 4, L, 1, N] view of a
     column forward, whose index is (0, 0, n)): the backward then skips the duplicate-row coalescing (a sort
@@ -200,3 +202,38 @@ def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.T
         weights = torch.ones(4, device=logits.device)
     _check(logits, index, profiles, weights)
     return GatedSparseCE.apply(logits, index, profiles, weights, denominator, bool(unique_index))
+
+
+# ------------------------------------------------------------------------------- pure-PyTorch reference
+def gather_columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, C, L, H, W] at index [N, 3] (b, row, col) -> [N, C, L] (differentiable gather)."""
+    index = index.long()
+    return logits[index[:, 0], :, :, index[:, 1], index[:, 2]]
+
+
+def reference_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
+                        weights: torch.Tensor | None = None, denominator=None, gamma: float = 0.0,
+                        log_probs=gated_log_probs) -> torch.Tensor:
+    """L = sum_v w_y (-log p_y(v)) / sum_v w_y over the labelled voxels of the gathered columns (DESIGN.md),
+    a float32 scalar; 0 with a zero gradient when nothing is labelled. `denominator` replaces the local weight
+    sum (data-parallel training passes the global one). gamma > 0: the focal loss (1 - p_y)^gamma (-log p_y)
+    with the same weights and normaliser; `log_probs` maps [N, 4, L] logits to log-probabilities along dim 1
+    (the no-gating ablation passes a plain log_softmax). The fused kernel is the gamma = 0, gated case."""
+    if logits.dim() != 5 or logits.shape[1] != 4:
+        raise ValueError(f"logits must be [B, 4, L, H, W], got {tuple(logits.shape)}")
+    L = logits.shape[2]
+    if profiles.dim() != 2 or profiles.shape[1] != L or index.shape != (profiles.shape[0], 3):
+        raise ValueError(f"index must be [N, 3] and profiles [N, {L}], got {tuple(index.shape)} and {tuple(profiles.shape)}")
+    logp = log_probs(gather_columns(logits, index))                    # [N, 4, L]
+    y = profiles.long()
+    labelled = y != IGNORE
+    y0 = torch.where(labelled, y, torch.zeros_like(y))
+    logp_y = logp.gather(1, y0.unsqueeze(1)).squeeze(1)                # [N, L]
+    w = torch.ones(4, device=logits.device) if weights is None else weights.to(logits.device).float()
+    wv = w[y0] * labelled
+    nll = -logp_y
+    if gamma:
+        nll = (1 - logp_y.exp()).clamp_min(0).pow(gamma) * nll
+    num = (wv * nll).sum()
+    den = wv.sum() if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=num.device)
+    return num / torch.where(den > 0, den, torch.ones_like(den))

@@ -13,7 +13,11 @@ Labels are sparse: `index` [N, 3] holds (batch, row, col) of the N labelled pixe
 logits -- no dense label volume is built. A batch with no label gives 0 with a zero gradient. `denominator`
 lets data-parallel training divide by the global weight sum (all ranks) instead of the local one.
 
-The Triton kernels in `kernels/` are tested against these functions.
+The definitions themselves live beside their fused Triton kernels, Liger-Kernel style (kernels/softmax.py:
+gated_log_probs and its softmax/argmax; kernels/sparse_ce.py: gather_columns and the loss); this module
+re-exports them under the names the rest of the package uses and builds the training component on them:
+the loss forms (gated / softmax ablation), focal, class weights, auxiliary-label pooling and SparseLoss,
+which picks the fused kernel or the reference.
 """
 from __future__ import annotations
 
@@ -22,14 +26,17 @@ import functools
 import torch
 import torch.nn.functional as F
 
+import kernels
+from kernels.softmax import gated_log_probs
+from kernels.softmax import reference_argmax as gated_argmax
+from kernels.softmax import reference_softmax as gated_probs
+from kernels.sparse_ce import gather_columns, reference_sparse_ce
+
 from .grid import IGNORE, N_CLASSES
 
-
-def gated_log_probs(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Log-probabilities of (clear, ice, mixed, liquid) from (g, z1, z2, z3) along `dim`, in float32."""
-    x = logits.float()
-    g, z = x.narrow(dim, 0, 1), x.narrow(dim, 1, 3)
-    return torch.cat([F.logsigmoid(-g), F.logsigmoid(g) + torch.log_softmax(z, dim=dim)], dim=dim)
+__all__ = ["gated_log_probs", "gated_probs", "gated_argmax", "gather_columns", "log_probs", "gated_sparse_ce",
+           "compact_view", "level_bins", "pool_profiles", "class_weights", "dense_gated_ce", "use_triton",
+           "fast_argmax", "SparseLoss"]
 
 
 def log_probs(logits: torch.Tensor, form: str = "gated", dim: int = 1) -> torch.Tensor:
@@ -40,21 +47,6 @@ def log_probs(logits: torch.Tensor, form: str = "gated", dim: int = 1) -> torch.
     if form == "softmax":
         return torch.log_softmax(logits.float(), dim=dim)
     raise ValueError(f"loss form must be gated or softmax, got {form!r}")
-
-
-def gated_probs(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    return gated_log_probs(logits, dim).exp()
-
-
-def gated_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Most probable class per voxel (int64), without normalising: clear iff sigma(-g) > sigma(g) max softmax(z)."""
-    return gated_log_probs(logits, dim).argmax(dim)
-
-
-def gather_columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[B, C, L, H, W] at index [N, 3] (b, row, col) -> [N, C, L] (differentiable gather)."""
-    index = index.long()
-    return logits[index[:, 0], :, :, index[:, 1], index[:, 2]]
 
 
 def compact_view(cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,24 +107,8 @@ def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.T
     gamma > 0 turns it into the focal loss (1 - p_y)^gamma * (-log p_y) with the same weights/normaliser
     (an ablation; gamma = 0 is the normative loss). form="softmax": plain 4-way softmax (ablation).
     """
-    if logits.dim() != 5 or logits.shape[1] != 4:
-        raise ValueError(f"logits must be [B, 4, L, H, W], got {tuple(logits.shape)}")
-    L = logits.shape[2]
-    if profiles.dim() != 2 or profiles.shape[1] != L or index.shape != (profiles.shape[0], 3):
-        raise ValueError(f"index must be [N, 3] and profiles [N, {L}], got {tuple(index.shape)} and {tuple(profiles.shape)}")
-    logp = log_probs(gather_columns(logits, index), form)              # [N, 4, L]
-    y = profiles.long()
-    labelled = y != IGNORE
-    y0 = torch.where(labelled, y, torch.zeros_like(y))
-    logp_y = logp.gather(1, y0.unsqueeze(1)).squeeze(1)                # [N, L]
-    w = torch.ones(N_CLASSES, device=logits.device) if weights is None else weights.to(logits.device).float()
-    wv = w[y0] * labelled
-    nll = -logp_y
-    if gamma:
-        nll = (1 - logp_y.exp()).clamp_min(0).pow(gamma) * nll
-    num = (wv * nll).sum()
-    den = wv.sum() if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=num.device)
-    return num / torch.where(den > 0, den, torch.ones_like(den))
+    return reference_sparse_ce(logits, index, profiles, weights, denominator, gamma=gamma,
+                               log_probs=functools.partial(log_probs, form=form))
 
 
 def dense_gated_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,8 +122,6 @@ def use_triton(impl: str, device) -> bool:
     TRITON_INTERPRET=1); torch: never."""
     if impl == "torch":
         return False
-    import kernels
-
     if impl == "triton":
         if not kernels.usable_on(device):
             raise RuntimeError(f"loss impl 'triton' needs a CUDA device or TRITON_INTERPRET=1 (device is {device})")
@@ -161,7 +135,6 @@ def fast_argmax(logits: torch.Tensor, dim: int = 1, form: str = "gated") -> torc
     if form == "softmax":
         return logits.argmax(dim)
     if dim == 1 and logits.is_cuda:
-        import kernels
         return kernels.gated_argmax(logits).long()
     return gated_argmax(logits, dim)
 
@@ -188,7 +161,6 @@ class SparseLoss(torch.nn.Module):
         if compact:
             logits, index = compact_view(logits)
         if not self.gamma and self.form == "gated" and use_triton(self.impl, logits.device):
-            import kernels
             return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator,
                                            unique_index=compact)     # the compact view's rows are distinct
         return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma, form=self.form)

@@ -1,13 +1,13 @@
-"""Triton kernels vs the PyTorch reference (sgmagnet/losses.py). Without a GPU they run under
+"""Triton kernels vs their pure-PyTorch references (in the same op files, kernels/softmax.py and kernels/sparse_ce.py). Without a GPU they run under
 TRITON_INTERPRET=1 (set in conftest.py before triton is imported)."""
 import pytest
 import torch
 
 import kernels
 from ci import require
-from sgmagnet.losses import gated_argmax as ref_argmax
-from sgmagnet.losses import gated_probs as ref_probs
-from sgmagnet.losses import gated_sparse_ce as ref_ce
+from kernels.softmax import reference_argmax as ref_argmax
+from kernels.softmax import reference_softmax as ref_probs
+from kernels.sparse_ce import reference_sparse_ce as ref_ce
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -23,7 +23,7 @@ from common import DTYPES, bench_parser  # noqa: E402  (kernels/bench/common.py,
 def cpu_check():
     os.environ["TRITON_INTERPRET"] = "1"
     import kernels
-    from sgmagnet.losses import gated_argmax, gated_probs
+    from kernels.softmax import reference_argmax as gated_argmax, reference_softmax as gated_probs
 
     x = torch.randn(2, 4, 38, 16, 16) * 3
     ok = torch.allclose(kernels.gated_softmax(x), gated_probs(x), atol=1e-6)
@@ -41,7 +41,7 @@ def main(argv=None):
     import kernels
     from common import append_rows, bench_ms, compile_reference, gpu_name, hbm_gbps, peak_extra_mib
 
-    from sgmagnet.losses import gated_argmax, gated_probs
+    from kernels.softmax import reference_argmax as gated_argmax, reference_softmax as gated_probs
 
     dtype = DTYPES[a.dtype]
     peak_bw = hbm_gbps(gpu_name())
