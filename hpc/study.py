@@ -11,6 +11,8 @@ Protocol (issue 15):
      another rate moves to superseded/ and is trained again;
   2. every run trains until its validation macro F1 has not improved for `patience` validations (or
      `max_steps`); the checkpoint with the best validation macro F1 (`checkpoints/best`) is the one scored;
+     study.md's convergence table says which of the two stopped each run and, for the cap, how much its last
+     `patience` validations still gained;
   3. `sgmagnet evaluate` of that checkpoint on the test split, with the reference rows (top-layer oracle,
      climatology, all clear) and per-patch confusion matrices;
   4. tables: mean ± sd over seeds, and paired bootstrap 95 % intervals over test patches (the seed-mean
@@ -34,6 +36,7 @@ study.md and the figures.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import json
 import os
@@ -128,17 +131,21 @@ def sweep(a, preset: dict, families: list[str]) -> dict:
     """Learning rate per family: seed 0, preset['sweep_steps'] steps, best validation macro F1 wins.
 
     A family is done when every rate of its grid has a trial: widening the grid (a best rate at its edge)
-    runs only the new trials and may change the choice. lr_sweep.json is re-read before each write, so two
-    study processes working on different families do not drop each other's trials."""
+    runs only the new trials and may change the choice. lr_sweep.json is re-read and rewritten under a file
+    lock (<runs>/lr_sweep.lock), so study processes running side by side do not drop each other's trials."""
     path = os.path.join(a.out, "lr_sweep.json")
 
     def load():
         return json.load(open(path)) if os.path.exists(path) else {}
 
     def save(fam, entry):
-        done = load()
-        done[fam] = entry
-        _dump(path, done)
+        os.makedirs(a.runs, exist_ok=True)
+        with open(os.path.join(a.runs, "lr_sweep.lock"), "a") as lock:   # read-modify-write, exclusively
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = load()
+            if done.get(fam) != entry:
+                done[fam] = entry
+                _dump(path, done)
 
     for fam in families:
         model, opts, extra, _ = RUNS[fam]
@@ -174,7 +181,7 @@ def supersede(a, name: str, seed: int, old: float, new: float):
 
 
 def _dump(path: str, obj):
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"          # one temporary name per process: two studies may write at once
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
@@ -457,6 +464,26 @@ def sweep_table(out: str, preset: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def convergence_table(out: str, results: list[dict], preset: dict) -> str:
+    """Did each run reach a validation plateau? From its kept log.jsonl: what stopped it (patience or the
+    max_steps cap) and, for the cap, how much the best validation macro F1 of its last `patience`
+    validations exceeds the best before them (> 0: still improving when the cap stopped it)."""
+    k = preset["patience"]
+    lines = [f"### Convergence (stopped by `patience` = {k} validations without a better validation macro F1, "
+             f"or by the `max_steps` cap)", "",
+             "| run | seed | steps | stopped by | selected step | best val macro F1 | gain in the last "
+             f"{k} validations |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["name"], r["seed"])):
+        log = os.path.join(out, "runs", f"{r['name']}_s{r['seed']}", "log.jsonl")
+        val = [x["val_macro_f1"] for x in map(json.loads, open(log)) if x.get("kind") == "val"] \
+            if os.path.exists(log) else []
+        capped = r["steps"] >= r.get("max_steps", preset["max_steps"])
+        gain = f"{max(val[-k:]) - max(val[:-k]):+.3f}" if capped and len(val) > k else "–"
+        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']} | {'cap' if capped else 'patience'} | "
+                     f"{r['selected_step']} | {r['val_macro_f1']:.3f} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
 def training_wall(out: str, results: list[dict]) -> dict:
     """Seconds of training the study's files record: every learning-rate sweep trial and every finished run
     (so a study that was stopped and resumed across sessions still adds up correctly)."""
@@ -489,7 +516,8 @@ def report(a, preset_name: str, preset: dict, lrs: dict) -> int:
     _dump(os.path.join(a.out, "study.json"),
           {"config": preset_name, "preset": preset, "shards": a.shards, "manifest_sha256": results[0]["manifest_sha256"],
            "lr": lrs, "bootstrap": boot, "train_wall_s": spent, "runs": index})
-    md = tables(results, boot, preset_name, preset, a, lrs) + "\n\n" + sweep_table(a.out, preset) + (
+    md = tables(results, boot, preset_name, preset, a, lrs) + "\n\n" + sweep_table(a.out, preset) + "\n\n" + (
+        convergence_table(a.out, results, preset)) + (
         f"\n\nTraining wall time so far (from the runs' own records; evaluation and tables not included): "
         f"sweep {spent['sweep'] / 3600:.2f} h, runs {spent['runs'] / 3600:.2f} h, superseded runs "
         f"{spent['superseded_runs'] / 3600:.2f} h, total {spent['total'] / 3600:.2f} h "

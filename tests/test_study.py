@@ -28,6 +28,8 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     assert "minus_sgmagnet" in boot["unet"] and "ref:oracle" in boot and "ref:climatology" in boot
     md = (out / "study.md").read_text()
     assert "Δ vs SGMAGNet" in md and "top-layer oracle" in md and "climatology (reference)" in md
+    conv = md.split("### Convergence")[1].split("\n\n")[1].splitlines()[2:]
+    assert len(conv) == 6 and all(row.split(" | ")[3] in ("cap", "patience") for row in conv)
     for f in ("macro_f1.png", "pareto.png", "curves_models.png"):
         assert (out / f).stat().st_size > 0
     # finished runs are kept: a rerun trains nothing and gives the same index
@@ -64,6 +66,26 @@ def test_widened_sweep_supersedes_runs_trained_at_the_old_rate(tiny_shards, tmp_
     assert index["train_wall_s"]["superseded_runs"] == first["train_wall_s"]
     md = (out / "study.md").read_text()
     assert "Learning-rate sweep" in md and "**2.000 (step 2)**" in md and "on the grid's edge" in md
+
+
+def _dump_many(args):
+    from hpc import study
+
+    path, i = args
+    for k in range(200):
+        study._dump(path, {"writer": i, "k": k})
+    return True
+
+
+def test_two_study_processes_write_the_same_json_at_once(tmp_path):
+    """Two studies with disjoint --only share lr_sweep.json: concurrent writes must neither fail (a shared
+    temporary name made one process lose its rename) nor leave a torn file."""
+    import multiprocessing as mp
+
+    path = str(tmp_path / "lr_sweep.json")
+    with mp.get_context("spawn").Pool(2) as pool:
+        assert pool.map(_dump_many, [(path, 0), (path, 1)]) == [True, True]
+    assert json.load(open(path))["k"] == 199 and not list(tmp_path.glob("*.tmp"))
 
 
 def test_study_bad_options(tiny_shards, tmp_path, capsys):
