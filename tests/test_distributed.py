@@ -121,17 +121,26 @@ def test_preemption_signal_saves_and_exits_with_code_3(tiny_shards, tmp_path, si
            "train.ckpt_every=0", "train.val_every=0", f"data.workers={workers}"]
     p = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
-    t0 = time.time()
-    while not (run / "log.jsonl").exists() or '"kind": "train"' not in open(run / "log.jsonl").read():
-        assert p.poll() is None and time.time() - t0 < 120
-        time.sleep(0.1)
-    if group:
-        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) >= workers, "the DataLoader workers are not running: nothing tested"
-        os.killpg(p.pid, sig)
-    else:
-        p.send_signal(sig)
-    out, _ = p.communicate(timeout=120)
+    try:
+        t0 = time.time()
+        while not (run / "log.jsonl").exists() or '"kind": "train"' not in open(run / "log.jsonl").read():
+            assert p.poll() is None and time.time() - t0 < 300
+            time.sleep(0.1)
+        if group:
+            # the tiny split is a few batches: workers end and restart every epoch, so wait for a moment when
+            # they are all up (one snapshot could fall between two epochs)
+            while len(subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
+                                     text=True).stdout.split()) < workers:
+                assert p.poll() is None and time.time() - t0 < 300, "the DataLoader workers never ran: nothing tested"
+                time.sleep(0.05)
+            os.killpg(p.pid, sig)
+        else:
+            p.send_signal(sig)
+        out, _ = p.communicate(timeout=300)
+    finally:                     # a failed check must not leave a 100,000-step training behind
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
     assert p.returncode == 3, out
     latest = open(run / "checkpoints" / "latest").read().strip()
     step = int(latest.split("_")[1])
