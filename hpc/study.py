@@ -475,8 +475,10 @@ def convergence_table(out: str, results: list[dict], preset: dict) -> str:
              f"{k} validations |", "|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (r["name"], r["seed"])):
         log = os.path.join(out, "runs", f"{r['name']}_s{r['seed']}", "log.jsonl")
-        val = [x["val_macro_f1"] for x in map(json.loads, open(log)) if x.get("kind") == "val"] \
-            if os.path.exists(log) else []
+        val = []
+        if os.path.exists(log):
+            with open(log) as f:
+                val = [x["val_macro_f1"] for x in map(json.loads, f) if x.get("kind") == "val"]
         capped = r["steps"] >= r.get("max_steps", preset["max_steps"])
         gain = f"{max(val[-k:]) - max(val[:-k]):+.3f}" if capped and len(val) > k else "–"
         lines.append(f"| {r['name']} | {r['seed']} | {r['steps']} | {'cap' if capped else 'patience'} | "
