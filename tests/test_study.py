@@ -26,6 +26,8 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     boot = index["bootstrap"]["runs"]
     assert boot["sgmagnet"]["low"] <= boot["sgmagnet"]["macro_f1"] <= boot["sgmagnet"]["high"]
     assert "minus_sgmagnet" in boot["unet"] and "ref:oracle" in boot and "ref:climatology" in boot
+    sel = index["bootstrap"]["selected"]
+    assert sel == study.selected_variant([json.load(open(p)) for p in (out / "runs").glob("*/study_run.json")])
     md = (out / "study.md").read_text()
     assert "Δ vs SGMAGNet" in md and "top-layer oracle" in md and "climatology (reference)" in md
     conv = md.split("### Convergence")[1].split("\n\n")[1].splitlines()[2:]
@@ -38,6 +40,19 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     assert study.main(args) == 0
     assert os.path.getmtime(out / "runs" / "unet_s1" / "study_run.json") == mtime
     assert json.load(open(out / "study.json"))["runs"] == index["runs"]
+    # a variant that wins on validation becomes the selected configuration and gets its own comparison table
+    for seed in (0, 1):
+        p = out / "runs" / f"sgmagnet-no-gating_s{seed}" / "study_run.json"
+        r = json.load(open(p))
+        r["val_macro_f1"] = 1.0
+        p.write_text(json.dumps(r))
+    assert study.main(args + ["--report-only"]) == 0
+    boot = json.load(open(out / "study.json"))["bootstrap"]
+    assert boot["selected"] == "sgmagnet-no-gating" and "minus_selected" in boot["runs"]["unet"]
+    assert "minus_selected" not in boot["runs"]["sgmagnet-no-gating"]
+    md = (out / "study.md").read_text()
+    assert "vs the validation-selected SGMAGNet configuration (`sgmagnet-no-gating`)" in md
+    assert "| unet | 2 |" in md.split("validation-selected")[1]
 
 
 def test_widened_sweep_supersedes_runs_trained_at_the_old_rate(tiny_shards, tmp_path, monkeypatch, capsys):
@@ -168,3 +183,19 @@ def test_an_archive_written_in_pieces_is_one_world(tmp_path):
     d1 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018274")]
     d2 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018275")]
     assert d1 and d2 and not np.array_equal(d1[0][:100], d2[0][:100])
+
+
+def test_selected_variant_is_chosen_on_validation_among_equal_seed_counts():
+    from hpc.study import selected_variant
+
+    def r(name, seed, val):
+        return {"name": name, "seed": seed, "val_macro_f1": val}
+    base = [r("sgmagnet", 0, 0.50), r("sgmagnet", 1, 0.52), r("unet", 0, 0.90), r("unet", 1, 0.90)]
+    assert selected_variant(base) == "sgmagnet"                       # baselines are never candidates
+    aux = [r("sgmagnet-aux", 0, 0.53), r("sgmagnet-aux", 1, 0.53)]
+    assert selected_variant(base + aux) == "sgmagnet-aux"
+    one_seed = [r("sgmagnet-focal", 0, 0.99)]                          # fewer seeds than sgmagnet: not eligible
+    assert selected_variant(base + aux + one_seed) == "sgmagnet-aux"
+    tie = [r("sgmagnet-no-gating", 0, 0.51), r("sgmagnet-no-gating", 1, 0.51)]
+    assert selected_variant(base + tie) == "sgmagnet"                  # a tie keeps the model as designed
+    assert selected_variant([r("unet", 0, 0.9)]) is None
