@@ -2,6 +2,7 @@
 
     python hpc/study.py --shards study_data/shards --out docs/study [--runs study_out] [--config cpu|gpu|tiny]
                         [--seeds 0,1,2] [--only NAME,...] [--phase sweep|main|all] [--report-only]
+                        [--results docs/RESULTS.md]
 
 Protocol (issue 15):
   1. learning rate per model family from a sweep on the validation split (seed 0, the preset's `sweep_lrs`,
@@ -35,7 +36,8 @@ answers the main question first). Each run folder (under --runs, not for git) ke
 TensorBoard; --out/runs/<run>/ gets study_run.json (model, seed, lr, steps trained, selected step,
 train_days, patch, scores overall and by stratum, reference rows, parameters, FLOPs, samples/s, wall time,
 exact command), eval_test_patches.npz, eval_test.md, log.jsonl and config.yaml; --out gets study.json,
-study.md and the figures.
+study.md and the figures. --results PAGE rewrites the headline tables between the page's two study markers
+from study.md (checked before training: a page without them stops the study with exit 2 and is not touched).
 """
 from __future__ import annotations
 
@@ -185,9 +187,13 @@ def supersede(a, name: str, seed: int, old: float, new: float):
 
 
 def _dump(path: str, obj):
+    _dump_text(path, json.dumps(obj, indent=1))
+
+
+def _dump_text(path: str, text: str):
     tmp = f"{path}.{os.getpid()}.tmp"          # one temporary name per process: two studies may write at once
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -566,7 +572,38 @@ def report(a, preset_name: str, preset: dict, lrs: dict) -> int:
     with open(os.path.join(a.out, "study.md"), "w") as f:
         f.write(md)
     print(md, flush=True)
+    if a.results:
+        splice_results(a.results, md)
     return 0
+
+
+RESULTS_BEGIN = "<!-- study tables: begin (written by hpc/study.py --results; edit the prose around them) -->"
+RESULTS_END = "<!-- study tables: end -->"
+
+
+def results_problem(path: str) -> str | None:
+    """Why `path` cannot take the study's tables (checked before any training), or None."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        return getattr(e, "strerror", None) or str(e)
+    if text.count(RESULTS_BEGIN) != 1 or text.count(RESULTS_END) != 1 or text.index(RESULTS_BEGIN) > text.index(RESULTS_END):
+        return f"needs one line '{RESULTS_BEGIN}' followed by one line '{RESULTS_END}'"
+    return None
+
+
+def splice_results(path: str, md: str):
+    """Replace the block between RESULTS_BEGIN and RESULTS_END in `path` with study.md's headline tables (Models
+    through the validation-selected comparison and the paper-comparable block, the sweep and the convergence
+    table), so the tables a results page shows are the study's own, never copied by hand. Per-class F1 and the
+    strata stay in study.md."""
+    text = open(path, encoding="utf-8").read()
+    head, rest = md.split("\n### Per-class F1", 1)
+    tail = rest.split("\n### Learning-rate sweep", 1)
+    block = head[head.index("### Models"):].rstrip() + ("\n\n### Learning-rate sweep" + tail[1] if len(tail) > 1 else "")
+    block = block.split("\n\nTraining wall time so far")[0].rstrip()
+    before, after = text.split(RESULTS_BEGIN)[0], text.split(RESULTS_END)[1]
+    _dump_text(path, before + RESULTS_BEGIN + "\n\n" + block + "\n\n" + RESULTS_END + after)
 
 
 def main(argv=None):
@@ -580,6 +617,8 @@ def main(argv=None):
     p.add_argument("--phase", choices=("sweep", "main", "all"), default="all", help="what to run (all)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws (2000)")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and figures from finished runs")
+    p.add_argument("--results", metavar="MD", help="also rewrite the tables between the study markers of this "
+                   "results page (e.g. docs/RESULTS.md) from study.md")
     a = p.parse_args(argv)
     preset = dict(PRESETS[a.config])
     names = a.only.split(",") if a.only else list(RUNS)
@@ -590,6 +629,8 @@ def main(argv=None):
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
         p.error(f"--seeds: {a.seeds!r} is not a comma-separated list of integers")
+    if a.results and (why := results_problem(a.results)):
+        p.error(f"--results {a.results}: {why}")
     from sgmagnet.shards import ManifestError, read_manifest
 
     try:

@@ -46,7 +46,14 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
         r = json.load(open(p))
         r["val_macro_f1"] = 1.0
         p.write_text(json.dumps(r))
-    assert study.main(args + ["--report-only"]) == 0
+    page = tmp_path / "RESULTS.md"
+    page.write_text(f"# prose above\n{study.RESULTS_BEGIN}\nold table\n{study.RESULTS_END}\nprose below\n")
+    assert study.main(args + ["--report-only", "--results", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# prose above\n") and text.endswith(f"{study.RESULTS_END}\nprose below\n")
+    block = text.split(study.RESULTS_BEGIN)[1].split(study.RESULTS_END)[0]
+    assert "old table" not in block and "### Models" in block and "### Convergence" in block
+    assert "validation-selected" in block and "### Per-class F1" not in block
     boot = json.load(open(out / "study.json"))["bootstrap"]
     assert boot["selected"] == "sgmagnet-no-gating" and "minus_selected" in boot["runs"]["unet"]
     assert "minus_selected" not in boot["runs"]["sgmagnet-no-gating"]
@@ -109,12 +116,17 @@ def test_study_bad_options(tiny_shards, tmp_path, capsys):
     from hpc import study
 
     root, _ = tiny_shards
+    plain = tmp_path / "plain.md"
+    plain.write_text("# results without the study markers\n")
     for bad, msg in ((["--only", "nope"], "--only: unknown run"), (["--seeds", "a"], "--seeds"),
-                     (["--shards", str(tmp_path / "none")], "--shards")):
+                     (["--shards", str(tmp_path / "none")], "--shards"),
+                     (["--results", str(tmp_path / "missing.md")], "--results"),
+                     (["--results", str(plain)], "needs one line")):
         with pytest.raises(SystemExit) as e:
             study.main(["--shards", str(root), "--out", str(tmp_path / "o"), *bad])
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
+    assert plain.read_text() == "# results without the study markers\n"
 
 
 def test_study_data_chunks_resume_and_free_the_raw_files(tmp_path, capsys):
