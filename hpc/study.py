@@ -447,30 +447,52 @@ def figures(results: list[dict], boot: dict, out: str):
     by = {}
     for r in results:
         by.setdefault(r["name"], []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for ax, key, label, logx in ((axes[0], "gflops_per_sample", "GFLOP per sample (label-sparse forward)", True),
-                                 (axes[1], "samples_per_s", "training samples/s (this machine)", True)):
+    sel = boot.get("selected") or "sgmagnet"
+    labelled = [n for n in names if n not in ABLATIONS or n == sel]      # other ablations: unlabelled dots
+    colour = {n: "#4a90d9" if n in MODELS else "#9b59b6" if n in ABLATIONS else "#e67e22" for n in names}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
+    for ax, key, label, better in ((axes[0], "gflops_per_sample", "GFLOP per sample (label-sparse forward)", -1),
+                                   (axes[1], "samples_per_s", "training samples/s (this machine)", +1)):
         pts = {n: np.mean([r[key] or np.nan for r in by[n]]) for n in names}
-        pts = {n: x for n, x in pts.items() if np.isfinite(x)}
-        xs = list(pts.values())
-        # points by score, labels alternating sides so close scores stay readable
-        for k, n in enumerate(sorted(pts, key=lambda n: b[n]["macro_f1"])):
+        pts = {n: x for n, x in pts.items() if np.isfinite(x) and x > 0}
+        for n, x in pts.items():
+            y = b[n]["macro_f1"]
+            if n in labelled:
+                ax.errorbar(x, y, yerr=[[y - b[n]["low"]], [b[n]["high"] - y]], fmt="o", color=colour[n],
+                            capsize=2, lw=1)
+            else:
+                ax.plot(x, y, "o", ms=4, color=colour[n], alpha=0.5)
+        # labels of the labelled points, nudged apart vertically so close scores stay readable
+        placed = []
+        for n in sorted((n for n in pts if n in labelled), key=lambda n: b[n]["macro_f1"]):
             x, y = pts[n], b[n]["macro_f1"]
-            ax.errorbar(x, y, yerr=[[y - b[n]["low"]], [b[n]["high"] - y]], fmt="o",
-                        color="#4a90d9" if n in MODELS else "#9b59b6" if n in ABLATIONS else "#e67e22")
-            ax.annotate(n, (x, y), fontsize=7, xytext=(4 if k % 2 else -4, 2), textcoords="offset points",
-                        ha="left" if k % 2 else "right")
+            ty = y
+            while any(abs(np.log10(x / px)) < 0.35 and abs(ty - py) < 0.006 for px, py in placed):
+                ty += 0.006
+            placed.append((x, ty))
+            ax.annotate(n + (" (selected)" if n == sel and n != "sgmagnet" else ""), (x, y), xytext=(x, ty),
+                        textcoords="data", fontsize=7, ha="left", va="bottom",
+                        arrowprops=None if ty == y else {"arrowstyle": "-", "lw": 0.4, "color": "0.5"})
+        # the Pareto front: no other run is both cheaper (faster) and better
+        front = sorted(pts, key=lambda n: (-better * pts[n], -b[n]["macro_f1"]))    # best cost first
+        best, line = -1.0, []
+        for n in front:
+            if b[n]["macro_f1"] > best:
+                best = b[n]["macro_f1"]
+                line.append((pts[n], best))
+        ax.step([p[0] for p in line], [p[1] for p in line], where="post",
+                color="0.6", lw=0.8, ls="--", label="Pareto front")
+        ax.plot([], [], "o", ms=4, color="#9b59b6", alpha=0.5, label="other SGMAGNet ablations")
         if "oracle" in ref:
             ax.axhline(ref["oracle"]["overall"]["macro"]["f1"], color="k", ls="-.", lw=1, label="top-layer oracle")
-        ax.axhline(ref["climatology"]["overall"]["macro"]["f1"], color="k", ls="--", lw=1, label="climatology")
-        if logx and xs and min(xs) > 0:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(label)
-        ax.set_ylabel("test macro F1")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.set_xlabel(label + (" — fewer is better" if better < 0 else " — more is better"))
+        ax.set_ylabel("test macro F1 (seed mean, 95 % CI)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right" if better < 0 else "lower left")
     fig.savefig(os.path.join(out, "pareto.png"), dpi=110)
     plt.close(fig)
 
