@@ -455,6 +455,10 @@ def figures(results: list[dict], boot: dict, out: str):
                                    (axes[1], "samples_per_s", "training samples/s (this machine)", +1)):
         pts = {n: np.mean([r[key] or np.nan for r in by[n]]) for n in names}
         pts = {n: x for n, x in pts.items() if np.isfinite(x) and x > 0}
+        if not pts:                     # e.g. runs too short to record a throughput
+            ax.text(0.5, 0.5, "not recorded", ha="center", transform=ax.transAxes)
+            ax.set_xlabel(label)
+            continue
         for n, x in pts.items():
             y = b[n]["macro_f1"]
             if n in labelled:
