@@ -291,7 +291,7 @@ def bootstrap(runs: dict, refs: dict, n_boot: int, seed: int = 0, selected: str 
     d.update({f"ref:{n}": draws(c[None]) for n, c in refs.items()})
     point = {n: float(macro(c.astype(np.float64).sum(1)).mean()) for n, c in runs.items()}
     point.update({f"ref:{n}": float(macro(c.astype(np.float64).sum(0))) for n, c in refs.items()})
-    against = {"minus_sgmagnet": "sgmagnet", "minus_selected": selected}
+    against = {"minus_sgmagnet": "sgmagnet", "minus_selected": selected, "minus_oracle": "ref:oracle"}
     out = {}
     for n, v in d.items():
         lo, hi = np.quantile(v, [0.025, 0.975])
@@ -319,12 +319,12 @@ def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, l
            f"learning rates from the validation sweep: {json.dumps(lrs)}. Test split, {boot['patches']} patches. "
            "Macro F1: mean ± sd over seeds; 95 % CI: paired bootstrap over test patches "
            f"({boot['n_boot']} draws) of the seed-mean; Δ vs SGMAGNet with its paired 95 % CI.", ""]
-    head = ("| run | seeds | macro F1 | 95 % CI | Δ vs SGMAGNet [95 % CI] | macro IoU | phase F1 | mask F1 | "
-            "selected step | params | GFLOP/sample | samples/s |")
-    sep = "|---" * 12 + "|"
+    head = ("| run | seeds | macro F1 | 95 % CI | Δ vs SGMAGNet [95 % CI] | Δ vs oracle [95 % CI] | macro IoU | "
+            "phase F1 | mask F1 | selected step | params | GFLOP/sample | samples/s |")
+    sep = "|---" * 13 + "|"
 
-    def delta(n):
-        d = b.get(n, {}).get("minus_sgmagnet")
+    def delta(n, key="minus_sgmagnet"):
+        d = b.get(n, {}).get(key)
         return f"{d['point']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "–"
 
     def row(name, rs):
@@ -332,7 +332,7 @@ def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, l
         ci = b.get(name)
         return (f"| {name} | {len(rs)} | {_ms([x['macro']['f1'] for x in o])} | "
                 + (f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "–") + " | "
-                f"{delta(name)} | {_ms([x['macro']['iou'] for x in o])} | {_ms([x['phase_macro']['f1'] for x in o])} | "
+                f"{delta(name)} | {delta(name, 'minus_oracle')} | {_ms([x['macro']['iou'] for x in o])} | {_ms([x['phase_macro']['f1'] for x in o])} | "
                 f"{_ms([x['cloud_mask']['f1'] for x in o])} | {np.mean([r['selected_step'] for r in rs]):.0f} | "
                 f"{rs[0]['parameters']:,} | {rs[0]['gflops_per_sample']:.3f} | "
                 f"{np.mean([r['samples_per_s'] or 0 for r in rs]):.1f} |")
@@ -340,7 +340,8 @@ def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, l
     def refrow(name, key):
         r, ci = ref[key]["overall"], b.get(f"ref:{key}")
         return (f"| {name} | – | {r['macro']['f1']:.3f} | " + (f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "–")
-                + f" | – | {r['macro']['iou']:.3f} | {r['phase_macro']['f1']:.3f} | {r['cloud_mask']['f1']:.3f} "
+                + " | – | " + delta(f"ref:{key}", "minus_oracle")
+                + f" | {r['macro']['iou']:.3f} | {r['phase_macro']['f1']:.3f} | {r['cloud_mask']['f1']:.3f} "
                 "| – | – | – | – |")
     for title, names in (("Models", MODELS), ("SGMAGNet ablations and the aux-loss variant (one component changed)", ("sgmagnet",) + ABLATIONS),
                          ("Size-matched baselines", ("sgmagnet",) + MATCHED)):

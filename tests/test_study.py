@@ -26,10 +26,11 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     boot = index["bootstrap"]["runs"]
     assert boot["sgmagnet"]["low"] <= boot["sgmagnet"]["macro_f1"] <= boot["sgmagnet"]["high"]
     assert "minus_sgmagnet" in boot["unet"] and "ref:oracle" in boot and "ref:climatology" in boot
+    assert "minus_oracle" in boot["unet"] and "minus_oracle" in boot["ref:climatology"]
     sel = index["bootstrap"]["selected"]
     assert sel == study.selected_variant([json.load(open(p)) for p in (out / "runs").glob("*/study_run.json")])
     md = (out / "study.md").read_text()
-    assert "Δ vs SGMAGNet" in md and "top-layer oracle" in md and "climatology (reference)" in md
+    assert "Δ vs SGMAGNet" in md and "Δ vs oracle" in md and "top-layer oracle" in md and "climatology (reference)" in md
     conv = md.split("### Convergence")[1].split("\n\n")[1].splitlines()[2:]
     assert len(conv) == 6 and all(row.split(" | ")[3] in ("cap", "patience") for row in conv)
     for f in ("macro_f1.png", "pareto.png", "curves_models.png"):
