@@ -197,6 +197,25 @@ def _dump_text(path: str, text: str):
     os.replace(tmp, path)
 
 
+def log_wall_s(path: str) -> float | None:
+    """Training seconds a run's log.jsonl records over all its sessions: each (re)start writes a header, and a
+    session lasts from its header to its last record. (The study's own clock sees only the last session of a
+    run that was preempted and resumed.) None when the log is missing."""
+    if not os.path.exists(path):
+        return None
+    total, start, last = 0.0, None, None
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("kind") == "header":
+                if start is not None:
+                    total += last - start
+                start = last = rec["time"]
+            elif start is not None and "time" in rec:
+                last = rec["time"]
+    return round(total + (last - start), 1) if start is not None else None
+
+
 def run_one(name: str, seed: int, a, preset: dict, lr: float, days: int) -> dict:
     from sgmagnet.evaluate import evaluate_checkpoint
     from sgmagnet.models import build_model, flops_per_sample
@@ -223,7 +242,7 @@ def run_one(name: str, seed: int, a, preset: dict, lr: float, days: int) -> dict
     out = {"name": name, "seed": seed, "model": model, "size": preset["size"], "options": opts, "extra": extra,
            "lr": lr, "steps": summary["steps"], "max_steps": preset["max_steps"],
            "selected_step": summary["best"]["step"], "val_macro_f1": summary["best"]["val_macro_f1"],
-           "train_days": days, "patch": patch, "train_wall_s": round(wall, 1),
+           "train_days": days, "patch": patch, "train_wall_s": log_wall_s(os.path.join(run, "log.jsonl")) or round(wall, 1),
            "samples_per_s": float(np.median(sps)) if sps else None,
            "parameters": sum(p.numel() for p in m.parameters()),
            "gflops_per_sample": flops_per_sample(m, patch, columns=True) / 1e9,
@@ -564,7 +583,7 @@ def training_wall(out: str, results: list[dict]) -> dict:
     sweep_s = sum(t.get("wall_s", 0.0) for fam in (json.load(open(path)).values() if os.path.exists(path) else [])
                   for t in fam.get("trials", {}).values())
     runs_s = sum(r.get("train_wall_s", 0.0) for r in results)
-    old_s = sum(json.load(open(p)).get("train_wall_s", 0.0)
+    old_s = sum(log_wall_s(os.path.join(os.path.dirname(p), "log.jsonl")) or json.load(open(p)).get("train_wall_s", 0.0)
                 for p in glob.glob(os.path.join(out, "superseded", "*", "study_run.json")))
     return {"sweep": round(sweep_s, 1), "runs": round(runs_s, 1), "superseded_runs": round(old_s, 1),
             "total": round(sweep_s + runs_s + old_s, 1)}
@@ -578,6 +597,9 @@ def report(a, preset_name: str, preset: dict, lrs: dict) -> int:
     if not results:
         print("no finished run yet", flush=True)
         return 0
+    for r in results:                   # wall time from the kept log: counts every session of a resumed run
+        r["train_wall_s"] = log_wall_s(os.path.join(a.out, "runs", f"{r['name']}_s{r['seed']}", "log.jsonl")) or (
+            r.get("train_wall_s", 0.0))
     runs, refs = patch_cms(a.out, results)
     boot = bootstrap(runs, refs, a.n_boot, selected=selected_variant(results))
     index = [{k: r[k] for k in ("name", "seed", "model", "options", "lr", "steps", "selected_step", "val_macro_f1",

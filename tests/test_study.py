@@ -212,3 +212,15 @@ def test_selected_variant_is_chosen_on_validation_among_equal_seed_counts():
     tie = [r("sgmagnet-no-gating", 0, 0.51), r("sgmagnet-no-gating", 1, 0.51)]
     assert selected_variant(base + tie) == "sgmagnet"                  # a tie keeps the model as designed
     assert selected_variant([r("unet", 0, 0.9)]) is None
+
+
+def test_log_wall_counts_every_session_of_a_resumed_run(tmp_path):
+    from hpc.study import log_wall_s
+
+    log = tmp_path / "log.jsonl"
+    recs = [{"kind": "header", "step": 0, "time": 100.0}, {"kind": "train", "step": 10, "time": 160.0},
+            {"kind": "val", "step": 10, "time": 170.0},                    # preempted here; resumed an hour later
+            {"kind": "header", "step": 10, "time": 3770.0}, {"kind": "train", "step": 20, "time": 3800.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert log_wall_s(str(log)) == 70.0 + 30.0                           # the hour between sessions is not counted
+    assert log_wall_s(str(tmp_path / "none.jsonl")) is None
