@@ -206,7 +206,10 @@ def log_wall_s(path: str) -> float | None:
     total, start, last = 0.0, None, None
     with open(path) as f:
         for line in f:
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:            # a line cut short by a kill: its time is not known
+                continue
             if rec.get("kind") == "header":
                 if start is not None:
                     total += last - start

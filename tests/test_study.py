@@ -221,6 +221,7 @@ def test_log_wall_counts_every_session_of_a_resumed_run(tmp_path):
     recs = [{"kind": "header", "step": 0, "time": 100.0}, {"kind": "train", "step": 10, "time": 160.0},
             {"kind": "val", "step": 10, "time": 170.0},                    # preempted here; resumed an hour later
             {"kind": "header", "step": 10, "time": 3770.0}, {"kind": "train", "step": 20, "time": 3800.0}]
-    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs[:3]) + '{"kind": "tra\n'   # killed mid-line
+                   + "".join(json.dumps(r) + "\n" for r in recs[3:]))
     assert log_wall_s(str(log)) == 70.0 + 30.0                           # the hour between sessions is not counted
     assert log_wall_s(str(tmp_path / "none.jsonl")) is None
