@@ -283,13 +283,19 @@ def patch_cms(out: str, results: list[dict]) -> tuple[dict, dict]:
     return {n: np.stack(v) for n, v in runs.items()}, refs
 
 
-def selected_variant(results: list[dict]) -> str | None:
-    """The SGMAGNet configuration the protocol picks: among sgmagnet and its one-change variants with as many
-    seeds as sgmagnet, the highest seed-mean validation macro F1 (test is not looked at; ties keep sgmagnet)."""
+def variant_val_scores(results: list[dict]) -> dict:
+    """sgmagnet and each one-change variant -> its runs' best validation macro F1s."""
     val = {}
     for r in results:
         if r["name"] == "sgmagnet" or r["name"] in ABLATIONS:
             val.setdefault(r["name"], []).append(r["val_macro_f1"])
+    return val
+
+
+def selected_variant(results: list[dict]) -> str | None:
+    """The SGMAGNet configuration the protocol picks: among sgmagnet and its one-change variants with as many
+    seeds as sgmagnet, the highest seed-mean validation macro F1 (test is not looked at; ties keep sgmagnet)."""
+    val = variant_val_scores(results)
     if "sgmagnet" not in val:
         return None
     n = len(val["sgmagnet"])
@@ -377,7 +383,7 @@ def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, l
 
     sel = boot.get("selected")
     if sel and sel != "sgmagnet":
-        val = {n: np.mean([r["val_macro_f1"] for r in by[n]]) for n in ("sgmagnet",) + ABLATIONS if n in by}
+        val = {n: np.mean(v) for n, v in variant_val_scores(results).items()}
         out += [f"### Baselines vs the validation-selected SGMAGNet configuration (`{sel}`)", "",
                 f"The protocol's choice among SGMAGNet and its one-change variants with {len(by['sgmagnet'])} seeds: "
                 "the highest seed-mean validation macro F1 (" + ", ".join(f"{n} {v:.3f}" for n, v in
