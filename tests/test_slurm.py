@@ -158,8 +158,10 @@ def test_sbatch_template_creates_logs_requeues_and_resumes(slurm, tiny_shards, t
     while state()[0] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
         assert time.time() - t0 < 300, f"the requeued job did not finish: {state()}"
         time.sleep(0.5)
-    assert state() == ("COMPLETED", 1), state()
-    log = (sub / "slurm_logs" / jid / "0.out").read_text()
+    logs = [sub / f"sgmagnet-train-{jid}.out", sub / "slurm_logs" / jid / "0.out"]   # shown when it fails
+    told = "\n".join(f"== {p}\n" + (p.read_text()[-1500:] if p.exists() else "(missing)") for p in logs)
+    assert state() == ("COMPLETED", 1), f"{state()}\n{told}"
+    log = logs[1].read_text()
     assert "preemption signal: saved" in log and "resumed from" in log, log[-2000:]
     assert json.loads((run / "summary.json").read_text())["steps"] == 300
     assert (sub / f"sgmagnet-train-{jid}.out").exists()
