@@ -24,6 +24,7 @@ has already seen (`EpochStream`).
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,14 +168,34 @@ def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: 
     return wds.DataPipeline(*stages)
 
 
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
 def ignore_preemption_signals(worker_id: int = 0):
     """DataLoader worker init: Slurm (and `kill -- -PGID`) signal every process of a step, workers included.
     A worker must not die of SIGTERM/SIGUSR2: the trainer itself finishes the step, checkpoints and exits
-    (workers then stop with their parent). PyTorch's own worker SIGTERM handler exits on any sender."""
-    import signal
-
-    for s in (signal.SIGTERM, signal.SIGUSR2):
+    (workers then stop with their parent). PyTorch's own worker SIGTERM handler exits on any sender. The
+    worker was forked with these signals blocked (Loader.__iter__); one that arrived since is discarded here."""
+    for s in PREEMPTION_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers cannot die of a preemption signal: they are started (forked) with SIGTERM and
+    SIGUSR2 blocked, until `ignore_preemption_signals` ignores them. A new set of workers starts every epoch;
+    without the block, a signal landing between a worker's fork and its init killed it and the trainer failed
+    ("DataLoader worker exited unexpectedly") instead of checkpointing. The parent's signals stay pending
+    for those milliseconds and reach its handler when the mask is restored."""
+
+    def __iter__(self):
+        if not self.num_workers:
+            return super().__iter__()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, epoch: int = 0, strict: bool = False):
@@ -182,9 +203,9 @@ def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, ep
                          shuffle_buffer=cfg.shuffle_buffer, shuffle_shards=cfg.shuffle_shards, rank=cfg.rank,
                          world=cfg.world, workers=cfg.workers, resample=cfg.resample and train, strict=strict)
     # batches are made in the workers (batch_size=None); a private generator keeps the global RNG untouched
-    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=cfg.workers,
-                                       generator=torch.Generator().manual_seed(seed + epoch),
-                                       worker_init_fn=ignore_preemption_signals if cfg.workers else None)
+    return Loader(pipe, batch_size=None, num_workers=cfg.workers,
+                  generator=torch.Generator().manual_seed(seed + epoch),
+                  worker_init_fn=ignore_preemption_signals if cfg.workers else None)
 
 
 class EpochStream:
