@@ -188,6 +188,10 @@ class Loader(torch.utils.data.DataLoader):
     ("DataLoader worker exited unexpectedly") instead of checkpointing. The parent's signals stay pending
     for those milliseconds and reach its handler when the mask is restored."""
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("worker_init_fn", ignore_preemption_signals)   # the other half of the block below
+        super().__init__(*args, **kwargs)
+
     def __iter__(self):
         if not self.num_workers:
             return super().__iter__()
@@ -204,8 +208,7 @@ def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, ep
                          world=cfg.world, workers=cfg.workers, resample=cfg.resample and train, strict=strict)
     # batches are made in the workers (batch_size=None); a private generator keeps the global RNG untouched
     return Loader(pipe, batch_size=None, num_workers=cfg.workers,
-                  generator=torch.Generator().manual_seed(seed + epoch),
-                  worker_init_fn=ignore_preemption_signals if cfg.workers else None)
+                  generator=torch.Generator().manual_seed(seed + epoch))
 
 
 class EpochStream:

@@ -29,7 +29,7 @@ from . import dist as hdist
 
 from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state, set_rng_state
 from .config import Config, ConfigError, dump, to_dict, validate
-from .data import LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
+from .data import PREEMPTION_SIGNALS, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
 from .loaders import train_stream
 from .losses import SparseLoss, class_weights, pool_profiles, use_triton
@@ -211,7 +211,7 @@ class Preemption:
     """SIGUSR2/SIGTERM -> a flag; the loop saves at the next step boundary and exits with EXIT_PREEMPTED.
     Ranks agree through an all-reduce, so a signal delivered to any rank stops all of them together."""
 
-    def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM)):
+    def __init__(self, signals=PREEMPTION_SIGNALS):
         self.flag = False
         for s in signals:
             signal.signal(s, self._handler)
