@@ -35,8 +35,8 @@ then seed 0 of the models, ablations and size-matched runs, then the other seeds
 answers the main question first). Each run folder (under --runs, not for git) keeps checkpoints and
 TensorBoard; --out/runs/<run>/ gets study_run.json (model, seed, lr, steps trained, selected step,
 train_days, patch, scores overall and by stratum, reference rows, parameters, FLOPs, samples/s, wall time,
-exact command), eval_test_patches.npz, eval_test.md, log.jsonl and config.yaml; --out gets study.json,
-study.md and the figures. --results PAGE rewrites the headline tables between the page's two study markers
+exact command), eval_test_patches.npz, eval_test.md, log.jsonl and config.yaml; --out/sweep/<family>_lr<rate>/
+gets each sweep trial's log.jsonl; --out gets study.json, study.md and the figures. --results PAGE rewrites the headline tables between the page's two study markers
 from study.md (checked before training: a page without them stops the study with exit 2 and is not touched).
 """
 from __future__ import annotations
@@ -161,8 +161,12 @@ def sweep(a, preset: dict, families: list[str]) -> dict:
                 continue
             run = os.path.join(a.runs, "sweep", f"{fam}_lr{lr}")
             summary, wall = train(overrides(a, preset, model, opts, extra, run, 0, lr, preset["sweep_steps"]))
+            log = os.path.join(run, "log.jsonl")
+            keep = os.path.join(a.out, "sweep", f"{fam}_lr{lr}")     # the trial's log, for git: its time is checkable
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(log, keep)
             trials[str(lr)] = {"best_val_macro_f1": summary["best"].get("val_macro_f1"),
-                               "best_step": summary["best"].get("step"), "wall_s": round(wall, 1)}
+                               "best_step": summary["best"].get("step"), "wall_s": log_wall_s(log) or round(wall, 1)}
             save(fam, {"trials": trials})
             print(f"sweep {fam} lr {lr}: best val macro F1 {trials[str(lr)]['best_val_macro_f1']:.4f} "
                   f"({wall:.0f} s)", flush=True)
@@ -587,10 +591,13 @@ def convergence_table(out: str, results: list[dict], preset: dict) -> str:
 
 def training_wall(out: str, results: list[dict]) -> dict:
     """Seconds of training the study's files record: every learning-rate sweep trial and every finished run
-    (so a study that was stopped and resumed across sessions still adds up correctly)."""
+    (so a study that was stopped and resumed across sessions still adds up correctly). A sweep trial whose log
+    is kept (<out>/sweep/<family>_lr<rate>/log.jsonl) counts every session of it; an older trial, without one,
+    counts the study's clock (lr_sweep.json's wall_s: its last session only)."""
     path = os.path.join(out, "lr_sweep.json")
-    sweep_s = sum(t.get("wall_s", 0.0) for fam in (json.load(open(path)).values() if os.path.exists(path) else [])
-                  for t in fam.get("trials", {}).values())
+    sweep_s = sum(log_wall_s(os.path.join(out, "sweep", f"{name}_lr{lr}", "log.jsonl")) or t.get("wall_s", 0.0)
+                  for name, fam in (json.load(open(path)).items() if os.path.exists(path) else [])
+                  for lr, t in fam.get("trials", {}).items())
     runs_s = sum(r.get("train_wall_s", 0.0) for r in results)
     old_s = sum(log_wall_s(os.path.join(os.path.dirname(p), "log.jsonl")) or json.load(open(p)).get("train_wall_s", 0.0)
                 for p in glob.glob(os.path.join(out, "superseded", "*", "study_run.json")))

@@ -17,8 +17,13 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     assert study.main(args) == 0
     sweep = json.load(open(out / "lr_sweep.json"))
     assert set(sweep) == {"sgmagnet", "unet"} and all(v["lr"] in (0.003, 0.01) for v in sweep.values())
+    for fam, lr in (("sgmagnet", "0.003"), ("unet", "0.01")):   # each trial's log is kept; its time read from it
+        log = out / "sweep" / f"{fam}_lr{lr}" / "log.jsonl"
+        assert sweep[fam]["trials"][lr]["wall_s"] == study.log_wall_s(str(log)) > 0
     index = json.load(open(out / "study.json"))
     assert len(index["runs"]) == 6 and index["manifest_sha256"]
+    logs = sorted((out / "sweep").glob("*/log.jsonl"))
+    assert len(logs) == 4 and index["train_wall_s"]["sweep"] == round(sum(study.log_wall_s(str(p)) for p in logs), 1)
     for r in index["runs"]:
         assert r["train_days"] == 1 and r["patch"] == 32 and r["selected_step"] <= r["steps"] <= 6
         assert r["lr"] == sweep["sgmagnet" if r["name"].startswith("sgmagnet") else "unet"]["lr"]
