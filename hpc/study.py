@@ -90,6 +90,7 @@ RUNS = {
     "segnet-flops": ("segnet", {"width": 20}, [], "segnet"),      # 1.15 GFLOP
     "unet3d-params": ("unet3d", {"width": 10}, [], "unet3d"),     # 116,654 parameters
 }
+MIN_BOOT = 40                          # bootstrap draws: 2.5 % of 40 is the first draw that is not the minimum
 MODELS = ("sgmagnet", "unet", "unet3d", "segnet", "transformer")
 ABLATIONS = tuple(n for n in RUNS if n.startswith("sgmagnet-"))
 MATCHED = tuple(n for n in RUNS if n.endswith(("-params", "-flops")))
@@ -680,7 +681,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (0,1,2)")
     p.add_argument("--only", help="comma-separated run names (default: all)")
     p.add_argument("--phase", choices=("sweep", "main", "all"), default="all", help="what to run (all)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws (2000)")
+    p.add_argument("--n-boot", type=int, default=2000, help=f"bootstrap draws (2000; at least {MIN_BOOT})")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and figures from finished runs")
     p.add_argument("--results", metavar="MD", help="also rewrite the tables between the study markers of this "
                    "results page (e.g. docs/RESULTS.md) from study.md")
@@ -694,6 +695,10 @@ def main(argv=None):
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
         p.error(f"--seeds: {a.seeds!r} is not a comma-separated list of integers")
+    if min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        p.error(f"--seeds: {a.seeds!r}: seeds must be distinct and >= 0")
+    if a.n_boot < MIN_BOOT:          # fewer draws cannot place the 2.5th and 97.5th percentiles on distinct draws
+        p.error(f"--n-boot: {a.n_boot} draws; need at least {MIN_BOOT} for a 95 % interval")
     if a.results and (why := results_problem(a.results)):
         p.error(f"--results {a.results}: {why}")
     from sgmagnet.shards import ManifestError, read_manifest

@@ -106,9 +106,14 @@ def main(argv=None) -> int:
         fail("--days, --chunk, --np and --jobs must be >= 1")
     if a.np > 1 and shutil.which("mpirun") is None:
         fail("--np > 1 needs mpirun on PATH (or use --np 1)")
+    shards = os.path.join(a.out, "shards")
+    from sgmagnet.cli import parser as sgmagnet_parser
+
+    for args in (["synth", "--out", os.path.join(a.out, "raw"), "--start", a.start, "--region", a.region, "--res",
+                  a.res, "--seed", str(a.seed)], build_args(a, shards)):
+        sgmagnet_parser().parse_args(args)      # the steps' own option checks, before any work (one line, exit 2)
     for d in ("raw", "logs"):
         os.makedirs(os.path.join(a.out, d), exist_ok=True)
-    shards = os.path.join(a.out, "shards")
     exe = os.path.join(os.path.dirname(sys.executable), "sgmagnet")
     sg = [exe] if os.path.exists(exe) else [sys.executable, "-m", "sgmagnet.cli"]
     info_path = os.path.join(a.out, "study_data.json")
@@ -162,12 +167,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def build_args(a, shards: str) -> list[str]:
+    """The `sgmagnet build` arguments of every chunk (one configuration: one split cycle anchored at --start)."""
+    return ["build", "--ahi", os.path.join(a.out, "raw"), "--cloudsat", os.path.join(a.out, "raw"),
+            "--out", shards, "--patch-size", str(a.patch_size), "--min-labelled", str(a.min_labelled),
+            "--split-days", a.split_days, "--gap-days", str(a.gap_days), "--split-anchor", a.start, "--quiet"]
+
+
 def build_chunk(a, sg, shards, info, info_path, k, n, day0, raw, synth, log, t_synth):
     """Build one synthesised chunk into the shards, verify its granules, then delete its AHI files."""
-    build = sg + ["build", "--ahi", os.path.join(a.out, "raw"), "--cloudsat", os.path.join(a.out, "raw"),
-                  "--out", shards, "--patch-size", str(a.patch_size), "--min-labelled", str(a.min_labelled),
-                  "--split-days", a.split_days, "--gap-days", str(a.gap_days), "--split-anchor", a.start,
-                  "--quiet"]
+    build = sg + build_args(a, shards)
     if a.np > 1:
         root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
         build = ["mpirun", *root, "--oversubscribe", "-n", str(a.np)] + build

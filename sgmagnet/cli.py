@@ -371,7 +371,10 @@ def cmd_demo(a):
     return run(main, a.out, a.ranks)
 
 
-def main(argv=None) -> int:
+def parser() -> Parser:
+    """The whole command line (every subcommand and its option checks); main() runs what it parses. Drivers
+    that run `sgmagnet` as a subprocess (hpc/study_data.py) parse their command lines with it first, so a bad
+    option stops them before any work, with the same one-line message."""
     p = Parser(prog="sgmagnet", description="3D cloud-phase benchmark builder and SGMAGNet training.")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher (also LOCAL_RANK)
     from . import __version__
@@ -385,7 +388,7 @@ def main(argv=None) -> int:
     s.add_argument("--region", type=_region, default=(100.0, 160.0, -60.0, 60.0),
                    help="LON0,LON1,LAT0,LAT1 in degrees east/north, default 100,160,-60,60 (the paper's)")
     s.add_argument("--res", type=_positive_float, default=0.05, help="grid step in degrees, default 0.05")
-    s.add_argument("--seed", type=int, default=0, help="random seed (the archive is deterministic per seed)")
+    s.add_argument("--seed", type=_count0, default=0, help="random seed, >= 0 (the archive is deterministic per seed)")
     s.add_argument("--epoch", type=_date, default=None, help="day the synthetic weather and orbit are anchored "
                    "to (default: --start); give every piece of an archive written in pieces the same epoch, or "
                    "each piece repeats the same weather")
@@ -490,8 +493,11 @@ def main(argv=None) -> int:
                     help="K > 0: a job array of K time chunks + a merge job (default: 0, one MPI job)")
     add_common(sb)
     sb.set_defaults(func=cmd_submit)
+    return p
 
-    a = p.parse_args(argv)
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     try:
         return a.func(a)
     except KeyboardInterrupt:

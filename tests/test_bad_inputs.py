@@ -243,6 +243,7 @@ CASES = [
     ("synth-res-inf", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--res", "inf"]), 2, "--res"),
     ("synth-region-reversed", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--region", "150,120,-10,10"]),
      2, "--region"),
+    ("synth-seed-negative", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--seed", "-1"]), 2, "--seed"),
     ("submit-partition-newline", lambda w, t: dict(argv=["submit", "train", "--config", TINY, "--partition", "gpu\n",
                                                          "--time", "10", "--dry-run", "--cluster", "slurm"]), 2,
      "--partition"),

@@ -76,7 +76,7 @@ def test_widened_sweep_supersedes_runs_trained_at_the_old_rate(tiny_shards, tmp_
     root, _ = tiny_shards
     out, runs = tmp_path / "res", tmp_path / "runs"
     args = ["--shards", str(root), "--out", str(out), "--runs", str(runs), "--config", "tiny", "--seeds", "0",
-            "--only", "unet", "--n-boot", "20"]
+            "--only", "unet", "--n-boot", "40"]
     assert study.main(args) == 0
     first = json.load(open(out / "runs" / "unet_s0" / "study_run.json"))
     monkeypatch.setitem(study.PRESETS["tiny"], "sweep_lrs", [0.003, 0.01, 0.02])
@@ -127,9 +127,12 @@ def test_study_bad_options(tiny_shards, tmp_path, capsys):
     for bad, msg in ((["--only", "nope"], "--only: unknown run"), (["--seeds", "a"], "--seeds"),
                      (["--shards", str(tmp_path / "none")], "--shards"),
                      (["--results", str(tmp_path / "missing.md")], "--results"),
-                     (["--results", str(plain)], "needs one line")):
+                     (["--results", str(plain)], "needs one line"),
+                     (["--n-boot", "0"], "--n-boot: 0 draws"), (["--n-boot", "39"], "at least 40"),
+                     (["--seeds", "0,-1"], "distinct and >= 0"), (["--seeds", "1,1"], "distinct")):
         with pytest.raises(SystemExit) as e:
-            study.main(["--shards", str(root), "--out", str(tmp_path / "o"), *bad])
+            study.main(["--shards", str(root), "--out", str(tmp_path / "o"), "--runs", str(tmp_path / "r"),
+                        "--config", "tiny", *bad])
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
     assert plain.read_text() == "# results without the study markers\n"
@@ -161,10 +164,15 @@ def test_study_data_bad_options(tmp_path, capsys):
 
     from hpc import study_data
 
-    for bad, msg in ((["--start", "2018-13-01"], "--start"), (["--days", "0"], "must be >= 1")):
+    for bad, msg in ((["--start", "2018-13-01"], "--start"), (["--days", "0"], "must be >= 1"),
+                     # the synth and build steps' own checks, before the first chunk is synthesised (minutes)
+                     (["--region", "1,2"], "argument --region"), (["--res", "0"], "argument --res"),
+                     (["--seed", "-1"], "argument --seed"), (["--split-days", "1,1"], "argument --split-days"),
+                     (["--gap-days", "-1"], "argument --gap-days"), (["--patch-size", "0"], "argument --patch-size")):
         with pytest.raises(SystemExit) as e:
             study_data.main(["--out", str(tmp_path / "x"), *bad])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()        # nothing started
 
 
 def test_an_archive_written_in_pieces_is_one_world(tmp_path):
