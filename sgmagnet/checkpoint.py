@@ -146,6 +146,9 @@ def latest_in(folder: str) -> str | None:
 def resolve(path: str) -> str:
     """A run folder, a checkpoint folder or a state.pt -> the checkpoint folder."""
     if os.path.isfile(path):
+        if os.path.basename(path) != "state.pt":       # the folder holds more than this file (best.json, shards)
+            raise FileNotFoundError(f"{path}: not a checkpoint: give a run folder, a checkpoint folder or its "
+                                    "state.pt")
         return os.path.dirname(os.path.abspath(path))
     if os.path.exists(os.path.join(path, "state.pt")):
         return path

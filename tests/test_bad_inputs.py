@@ -190,6 +190,9 @@ CASES = [
     ("evaluate-junk-checkpoint", lambda w, t: dict(argv=["evaluate", "--checkpoint", str(junk_checkpoint(w, t)),
                                                          "--shards", str(w["shards"])]), 2,
      "not a readable checkpoint"),
+    ("evaluate-checkpoint-other-file", lambda w, t: dict(argv=["evaluate", "--checkpoint", str(w["junk"]),
+                                                               "--shards", str(w["shards"])]), 2,
+     "junk.bin: not a checkpoint"),
     ("report-junk-json", lambda w, t: dict(argv=["report", str(w["junk"])]), 2, "junk.bin"),
     # ----------------------------------------------------------------------------------------- train
     ("train-run-has-checkpoints", lambda w, t: dict(argv=train_argv(w, t), protect=[run_with_checkpoints(w, t)]), 2,
