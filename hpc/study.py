@@ -36,8 +36,9 @@ answers the main question first). Each run folder (under --runs, not for git) ke
 TensorBoard; --out/runs/<run>/ gets study_run.json (model, seed, lr, steps trained, selected step,
 train_days, patch, scores overall and by stratum, reference rows, parameters, FLOPs, samples/s, wall time,
 exact command), eval_test_patches.npz, eval_test.md, log.jsonl and config.yaml; --out/sweep/<family>_lr<rate>/
-gets each sweep trial's log.jsonl; --out gets study.json, study.md and the figures. --results PAGE rewrites the headline tables between the page's two study markers
-from study.md (checked before training: a page without them stops the study with exit 2 and is not touched).
+gets each sweep trial's log.jsonl; --out gets study.json, study.md and the figures. --results PAGE rewrites
+the headline tables between the page's two study markers from study.md (checked before training: a page
+without them stops the study with exit 2 and is not touched).
 """
 from __future__ import annotations
 
@@ -170,7 +171,7 @@ def sweep(a, preset: dict, families: list[str]) -> dict:
                                "best_step": summary["best"].get("step"), "wall_s": log_wall_s(log) or round(wall, 1)}
             save(fam, {"trials": trials})
             print(f"sweep {fam} lr {lr}: best val macro F1 {trials[str(lr)]['best_val_macro_f1']:.4f} "
-                  f"({wall:.0f} s)", flush=True)
+                  f"({trials[str(lr)]['wall_s']:.0f} s)", flush=True)
         grid = {str(lr) for lr in sweep_grid(preset, fam)}
         best = max(grid, key=lambda k: (trials[k]["best_val_macro_f1"] or -1, -float(k)))
         save(fam, {"trials": trials, "lr": float(best)})

@@ -109,9 +109,10 @@ def main(argv=None) -> int:
     shards = os.path.join(a.out, "shards")
     from sgmagnet.cli import parser as sgmagnet_parser
 
+    sg_parser = sgmagnet_parser()
     for args in (["synth", "--out", os.path.join(a.out, "raw"), "--start", a.start, "--region", a.region, "--res",
                   a.res, "--seed", str(a.seed)], build_args(a, shards)):
-        sgmagnet_parser().parse_args(args)      # the steps' own option checks, before any work (one line, exit 2)
+        sg_parser.parse_args(args)              # the steps' own option checks, before any work (one line, exit 2)
     for d in ("raw", "logs"):
         os.makedirs(os.path.join(a.out, d), exist_ok=True)
     exe = os.path.join(os.path.dirname(sys.executable), "sgmagnet")
