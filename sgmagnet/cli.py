@@ -153,7 +153,7 @@ def cmd_synth(a):
         sys.stderr.write(f"sgmagnet synth: error: --epoch {a.epoch} is after --start {a.start}\n")
         return 2
     cfg = SynthConfig(out=a.out, start=a.start, days=a.days, region=a.region, res=a.res, seed=a.seed,
-                      orbit_mode=a.orbit, epoch=a.epoch)
+                      orbit_mode=a.orbit, epoch=a.epoch, track_corridor=a.track_corridor)
     stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet)
     print(format_stats(stats))
     return 0
@@ -394,6 +394,10 @@ def parser() -> Parser:
                    "each piece repeats the same weather")
     s.add_argument("--orbit", choices=("doop", "full"), default="doop",
                    help="doop: daylight-only CloudSat (as since 2011, default); full: day and night passes")
+    s.add_argument("--track-corridor", type=_positive_int, default=None, metavar="P",
+                   help="write only the pixels a build with --patch-size <= P can read: those within P pixels of "
+                        "a CloudSat profile near in time (the rest are fill, and slots no profile is near are not "
+                        "written); those pixels are identical to the whole scene's. Default: whole scenes")
     s.add_argument("--quiet", action="store_true", help="no progress bar; print only the final statistics")
     s.set_defaults(func=cmd_synth)
 

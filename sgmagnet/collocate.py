@@ -103,17 +103,19 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
             continue
         grids[si] = grid
         ii, jj = np.where(inside, i - r0, 0), np.where(inside, j - c0, 0)
+        tp = ds.obs_time.values[ii, jj]
+        dt_ns = np.abs((t - tp).astype("timedelta64[ns]").astype(np.int64))
+        in_time = inside & ~np.isnat(tp) & (dt_ns <= win.astype(np.int64))
+        if not in_time.any():         # the scene scans the track outside the window: nothing can match
+            continue
         finite = np.zeros(ds.valid.shape, bool)
         for b in BAND_VARS:
             finite |= np.isfinite(ds[b].values)
-        if not finite[ii[inside], jj[inside]].any():
-            out.skipped.append((sc.path, "no finite band value under the CloudSat track: all 16 bands are "
-                                         "fill/NaN (or off-disk) there"))
+        if not finite[ii[in_time], jj[in_time]].any():
+            out.skipped.append((sc.path, "no finite band value under the CloudSat track where it is scanned "
+                                         "within the window: all 16 bands are fill/NaN (or off-disk) there"))
             continue
-        valid = inside & ds.valid.values[ii, jj]
-        tp = ds.obs_time.values[ii, jj]
-        dt_ns = np.abs((t - tp).astype("timedelta64[ns]").astype(np.int64))
-        good = valid & ~np.isnat(tp) & (dt_ns <= win.astype(np.int64)) & (dt_ns < best_dt)
+        good = in_time & ds.valid.values[ii, jj] & (dt_ns < best_dt)
         best_dt[good] = dt_ns[good]
         best_sc[good] = si
         best_ij[good, 0], best_ij[good, 1] = i[good], j[good]
@@ -181,6 +183,11 @@ def make_patches(match: Match, size: int, min_labelled: int = 64):
         if inwin.sum() < min_labelled:
             continue
         ds = ahi_fmt.read_ahi(match.scene.path, rows=slice(r0, r0 + size), cols=slice(c0, c0 + size))
+        corridor = ds.attrs.get("track_corridor_px")
+        if corridor is not None and corridor < size:
+            raise FormatError(match.scene.path, f"holds only the pixels within {corridor} px of the CloudSat "
+                              f"tracks (synth --track-corridor {corridor}): patches of {size} px would have "
+                              f"fill in them; build with --patch-size <= {corridor}")
         x = np.stack([ds[b].values for b in BAND_VARS]).astype(np.float32)
         geom = np.stack([ds["SOZ"].values, ds["SAZ"].values]).astype(np.float32)
         o = np.argsort(match.t_first[inwin], kind="stable")

@@ -125,3 +125,16 @@ def test_top_layer_type():
     ctype = np.array([[5, 1, nan], [4, nan, nan], [nan, nan, nan], [6, 9, nan]])   # 9: not a valid type
     assert top_layer_type(np.array([2, 1, 0, 2]), top, ctype).tolist() == [1, 4, 0, 0]
     assert top_layer_type(np.array([1, 1, 0, 1]), top, ctype).tolist() == [5, 4, 0, 6]   # only the first n layers count
+
+
+def test_all_fill_scene_is_reported_only_where_the_track_is_scanned_in_time(tmp_path):
+    """Bands all fill under the track: a recorded skip when a profile is scanned within the window there (a
+    broken scene), nothing when none is (no profile could match it anyway, as in a track-corridor archive)."""
+    bands = [np.full((9, 11), np.nan) for _ in range(16)]
+    g = granule(tmp_path, dt.datetime(2018, 10, 1, 4, 8, 0), [0.0], [8.0], [132.0])
+    in_time = scene(tmp_path, dt.datetime(2018, 10, 1, 4, 0), 4.125, bands=bands)
+    gm = collocate(g, [in_time])
+    assert gm.n_matched == 0 and len(gm.skipped) == 1 and "all 16 bands are fill" in gm.skipped[0][1]
+    late = scene(tmp_path, dt.datetime(2018, 10, 1, 3, 40), 3.75, bands=bands)       # scanned 03:45, 23 min off
+    gm = collocate(g, [late])
+    assert gm.n_matched == 0 and gm.skipped == []

@@ -62,12 +62,13 @@ FILL_INT16 = -32768
 
 
 def write_ahi(path, latitude: np.ndarray, longitude: np.ndarray, fields: dict, timeline: dt.datetime,
-              packing: dict | None = None, end_time: dt.datetime | None = None) -> None:
+              packing: dict | None = None, end_time: dt.datetime | None = None, attrs: dict | None = None) -> None:
     """Write a P-Tree-structured NetCDF4 file.
 
     fields: variable name -> 2-D physical array [nlat, nlon] (NaN = missing). packing: per-variable
     overrides {"name": {"scale_factor", "add_offset", "fill_value", "fill_attr" ("_FillValue" or
     "missing_value"), "valid_min", "valid_max", "dtype"}} so tests can use other packings than ours.
+    attrs: extra global attributes (the synthetic archive's `track_corridor_px`).
     Written to `<path>.part` and renamed, so a killed writer never leaves a half file under the real name.
     """
     from netCDF4 import Dataset
@@ -99,6 +100,8 @@ def write_ahi(path, latitude: np.ndarray, longitude: np.ndarray, fields: dict, t
         gp.long_name = "sub_lon,SSPlon,SSPlat,req,rpol,Rs"
         gp[:] = [140.7, np.deg2rad(140.7), 0.0, 6378.137, 6356.7523, 42164.0]
         del g
+        for k, v in (attrs or {}).items():
+            ds.setncattr(k, v)
         for name, values in fields.items():
             sf, ao, vmin, vmax, units, long_name = DEFAULT_PACKING[name]
             o = packing.get(name, {})
@@ -233,7 +236,8 @@ def read_ahi(path, rows: slice | None = None, cols: slice | None = None, bbox=No
     Window: `rows`/`cols` index slices, or `bbox=(lon0, lon1, lat0, lat1)` in degrees.
     Returns float32 variables (NaN = missing/off-disk) named as in the file, plus `obs_time`
     (datetime64[ns] per pixel) and `valid` (on-disk and all bands finite). Attributes carry the file
-    name, satellite, timeline and the window's offset in the full grid (`row0`, `col0`).
+    name, satellite, timeline and the window's offset in the full grid (`row0`, `col0`), and
+    `track_corridor_px` when the file has that attribute (a synthetic scene written only near the tracks).
     Raises FormatError naming the file and the problem.
     """
     from netCDF4 import Dataset
@@ -253,9 +257,12 @@ def read_ahi(path, rows: slice | None = None, cols: slice | None = None, bbox=No
     r0, r1, _ = rows.indices(grid.shape[0])
     c0, c1, _ = cols.indices(grid.shape[1])
     out = {}
+    extra = {}
     try:
         with Dataset(path) as ds:
             ds.set_auto_maskandscale(False)
+            if "track_corridor_px" in ds.ncattrs():    # synthetic archives written as track corridors
+                extra["track_corridor_px"] = int(np.asarray(ds.getncattr("track_corridor_px")).ravel()[0])
             for vname in variables:
                 if vname not in ds.variables:
                     if vname == "Hour":
@@ -299,5 +306,5 @@ def read_ahi(path, rows: slice | None = None, cols: slice | None = None, bbox=No
         data_vars,
         coords={"latitude": grid.latitude[r0:r1], "longitude": grid.longitude[c0:c1]},
         attrs={"file": os.path.basename(path), "satellite": name.satellite, "timeline": str(name.timeline),
-               "row0": r0, "col0": c0, "has_pixel_time": int(has_hour)},
+               "row0": r0, "col0": c0, "has_pixel_time": int(has_hour), **extra},
     )

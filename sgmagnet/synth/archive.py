@@ -5,6 +5,10 @@ Layout (as the providers serve them):
   <out>/cloudsat/2B-CLDCLASS-LIDAR.P1_R05/YYYY/DDD/YYYYDDDHHMMSS_NNNNN_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_E08_F00.hdf
 A real archive holds every 10-min slot; the synthetic one writes only the slots a CloudSat pass over the
 region can match (the builder reads only those anyway), skipping the 02:40/14:40 house-keeping slots.
+With track_corridor = P (`synth --track-corridor P`) it also writes, in each of those scenes, only the pixels
+within P of a profile near in time (what a build with patches of <= P px reads; the rest is fill, the scan
+time kept) and no scene for a slot no profile is near: the pixels written are bit-identical to the whole
+scene's, so the build is the same (hpc/bench/synth_corridor.py measures both).
 Granules are cut to the region (+1 deg), as matchers cut profiles to the scan window. In "doop" orbit
 mode (Daylight-Only Operations, CloudSat since 2011, so the paper's Oct-Dec 2018) only sunlit profiles
 exist; "full" also has the night passes.
@@ -45,6 +49,8 @@ class SynthConfig:
     epoch: str | None = None     # day the fields and the orbit are anchored to (default: start); archives
                                  # written in pieces must share it, or every piece repeats the same weather
     satellite: str = "08"
+    track_corridor: int | None = None   # write only pixels within this many px of a profile near in time
+                                        # (the build's --patch-size); None: whole scenes
     bad_profile_fraction: float = 0.003
     stats: dict = field(default_factory=dict)
 
@@ -216,11 +222,22 @@ def parallax_offset_px(top_km, saz_deg, lat, lon, res):
     return -north / (res * KM_PER_DEG), east / (res * KM_PER_DEG * np.maximum(np.cos(phi), 0.05))
 
 
+def blur_radius(sigma_px: float) -> int:
+    """Half-width in pixels of blur()'s kernel (0: blur is a no-op)."""
+    return 0 if sigma_px < 0.1 else max(1, int(np.ceil(3 * sigma_px)))
+
+
+def footprint_sigma_px(band: int, res: float) -> float:
+    """Standard deviation in pixels of band `band`'s (0-based) footprint blur on a grid of step `res` degrees."""
+    return FOOTPRINT_KM["vis" if band in (0, 1, 2, 3) else "ir"] / 2.355 / (res * KM_PER_DEG)
+
+
 def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable Gaussian (instrument footprint), edges replicated; no-op below 0.1 px."""
-    if sigma_px < 0.1:
+    """Separable Gaussian (instrument footprint), edges replicated; no-op below 0.1 px. NaN spreads only
+    to pixels within blur_radius of it."""
+    r = blur_radius(sigma_px)
+    if r == 0:
         return img
-    r = max(1, int(np.ceil(3 * sigma_px)))
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma_px) ** 2)
     k /= k.sum()
     out = img.astype(np.float64)
@@ -232,10 +249,55 @@ def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
     return out.astype(img.dtype)
 
 
-def write_scene(world: World, slot: np.datetime64, root: str, block_rows: int = 128) -> str:
+def dilate(mask: np.ndarray, half: int) -> np.ndarray:
+    """Pixels within Chebyshev distance `half` of a True pixel of `mask` (a box sum of cumulative sums)."""
+    if half <= 0:
+        return mask.copy()
+    out = mask.astype(np.int32)
+    for axis in (0, 1):
+        c = np.cumsum(out, axis=axis)
+        n = out.shape[axis]
+        hi = np.take(c, np.minimum(np.arange(n) + half, n - 1), axis=axis)
+        lo_idx = np.arange(n) - half - 1
+        lo = np.where((lo_idx >= 0).reshape([-1 if a == axis else 1 for a in (0, 1)]),
+                      np.take(c, np.maximum(lo_idx, 0), axis=axis), 0)
+        out = hi - lo
+    return out > 0
+
+
+CORRIDOR_WINDOW_MIN = 6.0    # profiles this close to a pixel's scan time count for the corridor (> the build's 5)
+
+
+def corridor_mask(cfg: SynthConfig, slot: np.datetime64, tracks: list) -> np.ndarray | None:
+    """Pixels of the scene at `slot` that a build with patches of cfg.track_corridor px can read: those
+    within that many pixels (Chebyshev) of a profile whose time is within CORRIDOR_WINDOW_MIN of the
+    pixel's scan time. A P x P patch is centred on a matched profile's pixel, or shifted inward at the
+    scene's edge, so each of its pixels lies within P - 1 of it. None when no profile is near in time."""
+    lat_g, lon_g = region_grid(cfg)
+    track = np.zeros((lat_g.size, lon_g.size), bool)
+    win = np.timedelta64(int(CORRIDOR_WINDOW_MIN * 60e9), "ns")
+    for t, lat, lon in tracks:
+        scan = slot + (scan_offset_s(lat) * 1e9).astype("timedelta64[ns]")
+        near = np.abs((t - scan).astype(np.int64)) <= win.astype(np.int64)
+        r = np.rint((cfg.region[3] - lat[near]) / cfg.res).astype(np.int64)
+        c = np.rint((np.mod(lon[near], 360.0) - cfg.region[0]) / cfg.res).astype(np.int64)
+        ok = (r >= 0) & (r < lat_g.size) & (c >= 0) & (c < lon_g.size)
+        track[r[ok], c[ok]] = True
+    if not track.any():
+        return None
+    return dilate(track, int(cfg.track_corridor))
+
+
+def write_scene(world: World, slot: np.datetime64, root: str, keep: np.ndarray | None = None,
+                block_rows: int = 128) -> str:
     """One P-Tree scene of the region. What AHI sees differs from the columns CloudSat labels: each scene
     has a navigation error (a sub-pixel shift) and its own calibration error, every pixel sees the clouds
-    along its slanted line of sight (parallax), and the bands are blurred by the instrument footprint."""
+    along its slanted line of sight (parallax), and the bands are blurred by the instrument footprint.
+
+    keep: [nlat, nlon] bool, the only pixels to write (the track corridor); the others are fill (bands,
+    angles) but keep their scan time. The written pixels are bit-identical to the whole scene's: the same
+    random draws are made for every pixel, and each written pixel is computed from a window that holds
+    every column it sees (parallax) and every neighbour its footprint blur reads."""
     cfg = world.cfg
     lat, lon = region_grid(cfg)
     nlat, nlon = lat.size, lon.size
@@ -245,39 +307,58 @@ def write_scene(world: World, slot: np.datetime64, root: str, block_rows: int = 
     gain = 1.0 + rng.normal(0.0, 1.0, 6) * np.asarray(CAL_GAIN_SD)
     ir_bias = rng.normal(0.0, CAL_IR_BIAS_SD_K, 10)
     halo = int(np.ceil(PARALLAX_MAX_KM / (cfg.res * KM_PER_DEG))) + 1
-    out = {name: np.empty((nlat, nlon), np.float32) for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA", "Hour")}
+    sigmas = [footprint_sigma_px(b, cfg.res) for b in range(len(BAND_VARS))]
+    need = None if keep is None else dilate(keep, max(blur_radius(s) for s in sigmas))
+    out = {name: np.full((nlat, nlon), np.nan, np.float32) for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA")}
+    out["Hour"] = np.broadcast_to(orbit.ut_hours(t_row).astype(np.float32)[:, None], (nlat, nlon)).copy()
     for r0 in range(0, nlat, block_rows):
         r1 = min(nlat, r0 + block_rows)
+        noise = rng.standard_normal((len(BAND_VARS), (r1 - r0) * nlon))   # every pixel's draws, written or not
+        if need is None:
+            c0, c1 = 0, nlon
+        else:
+            cols_needed = np.flatnonzero(need[r0:r1].any(0))
+            if cols_needed.size == 0:
+                continue
+            c0, c1 = int(cols_needed[0]), int(cols_needed[-1]) + 1
         ra, rb = max(0, r0 - halo), min(nlat, r1 + halo)           # rows whose clouds the block may see
-        f = world.bank.grid(lon + nav[1] * cfg.res, lat[ra:rb] - nav[0] * cfg.res, world.seconds(t_row[ra:rb]))
-        full = Column({k: v.ravel() for k, v in f.items()}, np.repeat(lat[ra:rb] - nav[0] * cfg.res, nlon))
-        rows = np.repeat(np.arange(r0, r1), nlon)
-        cols = np.tile(np.arange(nlon), r1 - r0)
+        # columns whose clouds the block may see: the east-west offset grows as 1/cos(lat)
+        coslat = max(float(np.cos(np.deg2rad(np.abs(lat[ra:rb]).max()))), 0.05)
+        chalo = int(np.ceil(PARALLAX_MAX_KM / (cfg.res * KM_PER_DEG * coslat))) + 1
+        wa, wb = max(0, c0 - chalo), min(nlon, c1 + chalo)
+        nw = wb - wa
+        f = world.bank.grid(lon[wa:wb] + nav[1] * cfg.res, lat[ra:rb] - nav[0] * cfg.res, world.seconds(t_row[ra:rb]))
+        full = Column({k: v.ravel() for k, v in f.items()}, np.repeat(lat[ra:rb] - nav[0] * cfg.res, nw))
+        rows = np.repeat(np.arange(r0, r1), c1 - c0)
+        cols = np.tile(np.arange(c0, c1), r1 - r0)
         la, lo = lat[rows], lon[cols]
         tt = t_row[rows]
         soz, soa = orbit.solar_angles(tt, la, lo)
         saz, saa = orbit.satellite_angles(la, lo)
-        own = (rows - ra) * nlon + cols
+        own = (rows - ra) * nw + (cols - wa)
         top = np.nanmax(np.where(np.isfinite(full.top[own]), full.top[own], -np.inf), axis=1)
         dr, dc = parallax_offset_px(np.where(np.isfinite(top), top, np.nan), saz, la, lo, cfg.res)
         sr = np.clip(np.rint(rows + dr).astype(np.int64), ra, rb - 1)
-        sc = np.clip(np.rint(cols + dc).astype(np.int64), 0, nlon - 1)
-        col = full.take(own, cloud_idx=(sr - ra) * nlon + sc)
-        bands = forward(col, soz, rng)
+        sc = np.clip(np.clip(np.rint(cols + dc).astype(np.int64), 0, nlon - 1), wa, wb - 1)
+        col = full.take(own, cloud_idx=(sr - ra) * nw + (sc - wa))
+        bands = forward(col, soz, noise[:, (rows - r0) * nlon + cols])
         for b, name in enumerate(BAND_VARS):
-            out[name][r0:r1] = bands[b].reshape(r1 - r0, nlon)
+            out[name][r0:r1, c0:c1] = bands[b].reshape(r1 - r0, c1 - c0)
         for name, v in (("SOZ", soz), ("SOA", soa), ("SAZ", saz), ("SAA", saa)):
-            out[name][r0:r1] = v.reshape(r1 - r0, nlon)
-        out["Hour"][r0:r1] = (orbit.ut_hours(t_row[r0:r1]))[:, None]
+            out[name][r0:r1, c0:c1] = v.reshape(r1 - r0, c1 - c0)
     for b, name in enumerate(BAND_VARS):                              # calibration, instrument footprint
         out[name] = out[name] * np.float32(gain[b]) if b < 6 else out[name] + np.float32(ir_bias[b - 6])
-        fp = FOOTPRINT_KM["vis" if b in (0, 1, 2, 3) else "ir"]
-        out[name] = blur(out[name], fp / 2.355 / (cfg.res * KM_PER_DEG))
+        out[name] = blur(out[name], sigmas[b])
+    attrs = {}
+    if keep is not None:
+        for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA"):
+            out[name][~keep] = np.nan
+        attrs["track_corridor_px"] = np.int32(cfg.track_corridor)
     sl = slot.astype("datetime64[s]").astype(dt.datetime)
     sub = os.path.join(root, "ahi", f"{sl:%Y%m}", f"{sl:%d}")
     os.makedirs(sub, exist_ok=True)
     path = os.path.join(sub, ahi_fmt.ahi_filename(sl, nlon, nlat, cfg.satellite))
-    ahi_fmt.write_ahi(path, lat, lon, out, sl)
+    ahi_fmt.write_ahi(path, lat, lon, out, sl, attrs=attrs)
     return path
 
 
@@ -310,7 +391,7 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
     offset = world.seconds(np.array([t_start]))[0]
     n0 = int(np.floor((offset / orbit.PERIOD_S) - world.u0 / (2 * np.pi))) - 1
     n1 = int(np.ceil((offset + cfg.days * 86400.0) / orbit.PERIOD_S)) + 1
-    granules, slots = [], set()
+    granules, slots, tracks = [], set(), []
     hist = np.zeros(4, np.int64)
     prof = cloudy = multi = 0
     struct = None
@@ -322,6 +403,7 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         if t[0] < t_start or t[0] >= t_end:
             continue
         path, st = write_granule(world, n, t, lat, lon, cfg.out, rng)
+        tracks.append((t, lat, lon))
         granules.append(os.path.relpath(path, cfg.out))
         hist += np.asarray(st["hist"])
         prof += st["profiles"]
@@ -331,12 +413,21 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         if st["t_min"]:
             slots.update(needed_slots(np.datetime64(st["t_min"]), np.datetime64(st["t_max"])))
         log(f"granule {os.path.basename(path)}: {t.size} profiles ({st['profiles']} in region)")
-    scenes, day_scenes = [], 0
+    scenes, day_scenes, written_px, no_profile = [], 0, 0, 0
     lat_c = 0.5 * (cfg.region[2] + cfg.region[3])
     lon_c = 0.5 * (cfg.region[0] + cfg.region[1])
     for slot in tqdm(sorted(slots), desc="AHI scenes", unit="scene", disable=not progress, mininterval=2,
                      dynamic_ncols=True):
-        path = write_scene(world, slot, cfg.out)
+        keep = None
+        if cfg.track_corridor is not None:
+            keep = corridor_mask(cfg, slot, tracks)
+            if keep is None:            # no profile within CORRIDOR_WINDOW_MIN of this slot's scan
+                no_profile += 1
+                continue
+            written_px += int(keep.sum())
+        else:
+            written_px += int(np.prod([g.size for g in region_grid(cfg)]))
+        path = write_scene(world, slot, cfg.out, keep)
         scenes.append(os.path.relpath(path, cfg.out))
         soz, _ = orbit.solar_angles(np.array([slot]), np.array([lat_c]), np.array([lon_c]))
         day_scenes += int(soz[0] < 85)
@@ -348,6 +439,9 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k != "stats"},
         "granules": len(granules), "scenes": len(scenes), "day_scenes": day_scenes,
         "night_scenes": len(scenes) - day_scenes, "profiles_in_region": prof,
+        "track_corridor_px": cfg.track_corridor,
+        "written_pixel_fraction": written_px / max(len(scenes) * int(np.prod([g.size for g in region_grid(cfg)])), 1),
+        "slots_without_profiles_skipped": no_profile,
         "labelled_voxels": int(hist.sum()), "class_histogram": hist.tolist(),
         "clear_fraction": hist[0] / tot,
         "phase_fractions_of_cloudy": {"ice": hist[1] / cl, "mixed": hist[2] / cl, "liquid": hist[3] / cl},

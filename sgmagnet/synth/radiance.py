@@ -69,9 +69,13 @@ NEDT = np.array([0.1] * 9 + [0.25])
 WV_LEVEL_KM = {8: 8.5, 9: 6.5, 10: 4.5, 16: 2.0}   # bands whose weighting peak hides lower clouds
 
 
-def forward(col: Column, soz_deg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Calibrated AHI bands [16, N]: albedo (bands 1-6) and brightness temperature in K (7-16)."""
+def forward(col: Column, soz_deg: np.ndarray, noise: np.random.Generator | np.ndarray) -> np.ndarray:
+    """Calibrated AHI bands [16, N]: albedo (bands 1-6) and brightness temperature in K (7-16).
+    noise: standard normal draws [16, N] for the instrument noise of each band, or a Generator to draw them
+    from (the same draws, in band order)."""
     n = col.lat.size
+    if isinstance(noise, np.random.Generator):
+        noise = noise.standard_normal((16, n))
     mu0 = np.cos(np.deg2rad(np.clip(soz_deg, 0, 90)))
     day = np.nan_to_num(soz_deg, nan=180) < 89.0
     present = np.isfinite(col.top)
@@ -91,7 +95,7 @@ def forward(col: Column, soz_deg: np.ndarray, rng: np.random.Generator) -> np.nd
             rc, tc = rc_cons[:, k] * kb[:, k], 1 - rc_cons[:, k]
             r = np.where(present[:, k], frac[:, k] * (rc + tc * tc * r / (1 - rc * r)) + (1 - frac[:, k]) * r, r)
         refl = r + RAYLEIGH[b] / np.maximum(mu0, 0.1) ** 0.5
-        refl = refl + rng.normal(0, 1, n) * (0.003 + 0.01 * refl)
+        refl = refl + noise[b] * (0.003 + 0.01 * refl)
         out[b] = np.where(day, np.clip(refl * mu0, 0, 1.2), 0.0)
     # ---------------------------------------------------------------- infrared
     t_sfc_ground = col.temperature(col.dem_km)
@@ -126,6 +130,6 @@ def forward(col: Column, soz_deg: np.ndarray, rng: np.random.Generator) -> np.nd
                 r39 = np.where(present[:, k], frac[:, k] * new + (1 - frac[:, k]) * r39, r39)
             lrad = lrad + np.where(day, 14.6 * mu0 * r39 / np.pi, 0.0)
         dbdt = planck(nu, 300.5) - planck(nu, 299.5)
-        lrad = lrad + rng.normal(0, 1, n) * NEDT[i] * dbdt
+        lrad = lrad + noise[6 + i] * NEDT[i] * dbdt
         out[6 + i] = inv_planck(nu, lrad)
     return out
