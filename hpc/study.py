@@ -674,7 +674,9 @@ def splice_results(path: str, md: str):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from sgmagnet.cli import Parser
+
+    p = Parser(prog="study.py", description=__doc__.split("\n\n")[0])     # bad option: one line, exit 2
     p.add_argument("--shards", default="study_data/shards", help="shards folder (hpc/study_data.py)")
     p.add_argument("--out", default="docs/study", help="results: tables, JSON, small per-run files (for git)")
     p.add_argument("--runs", default="study_out", help="run folders (checkpoints, TensorBoard): not for git")
@@ -682,7 +684,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (0,1,2)")
     p.add_argument("--only", help="comma-separated run names (default: all)")
     p.add_argument("--phase", choices=("sweep", "main", "all"), default="all", help="what to run (all)")
-    p.add_argument("--n-boot", type=int, default=2000, help=f"bootstrap draws (2000; at least {MIN_BOOT})")
+    p.add_argument("--n-boot", type=int, default=2000, help=f"bootstrap draws, at least {MIN_BOOT}")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and figures from finished runs")
     p.add_argument("--results", metavar="MD", help="also rewrite the tables between the study markers of this "
                    "results page (e.g. docs/RESULTS.md) from study.md")

@@ -3,6 +3,7 @@
     python hpc/study_data.py --out study_data [--start 2018-10-01 --days 45 --chunk 3 --jobs 1]
                              [--region 125,145,-60,60 --res 0.05 --seed 0]
                              [--patch-size 64 --min-labelled 32 --split-days 10,2,2 --gap-days 1] [--np 2]
+                             [--track-corridor]
 
 For each chunk of days: `sgmagnet synth` writes its AHI and CloudSat files under <out>/raw/chunk_NNN/ (all
 chunks with `--epoch` = --start, so they are pieces of one synthetic world, not copies of its first days),
@@ -13,6 +14,9 @@ volume) are deleted; the CloudSat files stay (small; the build's plan lists ever
 earlier chunks are skipped because their records are intact). A marker <out>/raw/chunk_NNN/done makes a
 rerun skip finished chunks: a killed run continues where it stopped. A CloudSat granule that crosses a
 chunk boundary only sees the AHI scenes of its own chunk (a few patches lost per boundary, said in the log).
+With --track-corridor, synth writes only the pixels within --patch-size of the tracks (the rest is fill):
+the shards are the same, byte for byte (the manifest differs only in the input paths and the number of AHI
+scenes); for the study's 45 days it took 251 s instead of 1,343 s and 0.8 GB of raw files instead of 9.8 GB.
 
 Writes <out>/study_data.json: the commands, per-chunk wall times, disk use and the manifest's sha256.
 Exit 2 with one line on a bad option or a failed step (the step's own message is in <out>/logs/).
@@ -82,21 +86,26 @@ def chunk_intact(shards: str, cloudsat_dir: str) -> tuple[int, list[str]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from sgmagnet.cli import Parser, parser as sgmagnet_parser
+
+    p = Parser(prog="study_data.py", description=__doc__.split("\n\n")[0])   # bad option: one line, exit 2
     p.add_argument("--out", required=True, help="folder: raw/, shards/, logs/, study_data.json")
-    p.add_argument("--start", default="2018-10-01", help="first day (UTC) and split anchor (2018-10-01)")
-    p.add_argument("--days", type=int, default=45, help="number of days (45 = 3 cycles of 10,2,2 + 1 gap)")
-    p.add_argument("--chunk", type=int, default=3, help="days per chunk (3: small, so a killed run loses little)")
+    p.add_argument("--start", default="2018-10-01", help="first day (UTC) and split anchor")
+    p.add_argument("--days", type=int, default=45, help="number of days; 45 = 3 cycles of 10,2,2 + 1 gap")
+    p.add_argument("--chunk", type=int, default=3, help="days per chunk; small, so a killed run loses little")
     p.add_argument("--region", default="125,145,-60,60",
-                   help="LON0,LON1,LAT0,LAT1 (125,145,-60,60: the paper's latitudes, a 20-degree band of its longitudes)")
+                   help="LON0,LON1,LAT0,LAT1; the default spans the paper's latitudes, a 20-degree band of its longitudes")
     p.add_argument("--res", default="0.05", help="grid step in degrees (0.05)")
     p.add_argument("--seed", type=int, default=0, help="synthetic archive seed (0)")
     p.add_argument("--patch-size", type=int, default=64, help="patch size in pixels (64)")
     p.add_argument("--min-labelled", type=int, default=32, help="min labelled pixels per patch (32)")
     p.add_argument("--split-days", default="10,2,2", help="TRAIN,VAL,TEST block lengths (10,2,2)")
     p.add_argument("--gap-days", type=int, default=1, help="gap days after each block (1)")
-    p.add_argument("--np", type=int, default=2, help="MPI ranks for the build (2; 1 = no mpirun)")
-    p.add_argument("--jobs", type=int, default=1, help="chunks synthesised at once (1; each needs one core)")
+    p.add_argument("--np", type=int, default=2, help="MPI ranks for the build; 1 = no mpirun")
+    p.add_argument("--jobs", type=int, default=1, help="chunks synthesised at once; each needs one core")
+    p.add_argument("--track-corridor", action="store_true",
+                   help="synthesise only the pixels the build reads (synth --track-corridor = --patch-size): the "
+                        "same shards from a fraction of the synthesis time and disk (hpc/bench/synth_corridor.py)")
     a = p.parse_args(argv)
     try:
         start = dt.date.fromisoformat(a.start)
@@ -107,11 +116,10 @@ def main(argv=None) -> int:
     if a.np > 1 and shutil.which("mpirun") is None:
         fail("--np > 1 needs mpirun on PATH (or use --np 1)")
     shards = os.path.join(a.out, "shards")
-    from sgmagnet.cli import parser as sgmagnet_parser
-
     sg_parser = sgmagnet_parser()
-    for args in (["synth", "--out", os.path.join(a.out, "raw"), "--start", a.start, "--region", a.region, "--res",
-                  a.res, "--seed", str(a.seed)], build_args(a, shards)):
+    corridor = ["--track-corridor", str(a.patch_size)] if a.track_corridor else []
+    for args in (build_args(a, shards), ["synth", "--out", os.path.join(a.out, "raw"), "--start", a.start,
+                                         "--region", a.region, "--res", a.res, "--seed", str(a.seed), *corridor]):
         sg_parser.parse_args(args)              # the steps' own option checks, before any work (one line, exit 2)
     for d in ("raw", "logs"):
         os.makedirs(os.path.join(a.out, d), exist_ok=True)
@@ -127,7 +135,7 @@ def main(argv=None) -> int:
         day0 = start + dt.timedelta(days=first)
         raw = os.path.join(a.out, "raw", f"chunk_{k:03d}")
         synth = sg + ["synth", "--out", raw, "--start", day0.isoformat(), "--days", str(n), "--region", a.region,
-                      "--res", a.res, "--seed", str(a.seed), "--epoch", start.isoformat(), "--quiet"]
+                      "--res", a.res, "--seed", str(a.seed), "--epoch", start.isoformat(), *corridor, "--quiet"]
         chunks.append((k, n, day0, raw, synth, os.path.join(a.out, "logs", f"chunk_{k:03d}.log")))
     todo = [c for c in chunks if not os.path.exists(os.path.join(c[3], "done"))]
     for c in chunks:

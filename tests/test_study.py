@@ -157,6 +157,17 @@ def test_study_data_chunks_resume_and_free_the_raw_files(tmp_path, capsys):
     assert study_data.main(args) == 0
     assert capsys.readouterr().out.count("already built") == 2
     assert json.load(open(out / "study_data.json"))["manifest_sha256"] == info["manifest_sha256"]
+    # the same archive synthesised as track corridors only: the same shards, bit for bit (the manifests differ
+    # only in the input paths and the number of AHI scenes the build saw)
+    corr = tmp_path / "sd_corridor"
+    assert study_data.main([*args[:1], str(corr), *args[2:], "--track-corridor"]) == 0
+    info_c = json.load(open(corr / "study_data.json"))
+    assert info_c["counts"] == info["counts"]
+    m, m_c = (json.load(open(d / "shards" / "manifest.json")) for d in (out, corr))
+    assert sorted((s["path"], s["sha256"]) for s in m["shards"]) == sorted((s["path"], s["sha256"]) for s in m_c["shards"])
+    assert m["band_stats"] == m_c["band_stats"] and m["config_hash"] == m_c["config_hash"]
+    assert "--track-corridor 32" in info_c["chunks"]["0"]["synth_command"]
+    assert sum(c["raw_mb"] for c in info_c["chunks"].values()) < sum(c["raw_mb"] for c in info["chunks"].values())
 
 
 def test_study_data_bad_options(tmp_path, capsys):
@@ -168,10 +179,13 @@ def test_study_data_bad_options(tmp_path, capsys):
                      # the synth and build steps' own checks, before the first chunk is synthesised (minutes)
                      (["--region", "1,2"], "argument --region"), (["--res", "0"], "argument --res"),
                      (["--seed", "-1"], "argument --seed"), (["--split-days", "1,1"], "argument --split-days"),
-                     (["--gap-days", "-1"], "argument --gap-days"), (["--patch-size", "0"], "argument --patch-size")):
+                     (["--gap-days", "-1"], "argument --gap-days"), (["--patch-size", "0"], "argument --patch-size"),
+                     (["--track-corridor", "--patch-size", "0"], "argument --patch-size"),
+                     (["--days", "x"], "argument --days"), (["--track-corridor=yes"], "--track-corridor")):
         with pytest.raises(SystemExit) as e:
             study_data.main(["--out", str(tmp_path / "x"), *bad])
-        assert e.value.code == 2 and msg in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "x").exists()        # nothing started
 
 
