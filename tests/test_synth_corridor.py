@@ -125,3 +125,23 @@ def test_cli_refuses_a_bad_corridor(value, tmp_path):
                           "--track-corridor", value], capture_output=True, text=True)
     assert res.returncode == 2 and "--track-corridor" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", 0, [16, 32]])
+def test_a_bad_corridor_attribute_is_a_format_error(archives, tmp_path, value):
+    import shutil
+
+    from netCDF4 import Dataset
+
+    from sgmagnet.formats import FormatError
+    from sgmagnet.formats import ahi as ahi_fmt
+
+    root, _, _ = archives
+    src = sorted(glob.glob(str(root / "corr" / "ahi" / "*" / "*" / "*.nc")))[0]
+    path = tmp_path / os.path.basename(src)
+    shutil.copy(src, path)
+    with Dataset(path, "r+") as ds:
+        ds.setncattr("track_corridor_px", value)
+    with pytest.raises(FormatError) as e:
+        ahi_fmt.read_ahi(str(path), rows=slice(0, 4), cols=slice(0, 4))
+    assert e.value.path == str(path) and "track_corridor_px" in e.value.problem

@@ -262,7 +262,11 @@ def read_ahi(path, rows: slice | None = None, cols: slice | None = None, bbox=No
         with Dataset(path) as ds:
             ds.set_auto_maskandscale(False)
             if "track_corridor_px" in ds.ncattrs():    # synthetic archives written as track corridors
-                extra["track_corridor_px"] = int(np.asarray(ds.getncattr("track_corridor_px")).ravel()[0])
+                raw = np.asarray(ds.getncattr("track_corridor_px")).ravel()
+                if raw.size != 1 or raw.dtype.kind not in "iu" or raw[0] < 1:
+                    raise FormatError(path, f"global attribute track_corridor_px is {raw.tolist()!r}, expected "
+                                            "one positive whole number of pixels")
+                extra["track_corridor_px"] = int(raw[0])
             for vname in variables:
                 if vname not in ds.variables:
                     if vname == "Hour":
