@@ -18,6 +18,7 @@ demo: setup
 
 bench: setup
 	$(PY) hpc/bench/build.py
+	$(PY) hpc/bench/synth_corridor.py
 	$(PY) hpc/bench/loss_memory.py
 	$(PY) hpc/bench/train_step.py
 	$(PY) hpc/bench/loader.py --shards $(DEMO)/shards

@@ -145,3 +145,25 @@ def test_a_bad_corridor_attribute_is_a_format_error(archives, tmp_path, value):
     with pytest.raises(FormatError) as e:
         ahi_fmt.read_ahi(str(path), rows=slice(0, 4), cols=slice(0, 4))
     assert e.value.path == str(path) and "track_corridor_px" in e.value.problem
+
+
+def test_benchmark_runs_and_guards_its_scratch_folder(tmp_path, capsys):
+    """hpc/bench/synth_corridor.py on a tiny archive: exit 0, identical builds, the JSON written; a --workdir
+    that holds other files is refused (the benchmark deletes its scratch folder) and left as it was."""
+    import json
+
+    from hpc.bench import synth_corridor
+
+    out = tmp_path / "r.json"
+    args = ["--region", "130,140,40,60", "--res", "0.1", "--patch-size", "16", "--min-labelled", "8",
+            "--json", str(out)]
+    assert synth_corridor.main(["--workdir", str(tmp_path / "w"), *args]) == 0
+    r = json.load(open(out))
+    assert r["builds_identical"] and r["runs"]["whole"]["samples"] == r["runs"]["corridor"]["samples"] > 0
+    assert r["runs"]["corridor"]["bytes"] < r["runs"]["whole"]["bytes"] and not (tmp_path / "w").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        synth_corridor.main(["--workdir", str(mine), *args])
+    assert e.value.code == 2 and "--workdir" in capsys.readouterr().err and (mine / "keep.txt").exists()

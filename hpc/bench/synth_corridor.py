@@ -41,8 +41,10 @@ def comparable(manifest: dict) -> dict:
             "skipped": sorted((os.path.basename(s["file"]), s["reason"]) for s in manifest["skipped"])}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    from sgmagnet.cli import Parser, parser as sgmagnet_parser
+
+    ap = Parser(prog="synth_corridor.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="bench_out/synth_corridor", help="scratch folder (deleted at the end "
                     "unless --keep)")
     ap.add_argument("--days", default="1", help="days to synthesize (1)")
@@ -50,11 +52,23 @@ def main() -> int:
     ap.add_argument("--region", default="100,160,-60,60", help="LON0,LON1,LAT0,LAT1 (the paper's region)")
     ap.add_argument("--res", default="0.05")
     ap.add_argument("--patch-size", type=int, default=64, help="the build's patch size; also the corridor (64)")
+    ap.add_argument("--min-labelled", type=int, default=32, help="the build's --min-labelled (32)")
     ap.add_argument("--json", default="bench_results/synth_corridor.json", help="where to write the results")
     ap.add_argument("--keep", action="store_true", help="keep the archives and shards")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     cli = [sys.executable, "-m", "sgmagnet.cli"]
+    sg = sgmagnet_parser()                          # the steps' own option checks first: one line, exit 2
+    sg.parse_args(["build", "--ahi", a.workdir, "--cloudsat", a.workdir, "--out", a.workdir,
+                   "--patch-size", str(a.patch_size), "--min-labelled", str(a.min_labelled)])
+    sg.parse_args(["synth", "--out", a.workdir, "--start", a.start, "--days", a.days, "--region", a.region,
+                   "--res", a.res, "--track-corridor", str(a.patch_size)])
+    marker = os.path.join(a.workdir, ".synth_corridor_scratch")
+    if os.path.isdir(a.workdir) and os.listdir(a.workdir) and not os.path.exists(marker):
+        ap.error(f"--workdir {a.workdir}: exists and is not this benchmark's scratch folder (it is deleted "
+                 "before and after each run); give a new or empty folder")
     shutil.rmtree(a.workdir, ignore_errors=True)
+    os.makedirs(a.workdir)
+    open(marker, "w").close()
     rows = {}
     for mode in ("whole", "corridor"):
         raw, shards = os.path.join(a.workdir, f"raw_{mode}"), os.path.join(a.workdir, f"shards_{mode}")
@@ -63,7 +77,7 @@ def main() -> int:
         if mode == "corridor":
             synth += ["--track-corridor", str(a.patch_size)]
         build = cli + ["build", "--ahi", raw, "--cloudsat", raw, "--out", shards, "--patch-size", str(a.patch_size),
-                       "--min-labelled", "32", "--split-days", "2,1,1", "--gap-days", "0", "--quiet"]
+                       "--min-labelled", str(a.min_labelled), "--split-days", "2,1,1", "--gap-days", "0", "--quiet"]
         synth_s = timed(synth)
         build_s = timed(build)
         with open(os.path.join(raw, "synth_stats.json")) as f:
@@ -102,4 +116,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     sys.exit(main())
