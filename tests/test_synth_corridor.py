@@ -43,6 +43,8 @@ def test_corridor_pixels_equal_the_whole_scene(archives):
     assert corr["scenes"] >= 1 and corr["scenes"] <= whole["scenes"]
     assert 0 < corr["written_pixel_fraction"] < 0.9 and whole["written_pixel_fraction"] == 1.0
     assert corr["track_corridor_px"] == 16 and whole["track_corridor_px"] is None
+    from sgmagnet.synth.archive import format_stats
+    assert "track corridor 16 px" in format_stats(corr) and "track corridor" not in format_stats(whole)
     for f in sorted(glob.glob(str(root / "corr" / "ahi" / "*" / "*" / "*.nc"))):
         with Dataset(f) as c, Dataset(f.replace(os.sep + "corr" + os.sep, os.sep + "whole" + os.sep)) as w:
             c.set_auto_maskandscale(False)

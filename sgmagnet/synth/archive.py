@@ -501,5 +501,8 @@ def format_stats(s: dict) -> str:
         f"cloudy voxels: ice {100 * pf['ice']:.1f} %, mixed {100 * pf['mixed']:.1f} %, liquid {100 * pf['liquid']:.1f} %",
         f"cloudy profiles {100 * s['cloudy_profile_fraction']:.1f} %, multi-layer among cloudy "
         f"{100 * s['multilayer_fraction_of_cloudy']:.1f} %",
+    ] + ([f"track corridor {s['track_corridor_px']} px: {100 * s['written_pixel_fraction']:.1f} % of the scenes' "
+          f"pixels written, {s['slots_without_profiles_skipped']} slot(s) with no profile near skipped"]
+         if s.get("track_corridor_px") else []) + [
         "profile structure (reported layers) vs PHYSICS.md targets:",
     ] + rows)
