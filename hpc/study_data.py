@@ -16,7 +16,8 @@ rerun skip finished chunks: a killed run continues where it stopped. A CloudSat 
 chunk boundary only sees the AHI scenes of its own chunk (a few patches lost per boundary, said in the log).
 With --track-corridor, synth writes only the pixels within --patch-size of the tracks (the rest is fill):
 the shards are the same, byte for byte (the manifest differs only in the input paths and the number of AHI
-scenes); for the study's 45 days it took 251 s instead of 1,343 s and 0.8 GB of raw files instead of 9.8 GB.
+scenes); for the study's 45 days it took 251 s instead of 1,343 s and 820 MiB of raw files instead of
+9,780 MiB.
 
 Writes <out>/study_data.json: the commands, per-chunk wall times, disk use and the manifest's sha256.
 Exit 2 with one line on a bad option or a failed step (the step's own message is in <out>/logs/).
@@ -94,7 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--days", type=int, default=45, help="number of days; 45 = 3 cycles of 10,2,2 + 1 gap")
     p.add_argument("--chunk", type=int, default=3, help="days per chunk; small, so a killed run loses little")
     p.add_argument("--region", default="125,145,-60,60",
-                   help="LON0,LON1,LAT0,LAT1; the default spans the paper's latitudes, a 20-degree band of its longitudes")
+                   help="LON0,LON1,LAT0,LAT1; the default spans the paper's latitudes, a 20-degree band of its "
+                        "longitudes")
     p.add_argument("--res", default="0.05", help="grid step in degrees (0.05)")
     p.add_argument("--seed", type=int, default=0, help="synthetic archive seed (0)")
     p.add_argument("--patch-size", type=int, default=64, help="patch size in pixels (64)")

@@ -339,9 +339,10 @@ def write_scene(world: World, slot: np.datetime64, root: str, keep: np.ndarray |
         top = np.nanmax(np.where(np.isfinite(full.top[own]), full.top[own], -np.inf), axis=1)
         dr, dc = parallax_offset_px(np.where(np.isfinite(top), top, np.nan), saz, la, lo, cfg.res)
         sr = np.clip(np.rint(rows + dr).astype(np.int64), ra, rb - 1)
-        sc = np.clip(np.clip(np.rint(cols + dc).astype(np.int64), 0, nlon - 1), wa, wb - 1)
+        sc = np.clip(np.rint(cols + dc).astype(np.int64), wa, wb - 1)     # the scene's edge, or the window's
         col = full.take(own, cloud_idx=(sr - ra) * nw + (sc - wa))
-        bands = forward(col, soz, noise[:, (rows - r0) * nlon + cols])
+        nb = len(BAND_VARS)
+        bands = forward(col, soz, noise.reshape(nb, r1 - r0, nlon)[:, :, c0:c1].reshape(nb, -1))
         for b, name in enumerate(BAND_VARS):
             out[name][r0:r1, c0:c1] = bands[b].reshape(r1 - r0, c1 - c0)
         for name, v in (("SOZ", soz), ("SOA", soa), ("SAZ", saz), ("SAA", saa)):
@@ -414,6 +415,7 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
             slots.update(needed_slots(np.datetime64(st["t_min"]), np.datetime64(st["t_max"])))
         log(f"granule {os.path.basename(path)}: {t.size} profiles ({st['profiles']} in region)")
     scenes, day_scenes, written_px, no_profile = [], 0, 0, 0
+    scene_px = int(np.prod([g.size for g in region_grid(cfg)]))
     lat_c = 0.5 * (cfg.region[2] + cfg.region[3])
     lon_c = 0.5 * (cfg.region[0] + cfg.region[1])
     for slot in tqdm(sorted(slots), desc="AHI scenes", unit="scene", disable=not progress, mininterval=2,
@@ -424,9 +426,7 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
             if keep is None:            # no profile within CORRIDOR_WINDOW_MIN of this slot's scan
                 no_profile += 1
                 continue
-            written_px += int(keep.sum())
-        else:
-            written_px += int(np.prod([g.size for g in region_grid(cfg)]))
+        written_px += scene_px if keep is None else int(keep.sum())
         path = write_scene(world, slot, cfg.out, keep)
         scenes.append(os.path.relpath(path, cfg.out))
         soz, _ = orbit.solar_angles(np.array([slot]), np.array([lat_c]), np.array([lon_c]))
@@ -440,7 +440,7 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         "granules": len(granules), "scenes": len(scenes), "day_scenes": day_scenes,
         "night_scenes": len(scenes) - day_scenes, "profiles_in_region": prof,
         "track_corridor_px": cfg.track_corridor,
-        "written_pixel_fraction": written_px / max(len(scenes) * int(np.prod([g.size for g in region_grid(cfg)])), 1),
+        "written_pixel_fraction": written_px / max(len(scenes) * scene_px, 1),
         "slots_without_profiles_skipped": no_profile,
         "labelled_voxels": int(hist.sum()), "class_histogram": hist.tolist(),
         "clear_fraction": hist[0] / tot,
