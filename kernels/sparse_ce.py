@@ -1,6 +1,6 @@
 """Fused class-weighted sparse cross-entropy of the phase-gated softmax (Triton): kernels, launcher, autograd.
 
-    loss = gated_sparse_ce(logits, index, profiles, weights, denominator=None, unique_index=False)
+    loss = gated_sparse_ce(logits, index, profiles, weights, denominator=None, unique_index=False, invalid=None)
 
 logits [B, 4, L, H, W] (fp32/bf16/fp16, any strides: only the labelled columns are read, through the
 tensor's own strides, so a non-contiguous view costs no copy); index [N, 3] (b, row, col) (`sgmagnet build`
@@ -22,6 +22,15 @@ index_put accumulate over the N rows, no host sync), then a new zero tensor shap
 receives grad_out / denominator * the coalesced sparse gradient (one scatter kernel, one writer per voxel). Nothing is written into the input logits or any
 tensor autograd saved (the in-place trick of Liger-Kernel#272 corrupts saved tensors), and the gradient
 is exactly 0 off the labelled voxels. Peak extra memory: the gradient itself plus N*4*L*4 bytes.
+
+Rows it cannot index, labels it cannot weigh (both the kernel and the reference, the same way): a labelled
+voxel whose index row lies outside the logits (b, row or col negative or >= B, H, W), whose label is not in
+{0, 1, 2, 3, 255}, or -- with unique_index=True -- whose row repeats an earlier row, is never read or
+written: it adds nothing to the loss, its weight or the gradient, and is counted. With `invalid=None` the
+count is checked at once (one host sync; a ValueError describes the first offender); a training loop
+passes a device tensor instead, the count is added to it without a sync, and the loop checks it where it
+already syncs (sgmagnet/train.py: the end of the step). Coordinates are bounded by the logits' own shape
+(the backward's sort key is the linear pixel number b*H*W + row*W + col, int64, with no other limit).
 
 focal (gamma > 0) and the plain-softmax ablation are not fused: callers use the reference, which has both.
 """
@@ -46,8 +55,11 @@ def _logsigmoid(x):
 
 
 @triton.jit
-def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
-    """The BLOCK (pixel n, level) pairs of this program: label y, labelled mask, int64 offset of channel 0."""
+def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, B, H, W, s_b, s_l, s_h, s_w, BLOCK: tl.constexpr,
+                  IGNORE: tl.constexpr):
+    """The BLOCK (pixel n, level) pairs of this program: label y, `ok` (labelled, a label in 0..3 and a row
+    inside the logits: the only voxels read or written), `bad` (labelled but not ok), the pixel's coordinates
+    and the int64 offset of channel 0 (0 where not ok, so no address outside the tensor is ever formed)."""
     # tl.cast, not .to: the compiler passes an int argument equal to 1 (a unit stride) as a constant int
     s_b, s_l, s_h, s_w = tl.cast(s_b, tl.int64), tl.cast(s_l, tl.int64), tl.cast(s_h, tl.int64), tl.cast(s_w, tl.int64)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
@@ -56,42 +68,54 @@ def _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w, BLOCK
     lev = offs - n * L
     y = tl.load(prof_ptr + offs, mask=inb, other=IGNORE).to(tl.int32)
     lab = inb & (y != IGNORE)
-    b = tl.load(index_ptr + n * 3, mask=lab, other=0).to(tl.int64)
-    r = tl.load(index_ptr + n * 3 + 1, mask=lab, other=0).to(tl.int64)
-    c = tl.load(index_ptr + n * 3 + 2, mask=lab, other=0).to(tl.int64)
-    return offs, inb, n, lev, y, lab, b * s_b + lev * s_l + r * s_h + c * s_w
+    b = tl.load(index_ptr + n * 3, mask=inb, other=0).to(tl.int64)
+    r = tl.load(index_ptr + n * 3 + 1, mask=inb, other=0).to(tl.int64)
+    c = tl.load(index_ptr + n * 3 + 2, mask=inb, other=0).to(tl.int64)
+    inside = (b >= 0) & (b < B) & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+    ok = lab & inside & (y <= 3)
+    base = tl.where(ok, b * s_b + lev * s_l + r * s_h + c * s_w, 0)
+    return offs, inb, n, lev, y, ok, lab & (~ok), inside, b, r, c, base
 
 
 @triton.jit
-def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr, n_elem, L,
-                     s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
+def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr, claim_ptr, n_elem, L, B, H, W,
+                     s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr, UNIQUE: tl.constexpr):
     pid = tl.program_id(0)
     s_c = tl.cast(s_c, tl.int64)       # 2 * s_c, 3 * s_c must not wrap in 32 bits
     L = tl.cast(L, tl.int64)           # n * 4 * L likewise
-    offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
-                                                    BLOCK, IGNORE)
-    g = tl.load(logits_ptr + base, mask=lab, other=0.0).to(tl.float32)
-    z1 = tl.load(logits_ptr + base + s_c, mask=lab, other=0.0).to(tl.float32)
-    z2 = tl.load(logits_ptr + base + 2 * s_c, mask=lab, other=0.0).to(tl.float32)
-    z3 = tl.load(logits_ptr + base + 3 * s_c, mask=lab, other=0.0).to(tl.float32)
+    B, H, W = tl.cast(B, tl.int64), tl.cast(H, tl.int64), tl.cast(W, tl.int64)
+    offs, inb, n, lev, y, ok, bad, inside, b, r, c, base = _label_voxels(
+        pid, index_ptr, prof_ptr, n_elem, L, B, H, W, s_b, s_l, s_h, s_w, BLOCK, IGNORE)
+    nbad = tl.sum(bad.to(tl.float32), axis=0)
+    if UNIQUE:
+        # the promise "no row repeats", checked in the same pass: each row (at its level-0 element) claims its
+        # pixel with an integer atomic; a row that finds its pixel claimed is a duplicate and counted
+        first = inb & inside & (lev == 0)
+        old = tl.atomic_add(claim_ptr + tl.where(first, (b * H + r) * W + c, 0), 1, mask=first)
+        nbad += tl.sum((first & (old > 0)).to(tl.float32), axis=0)
+    g = tl.load(logits_ptr + base, mask=ok, other=0.0).to(tl.float32)
+    z1 = tl.load(logits_ptr + base + s_c, mask=ok, other=0.0).to(tl.float32)
+    z2 = tl.load(logits_ptr + base + 2 * s_c, mask=ok, other=0.0).to(tl.float32)
+    z3 = tl.load(logits_ptr + base + 3 * s_c, mask=ok, other=0.0).to(tl.float32)
     ls_pos = _logsigmoid(g)          # log sigma(g)  = log P(cloud)
     ls_neg = _logsigmoid(-g)         # log sigma(-g) = log P(clear)
     m, e1, e2, e3, s = softmax3(z1, z2, z3)
     lse = m + tl.log(s)
     zy = tl.where(y == 1, z1, tl.where(y == 2, z2, z3))
     logp = tl.where(y == 0, ls_neg, ls_pos + zy - lse)
-    yw = tl.where(lab, y, 0)
-    w = tl.load(w_ptr + yw, mask=lab, other=0.0).to(tl.float32)
-    w = tl.where(lab, w, 0.0)
-    tl.store(part_ptr + pid.to(tl.int64) * 2, tl.sum(-logp * w, axis=0))
-    tl.store(part_ptr + pid.to(tl.int64) * 2 + 1, tl.sum(w, axis=0))
+    yw = tl.where(ok, y, 0)
+    w = tl.load(w_ptr + yw, mask=ok, other=0.0).to(tl.float32)
+    w = tl.where(ok, w, 0.0)
+    tl.store(part_ptr + pid.to(tl.int64) * 3, tl.sum(-logp * w, axis=0))
+    tl.store(part_ptr + pid.to(tl.int64) * 3 + 1, tl.sum(w, axis=0))
+    tl.store(part_ptr + pid.to(tl.int64) * 3 + 2, nbad)
     # d(-log p_y)/dg: clear -> sigma(g); phase -> -sigma(-g).  d/dz_j: clear -> 0; phase -> softmax_j - [y == j]
     clear = y == 0
     dg = tl.where(clear, tl.exp(ls_pos), -tl.exp(ls_neg))
     d1 = tl.where(clear, 0.0, e1 / s - (y == 1).to(tl.float32))
     d2 = tl.where(clear, 0.0, e2 / s - (y == 2).to(tl.float32))
     d3 = tl.where(clear, 0.0, e3 / s - (y == 3).to(tl.float32))
-    gbase = n * 4 * L + lev            # sparse gradient [N, 4, L], contiguous
+    gbase = n * 4 * L + lev            # sparse gradient [N, 4, L], contiguous (0 where not ok: w is 0 there)
     tl.store(sgrad_ptr + gbase, w * dg, mask=inb)
     tl.store(sgrad_ptr + gbase + L, w * d1, mask=inb)
     tl.store(sgrad_ptr + gbase + 2 * L, w * d2, mask=inb)
@@ -99,18 +123,19 @@ def _gsce_fwd_kernel(logits_ptr, index_ptr, prof_ptr, w_ptr, sgrad_ptr, part_ptr
 
 
 @triton.jit
-def _gsce_bwd_kernel(grad_ptr, index_ptr, prof_ptr, sgrad_ptr, scale_ptr, n_elem, L,
+def _gsce_bwd_kernel(grad_ptr, index_ptr, prof_ptr, sgrad_ptr, scale_ptr, n_elem, L, B, H, W,
                      s_b, s_c, s_l, s_h, s_w, BLOCK: tl.constexpr, IGNORE: tl.constexpr):
     pid = tl.program_id(0)
     s_c = tl.cast(s_c, tl.int64)       # ch * s_c must not wrap in 32 bits
     L = tl.cast(L, tl.int64)
-    offs, inb, n, lev, y, lab, base = _label_voxels(pid, index_ptr, prof_ptr, n_elem, L, s_b, s_l, s_h, s_w,
-                                                    BLOCK, IGNORE)
+    B, H, W = tl.cast(B, tl.int64), tl.cast(H, tl.int64), tl.cast(W, tl.int64)
+    offs, inb, n, lev, y, ok, bad, inside, b, r, c, base = _label_voxels(
+        pid, index_ptr, prof_ptr, n_elem, L, B, H, W, s_b, s_l, s_h, s_w, BLOCK, IGNORE)
     scale = tl.load(scale_ptr).to(tl.float32)
     gbase = n * 4 * L + lev
     for ch in tl.static_range(4):
-        v = tl.load(sgrad_ptr + gbase + ch * L, mask=lab, other=0.0) * scale
-        tl.store(grad_ptr + base + ch * s_c, v.to(grad_ptr.dtype.element_ty), mask=lab)
+        v = tl.load(sgrad_ptr + gbase + ch * L, mask=ok, other=0.0) * scale
+        tl.store(grad_ptr + base + ch * s_c, v.to(grad_ptr.dtype.element_ty), mask=ok)
 
 
 def _check(logits, index, profiles, weights):
@@ -132,16 +157,32 @@ def _on(device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int):
+def inside_rows(index: torch.Tensor, shape) -> torch.Tensor:
+    """[N] bool: the index rows (b, row, col) that lie inside logits of `shape` [B, 4, L, H, W]."""
+    B, _, _, H, W = shape
+    hi = torch.tensor([B, H, W], device=index.device, dtype=index.dtype)
+    return ((index >= 0) & (index < hi)).all(1)
+
+
+def pixel_key(index: torch.Tensor, shape) -> torch.Tensor:
+    """[N] int64: the linear pixel number b*H*W + row*W + col of each row inside the logits, -1 for the others
+    (sorts them into one segment of their own; it fits int64 whenever the logits exist)."""
+    _, _, _, H, W = shape
+    index = index.long()
+    key = (index[:, 0] * H + index[:, 1]) * W + index[:, 2]
+    return torch.where(inside_rows(index, shape), key, -1)
+
+
+def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int, shape):
     """Sum the sparse-gradient rows of duplicate index rows (sync-free, deterministic).
 
     Returns (index', sgrad', profiles') of the same length N: the first U rows are the distinct pixels
     (in sorted order) with their summed gradients, the rest are padding rows whose profiles are all 255
-    (ignored by the scatter). Rows of sgrad are already 0 at ignored levels, so the distinct rows write
-    every level (0 where nothing was labelled)."""
+    (ignored by the scatter). Rows of sgrad are already 0 at ignored or invalid levels, so the distinct rows
+    write every level (0 where nothing was labelled). Rows outside the logits share the key -1: their
+    segment's representative is outside too, and the scatter skips it."""
     N = index.shape[0]
-    key = index[:, 0] * (1 << 42) + index[:, 1] * (1 << 21) + index[:, 2]   # b, row, col < 2^21 each
-    key_sorted, order = torch.sort(key, stable=True)
+    key_sorted, order = torch.sort(pixel_key(index, shape), stable=True)
     new = torch.ones_like(key_sorted, dtype=torch.bool)
     new[1:] = key_sorted[1:] != key_sorted[:-1]
     seg = torch.cumsum(new.to(torch.int64), 0) - 1
@@ -152,23 +193,64 @@ def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int):
     return rep, acc, prof
 
 
+def describe_invalid(shape, index: torch.Tensor, profiles: torch.Tensor, unique_index: bool = False) -> str:
+    """What is wrong with (index, profiles) for logits of `shape`: counts and the first offender of each kind
+    ('' when nothing is). Off the hot path: called only once a count came back non-zero."""
+    B, _, L, H, W = shape
+    index, y = index.long().cpu(), profiles.cpu().long()
+    lab = y != IGNORE
+    inside = inside_rows(index, shape)
+    parts = []
+    out = (lab & ~inside[:, None]).any(1).nonzero().flatten()
+    if len(out):
+        n = int(out[0])
+        parts.append(f"{len(out)} labelled index row(s) outside the logits [B={B}, H={H}, W={W}] (first: row {n} = "
+                     f"(b={int(index[n, 0])}, row={int(index[n, 1])}, col={int(index[n, 2])}))")
+    badlab = lab & (y > 3)
+    if badlab.any():
+        n, lev = (int(v) for v in badlab.nonzero()[0])
+        parts.append(f"{int(badlab.sum())} label(s) outside {{0, 1, 2, 3, 255}} (first: {int(y[n, lev])} at row {n}, "
+                     f"level {lev})")
+    if unique_index:
+        key = pixel_key(index, shape)[inside]
+        dup = int(inside.sum()) - int(torch.unique(key).numel())
+        if dup:
+            parts.append(f"{dup} repeated index row(s) with unique_index=True (each row must name a distinct pixel; "
+                         f"pass unique_index=False to sum duplicates)")
+    return "; ".join(parts)
+
+
+def settle_invalid(count: torch.Tensor, invalid, shape, index, profiles, unique_index: bool):
+    """invalid=None: check `count` now (a host sync) and raise ValueError if it is not 0; a tensor: add it there
+    (no sync; the caller checks it later)."""
+    if invalid is not None:
+        invalid += count.to(invalid.dtype)
+        return
+    if int(count.item()):
+        raise ValueError(f"gated_sparse_ce: {describe_invalid(shape, index, profiles, unique_index)} (masked, "
+                         f"not read; fix the data or pass invalid=<tensor> to count instead of raising)")
+
+
 class GatedSparseCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, index, profiles, weights, denominator, unique_index=False):
+    def forward(ctx, logits, index, profiles, weights, denominator, unique_index=False, invalid=None):
         dev = logits.device
         N, L = profiles.shape
+        B, _, _, H, W = logits.shape
         n_elem = N * L
         index = index.to(device=dev, dtype=torch.int64).contiguous()
         profiles = profiles.to(dev).contiguous()
         weights = weights.to(device=dev, dtype=torch.float32).contiguous()
         grid = (max(1, triton.cdiv(n_elem, BLOCK)),)
-        part = torch.zeros(grid[0], 2, dtype=torch.float32, device=dev)
+        part = torch.zeros(grid[0], 3, dtype=torch.float32, device=dev)
         sgrad = torch.empty(N, 4, L, dtype=torch.float32, device=dev)
+        claim = torch.zeros(B * H * W if unique_index and n_elem else 1, dtype=torch.int32, device=dev)
         if n_elem:
             with _on(dev):
-                _gsce_fwd_kernel[grid](logits, index, profiles, weights, sgrad, part, n_elem, L, *logits.stride(),
-                                       BLOCK=BLOCK, IGNORE=IGNORE)
+                _gsce_fwd_kernel[grid](logits, index, profiles, weights, sgrad, part, claim, n_elem, L, B, H, W,
+                                       *logits.stride(), BLOCK=BLOCK, IGNORE=IGNORE, UNIQUE=bool(unique_index))
         tot = part.sum(0)
+        settle_invalid(tot[2], invalid, logits.shape, index, profiles, unique_index)
         den = tot[1] if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=dev).reshape(())
         den = torch.where(den > 0, den, torch.ones_like(den))
         ctx.save_for_backward(index, profiles, sgrad, den)
@@ -180,28 +262,31 @@ class GatedSparseCE(torch.autograd.Function):
         index, profiles, sgrad, den = ctx.saved_tensors
         grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=sgrad.device)   # a fresh tensor, never the input
         N, L = profiles.shape
+        B, _, _, H, W = ctx.shape
         if N * L:
             scale = (grad_out.float() / den).reshape(1)
             if not ctx.unique:           # one writer per voxel: sum the rows of duplicate pixels first
-                index, sgrad, profiles = coalesce(index, sgrad, L)
+                index, sgrad, profiles = coalesce(index, sgrad, L, ctx.shape)
             with _on(grad.device):
-                _gsce_bwd_kernel[ctx.grid](grad, index, profiles, sgrad, scale, N * L, L, *grad.stride(),
+                _gsce_bwd_kernel[ctx.grid](grad, index, profiles, sgrad, scale, N * L, L, B, H, W, *grad.stride(),
                                            BLOCK=BLOCK, IGNORE=IGNORE)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
-                    weights: torch.Tensor | None = None, denominator=None, unique_index: bool = False) -> torch.Tensor:
+                    weights: torch.Tensor | None = None, denominator=None, unique_index: bool = False,
+                    invalid: torch.Tensor | None = None) -> torch.Tensor:
     """Fused Triton version of `reference_sparse_ce` with gamma = 0 and the gated softmax (module docstring).
 
     unique_index=True promises that no (b, row, col) row repeats (true of the compact [1, 4, L, 1, N] view of a
     column forward, whose index is (0, 0, n)): the backward then skips the duplicate-row coalescing (a sort
-    and two scatters, the launch-bound part at track densities). A repeated row with it set would lose
-    gradient terms (last writer wins), so the default is False."""
+    and two scatters, the launch-bound part at track densities). The promise is checked in the forward pass
+    (an integer atomic per row): a repeated row is counted as invalid, like a row outside the logits or a
+    label outside {0..3, 255} (module docstring: `invalid`)."""
     if weights is None:
         weights = torch.ones(4, device=logits.device)
     _check(logits, index, profiles, weights)
-    return GatedSparseCE.apply(logits, index, profiles, weights, denominator, bool(unique_index))
+    return GatedSparseCE.apply(logits, index, profiles, weights, denominator, bool(unique_index), invalid)
 
 
 # ------------------------------------------------------------------------------- pure-PyTorch reference
@@ -213,27 +298,39 @@ def gather_columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def reference_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
                         weights: torch.Tensor | None = None, denominator=None, gamma: float = 0.0,
-                        log_probs=gated_log_probs) -> torch.Tensor:
+                        log_probs=gated_log_probs, unique_index: bool = False,
+                        invalid: torch.Tensor | None = None) -> torch.Tensor:
     """L = sum_v w_y (-log p_y(v)) / sum_v w_y over the labelled voxels of the gathered columns (DESIGN.md),
     a float32 scalar; 0 with a zero gradient when nothing is labelled. `denominator` replaces the local weight
     sum (data-parallel training passes the global one). gamma > 0: the focal loss (1 - p_y)^gamma (-log p_y)
     with the same weights and normaliser; `log_probs` maps [N, 4, L] logits to log-probabilities along dim 1
-    (the no-gating ablation passes a plain log_softmax). The fused kernel is the gamma = 0, gated case."""
+    (the no-gating ablation passes a plain log_softmax). The fused kernel is the gamma = 0, gated case.
+    Invalid rows and labels (outside the logits, outside {0..3, 255}, repeated with unique_index) are masked
+    and counted exactly as the kernel does (module docstring: `invalid`)."""
     if logits.dim() != 5 or logits.shape[1] != 4:
         raise ValueError(f"logits must be [B, 4, L, H, W], got {tuple(logits.shape)}")
     L = logits.shape[2]
     if profiles.dim() != 2 or profiles.shape[1] != L or index.shape != (profiles.shape[0], 3):
         raise ValueError(f"index must be [N, 3] and profiles [N, {L}], got {tuple(index.shape)} and {tuple(profiles.shape)}")
-    logp = log_probs(gather_columns(logits, index))                    # [N, 4, L]
+    index = index.to(logits.device).long()
+    profiles = profiles.to(logits.device)
+    inside = inside_rows(index, logits.shape)
     y = profiles.long()
     labelled = y != IGNORE
-    y0 = torch.where(labelled, y, torch.zeros_like(y))
+    ok = labelled & (y <= 3) & inside[:, None]
+    count = (labelled & ~ok).sum()
+    if unique_index:
+        count = count + inside.sum() - torch.unique(pixel_key(index, logits.shape)[inside]).numel()
+    settle_invalid(count, invalid, logits.shape, index, profiles, unique_index)
+    safe = torch.where(inside[:, None], index, 0)                       # rows outside read pixel 0, masked below
+    logp = log_probs(gather_columns(logits, safe))                     # [N, 4, L]
+    y0 = torch.where(ok, y, torch.zeros_like(y))
     logp_y = logp.gather(1, y0.unsqueeze(1)).squeeze(1)                # [N, L]
     w = torch.ones(4, device=logits.device) if weights is None else weights.to(logits.device).float()
-    wv = w[y0] * labelled
+    wv = w[y0] * ok
     nll = -logp_y
     if gamma:
         nll = (1 - logp_y.exp()).clamp_min(0).pow(gamma) * nll
-    num = (wv * nll).sum()
+    num = torch.where(ok, wv * nll, 0.0).sum()                         # where, not *: a masked -inf must not give NaN
     den = wv.sum() if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=num.device)
     return num / torch.where(den > 0, den, torch.ones_like(den))

@@ -4,7 +4,7 @@ The kernel tests run under TRITON_INTERPRET=1 on machines without a GPU, and the
 class of bugs that only the compiler sees: e.g. Triton passes an int argument equal to 1 (a unit stride,
 one level) as a constant Python int, so `arg.to(tl.int64)` compiles in the interpreter and fails on
 every GPU. This script compiles each kernel down to a cubin (Triton ships ptxas) for each dtype and for
-each int argument specialised to 1, alone and all together, and prints one line per failure.
+each int argument specialised to 1 (alone for fp32, all together for every dtype), and prints one line per failure.
 
     python scripts/compile_kernels.py [--arch 90] [--quick]     # exit 0 = all compiled, 1 = some failed
 Runs with TRITON_INTERPRET unset (it is removed before Triton is imported).
@@ -31,19 +31,30 @@ FLOATS = ("fp32", "bf16", "fp16")
 def cases():
     """(name, kernel, pointer dtypes by arg name (D = the logits' dtype), int args, constexprs)."""
     ce_const = {"BLOCK": sparse_ce.BLOCK, "IGNORE": sparse_ce.IGNORE}
-    ints_ce = ["n_elem", "L", "s_b", "s_c", "s_l", "s_h", "s_w"]
-    yield ("gated_sparse_ce.fwd", sparse_ce._gsce_fwd_kernel,
-           {"logits_ptr": "D", "index_ptr": "i64", "prof_ptr": "u8", "w_ptr": "fp32", "sgrad_ptr": "fp32",
-            "part_ptr": "fp32"}, ints_ce, ce_const)
+    ints_ce = ["n_elem", "L", "B", "H", "W", "s_b", "s_c", "s_l", "s_h", "s_w"]
+    ce_fwd = {"logits_ptr": "D", "index_ptr": "i64", "prof_ptr": "u8", "w_ptr": "fp32", "sgrad_ptr": "fp32",
+              "part_ptr": "fp32", "claim_ptr": "i32"}
+    for unique in (False, True):
+        yield (f"gated_sparse_ce.fwd(unique={unique})", sparse_ce._gsce_fwd_kernel, ce_fwd, ints_ce,
+               {**ce_const, "UNIQUE": unique})
     yield ("gated_sparse_ce.bwd", sparse_ce._gsce_bwd_kernel,
            {"grad_ptr": "D", "index_ptr": "i64", "prof_ptr": "u8", "sgrad_ptr": "fp32", "scale_ptr": "fp32"},
            ints_ce, ce_const)
-    yield ("gated_softmax.fwd", softmax._gsm_fwd_kernel, {"x_ptr": "D", "out_ptr": "D"}, ["n_vox", "inner"],
-           {"BLOCK": softmax.BLOCK, "ARGMAX": False})
-    yield ("gated_argmax", softmax._gsm_fwd_kernel, {"x_ptr": "D", "out_ptr": "i8"}, ["n_vox", "inner"],
-           {"BLOCK": softmax.BLOCK, "ARGMAX": True})
-    yield ("gated_softmax.bwd", softmax._gsm_bwd_kernel, {"x_ptr": "D", "gout_ptr": "D", "gin_ptr": "D"},
-           ["n_vox", "inner"], {"BLOCK": softmax.BLOCK})
+    def st(*tensors):       # the strides a variant reads (a contiguous tensor's are not read)
+        return [f"{t}s_{d}" for t in tensors for d in ("b", "c", "1", "2", "3")]
+    ints_sm = ["n_vox", "inner", "D2", "D3"]
+    for xc, oc in ((True, True), (False, True), (True, False), (False, False)):
+        yield (f"gated_softmax.fwd(contig={xc},{oc})", softmax._gsm_fwd_kernel, {"x_ptr": "D", "out_ptr": "D"},
+               ints_sm + st(*(["x"] * (not xc) + ["o"] * (not oc))),
+               {"BLOCK": softmax.BLOCK, "ARGMAX": False, "X_CONTIG": xc, "OUT_CONTIG": oc})
+    for xc in (True, False):
+        yield (f"gated_argmax(contig={xc})", softmax._gsm_fwd_kernel, {"x_ptr": "D", "out_ptr": "i8"},
+               ints_sm + st(*["x"] * (not xc)), {"BLOCK": softmax.BLOCK, "ARGMAX": True, "X_CONTIG": xc,
+                                                  "OUT_CONTIG": True})
+    for c in (True, False):
+        yield (f"gated_softmax.bwd(contig={c})", softmax._gsm_bwd_kernel,
+               {"x_ptr": "D", "gout_ptr": "D", "gin_ptr": "D"}, ints_sm + ([] if c else st("x", "g", "i")),
+               {"BLOCK": softmax.BLOCK, "CONTIG": c})
 
 
 def compile_one(kernel, ptrs, ints, const, dtype, ones, arch):
@@ -55,8 +66,10 @@ def compile_one(kernel, ptrs, ints, const, dtype, ones, arch):
             sig[name], constexprs[name] = "constexpr", 1     # what the launcher does with an int equal to 1
         elif name in ints:
             sig[name] = "i32"
-        else:
+        elif name in const:
             sig[name] = "constexpr"
+        else:
+            sig[name] = "i32"            # an int the variant does not read (a contiguous tensor's strides)
     triton.compile(ASTSource(kernel, sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32))
 
 
@@ -68,9 +81,10 @@ def main(argv=None) -> int:
     failed = n = 0
     t0 = time.time()
     for name, kernel, ptrs, ints, const in cases():
-        variants = [()] + ([] if a.quick else [(i,) for i in ints]) + [tuple(ints)]
         for dtype in (("fp32",) if a.quick else FLOATS):
-            for ones in variants:
+            # each int specialised to 1 alone (fp32: the int code paths do not depend on the float dtype), none, all
+            singles = [(i,) for i in ints] if dtype == "fp32" and not a.quick else []
+            for ones in [()] + singles + [tuple(ints)]:
                 n += 1
                 try:
                     compile_one(kernel, ptrs, ints, const, dtype, ones, a.arch)

@@ -101,14 +101,16 @@ def class_weights(frequency, power: float = 0.5) -> torch.Tensor:
 
 def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
                     weights: torch.Tensor | None = None, denominator: torch.Tensor | float | None = None,
-                    gamma: float = 0.0, form: str = "gated") -> torch.Tensor:
+                    gamma: float = 0.0, form: str = "gated", invalid: torch.Tensor | None = None) -> torch.Tensor:
     """Class-weighted sparse cross-entropy of the phase-gated softmax (DESIGN.md). Scalar float32.
 
     gamma > 0 turns it into the focal loss (1 - p_y)^gamma * (-log p_y) with the same weights/normaliser
     (an ablation; gamma = 0 is the normative loss). form="softmax": plain 4-way softmax (ablation).
+    Rows outside the logits and labels outside {0..3, 255} are masked and counted (kernels/sparse_ce.py:
+    `invalid`; None raises a ValueError at once).
     """
     return reference_sparse_ce(logits, index, profiles, weights, denominator, gamma=gamma,
-                               log_probs=functools.partial(log_probs, form=form))
+                               log_probs=functools.partial(log_probs, form=form), invalid=invalid)
 
 
 def dense_gated_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,16 +156,19 @@ class SparseLoss(torch.nn.Module):
         self.register_buffer("weights", torch.ones(N_CLASSES) if weights is None else torch.as_tensor(weights).float())
         self.gamma, self.impl = gamma, impl
 
-    def forward(self, logits, index, profiles, denominator=None):
+    def forward(self, logits, index, profiles, denominator=None, invalid=None):
         """logits [B, 4, L, H, W] with the labelled columns at index [N, 3], or the compact [N, 4, L] of a column
-        forward (index then only gives N and may be None)."""
+        forward (index then only gives N and may be None). invalid: a device tensor that counts the labelled
+        voxels that could not be scored (no host sync; the trainer checks it at the end of the step), or None
+        to raise a ValueError at once."""
         compact = logits.dim() == 3
         if compact:
             logits, index = compact_view(logits)
         if not self.gamma and self.form == "gated" and use_triton(self.impl, logits.device):
             return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator,
-                                           unique_index=compact)     # the compact view's rows are distinct
-        return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma, form=self.form)
+                                           unique_index=compact, invalid=invalid)   # the compact rows are distinct
+        return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma, form=self.form,
+                               invalid=invalid)
 
     def weight_sum(self, profiles: torch.Tensor) -> torch.Tensor:
         """Local sum of label weights (what data-parallel training all-reduces into the denominator)."""

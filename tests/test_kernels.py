@@ -281,3 +281,139 @@ def test_unique_index_fast_path_needs_distinct_rows():
     ref = x.detach().clone().requires_grad_()
     ref_ce(ref, idx, prof).backward()
     torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- rows and labels the kernel cannot index
+def _damage(kind, index, prof, shape):
+    """One bad row of each kind (row 1), the rest as made: (index, prof, rows that stay valid)."""
+    B, _, _, H, W = shape
+    index, prof = index.clone(), prof.clone()
+    bad = {"b-negative": (-1, 0, 0), "b-too-big": (B, 0, 0), "row-too-big": (0, H, 0), "col-negative": (0, 0, -5),
+           "col-too-big": (0, 0, W), "huge": (2 ** 40, 2 ** 41, 2 ** 42), "int64-min": (-2 ** 63, 0, 0)}
+    if kind in bad:
+        index[1] = torch.tensor(bad[kind])
+    elif kind == "label-7":
+        prof[1, 3] = 7
+    elif kind == "label-254":
+        prof[1, :] = 254
+    return index, prof
+
+
+BAD_ROWS = ["b-negative", "b-too-big", "row-too-big", "col-negative", "col-too-big", "huge", "int64-min",
+            "label-7", "label-254"]
+
+
+@pytest.mark.parametrize("kind", BAD_ROWS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_invalid_rows_are_masked_counted_and_never_read(kind, dtype):
+    """A row outside the logits or a label outside {0..3, 255}: never read or written, no loss, weight or
+    gradient; counted in `invalid` (kernel and reference alike), and a ValueError naming it without one. The
+    logits are a view inside a NaN-filled buffer: any read outside them would turn the loss into NaN."""
+    B, L, H, W, N = 2, 38, 6, 7, 12
+    big = torch.full((B + 2, 4, L, H + 2, W + 2), float("nan"), dtype=dtype, device=DEV)
+    logits, index, prof = make(B, L, H, W, N, dtype, ignore_frac=0.0)
+    big[1:-1, :, :, 1:-1, 1:-1] = logits
+    view = big[1:-1, :, :, 1:-1, 1:-1]
+    index, prof = _damage(kind, index, prof, view.shape)
+    clean = prof.clone()
+    rowbad = kind not in ("label-7", "label-254")
+    if rowbad:
+        clean[1] = 255
+    else:
+        clean[(clean > 3) & (clean != 255)] = 255
+    w = torch.tensor([0.3, 1.4, 1.1, 1.2], device=DEV)
+    want = ref_ce(logits.float(), torch.where(clean[:, :1] == 255, 0, index) if rowbad else index, clean, w)
+    for fn in (kernels.gated_sparse_ce, ref_ce):
+        x = view.detach().clone().requires_grad_() if fn is ref_ce else view.detach().requires_grad_()
+        count = torch.zeros((), device=DEV)
+        loss = fn(x, index, prof, w, invalid=count)
+        loss.backward()
+        assert int(count) == int(((prof[1] != 255) if rowbad else (prof > 3) & (prof != 255)).sum()), fn  # voxels
+        assert torch.isfinite(loss), f"{fn.__name__} read outside the logits"
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+        assert torch.isfinite(x.grad).all()
+        with pytest.raises(ValueError, match="outside"):
+            fn(view.detach(), index, prof, w)
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_duplicate_rows_with_unique_index_are_refused(unique):
+    """unique_index=True promises distinct rows; the promise is checked in the forward pass (an integer atomic
+    per row): a repeat is counted (the racy backward is never trusted silently). Without the flag duplicates
+    are legal and summed."""
+    logits, index, prof = make(2, 38, 6, 7, 10, torch.float32)
+    index = torch.cat([index, index[3:5]])
+    prof = torch.cat([prof, prof[3:5]])
+    for fn in (kernels.gated_sparse_ce, ref_ce):
+        count = torch.zeros((), device=DEV)
+        fn(logits, index, prof, unique_index=unique, invalid=count)
+        assert int(count) == (2 if unique else 0), fn
+        if unique:
+            with pytest.raises(ValueError, match="repeated index row"):
+                fn(logits, index, prof, unique_index=True)
+
+
+def test_coordinates_past_2_pow_21_are_distinct_pixels():
+    """The backward's duplicate-summing sort key is the linear pixel number (b*H*W + row*W + col): columns past
+    2^21 no longer alias other pixels (the old packed key assumed b, row, col < 2^21 without checking)."""
+    W = 2 ** 21 + 3
+    x = torch.randn(1, 4, 1, 2, W, device=DEV)
+    index = torch.tensor([[0, 0, 2 ** 21 + 1], [0, 1, 1], [0, 1, 1]], device=DEV)   # old key: row 0 col 2^21+1 == row 1 col 1
+    prof = torch.tensor([[1], [2], [3]], dtype=torch.uint8, device=DEV)
+    xk = x.clone().requires_grad_()
+    kernels.gated_sparse_ce(xk, index, prof).backward()
+    cols = x[:, :, :, [0, 1], :][..., [2 ** 21 + 1, 1]]                               # the two pixels, small
+    xr = cols.clone().requires_grad_()
+    ref_ce(xr, torch.tensor([[0, 0, 0], [0, 1, 1], [0, 1, 1]], device=DEV), prof).backward()
+    torch.testing.assert_close(xk.grad[0, :, :, 0, 2 ** 21 + 1], xr.grad[0, :, :, 0, 0])
+    torch.testing.assert_close(xk.grad[0, :, :, 1, 1], xr.grad[0, :, :, 1, 1])
+
+
+LAYOUTS = {
+    "channels-last": lambda x: x.contiguous(memory_format=torch.channels_last_3d),
+    "level-slice": lambda x: torch.cat([x, x[:, :, :3]], 2)[:, :, : x.shape[2]],
+    "width-slice": lambda x: torch.cat([x[..., :1], x], 4)[..., 1:],
+    "permuted": lambda x: x.permute(0, 1, 2, 4, 3).contiguous().permute(0, 1, 2, 4, 3),
+    "batch-step": lambda x: torch.stack([x, torch.zeros_like(x)], 1).flatten(0, 1)[::2],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_contiguous_layouts_without_a_copy(layout, dtype):
+    """Softmax, its backward, argmax and the loss read any layout through its strides: the results equal the
+    contiguous ones, the probabilities come back in the logits' layout when it is dense, and no copy of the
+    logits is made (the only allocation the size of the logits is the output itself)."""
+    g = torch.Generator().manual_seed(7)
+    base = (torch.randn(2, 4, 5, 6, 7, generator=g) * 3).to(dtype).to(DEV)
+    x = LAYOUTS[layout](base)
+    torch.testing.assert_close(x, base)
+    assert not x.is_contiguous()
+    xk = x.detach().requires_grad_()
+    p = kernels.gated_softmax(xk)
+    torch.testing.assert_close(p.float(), ref_probs(base.float()), **TOL[dtype])
+    if layout in ("channels-last", "permuted"):           # dense layouts are kept; views of a larger buffer are not
+        assert p.stride() == x.stride()
+    else:
+        assert p.is_contiguous()
+    up = torch.randn(p.shape, generator=g).to(DEV)
+    (p.float() * up).sum().backward()
+    xr = base.detach().float().requires_grad_()
+    (ref_probs(xr) * up).sum().backward()
+    torch.testing.assert_close(xk.grad.float(), xr.grad, **TOL[dtype])
+    a = kernels.gated_argmax(x)
+    assert torch.equal(a, kernels.gated_argmax(base.contiguous()))
+    _, index, prof = make(2, 5, 6, 7, 20, dtype)
+    torch.testing.assert_close(kernels.gated_sparse_ce(x, index, prof), ref_ce(base, index, prof), rtol=1e-5, atol=1e-6)
+    if DEV == "cuda":                                     # no hidden copy: peak memory stays below one more volume
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        kernels.gated_argmax(x)
+        assert torch.cuda.max_memory_allocated() - before < x.numel() * x.element_size()
+
+
+def test_softmax_of_more_than_5_dims():
+    x = torch.randn(2, 4, 3, 2, 5, 4, device=DEV).transpose(-1, -2)
+    torch.testing.assert_close(kernels.gated_softmax(x), ref_probs(x))
+    assert torch.equal(kernels.gated_argmax(x), kernels.gated_argmax(x.contiguous()))
