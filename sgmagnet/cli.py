@@ -500,18 +500,43 @@ def parser() -> Parser:
     return p
 
 
+def leave_process_group(code: int, failed: bool = False) -> int:
+    """The last step of every command, so that no rank waits forever on one that stopped.
+
+    torch.distributed: a command that ends with its process group still up ended early (an error, an
+    interrupt; train destroys the group itself when it ends normally). The other ranks may be waiting in a
+    collective, so no barrier: exit at once (os._exit, after flushing). Their next collective fails on the
+    closed connection instead of waiting for its timeout, and their launcher (torchrun, srun) ends the step.
+    MPI (`build` under mpirun): failures the ranks agree on (BuildRefused, BuildFailed) end every rank by
+    itself; an unexpected one (`failed`: the last net below, or an interrupt) on one rank would leave the
+    others in a collective and this rank in MPI_Finalize's fence forever, so it aborts the job
+    (MPI_Abort: mpirun ends every rank). A single process returns the code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if failed and mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
+        mpi.COMM_WORLD.Abort(code)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        from .dist import hard_exit
+        hard_exit(code)
+    return code
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
+    failed = True
     try:
-        return a.func(a)
+        code, failed = a.func(a), False
     except KeyboardInterrupt:
         sys.stderr.write(f"sgmagnet {a.cmd}: interrupted\n")
-        return 130
+        code = 130
     except Exception as e:  # noqa: BLE001 - the last net: one line, not a traceback (SGMAGNET_DEBUG=1 re-raises)
         if os.environ.get("SGMAGNET_DEBUG"):
             raise
-        return _fail(a.cmd, f"{type(e).__name__}: {e} (an unexpected failure; SGMAGNET_DEBUG=1 shows the "
-                             f"traceback)", code=1)
+        code = _fail(a.cmd, f"{type(e).__name__}: {e} (an unexpected failure; SGMAGNET_DEBUG=1 shows the "
+                            f"traceback)", code=1)
+    return leave_process_group(code, failed)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,11 @@ class DaliStream:
     def load_state_dict(self, d: dict):
         self.epoch, self.batch, self._ckpt = int(d["epoch"]), int(d["batch"]), d.get("dali") or None
 
+    def close(self):
+        """Release the pipeline (its threads) now, keeping its position for a later state_dict()."""
+        if self._pipe is not None:
+            self._ckpt, self._pipe = self._pipe.checkpoint(), None
+
     def __iter__(self):
         self._pipe = build_pipeline(self.urls, self.norm, self.cfg.batch_size, self.cfg.rank, self.cfg.world,
                                     train=True, seed=self.seed + 7919 * self.cfg.rank, device_id=self.device_id,

@@ -23,8 +23,12 @@ has already seen (`EpochStream`).
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import random
 import signal
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,26 +174,88 @@ def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: 
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
+# How DataLoader workers end (issue: a finished run hung at exit behind workers that ignored SIGTERM):
+#  * While their parent lives, workers ignore the preemption signals: Slurm (and `kill -- -PGID`) signal every
+#    process of a step, and only the trainer decides when to stop -- it finishes the step, checkpoints and
+#    exits; a worker killed first would turn a clean preemption into a failed run.
+#  * A worker whose parent is gone honours them (it exits at once; PyTorch's watchdog would notice within 5 s).
+#  * Loaders are shut down explicitly by whoever iterates them (`close_iterator`, `iterate`, EpochStream.close,
+#    the trainer's finally): the workers get PyTorch's polite "done" message and leave on their own.
+#  * Last resort, at interpreter exit: an iterator still alive then (a reference cycle, an exception that
+#    kept a frame) is shut down the same way, and a worker still alive after that is SIGKILLed. It must be
+#    SIGKILL: SIGTERM -- which PyTorch's shutdown and multiprocessing's exit handler send before joining
+#    forever -- is the one signal these workers are built to ignore. The hook is registered after
+#    multiprocessing's own (atexit runs last-in first-out), so it runs before that join.
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
 
-def ignore_preemption_signals(worker_id: int = 0):
-    """DataLoader worker init: Slurm (and `kill -- -PGID`) signal every process of a step, workers included.
-    A worker must not die of SIGTERM/SIGUSR2: the trainer itself finishes the step, checkpoints and exits
-    (workers then stop with their parent). PyTorch's own worker SIGTERM handler exits on any sender. The
-    worker was forked with these signals blocked (Loader.__iter__); one that arrived since is discarded here."""
-    for s in PREEMPTION_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+
+class WorkerSignals:
+    """DataLoader worker init (picklable): ignore the preemption signals while the parent process lives; an
+    orphaned worker exits on them. The worker was forked with them blocked (Loader.__iter__); a signal that
+    arrived since is handled here, when the block is lifted."""
+
+    parent = None
+
+    def __call__(self, worker_id: int = 0):
+        self.parent = os.getppid()         # runs in the worker, just after the fork
+        for s in PREEMPTION_SIGNALS:
+            signal.signal(s, self.on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+
+    def on_signal(self, signum, frame):
+        if os.getppid() != self.parent:
+            os._exit(0)
+
+
+def _worker_processes(it) -> list:
+    return list(getattr(it, "_workers", None) or [])
+
+
+def close_iterator(it, grace_s: float = 5.0):
+    """Shut down a DataLoader iterator's workers now: PyTorch's own shutdown (the workers are told to leave and
+    joined), then SIGKILL for any worker still alive after `grace_s`. Safe on any iterator and twice."""
+    workers = _worker_processes(it)
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        with contextlib.suppress(Exception):
+            shutdown()
+    for w in workers:
+        with contextlib.suppress(Exception):
+            w.join(timeout=grace_s if w.is_alive() else 0)
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGKILL)
+                w.join(timeout=grace_s)
+    with contextlib.suppress(TypeError):           # an iterator that cannot be weakly referenced was never tracked
+        _LIVE_ITERATORS.discard(it)
+
+
+@atexit.register
+def _close_live_iterators():
+    for it in list(_LIVE_ITERATORS):
+        close_iterator(it, grace_s=2.0)
+
+
+@contextlib.contextmanager
+def iterate(loader):
+    """`with iterate(loader) as batches:` -- the loader's iterator, whose workers are gone when the block ends
+    (however it ends: exhausted, broken out of, an exception)."""
+    it = iter(loader)
+    try:
+        yield it
+    finally:
+        close_iterator(it)
 
 
 class Loader(torch.utils.data.DataLoader):
-    """A DataLoader whose workers cannot die of a preemption signal: they are started (forked) with SIGTERM and
-    SIGUSR2 blocked, until `ignore_preemption_signals` ignores them. A new set of workers starts every epoch;
-    without the block, a signal landing between a worker's fork and its init killed it and the trainer failed
-    ("DataLoader worker exited unexpectedly") instead of checkpointing. The parent's signals stay pending
-    for those milliseconds and reach its handler when the mask is restored."""
+    """A DataLoader whose workers cannot die of a preemption signal while their parent lives (WorkerSignals): they
+    are started (forked) with SIGTERM and SIGUSR2 blocked until their init handles them. A new set of workers
+    starts every epoch; without the block, a signal landing between a worker's fork and its init killed it
+    and the trainer failed ("DataLoader worker exited unexpectedly") instead of checkpointing. The parent's
+    signals stay pending for those milliseconds and reach its handler when the mask is restored. Every
+    iterator with workers is tracked, so the exit hook above can end it."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("worker_init_fn", ignore_preemption_signals)   # the other half of the block below
+        kwargs.setdefault("worker_init_fn", WorkerSignals())   # the other half of the block below
         super().__init__(*args, **kwargs)
 
     def __iter__(self):
@@ -197,9 +263,11 @@ class Loader(torch.utils.data.DataLoader):
             return super().__iter__()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
         try:
-            return super().__iter__()
+            it = super().__iter__()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _LIVE_ITERATORS.add(it)
+        return it
 
 
 def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, epoch: int = 0, strict: bool = False):
@@ -233,18 +301,27 @@ class EpochStream:
     def __iter__(self):
         while True:
             skip, n = self.batch, 0
-            for n, b in enumerate(make_loader(self.urls, self.norm, self.cfg, train=True, seed=self.seed,
-                                              epoch=self.epoch), 1):
-                if self.epoch_batches and n > self.epoch_batches:
-                    n -= 1
-                    break
-                if n <= skip:
-                    continue
-                self.batch = n
-                yield b
+            with iterate(make_loader(self.urls, self.norm, self.cfg, train=True, seed=self.seed,
+                                     epoch=self.epoch)) as batches:
+                self._current = batches
+                for n, b in enumerate(batches, 1):
+                    if self.epoch_batches and n > self.epoch_batches:
+                        n -= 1
+                        break
+                    if n <= skip:
+                        continue
+                    self.batch = n
+                    yield b
+            self._current = None
             if n == 0:
                 raise RuntimeError(f"an epoch over {len(self.urls)} shards yielded no batch (empty or unreadable shards)")
             self.epoch, self.batch = self.epoch + 1, 0
+
+    def close(self):
+        """End the current epoch's workers now (the trainer calls it however a run ends)."""
+        it, self._current = getattr(self, "_current", None), None
+        if it is not None:
+            close_iterator(it)
 
 
 def split_urls(shards_dir: str, split: str) -> list[str]:

@@ -43,7 +43,27 @@ def decode_sample(raw: dict) -> dict:
     out["geom"] = npy_load(raw["geom.npy"])
     out["meta"] = json.loads(raw["meta.json"])
     out["ctype"] = npy_load(raw["ctype.npy"]) if "ctype.npy" in raw else np.zeros(len(out["pix"]), np.uint8)
+    check_sample(out)
     return out
+
+
+def check_sample(s: dict):
+    """A decoded sample is what the builder writes, or a ValueError naming the sample and what is wrong: the
+    loaders then skip it with a warning (training) or stop (evaluation), instead of a kernel or a gather
+    meeting a pixel outside the patch or a label it cannot weigh."""
+    key, x, pix, prof, geom = s["__key__"], s["input"], s["pix"], s["prof"], s["geom"]
+    if x.ndim != 3 or geom.shape != (2,) + x.shape[1:]:
+        raise ValueError(f"sample {key}: input {x.shape} and geom {geom.shape} are not [C, H, W] and [2, H, W]")
+    n = len(pix)
+    if pix.ndim != 2 or pix.shape[1] != 2 or pix.dtype.kind not in "iu" or prof.ndim != 2 or len(prof) != n \
+            or prof.dtype != np.uint8 or s["ctype"].shape != (n,):
+        raise ValueError(f"sample {key}: pix {pix.shape} {pix.dtype}, prof {prof.shape} {prof.dtype} and ctype "
+                         f"{s['ctype'].shape} do not describe the same N labelled pixels")
+    if n and (pix.min() < 0 or pix[:, 0].max() >= x.shape[1] or pix[:, 1].max() >= x.shape[2]):
+        raise ValueError(f"sample {key}: a labelled pixel lies outside the {x.shape[1]}x{x.shape[2]} patch")
+    bad = (prof > 3) & (prof != 255)
+    if bad.any():
+        raise ValueError(f"sample {key}: label {int(prof[bad][0])} is not a class (0..3) nor 255 (no label)")
 
 
 MANIFEST_KEYS = ("format", "config", "counts", "class_histogram", "train_class_frequency", "band_stats", "shards",

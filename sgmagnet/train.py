@@ -29,7 +29,7 @@ from . import dist as hdist
 
 from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state, set_rng_state
 from .config import Config, ConfigError, dump, to_dict, validate
-from .data import PREEMPTION_SIGNALS, LoaderConfig, Normaliser, make_loader, read_manifest, split_urls
+from .data import PREEMPTION_SIGNALS, LoaderConfig, Normaliser, iterate, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
 from .loaders import train_stream
 from .losses import SparseLoss, class_weights, pool_profiles, use_triton
@@ -108,9 +108,11 @@ class Logger:
             self.tb.add_figure(tag, fig, step, close=True)
 
     def close(self):
+        """Idempotent (the trainer closes its logger however a run ends)."""
         self.f.close()
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def run_header(cfg: Config, step: int, world_size: int) -> dict:
@@ -213,11 +215,16 @@ class Preemption:
 
     def __init__(self, signals=PREEMPTION_SIGNALS):
         self.flag = False
-        for s in signals:
-            signal.signal(s, self._handler)
+        self.previous = {s: signal.signal(s, self._handler) for s in signals}
 
     def _handler(self, signum, frame):
-        self.flag = True
+        self.flag = True        # a second signal (e.g. while a checkpoint is written) changes nothing
+
+    def restore(self):
+        """Put back the handlers that were there before (the trainer's close)."""
+        for s, h in self.previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self.previous = {}
 
     def requested(self, device) -> bool:
         return bool(hdist.all_reduce(torch.tensor([int(self.flag)], device=device), "max").item())
@@ -292,7 +299,23 @@ class Trainer:
         self.logger = Logger(t.run_dir) if self.env.is_main else None
         if self.logger:
             self.logger.log(run_header(cfg, self.step, self.env.world_size))
-        self.preemption = None
+        self.preemption, self._batches = None, None
+
+    def close(self):
+        """However a run ends (finished, preempted, failed, interrupted): the training stream's loader workers
+        are shut down (data.close_iterator: politely, SIGKILL as the last resort), the logs closed and the
+        signal handlers put back. Idempotent; run_training calls it in a finally."""
+        if self._batches is not None:
+            self._batches.close()          # GeneratorExit in EpochStream.__iter__: its `iterate` block ends the workers
+            self._batches = None
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            close()
+        if self.logger is not None:
+            self.logger.close()
+        if self.preemption is not None:
+            self.preemption.restore()
+            self.preemption = None
 
     def _make_stream(self):
         c, e = self.cfg.data, self.env
@@ -360,15 +383,17 @@ class Trainer:
             out.append((pooled, den))
         return out
 
-    def micro_loss(self, batch, idx, prof, den, aux_targets, i: int) -> torch.Tensor:
+    def micro_loss(self, batch, idx, prof, den, aux_targets, i: int, invalid=None) -> torch.Tensor:
         """The loss of micro-batch i: the sparse CE of the full-resolution logits, plus loss.aux_weight x the
-        mean over coarse scales of the same loss on their logits and pooled labels."""
+        mean over coarse scales of the same loss on their logits and pooled labels. `invalid` counts the
+        labelled voxels that could not be scored (kernels/sparse_ce.py), without a host sync."""
         if not aux_targets:
             return self.loss_fn(self.forward(batch, idx if self.cfg.train.columns else None), idx, prof,
-                                denominator=den)
+                                denominator=den, invalid=invalid)
         out, aux_logits = self.forward(batch, idx, aux=True)
-        loss = self.loss_fn(out, idx, prof, denominator=den)
-        extra = sum(self.loss_fn(a, None, pooled[i], denominator=d) for a, (pooled, d) in zip(aux_logits, aux_targets))
+        loss = self.loss_fn(out, idx, prof, denominator=den, invalid=invalid)
+        extra = sum(self.loss_fn(a, None, pooled[i], denominator=d, invalid=invalid)
+                    for a, (pooled, d) in zip(aux_logits, aux_targets))
         return loss + self.cfg.loss.aux_weight * extra / len(aux_targets)
 
     def train_step(self, micro: list[dict]) -> tuple[float, float]:
@@ -383,10 +408,11 @@ class Trainer:
         if self.engine is None:
             self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=d)
+        invalid = torch.zeros((), device=d)          # labelled voxels the loss could not score (checked below)
         for i, (b, prof) in enumerate(zip(micro, profs)):
             sync = self.ddp is None or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                loss = self.micro_loss(b, b["index"].to(d), prof, den, aux, i)
+                loss = self.micro_loss(b, b["index"].to(d), prof, den, aux, i, invalid)
                 total += loss.detach()
                 if self.engine is not None:
                     self.engine.backward(loss * scale)
@@ -401,7 +427,13 @@ class Trainer:
         else:
             g = self.engine.get_global_grad_norm()
             gnorm = float(g) if g is not None else float("nan")
-        return float(hdist.all_reduce(total.reshape(1))[0]), gnorm
+        red = hdist.all_reduce(torch.stack([total, invalid]))     # the one sync of the step, as before
+        if red[1] > 0:
+            raise ValueError(f"step {self.step + 1}: {int(red[1])} labelled voxel(s) of the batch (first keys "
+                             f"{micro[0]['keys'][:3]}) could not be scored: an index row outside the patch or a "
+                             f"label outside {{0..3, 255}} (kernels/sparse_ce.py); the shards are damaged -- "
+                             f"`sgmagnet inspect --verify` them")
+        return float(red[0]), gnorm
 
     def validate(self) -> dict | None:
         """Every rank scores its share of the validation shards; all ranks run the same number of batches
@@ -411,12 +443,13 @@ class Trainer:
         c, e = self.cfg.data, self.env
         mine = self.val_urls[e.rank::e.world_size]
         lcfg = LoaderConfig(batch_size=c.batch_size, workers=min(c.workers, max(1, len(mine))) if mine else 0)
-        batches = make_loader(mine, self.norm, lcfg, train=False) if mine else iter(())
-        if c.val_batches:
-            import itertools
-            batches = itertools.islice(batches, c.val_batches)
-        ev = evaluate_batches(self.forward_module, batches, self.device, self.cfg.train.bf16, loss_fn=self.loss_fn,
-                              prepare=self._prepare, form=self.cfg.loss.form, keep_curtains=1 if self.logger else 0)
+        with iterate(make_loader(mine, self.norm, lcfg, train=False) if mine else ()) as batches:  # workers end here
+            if c.val_batches:
+                import itertools
+                batches = itertools.islice(batches, c.val_batches)
+            ev = evaluate_batches(self.forward_module, batches, self.device, self.cfg.train.bf16, loss_fn=self.loss_fn,
+                                  prepare=self._prepare, form=self.cfg.loss.form,
+                                  keep_curtains=1 if self.logger else 0)
         cs, lsum, ln, nb = ev.confusion, ev.loss_sum, ev.loss_n, ev.batches
         if e.distributed:
             most = int(hdist.all_reduce(torch.tensor([nb], device=self.device), "max").item())
@@ -474,7 +507,7 @@ class Trainer:
         self.preemption = Preemption()
         bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.env.is_main), mininterval=2,
                    desc="train", dynamic_ncols=True)
-        it = iter(self.stream)
+        it = self._batches = iter(self.stream)
         last_val, tick, seen = None, time.time(), 0
         while self.step < t.steps:
             micro = [next(it) for _ in range(accum)]
@@ -522,7 +555,6 @@ class Trainer:
         if self.env.is_main:
             with open(os.path.join(t.run_dir, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)
-            self.logger.close()
         if last_val:
             self.log(f"step {self.step}: val loss {last_val['val_loss']:.4f}  macro F1 {last_val['val_macro_f1']:.3f}"
                      f"  macro IoU {last_val['val_macro_iou']:.3f}  -> {path}")
@@ -538,6 +570,6 @@ def run_training(cfg: Config, *, resume: bool = False, overwrite: bool = False, 
         return trainer, trainer.fit(), None
     except Preempted as p:
         checkpoint = p.checkpoint
-    # a new exception object, without the traceback: the caught one holds fit()'s frames and with them the
-    # DataLoader iterator, whose worker processes would then outlive the run and hang the interpreter's exit
+    finally:
+        trainer.close()     # every way out: no DataLoader worker outlives the run (data.py: how workers end)
     return trainer, None, Preempted(checkpoint)

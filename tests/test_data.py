@@ -73,7 +73,7 @@ def test_epoch_stream_resumes_at_its_position(tiny_shards):
 STORM = r"""
 import os, signal, sys, threading, time
 import torch
-from sgmagnet.data import Loader, ignore_preemption_signals
+from sgmagnet.data import Loader, WorkerSignals
 
 class Two(torch.utils.data.IterableDataset):
     def __iter__(self):
@@ -88,7 +88,7 @@ def storm():   # SIGTERM to every process of the group, as Slurm signals a step,
 threading.Thread(target=storm, daemon=True).start()
 loader = LOADER
 for epoch in range(int(sys.argv[1])):   # fresh workers every epoch, as EpochStream makes them
-    assert list(loader(Two(), batch_size=None, num_workers=1, worker_init_fn=ignore_preemption_signals)) == [0, 1]
+    assert list(loader(Two(), batch_size=None, num_workers=1, worker_init_fn=WorkerSignals())) == [0, 1]
 stop.append(1)
 print("epochs done; the trainer's handler saw", len(got), "signals")
 """

@@ -43,6 +43,7 @@ def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=gated_sparse_
     in-memory batch `data` = (x, geom, index, profiles), as a closure (shared with profile_step.py)."""
     x, geom, idx, prof = data
     device = x.device
+    bad = torch.zeros((), device=device)
 
     def step():
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -50,7 +51,7 @@ def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=gated_sparse_
                 y, index = compact_view(model(x, geom, columns=idx))
             else:
                 y, index = model(x, geom), idx
-        loss = loss_fn(y, index, prof)
+        loss = loss_fn(y, index, prof, invalid=bad)      # as the trainer: counted on the device, no sync
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -67,8 +67,12 @@ def main(argv=None):
     peak_bw = hbm_gbps(gpu_name())
     # tri-uniq: the distinct-rows fast path (unique_index=True: no duplicate-row coalescing in the backward), what
     # training on the column path uses; the pixels here are distinct (randperm), so both Triton rows are exact
-    impls = {"triton": kernels.gated_sparse_ce, "tri-uniq": lambda *t: kernels.gated_sparse_ce(*t, unique_index=True),
-             "eager": ref, "compile": compiled}
+    # invalid=<device counter>: what training passes (the count of unscorable voxels is checked at the end of the
+    # step, no host sync per call); without it every call would sync to check the count at once
+    bad = torch.zeros((), device=dev)
+    impls = {"triton": lambda *t: kernels.gated_sparse_ce(*t, invalid=bad),
+             "tri-uniq": lambda *t: kernels.gated_sparse_ce(*t, unique_index=True, invalid=bad),
+             "eager": lambda *t: ref(*t, invalid=bad), "compile": lambda *t: compiled(*t, invalid=bad)}
     print(f"{gpu_name()} (nominal HBM {peak_bw} GB/s), logits [B,4,{a.levels},{a.size},{a.size}] {a.dtype}")
     print(f"{'B':>3} {'dens':>5} {'impl':>8} {'fwd ms':>8} {'bwd ms':>8} {'full ms':>8} {'GB/s':>7} {'%HBM':>5} "
           f"{'peak MiB':>9} {'x logits':>8} {'vs triton':>9}")
