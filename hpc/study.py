@@ -125,8 +125,9 @@ def train(over: list[str]) -> tuple[dict, float]:
 
     t0 = time.time()
     _, summary, preempted = run_training(load_config(None, over), resume=True, log=lambda m: None)  # resumes
-    if preempted:
-        raise SystemExit(f"study: preempted; checkpoint {preempted.checkpoint} (run the study again to resume)")
+    if preempted:        # exit 3, as `sgmagnet train`: a Slurm wrapper requeues on it; the trainer's loaders are closed
+        sys.stderr.write(f"study: preempted; checkpoint {preempted.checkpoint} (run the study again to resume)\n")
+        raise SystemExit(preempted.code)
     return summary, time.time() - t0
 
 

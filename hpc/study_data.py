@@ -21,6 +21,9 @@ scenes); for the study's 45 days it took 251 s instead of 1,343 s and 820 MiB of
 
 Writes <out>/study_data.json: the commands, per-chunk wall times, disk use and the manifest's sha256.
 Exit 2 with one line on a bad option or a failed step (the step's own message is in <out>/logs/).
+Its child processes (synth, build, mpirun) never outlive it: however it ends -- a failed step while other
+chunks are synthesising, SIGTERM, Ctrl-C -- it terminates them (SIGKILL after 10 s) before exiting
+(SIGTERM: exit 143; a rerun continues from the last finished chunk).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -53,13 +57,41 @@ def du_mb(path: str) -> float:
     return total / 2 ** 20
 
 
+CHILDREN: list[subprocess.Popen] = []     # every process started, so that none outlives this one
+
+
+def spawn(cmd: list[str], **kw) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, **kw)
+    CHILDREN.append(proc)
+    return proc
+
+
+def stop_children(grace_s: float = 10.0):
+    """Terminate the children still running, SIGKILL those that are still there after grace_s."""
+    live = [c for c in CHILDREN if c.poll() is None]
+    for c in live:
+        c.terminate()
+    deadline = time.time() + grace_s
+    for c in live:
+        try:
+            c.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            c.kill()
+            c.wait()
+    CHILDREN.clear()
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)          # unwinds through main's finally, which stops the children
+
+
 def step(cmd: list[str], log_path: str, what: str) -> float:
     """Run one command, its output appended to log_path; exit 2 naming the step when it fails."""
     t0 = time.time()
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE)
+        rc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE).wait()
     if rc != 0:
         fail(f"{what} failed (exit {rc}); see {log_path}")
     return time.time() - t0
@@ -87,6 +119,15 @@ def chunk_intact(shards: str, cloudsat_dir: str) -> tuple[int, list[str]]:
 
 
 def main(argv=None) -> int:
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return run(argv)
+    finally:
+        stop_children()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(argv=None) -> int:
     from sgmagnet.cli import Parser, parser as sgmagnet_parser
 
     p = Parser(prog="study_data.py", description=__doc__.split("\n\n")[0])   # bad option: one line, exit 2
@@ -155,7 +196,7 @@ def main(argv=None) -> int:
             fh.flush()
             env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")   # one core per chunk
             procs.append((k, raw, log, fh, time.time(),
-                          subprocess.Popen(synth, stdout=fh, stderr=subprocess.STDOUT, cwd=HERE, env=env)))
+                          spawn(synth, stdout=fh, stderr=subprocess.STDOUT, cwd=HERE, env=env)))
         for k, raw, log, fh, t0, proc in procs:
             rc = proc.wait()
             fh.close()

@@ -333,3 +333,44 @@ def test_loader_left_alive_at_interpreter_exit_does_not_hang(tiny_shards):
     root, _ = tiny_shards
     code, out, _ = Run([sys.executable, "-c", LEFT_AT_EXIT, str(root)]).finish(timeout=60)
     assert code == 0 and "leaving" in out, out[-2000:]
+
+
+STUDY = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from hpc import study
+study.PRESETS["tiny"].update(sweep_steps=100000, max_steps=100000, patience=0, workers=1)     # a sweep trial long enough to be signalled
+sys.exit(study.main(sys.argv[2:]))
+"""
+
+
+def test_study_preempted_exits_3(tiny_shards, tmp_path):
+    """hpc/study.py trains in-process: a SIGTERM to its group ends the trial with a checkpoint, the study exits
+    3 (as `sgmagnet train`; a rerun resumes), its loader worker gone."""
+    root, _ = tiny_shards
+    runs = tmp_path / "runs"
+    r = Run([sys.executable, "-c", STUDY, ROOT, "--shards", str(root), "--out", str(tmp_path / "res"), "--runs",
+             str(runs), "--config", "tiny", "--seeds", "0", "--only", "unet", "--phase", "sweep"])
+
+    def training():
+        return any('"kind": "train"' in open(p).read() for p in glob.glob(str(runs / "**" / "log.jsonl"),
+                                                                           recursive=True))
+    r.wait_for(training, "the first sweep step")
+    r.signal_group(signal.SIGTERM)
+    code, out, t_exit = r.finish()
+    assert code == 3 and "study: preempted" in out, out[-2000:]
+    check_prompt(runs, t_exit)
+
+
+def test_study_data_stops_its_children(tmp_path):
+    """hpc/study_data.py killed with SIGTERM (itself only, as `timeout` or `kill PID` do) while two chunks are
+    being synthesised: it terminates them and exits 143; no synth process outlives it."""
+    out = tmp_path / "sd"
+    r = Run([sys.executable, os.path.join(ROOT, "hpc", "study_data.py"), "--out", str(out), "--days", "4", "--chunk",
+             "2", "--jobs", "2", "--region", "125,145,-30,30", "--res", "0.05", "--np", "1"])
+    r.wait_for(lambda: len(subprocess.run(["pgrep", "-P", str(r.p.pid)], capture_output=True,
+                                          text=True).stdout.split()) >= 2, "two synth processes")
+    time.sleep(1.0)
+    os.kill(r.p.pid, signal.SIGTERM)
+    code, out_text, _ = r.finish(timeout=60)
+    assert code == 143, out_text[-2000:]
