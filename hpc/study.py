@@ -691,6 +691,8 @@ def main(argv=None):
                    "results page (e.g. docs/RESULTS.md) from study.md")
     a = p.parse_args(argv)
     preset = dict(PRESETS[a.config])
+    if a.only is not None and not a.only.strip(","):
+        p.error("--only: no run named (leave it out to run them all)")
     names = a.only.split(",") if a.only else list(RUNS)
     for n in names:
         if n not in RUNS:
@@ -708,9 +710,16 @@ def main(argv=None):
     from sgmagnet.shards import ManifestError, read_manifest
 
     try:
-        read_manifest(a.shards)
+        man = read_manifest(a.shards)
     except ManifestError as e:
         p.error(f"--shards: {e}")
+    val = preset.get("val_split", "val")
+    if not a.report_only and not man.counts.get(val):
+        p.error(f"--shards {a.shards}: the {a.config} preset validates on {val!r}, which has no samples "
+                f"(counts {man.counts})")
+    for flag, d in (("--out", a.out), ("--runs", a.runs)):
+        if os.path.exists(d) and not os.path.isdir(d):
+            p.error(f"{flag} {d!r} is a file, not a folder")
     os.makedirs(a.out, exist_ok=True)
     t0 = time.time()
     families = sorted({RUNS[n][3] for n in names})
@@ -732,5 +741,15 @@ def main(argv=None):
     return report(a, a.config, preset, lrs)
 
 
+def cli(argv=None) -> int:
+    """main() with the bad-input contract for what only a run finds (a config the trainer refuses, damaged
+    shards): one line, exit 2."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"study.py: error: {' '.join(str(e).split())}\n")
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

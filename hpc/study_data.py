@@ -156,6 +156,8 @@ def run(argv=None) -> int:
         fail(f"--start: {a.start!r} is not a date YYYY-MM-DD")
     if a.days < 1 or a.chunk < 1 or a.np < 1 or a.jobs < 1:
         fail("--days, --chunk, --np and --jobs must be >= 1")
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        fail(f"--out {a.out!r} is a file, not a folder")
     if a.np > 1 and shutil.which("mpirun") is None:
         fail("--np > 1 needs mpirun on PATH (or use --np 1)")
     shards = os.path.join(a.out, "shards")

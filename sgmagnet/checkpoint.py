@@ -14,6 +14,7 @@ written last, so it always names a complete checkpoint. Our files are loaded wit
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -56,10 +57,22 @@ def _atomic_write_text(path: str, text: str):
     os.replace(tmp, path)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, a file size limit, I/O error): an environment
+    failure (exit 1). What was written of it is removed; the previous checkpoint and `latest` are intact."""
+
+
 def _save(obj, path: str):
     tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:     # torch.save reports a failed write as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        why = getattr(e, "strerror", None) or " ".join(str(e).split())[:160]
+        raise CheckpointWriteError(f"cannot write {path}: {why} (the file system refused the write: full, over "
+                                   f"quota or a file size limit?)") from None
 
 
 def load(path: str, device="cpu") -> dict:
@@ -81,11 +94,16 @@ class Checkpointer:
             shutil.rmtree(part, ignore_errors=True)
             os.makedirs(part)
         self.barrier()
-        if engine is not None:
-            engine.save_checkpoint(self.folder, tag=name + ".partial", save_latest=False)
-        if self.rank == 0:
-            _save(common, os.path.join(part, "state.pt"))
-        _save(rank_state, os.path.join(part, f"rank_{self.rank:05d}.pt"))
+        try:
+            if engine is not None:
+                engine.save_checkpoint(self.folder, tag=name + ".partial", save_latest=False)
+            if self.rank == 0:
+                _save(common, os.path.join(part, "state.pt"))
+            _save(rank_state, os.path.join(part, f"rank_{self.rank:05d}.pt"))
+        except CheckpointWriteError as e:
+            shutil.rmtree(part, ignore_errors=True)      # (each rank that fails; a rank that waits is ended by it)
+            prev = self.latest() if self.rank == 0 else None
+            raise CheckpointWriteError(f"{e}; {'the previous checkpoint ' + prev + ' is intact' if prev else 'no earlier checkpoint'}") from None
         self.barrier()
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
@@ -110,8 +128,12 @@ class Checkpointer:
         part, final = os.path.join(self.folder, "best.partial"), os.path.join(self.folder, "best")
         shutil.rmtree(part, ignore_errors=True)
         os.makedirs(part)
-        _save({k: v for k, v in common.items() if k not in ("optimizer", "scheduler")}, os.path.join(part, "state.pt"))
-        _atomic_write_text(os.path.join(part, "best.json"), json.dumps(info) + "\n")
+        try:
+            _save({k: v for k, v in common.items() if k not in ("optimizer", "scheduler")}, os.path.join(part, "state.pt"))
+            _atomic_write_text(os.path.join(part, "best.json"), json.dumps(info) + "\n")
+        except OSError as e:
+            shutil.rmtree(part, ignore_errors=True)
+            raise CheckpointWriteError(f"{e}; the previous best/ is intact") from None
         old = final + ".old"
         shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(final):
@@ -165,6 +187,32 @@ def load_common(path: str) -> dict:
         raise ValueError(f"{folder}/state.pt: not an sgmagnet checkpoint (format {CKPT_FORMAT})")
     ck["folder"] = folder
     return ck
+
+
+def model_label(config: dict) -> str:
+    """'sgmagnet/tiny' (+ its options) from a checkpoint's config dict: how messages name a model."""
+    m = (config or {}).get("model", {})
+    opts = m.get("options") or {}
+    return f"{m.get('name', '?')}/{m.get('size', '?')}" + (f" {opts}" if opts else "")
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str, want: str, have: str = ""):
+    """model.load_state_dict(state), or -- when the weights were made for another model, size or options -- a
+    ValueError in one line: which checkpoint, what it holds (`have`), what was asked for (`want`), and the
+    first difference (instead of PyTorch's list of every missing and mis-shaped tensor)."""
+    own = model.state_dict()
+    if not isinstance(state, dict):
+        raise ValueError(f"{source}: holds no model weights")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    if missing or unexpected or shaped:
+        first = (f"no {missing[0]}" if missing else f"an unknown {unexpected[0]}" if unexpected else
+                 f"{shaped[0]} is {tuple(state[shaped[0]].shape)}, the model's is {tuple(own[shaped[0]].shape)}")
+        raise ValueError(f"{source}: {'a ' + have + ' checkpoint' if have else 'its weights'} cannot be loaded into "
+                         f"{want} ({len(missing)} tensors missing, {len(unexpected)} unknown, {len(shaped)} of another "
+                         f"shape; first: {first})")
+    model.load_state_dict(state)
 
 
 @dataclass(frozen=True)

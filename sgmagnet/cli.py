@@ -152,6 +152,15 @@ def cmd_synth(a):
     if a.epoch and a.epoch > a.start:
         sys.stderr.write(f"sgmagnet synth: error: --epoch {a.epoch} is after --start {a.start}\n")
         return 2
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        sys.stderr.write(f"sgmagnet synth: error: --out {a.out!r} is a file, not a folder\n")
+        return 2
+    import datetime as dt
+    try:
+        dt.date.fromisoformat(a.start) + dt.timedelta(days=a.days)
+    except OverflowError:
+        sys.stderr.write(f"sgmagnet synth: error: --days {a.days} from {a.start} passes the year 9999\n")
+        return 2
     cfg = SynthConfig(out=a.out, start=a.start, days=a.days, region=a.region, res=a.res, seed=a.seed,
                       orbit_mode=a.orbit, epoch=a.epoch, track_corridor=a.track_corridor)
     stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet)
@@ -240,6 +249,8 @@ def cmd_train(a):
         trainer, _, preempted = run_training(cfg, resume=a.resume, overwrite=a.overwrite)
     except (ValueError, FileNotFoundError) as e:   # ConfigError, ManifestError, a bad checkpoint
         return _fail("train", e)
+    except OSError as e:                           # the environment: a checkpoint the disk refused (exit 1)
+        return _fail("train", e, code=1)
     from . import dist as hdist
 
     code = preempted.code if preempted else 0
@@ -262,6 +273,9 @@ def cmd_evaluate(a):
     from .evaluate import evaluate_checkpoint, report_markdown
 
     if _missing("evaluate", ("--checkpoint", a.checkpoint), ("--shards", a.shards)):
+        return 2
+    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+        sys.stderr.write(f"sgmagnet evaluate: error: --out {a.out!r} is a file; give a folder for the results\n")
         return 2
     try:
         res = evaluate_checkpoint(a.checkpoint, a.shards, a.split, a.out, batch_size=a.batch_size,
@@ -434,7 +448,7 @@ def parser() -> Parser:
     e.add_argument("--split", default="test", help="split to score (test)")
     e.add_argument("--out", help="output folder (default: the run folder of the checkpoint)")
     e.add_argument("--batch-size", type=_positive_int, default=8, help="patches per batch (8)")
-    e.add_argument("--curtains", type=int, default=3, help="number of along-track curtain PNGs (3)")
+    e.add_argument("--curtains", type=_count0, default=3, help="number of along-track curtain PNGs, >= 0 (3)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to run the model (auto: a GPU when there is one)")
     e.add_argument("--decision", choices=("argmax", "prior"), default="argmax",

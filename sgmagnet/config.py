@@ -198,6 +198,41 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+MAX_CONFIG_NODES = 10_000     # a real config has ~80 values; YAML aliases can make a few lines expand to billions
+
+
+def expanded_nodes(obj, where: str, limit: int = MAX_CONFIG_NODES) -> int:
+    """Values in a loaded YAML document counted as if every alias were written out (each shared node counted once
+    per reference, in time linear in the distinct nodes), or a ConfigError beyond `limit` or for a document
+    that contains itself: an alias bomb ("billion laughs") is refused before anything walks or prints it."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def count(o) -> int:
+        if not isinstance(o, (dict, list)):
+            return 1
+        if id(o) in memo:
+            return memo[id(o)]
+        if id(o) in active:
+            raise ConfigError(f"{where}: a YAML alias refers to a node that contains it (a recursive document)")
+        active.add(id(o))
+        n = 1 + sum(count(v) for v in (o.values() if isinstance(o, dict) else o))
+        active.discard(id(o))
+        if n > limit:
+            raise ConfigError(f"{where}: the YAML expands to more than {limit:,} values through its aliases "
+                              f"(an alias bomb?); write the values out")
+        memo[id(o)] = n
+        return n
+    return count(obj)
+
+
+def safe_load(text, where: str):
+    """yaml.safe_load, then the expansion check above."""
+    d = yaml.safe_load(text)
+    expanded_nodes(d, where)
+    return d
+
+
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
     for o in overrides or []:
         if "=" not in o or "." not in o.split("=", 1)[0]:
@@ -210,7 +245,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {o!r}: {p} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(val) if val.strip() else ""
+            node[parts[-1]] = safe_load(val, f"override {key}") if val.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {o!r}: value is not valid YAML ({e.__class__.__name__})") from None
     return d
@@ -221,7 +256,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     if path:
         try:
             with open(path) as f:
-                d = yaml.safe_load(f) or {}
+                d = safe_load(f, path) or {}
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config ({getattr(e, 'strerror', None) or e.__class__.__name__})") from None
         except yaml.YAMLError as e:

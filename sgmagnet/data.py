@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .shards import decode_sample, read_manifest, shard_paths  # noqa: F401  (read_manifest: re-exported)
+from .shards import ShardError, decode_sample, read_manifest, shard_paths  # noqa: F401  (read_manifest: re-exported)
 
 
 @dataclass
@@ -163,13 +163,22 @@ def make_pipeline(urls: list[str], norm: Normaliser, batch_size: int, *, train: 
             random.Random(stage_seed).shuffle(urls)
         stages = [wds.SimpleShardList(urls), RankSplitter(rank, world) if world > 1 else identity_splitter,
                   wds.split_by_worker]
-    handler = wds.reraise_exception if strict else wds.warn_and_continue
+    handler = wds.reraise_exception if strict else skip_with_warning
     stages.append(wds.tarfile_to_samples(handler=handler))
     if train and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=stage_seed + 7919 * rank))
     stages += [wds.map(Decode(norm), handler=handler),
                wds.batched(batch_size, collation_fn=collate, partial=True)]
     return wds.DataPipeline(*stages)
+
+
+def skip_with_warning(exn) -> bool:
+    """The training loader's handler for an unreadable tar member or sample: one line on stderr, go on (webdataset's
+    warn_and_continue prints two lines per sample, the second the source line of its own warnings.warn)."""
+    import sys
+
+    sys.stderr.write(f"WARNING: skipped an unreadable sample ({type(exn).__name__}: {' '.join(str(exn).split())[:300]})\n")
+    return True
 
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
@@ -314,7 +323,8 @@ class EpochStream:
                     yield b
             self._current = None
             if n == 0:
-                raise RuntimeError(f"an epoch over {len(self.urls)} shards yielded no batch (empty or unreadable shards)")
+                raise ShardError(f"{os.path.dirname(self.urls[0])}: an epoch over {len(self.urls)} shard(s) gave no "
+                                 f"readable sample (truncated or damaged since the build? `sgmagnet inspect --verify`)")
             self.epoch, self.batch = self.epoch + 1, 0
 
     def close(self):

@@ -27,6 +27,7 @@ import torch
 from .grid import CLASS_NAMES, N_CLASSES, N_LEVELS
 from .losses import fast_argmax, log_probs
 from .metrics import LAT_BANDS, Calibration, ConfusionSet, lat_band, paper_comparable
+from .shards import ShardError  # noqa: F401  (defined with the sample format; raised and re-exported here)
 
 
 @dataclass
@@ -277,8 +278,6 @@ def compare_markdown(results: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the command
-class ShardError(ValueError):
-    """Shards that do not match their manifest, or a sample that cannot be decoded (one line, names the file)."""
 
 
 def checked_batches(loader, where: str):

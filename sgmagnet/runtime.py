@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-from .checkpoint import SavedModel, load_saved
+from .checkpoint import SavedModel, load_saved, load_weights
 from .config import ConfigError
 from .models import build_model
 
@@ -39,5 +39,6 @@ def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, Save
     """Model (eval mode) and its SavedModel from a run folder, checkpoint folder or state.pt."""
     saved = load_saved(path)
     model = model_from_config(saved.config)
-    model.load_state_dict(saved.model)
+    load_weights(model, saved.model, f"{saved.folder}/state.pt",
+                 f"the {saved.config.model.name}/{saved.config.model.size} model its own config describes")
     return model.to(device).eval(), saved

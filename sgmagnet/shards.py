@@ -14,6 +14,10 @@ SAMPLE_KEYS = ("input.npy", "pix.npy", "prof.npy", "geom.npy", "meta.json")
 OPTIONAL_KEYS = ("ctype.npy",)   # uint8 [N]: CloudLayerType of the top layer per labelled pixel (0 = clear)
 
 
+class ShardError(ValueError):
+    """Shards that do not match their manifest, or samples that cannot be read (one line, names the folder)."""
+
+
 def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)

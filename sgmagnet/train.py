@@ -27,7 +27,7 @@ import torch
 
 from . import dist as hdist
 
-from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, rng_state, set_rng_state
+from .checkpoint import CKPT_FORMAT, Checkpointer, load, load_common, load_weights, model_label, rng_state, set_rng_state
 from .config import Config, ConfigError, dump, to_dict, validate
 from .data import PREEMPTION_SIGNALS, LoaderConfig, Normaliser, iterate, make_loader, read_manifest, split_urls
 from .evaluate import evaluate_batches
@@ -48,6 +48,40 @@ def refuse_existing_run(run_dir: str):
         raise ConfigError(f"train.run_dir {run_dir!r} already holds checkpoints ({held[-1]}): pass --resume to "
                           f"continue it, --overwrite to start again (its checkpoints and logs are deleted), or "
                           f"choose another train.run_dir")
+
+
+class RunLock:
+    """An exclusive lock on a run folder (`<run_dir>/.lock`, fcntl.flock), held by rank 0 for the whole run: a
+    second trainer on the same train.run_dir -- two sbatch submissions, a requeue racing a straggler, a typo --
+    is refused (exit 2) before it touches anything, instead of two processes interleaving checkpoints and logs.
+    The kernel drops the lock when its holder dies (SIGKILL, node failure): there are no stale locks. A file
+    system without flock (ENOLCK, EOPNOTSUPP: some NFS mounts) runs unlocked, with a warning."""
+
+    def __init__(self, run_dir: str, log=print):
+        import fcntl
+        import socket
+
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, ".lock")
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "another process"
+            self.f.close()
+            raise ConfigError(f"train.run_dir {run_dir!r} is in use by a running trainer ({holder}): wait for it, "
+                              f"stop it, or choose another train.run_dir") from None
+        except OSError as e:
+            log(f"WARNING: cannot lock {self.path} ({e.strerror}); two trainers on this folder would not be stopped")
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self.f.flush()
+
+    def release(self):
+        if not self.f.closed:
+            self.f.close()            # closing the descriptor releases the flock
 
 
 def clear_run(run_dir: str):
@@ -244,7 +278,19 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, log=print, data=None, env=None, overwrite: bool = False):
         self.cfg, t = validate(cfg), cfg.train
         if not (resume or overwrite):
-            refuse_existing_run(t.run_dir)
+            refuse_existing_run(t.run_dir)      # read-only: a refused run leaves its folder untouched
+        self.lock = None
+        if not (env or hdist.detect()).rank:    # rank 0 holds the run folder's lock before anything changes in it
+            self.lock = RunLock(t.run_dir, log)
+        try:
+            self._setup(cfg, resume, log, data, env, overwrite)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _setup(self, cfg: Config, resume: bool, log, data, env, overwrite: bool):
+        t = cfg.train
         self.env = env or hdist.init_distributed(deepspeed=bool(t.deepspeed))
         self.log = log if self.env.is_main else (lambda m: None)
         if t.threads:
@@ -258,7 +304,10 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"model.options: {e}") from None
         if t.init_from:
-            model.load_state_dict(load_common(t.init_from)["model"])
+            init = load_common(t.init_from)
+            load_weights(model, init["model"], f"train.init_from={t.init_from}", f"this run's {model_label(to_dict(cfg))} "
+                         f"model (train.init_from takes weights of the same model, size and options)",
+                         model_label(init.get("config")))
         self.model = model.to(self.device)
         self.opt = build_optimizer(cfg, self.model)
         self.sched = build_scheduler(cfg, self.opt)
@@ -316,6 +365,9 @@ class Trainer:
         if self.preemption is not None:
             self.preemption.restore()
             self.preemption = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _make_stream(self):
         c, e = self.cfg.data, self.env
@@ -348,7 +400,9 @@ class Trainer:
         if self.engine is not None:
             self.engine.load_checkpoint(os.path.dirname(folder), tag=os.path.basename(folder))
         else:
-            self.model.load_state_dict(common["model"])
+            load_weights(self.model, common["model"], f"--resume {folder}", f"this run's {model_label(to_dict(self.cfg))} "
+                         f"model (resuming needs the model the run was started with: undo the model.* overrides, or "
+                         f"start a new train.run_dir)", model_label(common.get("config")))
             self.opt.load_state_dict(common["optimizer"])
             self.sched.load_state_dict(common["scheduler"])
         self.step = int(common["step"])

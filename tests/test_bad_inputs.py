@@ -146,6 +146,66 @@ def file_with(tmp, name, text):
     return str(p)
 
 
+PY = sys.executable
+HELD_LOCKS = []        # run-folder locks held by this process for the "second trainer" rows (released at exit)
+
+
+def hpc(script, *args):
+    """A command line of one of the hpc/ tools (they follow the same contract)."""
+    return [PY, os.path.join(ROOT, "hpc", script), *args]
+
+
+def limited(blocks, argv):
+    """argv under `ulimit -f blocks` (512-byte blocks): the file system refuses writes past that size, as a full
+    disk or an exhausted quota would."""
+    return ["bash", "-c", f"ulimit -f {blocks}; exec \"$@\"", "limited", PY, "-m", "sgmagnet.cli", *map(str, argv)]
+
+
+def held_run(w, tmp):
+    """A run folder whose lock is held, as by a trainer running in it."""
+    import fcntl
+
+    r = run_with_checkpoints(w, tmp)
+    f = open(r / ".lock", "a+")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD_LOCKS.append(f)
+    return r
+
+
+def alias_bomb(tmp, inside_options=True):
+    """Nine levels of YAML aliases, nine references each: 9^9 values once expanded (a "billion laughs")."""
+    lines = ["model:", "  name: sgmagnet", "  options:", "    x0: &a [x, x, x, x, x, x, x, x, x]"]
+    prev = "a"
+    for i, k in enumerate("bcdefghi"):
+        lines.append(f"    x{i + 1}: &{k} [{', '.join(['*' + prev] * 9)}]")
+        prev = k
+    return file_with(tmp, "bomb.yaml", "\n".join(lines) + "\n")
+
+
+OVERRIDE_BOMB = ("model.options={a: &a [1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+                 "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+                 "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d]}")
+
+
+def relabelled_checkpoint(w, tmp, name="segnet"):
+    """The unet run's weights in a checkpoint whose config says another model (a mixed-up copy)."""
+    import torch
+
+    src = glob.glob(str(w["run"] / "checkpoints" / "step_*" / "state.pt"))[0]
+    ck = torch.load(src, weights_only=True)
+    ck["config"]["model"]["name"] = name
+    d = tmp / "mixed"
+    d.mkdir()
+    torch.save(ck, d / "state.pt")
+    return d
+
+
+def truncated_train_shards(out):
+    for p in glob.glob(str(out / "train" / "*.tar")):
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[:3000])
+
+
 CASES = [
     # ----------------------------------------------------------------------------------------- build
     ("build-other-config", lambda w, t: dict(argv=build_argv(w, w["shards"], "--patch-size", "16"),
@@ -255,11 +315,123 @@ CASES = [
      "--sbatch"),
     ("submit-time-bad", lambda w, t: dict(argv=["submit", "train", "--config", TINY, "--partition", "gpu", "--time",
                                                 "25:61:00", "--dry-run", "--cluster", "slurm"]), 2, "--time"),
+    # ================================================ round 4: paths added since round 3, and faults
+    # ------------------------------------------------------------------ faults: disk full, a second trainer
+    ("train-checkpoint-disk-full", lambda w, t: dict(cmd=limited(200, train_argv(w, t, "train.steps=4",
+                                                                                   "train.val_every=0"))),
+     1, "cannot write"),
+    ("train-resume-checkpoint-disk-full", lambda w, t: dict(
+        cmd=limited(100, train_argv(w, t, "train.steps=6", "train.val_every=0", "model.name=unet", "--resume")),
+        protect=[run_with_checkpoints(w, t) / "checkpoints"]), 1, "is intact"),
+    ("build-shard-disk-full", lambda w, t: dict(cmd=limited(100, build_argv(w, t / "o"))), 1, "File too large"),
+    ("train-second-trainer-same-run", lambda w, t: dict(argv=train_argv(w, t, "model.name=unet") + ["--resume"],
+                                                        protect=[held_run(w, t) / "checkpoints"]), 2,
+     "in use by a running trainer"),
+    ("train-second-trainer-overwrite", lambda w, t: dict(argv=train_argv(w, t, "model.name=unet") + ["--overwrite"],
+                                                         protect=[held_run(w, t) / "checkpoints"]), 2,
+     "in use by a running trainer"),
+    ("train-shards-truncated", lambda w, t: dict(argv=train_argv(w, t, f"data.shards={shard_copy(w, t, truncated_train_shards)}",
+                                                                 "data.workers=2", "train.val_every=0"), warnings=True),
+     2, "gave no readable sample"),
+    # ------------------------------------------------------------------------------------------ YAML
+    ("train-yaml-alias-bomb", lambda w, t: dict(argv=["train", "--config", alias_bomb(t), "--print-config"]), 2,
+     "alias bomb"),
+    ("train-yaml-recursive-alias", lambda w, t: dict(argv=["train", "--config", file_with(
+        t, "r.yaml", "model: &a\n  options: {x: *a}\n"), "--print-config"]), 2, "recursive document"),
+    ("train-override-alias-bomb", lambda w, t: dict(argv=["train", "--config", TINY, "--print-config", OVERRIDE_BOMB]),
+     2, "alias bomb"),
+    ("train-print-config-bad-value", lambda w, t: dict(argv=["train", "--config", TINY, "--print-config",
+                                                             "train.patience=-1"]), 2, "train.patience"),
+    # ----------------------------------------------------------------- a checkpoint of another model or size
+    ("train-resume-other-model", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4") + ["--resume"],
+                                                   protect=[run_with_checkpoints(w, t)]), 2,
+     "a unet/tiny checkpoint cannot be loaded into this run's sgmagnet/tiny"),
+    ("train-resume-other-size", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4", "model.name=unet",
+                                                                  "model.size=demo") + ["--resume"],
+                                                  protect=[run_with_checkpoints(w, t)]), 2, "of another shape"),
+    ("train-init-from-other-model", lambda w, t: dict(argv=train_argv(w, t, f"train.init_from={w['run']}"),
+                                                      protect=[w["run"]]), 2, "train.init_from"),
+    ("train-init-from-other-size", lambda w, t: dict(argv=train_argv(w, t, f"train.init_from={w['run']}",
+                                                                     "model.name=unet", "model.size=demo"),
+                                                     protect=[w["run"]]), 2, "of another shape"),
+    ("predict-checkpoint-of-another-model", lambda w, t: dict(argv=predict_argv(w, t, "--bbox", w["bbox"])[:2] + [
+        str(relabelled_checkpoint(w, t))] + predict_argv(w, t, "--bbox", w["bbox"])[3:], protect=[w["cube"]]), 2,
+     "model its own config describes"),
+    ("evaluate-checkpoint-of-another-model", lambda w, t: dict(argv=["evaluate", "--checkpoint",
+                                                                     str(relabelled_checkpoint(w, t)), "--shards",
+                                                                     str(w["shards"])]), 2,
+     "model its own config describes"),
+    # ------------------------------------------------------------------- train options added since round 3
+    ("train-patience-negative", lambda w, t: dict(argv=train_argv(w, t, "train.patience=-1")), 2, "train.patience"),
+    ("train-patience-text", lambda w, t: dict(argv=train_argv(w, t, "train.patience=soon")), 2, "train.patience"),
+    ("train-aux-weight-negative", lambda w, t: dict(argv=train_argv(w, t, "loss.aux_weight=-1")), 2,
+     "loss.aux_weight"),
+    ("train-aux-weight-nan", lambda w, t: dict(argv=train_argv(w, t, "loss.aux_weight=.nan")), 2, "loss.aux_weight"),
+    ("train-aux-weight-on-unet", lambda w, t: dict(argv=train_argv(w, t, "loss.aux_weight=0.5", "model.name=unet")), 2,
+     "need model.name=sgmagnet"),
+    ("train-aux-weight-dense-path", lambda w, t: dict(argv=train_argv(w, t, "loss.aux_weight=0.5",
+                                                                      "train.columns=false")), 2, "train.columns=true"),
+    ("train-val-batches-negative", lambda w, t: dict(argv=train_argv(w, t, "data.val_batches=-1")), 2,
+     "data.val_batches"),
+    ("train-keep-checkpoints-zero", lambda w, t: dict(argv=train_argv(w, t, "train.keep_checkpoints=0")), 2,
+     "train.keep_checkpoints"),
+    # ---------------------------------------------------------------------- evaluate, synth, best/
+    ("evaluate-curtains-negative", lambda w, t: dict(argv=eval_argv(w, w["shards"], "--curtains", "-1"),
+                                                     protect=[w["run"]]), 2, "--curtains"),
+    ("evaluate-out-is-a-file", lambda w, t: dict(argv=eval_argv(w, w["shards"], "--out", str(w["junk"])),
+                                                 protect=[w["junk"]]), 2, "--out"),
+    ("evaluate-decision-unknown", lambda w, t: dict(argv=eval_argv(w, w["shards"], "--decision", "bayes")), 2,
+     "--decision"),
+    ("evaluate-best-missing", lambda w, t: dict(argv=["evaluate", "--checkpoint", str(w["run"] / "checkpoints" / "nobest"),
+                                                      "--shards", str(w["shards"])]), 2, "--checkpoint"),
+    ("synth-out-is-a-file", lambda w, t: dict(argv=["synth", "--out", str(w["junk"])], protect=[w["junk"]]), 2,
+     "is a file"),
+    ("synth-days-past-9999", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--days", "100000000000"]), 2,
+     "year 9999"),
+    ("synth-corridor-zero", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--track-corridor", "0"]), 2,
+     "--track-corridor"),
+    ("synth-corridor-text", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--track-corridor", "wide"]), 2,
+     "--track-corridor"),
+    # ------------------------------------------------------------------------ hpc/study.py, study_data.py
+    ("study-only-empty", lambda w, t: dict(cmd=hpc("study.py", "--shards", str(w["shards"]), "--config", "tiny",
+                                                   "--only", "", "--out", str(t / "o"), "--runs", str(t / "r"))), 2,
+     "--only"),
+    ("study-out-is-a-file", lambda w, t: dict(cmd=hpc("study.py", "--shards", str(w["shards"]), "--config", "tiny",
+                                                      "--only", "unet", "--out", str(w["junk"]), "--runs", str(t / "r")),
+                                              protect=[w["junk"]]), 2, "--out"),
+    ("study-preset-without-val-samples", lambda w, t: dict(cmd=hpc("study.py", "--shards", str(w["shards"]), "--config",
+                                                                   "cpu", "--only", "unet", "--out", str(t / "o"),
+                                                                   "--runs", str(t / "r"))), 2, "validates on 'val'"),
+    ("study-data-out-is-a-file", lambda w, t: dict(cmd=hpc("study_data.py", "--out", str(w["junk"]), "--days", "1"),
+                                                   protect=[w["junk"]]), 2, "--out"),
+    ("study-data-jobs-zero", lambda w, t: dict(cmd=hpc("study_data.py", "--out", str(t / "sd"), "--jobs", "0")), 2,
+     "--jobs"),
+    # ------------------------------------------------------------------------------------- hpc/bench/*
+    ("bench-build-ranks-zero", lambda w, t: dict(cmd=hpc("bench/build.py", "--ranks", "0", "--workdir", str(t / "b"))),
+     2, "--ranks"),
+    ("bench-train-step-batch-zero", lambda w, t: dict(cmd=hpc("bench/train_step.py", "--batch-size", "0")), 2,
+     "--batch-size"),
+    ("bench-train-step-patch-negative", lambda w, t: dict(cmd=hpc("bench/train_step.py", "--patch", "-1")), 2,
+     "--patch"),
+    ("bench-train-step-no-shards", lambda w, t: dict(cmd=hpc("bench/train_step.py", "--loader", "real", "--shards",
+                                                            str(t / "none"))), 2, "no manifest.json"),
+    ("bench-loader-no-shards", lambda w, t: dict(cmd=hpc("bench/loader.py", "--shards", str(t / "none"))), 2,
+     "no shards"),
+    ("bench-loader-unknown-option", lambda w, t: dict(cmd=hpc("bench/loader.py", "--bogus")), 2,
+     "unrecognized arguments"),
+    ("bench-predict-memory-junk-checkpoint", lambda w, t: dict(cmd=hpc("bench/predict_memory.py", "--checkpoint",
+                                                                      str(junk_checkpoint(w, t)), "--work",
+                                                                      str(t / "pm"))), 2, "not a readable checkpoint"),
+    ("bench-loss-memory-labelled-too-many", lambda w, t: dict(cmd=hpc("bench/loss_memory.py", "--size", "4",
+                                                                     "--labelled", "100")), 2, "--labelled"),
+    ("bench-profile-step-mode", lambda w, t: dict(cmd=hpc("bench/profile_step.py", "--mode", "bogus")), 2, "--mode"),
+    ("bench-probe-no-shards", lambda w, t: dict(cmd=hpc("bench/probe_top_phase.py", "--shards", str(t / "none"))), 2,
+     "no manifest.json"),
 ]
 
 
 def test_there_are_enough_rows():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 93 and len({c[0] for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("name,make,code,text", CASES, ids=[c[0] for c in CASES])
@@ -267,12 +439,16 @@ def test_bad_input(w, tmp_path, name, make, code, text):
     case = make(w, tmp_path)
     protect = case.get("protect", [])
     before = snapshot(protect)
-    r = subprocess.run([sys.executable, "-m", "sgmagnet.cli", *map(str, case["argv"])], env=ENV, cwd=str(tmp_path),
-                       capture_output=True, text=True, timeout=300)
+    cmd = case.get("cmd") or [sys.executable, "-m", "sgmagnet.cli", *map(str, case["argv"])]
+    r = subprocess.run(cmd, env=ENV, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     err = r.stderr.strip()
     assert r.returncode == code, f"exit {r.returncode}, expected {code}\nstdout: {r.stdout[-1500:]}\nstderr: {err[-1500:]}"
     assert "Traceback" not in r.stderr + r.stdout, err[-3000:]
-    assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{err}"
+    lines = err.splitlines()
+    if case.get("warnings"):       # the training loader names each sample it skips, one line each, first
+        assert all(line.startswith("WARNING: ") for line in lines[:-1]), err
+        lines = lines[-1:]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
     assert text in err, f"{text!r} not in {err!r}"
     assert snapshot(protect) == before, "an earlier output changed"
     assert not glob.glob(str(tmp_path / "**" / "*.partial"), recursive=True), "a .partial file was left behind"

@@ -111,3 +111,25 @@ def test_workers_started_during_a_signal_storm_survive():
     r = _storm("Loader", 40)
     assert r.returncode == 0 and "epochs done" in r.stdout, r.stdout[-1000:] + r.stderr[-2000:]
     assert int(r.stdout.split("saw")[1].split()[0]) > 0
+
+
+def test_a_sample_with_pixels_outside_its_patch_or_unknown_labels_is_refused():
+    """shards.decode_sample checks what the loss and the models index: a pixel outside the patch, a label that is
+    not a class nor 255, arrays that disagree on N -- a ValueError naming the sample (the training loader skips
+    it with a one-line warning; evaluation stops)."""
+    import numpy as np
+    import pytest
+
+    from sgmagnet.shards import decode_sample, encode_sample
+
+    good = {"input": np.zeros((16, 8, 8), np.float32), "geom": np.zeros((2, 8, 8), np.float32),
+            "pix": np.array([[0, 0], [7, 7]]), "prof": np.zeros((2, 38), np.uint8), "meta": {"k": 1},
+            "ctype": np.zeros(2, np.uint8)}
+    assert decode_sample(encode_sample("ok", good))["pix"].shape == (2, 2)
+    for change, text in ((dict(pix=np.array([[0, 0], [8, 1]])), "outside the 8x8 patch"),
+                         (dict(pix=np.array([[0, 0], [-1, 1]])), "outside the 8x8 patch"),
+                         (dict(prof=np.full((2, 38), 7, np.uint8)), "label 7"),
+                         (dict(prof=np.zeros((3, 38), np.uint8)), "same N labelled pixels"),
+                         (dict(geom=np.zeros((2, 4, 4), np.float32)), "geom")):
+        with pytest.raises(ValueError, match=text):
+            decode_sample(encode_sample("bad", {**good, **change}))

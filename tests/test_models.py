@@ -205,3 +205,26 @@ def test_sgmagnet_aux_heads_at_columns_equal_dense_coarse_heads():
         build_model("sgmagnet", "tiny")(x.float(), g.float(), columns=idx, aux=True)
     with pytest.raises(ValueError, match="coarse scale"):
         build_model("sgmagnet", "tiny", aux=True, scales=[1])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_columns_on_nan_tracks_give_finite_logits(name):
+    """A track over a patch whose bands are all missing (NaN: off-disk, all-fill scene) or whose geometry is
+    NaN at the labelled columns: finite logits and a finite loss and gradient -- never a NaN that would stop a
+    run ("loss is nan") or poison the weights."""
+    torch.manual_seed(0)
+    m = build_model(name, "tiny")
+    x = torch.randn(2, 16, 32, 32)
+    x[1] = float("nan")                                   # the whole second patch is missing
+    geom = torch.rand(2, 2, 32, 32) * 60
+    geom[0, :, 5, :] = float("nan")                       # a row of missing geometry under the track
+    cols = torch.tensor([[0, 5, 3], [0, 5, 4], [1, 7, 7], [1, 0, 31]])
+    y = m(x, geom, columns=cols)
+    assert y.shape == (4, 4, 38) and torch.isfinite(y).all()
+    prof = torch.randint(0, 4, (4, 38), dtype=torch.uint8)
+    from sgmagnet.losses import compact_view
+
+    v, i = compact_view(y)
+    loss = gated_sparse_ce(v, i, prof)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

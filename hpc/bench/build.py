@@ -5,13 +5,14 @@ plus an estimate of a 5-year archive's build time on 64 cores from the measured 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+
+from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
 
 
 def run_build(archive, out, n, patch):
@@ -30,11 +31,11 @@ def run_build(archive, out, n, patch):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchcli.parser("build.py", __doc__, raw=True)
     ap.add_argument("--workdir", default="bench_out")
-    ap.add_argument("--days", type=int, default=4)
-    ap.add_argument("--ranks", default="1,2")
-    ap.add_argument("--patch-size", type=int, default=64)
+    ap.add_argument("--days", type=benchcli.positive, default=4)
+    ap.add_argument("--ranks", type=benchcli.int_list, default=[1, 2], help="MPI rank counts, comma-separated")
+    ap.add_argument("--patch-size", type=benchcli.positive, default=64)
     a = ap.parse_args()
     archive = os.path.join(a.workdir, f"archive_{a.days}d")
     if not os.path.exists(os.path.join(archive, "synth_stats.json")):
@@ -43,7 +44,7 @@ def main():
     with open(os.path.join(archive, "synth_stats.json")) as f:
         st = json.load(f)
     rows = []
-    for n in [int(x) for x in a.ranks.split(",")]:
+    for n in a.ranks:
         wall, m, work, loads = run_build(archive, os.path.join(a.workdir, f"shards_n{n}"), n, a.patch_size)
         prof = m["profiles"]["profiles"]
         rows.append((n, wall, work, st["granules"], prof, sum(m["counts"].values()), loads))
@@ -69,4 +70,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(benchcli.run(main, "build.py"))

@@ -13,10 +13,11 @@ then amortised as it is on a real archive).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
+
+from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -34,13 +35,13 @@ def timed(fn, epochs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = benchcli.parser("loader.py", __doc__)
     p.add_argument("--shards", default="demo_out/shards")
     p.add_argument("--split", default="train")
-    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8, help="samples per batch (8)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=3, help="passes per loader; the best is reported")
-    p.add_argument("--repeat", type=int, default=40, help="list each shard this many times (a larger epoch)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=benchcli.positive, default=8, help="samples per batch (8)")
+    p.add_argument("--workers", type=benchcli.count0, default=2)
+    p.add_argument("--epochs", type=benchcli.positive, default=3, help="passes per loader; the best is reported")
+    p.add_argument("--repeat", type=benchcli.positive, default=40, help="list each shard this many times (a larger epoch)")
     a = p.parse_args(argv)
     urls = split_urls(a.shards, a.split) * a.repeat
     norm = Normaliser.from_manifest(a.shards)
@@ -72,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchcli.run(main, "loader.py"))

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -88,15 +90,17 @@ def worker(a) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8, help="samples per batch (8)")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--levels", type=int, default=38)
-    p.add_argument("--labelled", type=int, default=128, help="labelled pixels per patch (a track crossing it)")
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    p = benchcli.parser("loss_memory.py", __doc__)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=benchcli.positive, default=8, help="samples per batch (8)")
+    p.add_argument("--size", type=benchcli.positive, default=128)
+    p.add_argument("--levels", type=benchcli.positive, default=38)
+    p.add_argument("--labelled", type=benchcli.positive, default=128, help="labelled pixels per patch (a track crossing it)")
+    p.add_argument("--repeat", type=benchcli.positive, default=5)
+    p.add_argument("--threads", type=benchcli.positive, default=2)
     p.add_argument("--variant", choices=("sparse", "dense"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.labelled > a.size * a.size:
+        p.error(f"--labelled {a.labelled}: a {a.size}x{a.size} patch has only {a.size * a.size} pixels")
     if a.variant:
         print(json.dumps(worker(a)))
         return 0
@@ -117,12 +121,15 @@ def main(argv=None):
         r = res[v]
         print(f"{v:8}{r['fwd_extra_MiB']:15.2f}{r['fwdbwd_extra_MiB']:19.2f}{r['fwd_ms']:9.1f}{r['bwd_ms']:9.1f}"
               f"{r['loss']:10.5f}")
+    same = abs(s['loss'] - d['loss']) < 1e-4 * abs(d['loss'])
     print(f"sparse/dense: forward memory {s['fwd_extra_MiB'] / max(d['fwd_extra_MiB'], 1e-9):.1%}, "
           f"forward+backward memory {s['fwdbwd_extra_MiB'] / max(d['fwdbwd_extra_MiB'], 1e-9):.1%} "
           f"(target <= 10%), time {(s['fwd_ms'] + s['bwd_ms']) / (d['fwd_ms'] + d['bwd_ms']):.1%}; "
-          f"same loss: {abs(s['loss'] - d['loss']) < 1e-4 * abs(d['loss'])}")
-    return 0
+          f"same loss: {same}")
+    if not same:             # the two ways must compute one loss, or the comparison means nothing
+        sys.stderr.write(f"loss_memory.py: error: the sparse and dense losses differ ({s['loss']} vs {d['loss']})\n")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchcli.run(main, "loss_memory.py"))

@@ -14,9 +14,10 @@ Mayer et al. 2024): a synthetic benchmark whose linear probe does much better gi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
 
 import numpy as np
 import torch
@@ -105,7 +106,7 @@ def probe(shards: str, train: str = "train", test: str = "test") -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = benchcli.parser("probe_top_phase.py", __doc__)
     p.add_argument("--shards", default="demo_out/shards")
     p.add_argument("--train", default="train")
     p.add_argument("--test", default="test")
@@ -134,4 +135,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchcli.run(main, "probe_top_phase.py"))

@@ -10,10 +10,11 @@ Each mode prints its samples/s (3 timed steps after 2 warm-ups, outside the prof
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
+
+from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -43,11 +44,11 @@ def sync(device):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = benchcli.parser("profile_step.py", __doc__)
     ap.add_argument("--model", default="sgmagnet", choices=sorted(MODELS), help="model (default: sgmagnet)")
     ap.add_argument("--size", default="demo", help="model size (default: demo)")
-    ap.add_argument("--patch", type=int, default=128, help="patch size in pixels (default: 128)")
-    ap.add_argument("--batch", type=int, default=8, help="samples per step (default: 8)")
+    ap.add_argument("--patch", type=benchcli.positive, default=128, help="patch size in pixels (default: 128)")
+    ap.add_argument("--batch", type=benchcli.positive, default=8, help="samples per step (default: 8)")
     ap.add_argument("--mode", default="train-dense,train-columns,predict",
                     help="comma list of train-dense, train-columns, predict (default: all three)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (default: fp32)")
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-chunk", type=int, default=None,
                     help="SGMAGNet's prediction chunk in columns (default: DENSE_CHUNK, DENSE_CHUNK_CUDA on a GPU)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    ap.add_argument("--top", type=int, default=12, help="operators shown per mode (default: 12)")
+    ap.add_argument("--top", type=benchcli.positive, default=12, help="operators shown per mode (default: 12)")
     ap.add_argument("--trace", default=None, help="folder for Chrome traces (default: none written)")
     a = ap.parse_args(argv)
     modes = a.mode.split(",")
@@ -99,4 +100,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchcli.run(main, "profile_step.py"))

@@ -23,6 +23,8 @@ import argparse
 import sys
 import time
 
+from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
+
 import torch
 
 from sgmagnet.losses import compact_view, gated_sparse_ce
@@ -173,19 +175,19 @@ def real_vs_memory(a, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = benchcli.parser("train_step.py", __doc__)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--size", default="demo", choices=("tiny", "demo", "paper"))
     p.add_argument("--patch", default="64,128", help="patch sizes, comma-separated (default 64,128)")
     p.add_argument("--paths", default="dense,columns", help="dense, columns or both (default dense,columns)")
-    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8, help="samples per batch (8)")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=benchcli.positive, default=8, help="samples per batch (8)")
+    p.add_argument("--steps", type=benchcli.positive, default=3)
+    p.add_argument("--warmup", type=benchcli.count0, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--loader", choices=("memory", "real"), default="memory")
     p.add_argument("--shards", default="demo_out/shards", help="with --loader real")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers with --loader real")
+    p.add_argument("--workers", type=benchcli.count0, default=2, help="DataLoader workers with --loader real")
     p.add_argument("--loss", choices=("torch", "triton"), default="torch",
                    help="loss implementation: the PyTorch reference or the fused Triton kernel (CUDA)")
     p.add_argument("--csv", help="append one row per model and path to this CSV")
@@ -193,19 +195,19 @@ def main(argv=None):
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
     if a.loader == "real":
-        a.patch = int(a.patch.split(",")[0])
+        a.patch = benchcli.int_list(a.patch)[0]
         return real_vs_memory(a, device)
     try:
-        patches = [int(v) for v in a.patch.split(",")]
+        patches = benchcli.int_list(a.patch)
         paths = a.paths.split(",")
         assert paths and set(paths) <= {"dense", "columns"}
         models = a.models.split(",")
         assert set(models) <= set(MODELS)
-    except (ValueError, AssertionError):
+    except (ValueError, AssertionError, argparse.ArgumentTypeError):
         p.error(f"--patch must be integers, --paths dense and/or columns, --models among {', '.join(MODELS)}")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     mem = "peak MiB (CUDA allocated)" if device.type == "cuda" else "peak MiB (process RSS)"
-    rows = []
+    rows, failed = [], 0
     for patch in patches:
         print(f"\nsize {a.size}, patch {patch}, batch {a.batch}, {a.steps} timed steps after {a.warmup}, {where}, "
               f"{'bf16' if a.bf16 else 'fp32'}, in-memory batches, {patch} labelled columns per patch")
@@ -219,6 +221,7 @@ def main(argv=None):
                 r = bench_model(**kw) if device.type == "cuda" else isolated(**kw)
                 if "error" in r:
                     print(f"{name:<13}{path:<9}  failed: {r['error']}", flush=True)
+                    failed += 1
                     continue
                 dense = r["samples_per_s"] if path == "dense" else dense
                 ratio = f"{r['samples_per_s'] / dense:>14.1f}x" if path == "columns" and dense else f"{'':>15}"
@@ -227,8 +230,10 @@ def main(argv=None):
                       f"{r['peak_mib']:>27.0f}", flush=True)
     if a.csv and rows:
         append_csv(a.csv, rows)
-    return 0
+    if failed:
+        sys.stderr.write(f"train_step.py: error: {failed} measurement(s) failed (see the table)\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchcli.run(main, "train_step.py"))
