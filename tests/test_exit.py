@@ -374,3 +374,23 @@ def test_study_data_stops_its_children(tmp_path):
     os.kill(r.p.pid, signal.SIGTERM)
     code, out_text, _ = r.finish(timeout=60)
     assert code == 143, out_text[-2000:]
+
+
+def test_shard_truncated_while_training_streams_it(tiny_shards, tmp_path):
+    """A training shard cut short while the run reads it (a file system hiccup, a copy still in flight): its
+    unreadable samples are skipped with one WARNING line each, the other shards carry the run to its end
+    (exit 0), and nothing is left behind."""
+    import shutil
+
+    root, _ = tiny_shards
+    shards = tmp_path / "shards"
+    shutil.copytree(root, shards)
+    run = tmp_path / "run"
+    r = Run(train_argv(shards, run, "train.steps=40", "train.val_every=0", "data.workers=2"))
+    r.wait_for(training_started(run), "the first training step")
+    victim = sorted((shards / "train").glob("*.tar"))[0]
+    victim.write_bytes(victim.read_bytes()[:3000])
+    code, out, t_exit = r.finish()
+    assert code == 0 and (run / "summary.json").exists(), out[-2000:]
+    assert "WARNING: skipped an unreadable sample" in out and "Traceback" not in out, out[-2000:]
+    check_prompt(run, t_exit)
