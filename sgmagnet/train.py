@@ -51,13 +51,16 @@ def refuse_existing_run(run_dir: str):
 
 
 class RunLock:
-    """An exclusive lock on a run folder (`<run_dir>/.lock`, fcntl.flock), held by rank 0 for the whole run: a
-    second trainer on the same train.run_dir -- two sbatch submissions, a requeue racing a straggler, a typo --
-    is refused (exit 2) before it touches anything, instead of two processes interleaving checkpoints and logs.
-    The kernel drops the lock when its holder dies (SIGKILL, node failure): there are no stale locks. A file
-    system without flock (ENOLCK, EOPNOTSUPP: some NFS mounts) runs unlocked, with a warning."""
+    """An exclusive lock on a run folder (`<run_dir>/.lock`), held by rank 0 for the whole run: a second trainer
+    on the same train.run_dir -- two sbatch submissions, a typo, `--overwrite` aimed at a running run -- is
+    refused (exit 2) before it changes anything, instead of two processes interleaving checkpoints and logs.
+    A POSIX record lock (fcntl.lockf), not flock: it belongs to this process only, so the DataLoader workers it
+    forks do not inherit it (a flock would outlive a SIGKILLed trainer in its orphaned workers for seconds),
+    and the kernel drops it when the process dies: no stale locks. It also works over NFS (lockd). A file
+    system without locks (ENOLCK, EOPNOTSUPP) runs unlocked, with a warning."""
 
     def __init__(self, run_dir: str, log=print):
+        import errno
         import fcntl
         import socket
 
@@ -65,14 +68,14 @@ class RunLock:
         self.path = os.path.join(run_dir, ".lock")
         self.f = open(self.path, "a+")
         try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.f.seek(0)
-            holder = self.f.read().strip() or "another process"
-            self.f.close()
-            raise ConfigError(f"train.run_dir {run_dir!r} is in use by a running trainer ({holder}): wait for it, "
-                              f"stop it, or choose another train.run_dir") from None
+            fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                self.f.seek(0)
+                holder = self.f.read().strip() or "another process"
+                self.f.close()
+                raise ConfigError(f"train.run_dir {run_dir!r} is in use by a running trainer ({holder}): wait for "
+                                  f"it, stop it, or choose another train.run_dir") from None
             log(f"WARNING: cannot lock {self.path} ({e.strerror}); two trainers on this folder would not be stopped")
         self.f.seek(0)
         self.f.truncate()
@@ -81,7 +84,7 @@ class RunLock:
 
     def release(self):
         if not self.f.closed:
-            self.f.close()            # closing the descriptor releases the flock
+            self.f.close()            # closing the descriptor releases the lock
 
 
 def clear_run(run_dir: str):
@@ -609,6 +612,7 @@ class Trainer:
         if self.env.is_main:
             with open(os.path.join(t.run_dir, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)
+            self.logger.close()              # flushed now for callers of fit() alone; close() finds it closed
         if last_val:
             self.log(f"step {self.step}: val loss {last_val['val_loss']:.4f}  macro F1 {last_val['val_macro_f1']:.3f}"
                      f"  macro IoU {last_val['val_macro_iou']:.3f}  -> {path}")

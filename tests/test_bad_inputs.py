@@ -167,7 +167,7 @@ def held_run(w, tmp):
 
     r = run_with_checkpoints(w, tmp)
     f = open(r / ".lock", "a+")
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     HELD_LOCKS.append(f)
     return r
 
