@@ -537,8 +537,19 @@ def leave_process_group(code: int, failed: bool = False) -> int:
     return code
 
 
+def _terminated(signum, frame):
+    """SIGTERM as an exception (exit 128 + 15): the `finally`/`except BaseException` blocks run, so a command
+    stopped by `kill` or Slurm removes what it was half-writing (predict's .partial cube, build's temp shards)
+    instead of dying with it on disk. `train` replaces it with its own handler while it fits (a checkpoint,
+    exit 3); DataLoader workers replace it with theirs."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
+    import signal
+
     a = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     failed = True
     try:
         code, failed = a.func(a), False

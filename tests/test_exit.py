@@ -285,7 +285,9 @@ def test_two_ranks_finish_preempt_and_fail_exit(tiny_shards, tmp_path, driver):
 
 
 # ------------------------------------------------------------------------- the other long-running commands
-def test_evaluate_interrupted_exits(tiny_shards, tmp_path):
+def test_evaluate_and_predict_interrupted_exit(tiny_shards, tiny_archive, tmp_path):
+    """evaluate and predict start no worker or subprocess; interrupted, they end at once and predict leaves no
+    half-written cube (it writes beside the output and renames)."""
     root, _ = tiny_shards
     from sgmagnet.config import load_config
     from sgmagnet.train import run_training
@@ -293,9 +295,10 @@ def test_evaluate_interrupted_exits(tiny_shards, tmp_path):
     run = tmp_path / "run"
     run_training(load_config(TINY, [f"data.shards={root}", f"train.run_dir={run}", "train.steps=2",
                                     "model.name=unet"]), log=lambda m: None)
-    # SIGINT: 130 from sgmagnet's handler, or -SIGINT while the interpreter is still starting; SIGTERM: the default
-    # action (no handler: evaluation writes its results atomically at the end); 0: it finished first
-    for sig, codes in ((signal.SIGINT, (130, -signal.SIGINT)), (signal.SIGTERM, (-signal.SIGTERM,))):
+    # SIGINT: 130 from sgmagnet's handler; SIGTERM: 143 (sgmagnet turns it into an exit that runs the clean-ups);
+    # the signal's own action while the interpreter is still starting or already ending; 0: it finished first
+    SIGS = ((signal.SIGINT, (130, -signal.SIGINT)), (signal.SIGTERM, (143, -signal.SIGTERM)))
+    for sig, codes in SIGS:
         r = Run([sys.executable, "-m", "sgmagnet.cli", "evaluate", "--checkpoint", str(run), "--shards", str(root),
                  "--out", str(tmp_path / "ev")])
         while r.p.poll() is None and time.time() - r.t0 < 2.5:   # mid-evaluation (it may also finish first)
@@ -304,6 +307,22 @@ def test_evaluate_interrupted_exits(tiny_shards, tmp_path):
             r.signal_group(sig)
         got, out, _ = r.finish(timeout=60)
         assert got in codes + (0,), f"{sig}: exit {got}\n{out[-2000:]}"
+    scene = sorted(glob.glob(str(tiny_archive[0] / "ahi" / "**" / "*.nc"), recursive=True))[0]
+    for sig, codes in SIGS:
+        cube = tmp_path / f"cube_{sig}.nc"
+        r = Run([sys.executable, "-m", "sgmagnet.cli", "predict", "--checkpoint", str(run), "--ahi", scene, "--out",
+                 str(cube), "--tile", "32", "--overlap", "8"])
+        while r.p.poll() is None and time.time() - r.t0 < 2:
+            time.sleep(0.05)
+        if r.p.poll() is None:
+            r.signal_group(sig)
+        got, out, _ = r.finish(timeout=60)
+        assert got in codes + (0,), f"{sig}: exit {got}\n{out[-2000:]}"
+        if cube.exists():                                  # written whole before the signal, or not at all
+            import xarray as xr
+            with xr.open_dataset(cube) as ds:
+                assert "cloud_phase" in ds and ds["cloud_phase"].size > 0
+        assert not glob.glob(str(tmp_path / "*.partial*")), "a half-written cube was left"
 
 
 def test_mpi_build_rank_failure_ends_every_rank(tiny_archive, tmp_path, driver):
