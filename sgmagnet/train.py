@@ -64,6 +64,7 @@ class RunLock:
         import fcntl
         import socket
 
+        self.run_dir, self.created = run_dir, not os.path.isdir(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, ".lock")
         self.f = open(self.path, "a+")
@@ -82,9 +83,14 @@ class RunLock:
         self.f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         self.f.flush()
 
-    def release(self):
+    def release(self, failed: bool = False):
+        """failed: the run never started -- a folder this lock created is removed again if nothing else is in it."""
         if not self.f.closed:
             self.f.close()            # closing the descriptor releases the lock
+        if failed and self.created and os.listdir(self.run_dir) == [".lock"]:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+                os.rmdir(self.run_dir)
 
 
 def clear_run(run_dir: str):
@@ -289,7 +295,7 @@ class Trainer:
             self._setup(cfg, resume, log, data, env, overwrite)
         except BaseException:
             if self.lock is not None:
-                self.lock.release()
+                self.lock.release(failed=True)
             raise
 
     def _setup(self, cfg: Config, resume: bool, log, data, env, overwrite: bool):

@@ -331,7 +331,8 @@ CASES = [
                                                          protect=[held_run(w, t) / "checkpoints"]), 2,
      "in use by a running trainer"),
     ("train-shards-truncated", lambda w, t: dict(argv=train_argv(w, t, f"data.shards={shard_copy(w, t, truncated_train_shards)}",
-                                                                 "data.workers=2", "train.val_every=0"), warnings=True),
+                                                                 "data.workers=2", "train.val_every=0"), warnings=True,
+                                            starts=True),
      2, "gave no readable sample"),
     # ------------------------------------------------------------------------------------------ YAML
     ("train-yaml-alias-bomb", lambda w, t: dict(argv=["train", "--config", alias_bomb(t), "--print-config"]), 2,
@@ -451,6 +452,9 @@ def test_bad_input(w, tmp_path, name, make, code, text):
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
     assert text in err, f"{text!r} not in {err!r}"
     assert snapshot(protect) == before, "an earlier output changed"
+    refused = case.get("argv", [""])[0] == "train" and code == 2 and not protect and not case.get("starts")
+    if refused:                                                   # a run refused before it starts leaves no folder
+        assert not (tmp_path / "r").exists(), sorted(os.listdir(tmp_path / "r"))
     assert not glob.glob(str(tmp_path / "**" / "*.partial"), recursive=True), "a .partial file was left behind"
 
 
