@@ -21,7 +21,6 @@ one copy). Offsets are int64. The backward recomputes the probabilities from the
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
@@ -129,11 +128,6 @@ def _gsm_bwd_kernel(x_ptr, gout_ptr, gin_ptr, n_vox, inner, D2, D3, xs_b, xs_c, 
 def _on(device):
     """Launch under the tensor's own CUDA device (the current device may be another GPU)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _inner(x) -> int:
-    """Voxels per (sample, channel): 0-sized batches have no x[0]."""
-    return math.prod(x.shape[2:])
 
 
 def _check(x):
