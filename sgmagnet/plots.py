@@ -139,13 +139,14 @@ def read_log(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def loss_curves_png(logs: dict[str, str], path: str):
-    """logs: label -> log.jsonl of a run. Training loss per step and validation loss / macro F1."""
+def loss_curves_png(logs: dict, path: str):
+    """logs: label -> a run's log.jsonl (a path, or its records). Training loss per step and validation loss /
+    macro F1."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (label, p) in enumerate(logs.items()):
         col = colours[k % len(colours)]
-        recs = read_log(p)
+        recs = read_log(p) if isinstance(p, str) else p
         tr = [(r["step"], r["loss"]) for r in recs if r.get("kind") == "train"]
         va = [(r["step"], r["val_loss"], r["val_macro_f1"]) for r in recs if r.get("kind") == "val"]
         if tr:

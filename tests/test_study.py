@@ -1,12 +1,11 @@
 """The study harness end to end on the tiny archive: sweep, runs, selection, bootstrap tables, resume."""
 import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import pytest
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     from hpc import study
 
@@ -68,6 +67,7 @@ def test_study_runs_resumes_and_reports(tiny_shards, tmp_path, capsys):
     assert "| unet | 2 |" in md.split("validation-selected")[1]
 
 
+@pytest.mark.slow
 def test_widened_sweep_supersedes_runs_trained_at_the_old_rate(tiny_shards, tmp_path, monkeypatch, capsys):
     """A grid widened after runs finished: only the new rates are tried; a run whose family now picks another
     rate is moved to superseded/ (kept, its time counted) and trained again at the new rate."""
@@ -97,11 +97,11 @@ def test_widened_sweep_supersedes_runs_trained_at_the_old_rate(tiny_shards, tmp_
 
 
 def _dump_many(args):
-    from hpc import study
+    from sgmagnet.io import write_json
 
     path, i = args
     for k in range(200):
-        study._dump(path, {"writer": i, "k": k})
+        write_json(path, {"writer": i, "k": k})
     return True
 
 
@@ -113,7 +113,7 @@ def test_two_study_processes_write_the_same_json_at_once(tmp_path):
     path = str(tmp_path / "lr_sweep.json")
     with mp.get_context("spawn").Pool(2) as pool:
         assert pool.map(_dump_many, [(path, 0), (path, 1)]) == [True, True]
-    assert json.load(open(path))["k"] == 199 and not list(tmp_path.glob("*.tmp"))
+    assert json.load(open(path))["k"] == 199 and not list(tmp_path.glob("*.tmp*"))
 
 
 def test_study_bad_options(tiny_shards, tmp_path, capsys):
@@ -138,6 +138,7 @@ def test_study_bad_options(tiny_shards, tmp_path, capsys):
     assert plain.read_text() == "# results without the study markers\n"
 
 
+@pytest.mark.slow
 def test_study_data_chunks_resume_and_free_the_raw_files(tmp_path, capsys):
     """Two 1-day chunks: synthesised, built into one shard set, verified, AHI deleted; a rerun skips both."""
     import glob
@@ -189,6 +190,7 @@ def test_study_data_bad_options(tmp_path, capsys):
         assert not (tmp_path / "x").exists()        # nothing started
 
 
+@pytest.mark.slow
 def test_an_archive_written_in_pieces_is_one_world(tmp_path):
     """Two 1-day pieces with a shared epoch = one 2-day run: same granules, same layers, same scenes. (Without
     the epoch every piece restarted the weather and the orbit: a 45-day archive was 15 copies of 3 days.)"""
