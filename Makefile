@@ -5,13 +5,18 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DEMO ?= demo_out
 
-.PHONY: setup test demo bench gpu-check clean
+.PHONY: setup test test-fast demo bench gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PY) -m pytest -v --durations=15 tests
+
+# The developer's lane after each change: everything but the tests marked slow, mpi, slurm or dali
+# (pyproject.toml declares the markers; `make test` and CI run them all).
+test-fast: setup
+	$(PY) -m pytest -q --durations=10 -m "not slow and not mpi and not slurm and not dali" tests
 
 demo: setup
 	@bash scripts/demo.sh $(DEMO)

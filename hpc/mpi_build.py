@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from sgmagnet.build import (BuildConfig, BuildFailed, build, check_out, get_comm, merge_manifest,  # noqa: F401
                             plan, run_rank)
+from sgmagnet.shards import Manifest
+
 
 def chunk_of(n: int, index: int, count: int) -> list[int]:
     """Granule indices of chunk `index` of `count` contiguous, time-ordered chunks (a job-array task)."""
@@ -18,12 +20,12 @@ def build_chunk(cfg: BuildConfig, index: int, count: int, log=print) -> dict:
     """Process one chunk of granules (records and shards only; the manifest is merged by `merge`)."""
     p = plan(cfg)
     check_out(cfg, p, overwrite=False, log=log)
-    stats = run_rank(cfg, p, chunk_of(len(p["granules"]), index, count), log=log)
+    stats = run_rank(cfg, p, chunk_of(len(p.granules), index, count), log=log)
     if "error" in stats:
         raise BuildFailed(stats["error"])
     return stats
 
 
-def merge(cfg: BuildConfig) -> dict:
+def merge(cfg: BuildConfig) -> Manifest:
     """Merge the records of every granule into manifest.json (after all chunks are done)."""
     return merge_manifest(cfg, plan(cfg))

@@ -27,7 +27,6 @@ chunks are synthesising, SIGTERM, Ctrl-C -- it terminates them (SIGKILL after 10
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import glob
 import json
@@ -37,6 +36,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from sgmagnet.io import write_json
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -215,8 +216,7 @@ def run(argv=None) -> int:
     m = read_manifest(shards)
     info.update(manifest_sha256=manifest_sha256(shards), counts=m.counts, shards_mb=round(du_mb(shards), 1),
                 last_run_s=round(time.time() - t_all, 1))
-    with open(info_path, "w") as f:
-        json.dump(info, f, indent=1)
+    write_json(info_path, info)
     print(f"shards {shards}: {m.counts}; manifest sha256 {info['manifest_sha256']}", flush=True)
     return 0
 
@@ -246,12 +246,10 @@ def build_chunk(a, sg, shards, info, info_path, k, n, day0, raw, synth, log, t_s
                               "synth_command": " ".join(synth), "build_command": " ".join(build)}
     with open(os.path.join(raw, "done"), "w") as f:
         f.write("ok\n")
-    with open(info_path, "w") as f:
-        json.dump(info, f, indent=1)
+    write_json(info_path, info)
     print(f"chunk {k}: {day0} +{n} d: synth {t_synth:.0f} s, build {t_build:.0f} s, raw {raw_mb:.0f} MB "
           f"(AHI deleted), {checked} granules verified", flush=True)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)
     sys.exit(main())

@@ -1,16 +1,23 @@
-"""Triton kernels, one file per op (sparse_ce.py, softmax.py): kernel(s), launcher, torch.autograd.Function and the
-pure-PyTorch reference they are tested against (gated_log_probs / reference_softmax / reference_argmax,
-reference_sparse_ce). Nothing here imports the model package: sgmagnet/losses.py builds on these. On CPU the
-kernels run under TRITON_INTERPRET=1 (set it before triton is imported), which is how the tests exercise
-them without a GPU.
+"""Triton kernels, one file per op, each with its launcher and torch.autograd.Function:
 
-    gated_sparse_ce(logits, index, profiles, weights, denominator=None) -> scalar
-    gated_softmax(logits, out_dtype=None) -> probabilities [B, 4, L, H, W]
-    gated_argmax(logits) -> int8 classes [B, L, H, W]
+    sparse_ce.py   gated_sparse_ce(logits, index, profiles, weights, denominator=None) -> scalar
+    softmax.py     gated_softmax(logits, out_dtype=None) -> probabilities [B, 4, L, H, W]
+                   gated_argmax(logits) -> int8 classes [B, L, H, W]
+
+The pure-PyTorch reference they are tested against lives beside them in reference.py, under names that
+say so (reference_log_probs, reference_softmax, reference_argmax, reference_sparse_ce). Nothing here imports
+the model package: sgmagnet/losses.py builds on these. `import kernels` and `kernels.reference` never import
+Triton; the kernels (`kernels.gated_sparse_ce`, ...) import it on first use. On CPU they run under
+TRITON_INTERPRET=1 (set it before triton is imported), which is how the tests exercise them without a GPU.
 """
 from __future__ import annotations
 
 import os
+
+#: the label value "no label" of the sample format (DESIGN.md); its one definition (sgmagnet.grid re-exports it)
+IGNORE = 255
+
+__all__ = ["IGNORE", "gated_sparse_ce", "gated_softmax", "gated_argmax", "interpreting", "usable_on"]
 
 
 def interpreting() -> bool:

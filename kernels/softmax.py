@@ -3,7 +3,7 @@
     probs = gated_softmax(logits, out_dtype=None)      # [B, 4, L, H, W] -> [B, 4, L, H, W]
     cls   = gated_argmax(logits)                       # [B, 4, L, H, W] -> [B, L, H, W] int8
 
-The pure-PyTorch reference is at the end of this file (gated_log_probs, reference_softmax,
+The pure-PyTorch reference is kernels/reference.py (reference_log_probs, reference_softmax,
 reference_argmax): the kernels are tested and benchmarked against it, and sgmagnet/losses.py builds the
 training loss and the CPU inference path on it.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -209,22 +208,3 @@ def gated_argmax(logits: torch.Tensor) -> torch.Tensor:
     out = torch.empty((logits.shape[0],) + tuple(logits.shape[2:]), dtype=torch.int8, device=logits.device)
     _launch_fwd(logits, out, argmax=True)
     return out
-
-
-# ------------------------------------------------------------------------------- pure-PyTorch reference
-def gated_log_probs(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Log-probabilities of (clear, ice, mixed, liquid) from (g, z1, z2, z3) along `dim`, in float32
-    (DESIGN.md): log p(clear) = logsigmoid(-g), log p(k) = logsigmoid(g) + log_softmax(z)_k."""
-    x = logits.float()
-    g, z = x.narrow(dim, 0, 1), x.narrow(dim, 1, 3)
-    return torch.cat([F.logsigmoid(-g), F.logsigmoid(g) + torch.log_softmax(z, dim=dim)], dim=dim)
-
-
-def reference_softmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """What gated_softmax computes (float32 probabilities), eagerly."""
-    return gated_log_probs(logits, dim).exp()
-
-
-def reference_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """What gated_argmax computes (int64 here): clear iff sigma(-g) > sigma(g) max softmax(z)."""
-    return gated_log_probs(logits, dim).argmax(dim)

@@ -6,8 +6,8 @@ logits [B, 4, L, H, W] (fp32/bf16/fp16, any strides: only the labelled columns a
 tensor's own strides, so a non-contiguous view costs no copy); index [N, 3] (b, row, col) (`sgmagnet build`
 writes one row per pixel; duplicate rows are allowed and each contributes its own term, as the definition
 says, so their gradients add up); profiles [N, L] uint8 with 255 = ignore;
-weights [4]. Returns a float32 scalar equal to `reference_sparse_ce` (the pure-PyTorch reference at the end
-of this file, which sgmagnet/losses.py trains with off CUDA).
+weights [4]. Returns a float32 scalar equal to `reference_sparse_ce` (the pure-PyTorch reference in
+kernels/reference.py, which sgmagnet/losses.py trains with off CUDA).
 
 Forward: one program per BLOCK (pixel, level) pairs of the N x L labels. It gathers the 4 logits of the
 voxel (int64 offsets: volumes may exceed 2^31 elements), computes log p_y in fp32 with stable
@@ -29,7 +29,7 @@ voxel whose index row lies outside the logits (b, row or col negative or >= B, H
 written: it adds nothing to the loss, its weight or the gradient, and is counted. With `invalid=None` the
 count is checked at once (one host sync; a ValueError describes the first offender); a training loop
 passes a device tensor instead, the count is added to it without a sync, and the loop checks it where it
-already syncs (sgmagnet/train.py: the end of the step). Coordinates are bounded by the logits' own shape
+already syncs (sgmagnet/train/trainer.py: the end of the step). Coordinates are bounded by the logits' own shape
 (the backward's sort key is the linear pixel number b*H*W + row*W + col, int64, with no other limit).
 
 focal (gamma > 0) and the plain-softmax ablation are not fused: callers use the reference, which has both.
@@ -42,10 +42,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import IGNORE
 from .common import softmax3
-from .softmax import gated_log_probs
+from .reference import pixel_key, settle_invalid
 
-IGNORE = 255
 BLOCK = 1024
 
 
@@ -157,22 +157,6 @@ def _on(device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def inside_rows(index: torch.Tensor, shape) -> torch.Tensor:
-    """[N] bool: the index rows (b, row, col) that lie inside logits of `shape` [B, 4, L, H, W]."""
-    B, _, _, H, W = shape
-    hi = torch.tensor([B, H, W], device=index.device, dtype=index.dtype)
-    return ((index >= 0) & (index < hi)).all(1)
-
-
-def pixel_key(index: torch.Tensor, shape) -> torch.Tensor:
-    """[N] int64: the linear pixel number b*H*W + row*W + col of each row inside the logits, -1 for the others
-    (sorts them into one segment of their own; it fits int64 whenever the logits exist)."""
-    _, _, _, H, W = shape
-    index = index.long()
-    key = (index[:, 0] * H + index[:, 1]) * W + index[:, 2]
-    return torch.where(inside_rows(index, shape), key, -1)
-
-
 def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int, shape):
     """Sum the sparse-gradient rows of duplicate index rows (sync-free, deterministic).
 
@@ -191,44 +175,6 @@ def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int, shape):
     used = torch.arange(N, device=index.device) <= seg[-1]
     prof = torch.where(used, 0, IGNORE).to(torch.uint8)[:, None].expand(N, L).contiguous()
     return rep, acc, prof
-
-
-def describe_invalid(shape, index: torch.Tensor, profiles: torch.Tensor, unique_index: bool = False) -> str:
-    """What is wrong with (index, profiles) for logits of `shape`: counts and the first offender of each kind
-    ('' when nothing is). Off the hot path: called only once a count came back non-zero."""
-    B, _, L, H, W = shape
-    index, y = index.long().cpu(), profiles.cpu().long()
-    lab = y != IGNORE
-    inside = inside_rows(index, shape)
-    parts = []
-    out = (lab & ~inside[:, None]).any(1).nonzero().flatten()
-    if len(out):
-        n = int(out[0])
-        parts.append(f"{len(out)} labelled index row(s) outside the logits [B={B}, H={H}, W={W}] (first: row {n} = "
-                     f"(b={int(index[n, 0])}, row={int(index[n, 1])}, col={int(index[n, 2])}))")
-    badlab = lab & (y > 3)
-    if badlab.any():
-        n, lev = (int(v) for v in badlab.nonzero()[0])
-        parts.append(f"{int(badlab.sum())} label(s) outside {{0, 1, 2, 3, 255}} (first: {int(y[n, lev])} at row {n}, "
-                     f"level {lev})")
-    if unique_index:
-        key = pixel_key(index, shape)[inside]
-        dup = int(inside.sum()) - int(torch.unique(key).numel())
-        if dup:
-            parts.append(f"{dup} repeated index row(s) with unique_index=True (each row must name a distinct pixel; "
-                         f"pass unique_index=False to sum duplicates)")
-    return "; ".join(parts)
-
-
-def settle_invalid(count: torch.Tensor, invalid, shape, index, profiles, unique_index: bool):
-    """invalid=None: check `count` now (a host sync) and raise ValueError if it is not 0; a tensor: add it there
-    (no sync; the caller checks it later)."""
-    if invalid is not None:
-        invalid += count.to(invalid.dtype)
-        return
-    if int(count.item()):
-        raise ValueError(f"gated_sparse_ce: {describe_invalid(shape, index, profiles, unique_index)} (masked, "
-                         f"not read; fix the data or pass invalid=<tensor> to count instead of raising)")
 
 
 class GatedSparseCE(torch.autograd.Function):
@@ -287,50 +233,3 @@ def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.T
         weights = torch.ones(4, device=logits.device)
     _check(logits, index, profiles, weights)
     return GatedSparseCE.apply(logits, index, profiles, weights, denominator, bool(unique_index), invalid)
-
-
-# ------------------------------------------------------------------------------- pure-PyTorch reference
-def gather_columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[B, C, L, H, W] at index [N, 3] (b, row, col) -> [N, C, L] (differentiable gather)."""
-    index = index.long()
-    return logits[index[:, 0], :, :, index[:, 1], index[:, 2]]
-
-
-def reference_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
-                        weights: torch.Tensor | None = None, denominator=None, gamma: float = 0.0,
-                        log_probs=gated_log_probs, unique_index: bool = False,
-                        invalid: torch.Tensor | None = None) -> torch.Tensor:
-    """L = sum_v w_y (-log p_y(v)) / sum_v w_y over the labelled voxels of the gathered columns (DESIGN.md),
-    a float32 scalar; 0 with a zero gradient when nothing is labelled. `denominator` replaces the local weight
-    sum (data-parallel training passes the global one). gamma > 0: the focal loss (1 - p_y)^gamma (-log p_y)
-    with the same weights and normaliser; `log_probs` maps [N, 4, L] logits to log-probabilities along dim 1
-    (the no-gating ablation passes a plain log_softmax). The fused kernel is the gamma = 0, gated case.
-    Invalid rows and labels (outside the logits, outside {0..3, 255}, repeated with unique_index) are masked
-    and counted exactly as the kernel does (module docstring: `invalid`)."""
-    if logits.dim() != 5 or logits.shape[1] != 4:
-        raise ValueError(f"logits must be [B, 4, L, H, W], got {tuple(logits.shape)}")
-    L = logits.shape[2]
-    if profiles.dim() != 2 or profiles.shape[1] != L or index.shape != (profiles.shape[0], 3):
-        raise ValueError(f"index must be [N, 3] and profiles [N, {L}], got {tuple(index.shape)} and {tuple(profiles.shape)}")
-    index = index.to(logits.device).long()
-    profiles = profiles.to(logits.device)
-    inside = inside_rows(index, logits.shape)
-    y = profiles.long()
-    labelled = y != IGNORE
-    ok = labelled & (y <= 3) & inside[:, None]
-    count = (labelled & ~ok).sum()
-    if unique_index:
-        count = count + inside.sum() - torch.unique(pixel_key(index, logits.shape)[inside]).numel()
-    settle_invalid(count, invalid, logits.shape, index, profiles, unique_index)
-    safe = torch.where(inside[:, None], index, 0)                       # rows outside read pixel 0, masked below
-    logp = log_probs(gather_columns(logits, safe))                     # [N, 4, L]
-    y0 = torch.where(ok, y, torch.zeros_like(y))
-    logp_y = logp.gather(1, y0.unsqueeze(1)).squeeze(1)                # [N, L]
-    w = torch.ones(4, device=logits.device) if weights is None else weights.to(logits.device).float()
-    wv = w[y0] * ok
-    nll = -logp_y
-    if gamma:
-        nll = (1 - logp_y.exp()).clamp_min(0).pow(gamma) * nll
-    num = torch.where(ok, wv * nll, 0.0).sum()                         # where, not *: a masked -inf must not give NaN
-    den = wv.sum() if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=num.device)
-    return num / torch.where(den > 0, den, torch.ones_like(den))

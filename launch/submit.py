@@ -168,7 +168,7 @@ class BuildJob:
 
         cfg = BuildConfig(**self.cfg_dict)
         if self.merge_only:
-            return {"counts": merge(cfg)["counts"]}
+            return {"counts": merge(cfg).counts}
         if self.chunk is not None:
             return build_chunk(cfg, *self.chunk)
         r = build(cfg)

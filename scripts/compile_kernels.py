@@ -17,8 +17,6 @@ import sys
 import time
 
 os.environ.pop("TRITON_INTERPRET", None)   # before triton is imported: kernels must be JITFunctions
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402

@@ -30,8 +30,9 @@ from .collocate import Scene, collocate, make_patches
 from .formats import FormatError
 from .formats import ahi as ahi_fmt
 from .formats import cloudsat as cs_fmt
-from .grid import BAND_VARS, CLASS_NAMES, IGNORE, N_BANDS, N_LEVELS
-from .shards import encode_sample, sha256, write_dali_index
+from .grid import BAND_VARS, CLASS_NAMES, IGNORE, LEVEL_BOTTOM_KM, LEVEL_DZ_KM, N_BANDS, N_LEVELS
+from .io import write_json
+from .shards import MANIFEST_FORMAT, Manifest, encode_sample, sha256, write_dali_index
 
 SPLITS = ("train", "val", "test")
 SHAPING = ("window_min", "patch_size", "min_labelled", "split_days", "gap_days", "split_anchor", "shard_maxcount",
@@ -75,19 +76,54 @@ def find_files(root: str, pattern: str) -> list[str]:
     return sorted(glob.glob(os.path.join(root, "**", pattern), recursive=True))
 
 
-def plan(cfg: BuildConfig) -> dict:
+@dataclass
+class GranuleEntry:
+    """A label granule of the archive: its profile count and first profile time; `cutoff`: the next granule's
+    first profile time (the next granule owns the profiles from there on)."""
+    path: str
+    nray: int
+    t_first: str
+    cutoff: str | None = None
+
+
+@dataclass
+class SceneEntry:
+    """An AHI scene of the archive and its nominal time (from the file name)."""
+    path: str
+    timeline: str
+
+
+@dataclass
+class BuildPlan:
+    """What rank 0 indexes and every rank builds from (sent between ranks as JSON)."""
+    granules: list[GranuleEntry]
+    scenes: list[SceneEntry]
+    skipped: list[dict]          # [{"file", "reason"}] inputs that could not be read
+    split_anchor: str            # the day the split cycle counts from
+    config_hash: str             # hash of the options that shape the samples (`shaping`)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BuildPlan":
+        return cls([GranuleEntry(**g) for g in d["granules"]], [SceneEntry(**s) for s in d["scenes"]],
+                   list(d["skipped"]), d["split_anchor"], d["config_hash"])
+
+
+def plan(cfg: BuildConfig) -> BuildPlan:
     """Index the archive: granules (profile count, first profile time) and AHI scenes (timeline)."""
     skipped, granules, scenes = [], [], []
     for p in find_files(cfg.cloudsat, "*.hdf"):
         try:
             h = cs_fmt.read_granule(p, header_only=True)
-            granules.append({"path": p, "nray": int(h.attrs["nray"]), "t_first": str(h.time.values[0])})
+            granules.append(GranuleEntry(p, int(h.attrs["nray"]), str(h.time.values[0])))
         except FormatError as e:
             skipped.append({"file": e.path, "reason": e.problem})
     for p in find_files(cfg.ahi, "*.nc"):
         try:
             n = ahi_fmt.parse_name(p)
-            scenes.append({"path": p, "timeline": n.timeline.isoformat()})
+            scenes.append(SceneEntry(p, n.timeline.isoformat()))
         except FormatError as e:
             skipped.append({"file": e.path, "reason": e.problem})
     if not granules:
@@ -95,16 +131,15 @@ def plan(cfg: BuildConfig) -> dict:
         raise BuildRefused(f"--cloudsat {cfg.cloudsat!r}: no readable 2B-CLDCLASS-LIDAR granule (*.hdf){why}")
     if not scenes:
         raise BuildRefused(f"--ahi {cfg.ahi!r}: no P-Tree AHI L1 file (NC_H0[89]_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")
-    side = max(min(ahi_fmt.parse_name(s["path"]).nlat, ahi_fmt.parse_name(s["path"]).nlon) for s in scenes)
+    side = max(min(ahi_fmt.parse_name(s.path).nlat, ahi_fmt.parse_name(s.path).nlon) for s in scenes)
     if cfg.patch_size > side:
         raise BuildRefused(f"--patch-size {cfg.patch_size} is larger than every AHI grid (the largest has "
                            f"{side} pixels on its short side)")
-    granules.sort(key=lambda g: (g["t_first"], g["path"]))
+    granules.sort(key=lambda g: (g.t_first, g.path))
     for k, g in enumerate(granules):   # the next granule owns profiles from its first one on
-        g["cutoff"] = granules[k + 1]["t_first"] if k + 1 < len(granules) else None
-    anchor = cfg.split_anchor or min(s["timeline"] for s in scenes)[:10]
-    return {"granules": granules, "scenes": scenes, "skipped": skipped, "split_anchor": anchor,
-            "config_hash": config_hash(cfg, anchor)}
+        g.cutoff = granules[k + 1].t_first if k + 1 < len(granules) else None
+    anchor = cfg.split_anchor or min(s.timeline for s in scenes)[:10]
+    return BuildPlan(granules, scenes, skipped, anchor, config_hash(cfg, anchor))
 
 
 def shaping(cfg: BuildConfig, anchor: str) -> dict:
@@ -119,7 +154,7 @@ def config_hash(cfg: BuildConfig, anchor: str) -> str:
     return hashlib.sha256(json.dumps(shaping(cfg, anchor), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_out(cfg: BuildConfig, p: dict, overwrite: bool = False, log=print):
+def check_out(cfg: BuildConfig, p: BuildPlan, overwrite: bool = False, log=print):
     """Refuse an --out whose records were made with another configuration, or clear it with overwrite."""
     recs = sorted(glob.glob(os.path.join(cfg.out, "_records", "*.json")))
     other = None
@@ -129,7 +164,7 @@ def check_out(cfg: BuildConfig, p: dict, overwrite: bool = False, log=print):
                 rec = json.load(f)
         except (OSError, ValueError):
             continue                     # a broken record is redone by the resume logic
-        if rec.get("config_hash") != p["config_hash"]:
+        if rec.get("config_hash") != p.config_hash:
             other = rec
             break
     if other is None:
@@ -143,21 +178,21 @@ def check_out(cfg: BuildConfig, p: dict, overwrite: bool = False, log=print):
                 os.remove(os.path.join(cfg.out, f))
         return
     old = other.get("config") or {}
-    new = shaping(cfg, p["split_anchor"])
+    new = shaping(cfg, p.split_anchor)
     diff = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in SHAPING if old.get(k) != new[k]) or \
         "a record without a configuration hash"
     raise BuildRefused(f"--out {cfg.out!r} was built with another configuration ({diff}): use a new --out, "
                        f"or --overwrite to rebuild it")
 
 
-def assign(granules: list[dict], n_ranks: int) -> list[list[int]]:
+def assign(granules: list[GranuleEntry], n_ranks: int) -> list[list[int]]:
     """Longest-processing-time assignment of granules to ranks, balanced by profile count."""
     load = [0] * n_ranks
     out = [[] for _ in range(n_ranks)]
-    for k in sorted(range(len(granules)), key=lambda k: (-granules[k]["nray"], k)):
+    for k in sorted(range(len(granules)), key=lambda k: (-granules[k].nray, k)):
         r = min(range(n_ranks), key=lambda r: (load[r], r))
         out[r].append(k)
-        load[r] += granules[k]["nray"]
+        load[r] += granules[k].nray
     return [sorted(x) for x in out]
 
 
@@ -256,40 +291,26 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
     return rec
 
 
-def write_json_atomic(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print, progress: bool = False) -> dict:
+def run_rank(cfg: BuildConfig, p: BuildPlan, my: list[int], log=print, progress: bool = False) -> dict:
     """Process this rank's granules; progress: a tqdm bar with ETA (rank 0's share) instead of a line each."""
     from tqdm import tqdm
 
-    scenes = [Scene(s["path"], np.datetime64(s["timeline"], "ns")) for s in p["scenes"]]
-    anchor = dt.date.fromisoformat(p["split_anchor"])
+    scenes = [Scene(s.path, np.datetime64(s.timeline, "ns")) for s in p.scenes]
+    anchor = dt.date.fromisoformat(p.split_anchor)
     stats = {"granules": 0, "resumed": 0, "profiles": 0, "seconds": 0.0}
     t0 = time.perf_counter()
     bar = tqdm(total=len(my), desc="granules", unit="granule", disable=not progress, mininterval=2,
                dynamic_ncols=True)
     for k in my:
         bar.update(1)
-        g = dict(p["granules"][k], config_hash=p["config_hash"], config=shaping(cfg, p["split_anchor"]))
+        g = dict(asdict(p.granules[k]), config_hash=p.config_hash, config=shaping(cfg, p.split_anchor))
         rp = record_path(cfg, g["path"])
-        if os.path.exists(rp) and _record_intact(cfg, rp, p["config_hash"]):
+        if os.path.exists(rp) and _record_intact(cfg, rp, p.config_hash):
             stats["resumed"] += 1
             continue
         try:   # input problems are FormatErrors, recorded in the record; anything else stops this rank
             rec = process_granule(cfg, g, scenes, anchor)
-            write_json_atomic(rp, rec)
+            write_json(rp, rec, sort_keys=True)
         except Exception as e:  # noqa: BLE001 - disk full, permissions, memory, a bug: not the input's fault
             stats["error"] = (f"{os.path.basename(g['path'])}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
                               f" (no record written: a re-run retries it)")
@@ -304,17 +325,17 @@ def run_rank(cfg: BuildConfig, p: dict, my: list[int], log=print, progress: bool
     return stats
 
 
-def merge_manifest(cfg: BuildConfig, p: dict) -> dict:
+def merge_manifest(cfg: BuildConfig, p: BuildPlan) -> Manifest:
     recs = []
-    for g in p["granules"]:
-        rp = record_path(cfg, g["path"])
+    for g in p.granules:
+        rp = record_path(cfg, g.path)
         if os.path.exists(rp):
             with open(rp) as f:
                 recs.append(json.load(f))
     counts = {s: 0 for s in SPLITS}
     hist = {s: np.zeros(4, np.int64) for s in SPLITS}
     bs, bq, bc = np.zeros(N_BANDS), np.zeros(N_BANDS), np.zeros(N_BANDS, np.int64)
-    shards, skipped = [], list(p["skipped"])
+    shards, skipped = [], list(p.skipped)
     for r in recs:
         for s in SPLITS:
             counts[s] += r.get("samples", {}).get(s, 0)
@@ -335,23 +356,21 @@ def merge_manifest(cfg: BuildConfig, p: dict) -> dict:
     std = np.sqrt(np.maximum(np.where(bc > 0, bq / np.maximum(bc, 1), np.nan) - mean ** 2, 0))
     tot = hist["train"].sum()
     freq = hist["train"] / max(tot, 1)
-    cfg_d = asdict(cfg)
-    man = {
-        "format": "sgmagnet-shards/1",
-        "levels": {"n": N_LEVELS, "bottom_km": 0.0, "dz_km": 0.5},
-        "classes": list(CLASS_NAMES), "ignore_label": IGNORE,
-        "bands": list(BAND_VARS),
-        "sources": {"ahi": cfg.ahi, "cloudsat": cfg.cloudsat, "granules": len(p["granules"]), "scenes": len(p["scenes"])},
-        "config": cfg_d, "split_anchor": p["split_anchor"], "config_hash": p["config_hash"],
-        "counts": counts,
-        "class_histogram": {s: hist[s].tolist() for s in SPLITS},
-        "train_class_frequency": freq.tolist(),
-        "band_stats": {"mean": mean.tolist(), "std": std.tolist(), "count": bc.tolist()},
-        "shards": sorted(shards, key=lambda s: s["path"]),
-        "skipped": uniq_skipped,
-        "profiles": {k: int(sum(r.get(k, 0) for r in recs)) for k in ("profiles", "valid_profiles", "matched_profiles")},
-    }
-    write_json_atomic(os.path.join(cfg.out, "manifest.json"), man)
+    man = Manifest(
+        format=MANIFEST_FORMAT,
+        levels={"n": N_LEVELS, "bottom_km": float(LEVEL_BOTTOM_KM[0]), "dz_km": LEVEL_DZ_KM},
+        classes=list(CLASS_NAMES), ignore_label=IGNORE, bands=list(BAND_VARS),
+        sources={"ahi": cfg.ahi, "cloudsat": cfg.cloudsat, "granules": len(p.granules), "scenes": len(p.scenes)},
+        config=asdict(cfg), split_anchor=p.split_anchor, config_hash=p.config_hash,
+        counts=counts,
+        class_histogram={s: hist[s].tolist() for s in SPLITS},
+        train_class_frequency=freq.tolist(),
+        band_stats={"mean": mean.tolist(), "std": std.tolist(), "count": bc.tolist()},
+        shards=sorted(shards, key=lambda s: s["path"]),
+        skipped=uniq_skipped,
+        profiles={k: int(sum(r.get(k, 0) for r in recs)) for k in ("profiles", "valid_profiles", "matched_profiles")},
+    )
+    man.write(cfg.out)
     shutil.rmtree(os.path.join(cfg.out, "_tmp"), ignore_errors=True)
     return man
 
@@ -387,10 +406,12 @@ def build(cfg: BuildConfig, log=print, overwrite: bool = False, progress: bool =
             check_out(cfg, p, overwrite, log)
         except BuildRefused as e:
             refused = str(e)
-    p, refused = _bcast(comm, [p, refused]) if comm else (p, refused)
+    if comm:
+        d, refused = _bcast(comm, [p.to_json() if p else None, refused])
+        p = BuildPlan.from_json(d) if d else None
     if refused:
         raise BuildRefused(refused)
-    my = assign(p["granules"], size)[rank]
+    my = assign(p.granules, size)[rank]
     stats = run_rank(cfg, p, my, log=(lambda m: log(f"[rank {rank}] {m}")) if comm else log,
                      progress=progress and rank == 0)
     ranks = [json.loads(s) for s in comm.allgather(json.dumps(stats))] if comm else [stats]
@@ -400,12 +421,11 @@ def build(cfg: BuildConfig, log=print, overwrite: bool = False, progress: bool =
     man = None
     if rank == 0:
         man = merge_manifest(cfg, p)
-        with open(f"{cfg.out}/build_stats.json", "w") as f:   # timing only; not part of the manifest
-            json.dump({"ranks": ranks}, f, indent=1)
-    total = _bcast(comm, sum(man["counts"].values()) if rank == 0 else None)
+        write_json(f"{cfg.out}/build_stats.json", {"ranks": ranks})    # timing only; not part of the manifest
+    total = _bcast(comm, sum(man.counts.values()) if rank == 0 else None)
     if total == 0:
-        first = (man or {}).get("skipped", [{}])[:1]
+        first = man.skipped[:1] if man else []
         why = f"; first skipped input: {first[0].get('file')}: {first[0].get('reason')}" if first and first[0] else ""
-        raise BuildRefused(f"no sample was produced from {len(p['granules'])} granule(s) and {len(p['scenes'])} "
+        raise BuildRefused(f"no sample was produced from {len(p.granules)} granule(s) and {len(p.scenes)} "
                            f"scene(s) (manifest.json lists the skipped inputs{why})")
     return {"rank": rank, "size": size, "stats": stats, "manifest": man}

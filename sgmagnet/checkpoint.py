@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .io import write_text
+
 if TYPE_CHECKING:
     from .config import Config
 
@@ -46,15 +48,6 @@ def set_rng_state(s: dict):
     n = s["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-
-
-def _atomic_write_text(path: str, text: str):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointWriteError(OSError):
@@ -87,7 +80,8 @@ class Checkpointer:
         self.folder, self.keep, self.rank, self.world, self.barrier = folder, keep, rank, world, barrier
         os.makedirs(folder, exist_ok=True)
 
-    def save(self, step: int, common: dict, rank_state: dict, engine=None) -> str:
+    def save(self, step: int, common: dict, rank_state: dict, extra=None) -> str:
+        """extra(folder, tag): files a training backend writes into the checkpoint itself (DeepSpeed's engine)."""
         name = f"step_{step:07d}"
         part, final = os.path.join(self.folder, name + ".partial"), os.path.join(self.folder, name)
         if self.rank == 0:
@@ -95,8 +89,8 @@ class Checkpointer:
             os.makedirs(part)
         self.barrier()
         try:
-            if engine is not None:
-                engine.save_checkpoint(self.folder, tag=name + ".partial", save_latest=False)
+            if extra is not None:
+                extra(self.folder, name + ".partial")
             if self.rank == 0:
                 _save(common, os.path.join(part, "state.pt"))
             _save(rank_state, os.path.join(part, f"rank_{self.rank:05d}.pt"))
@@ -108,7 +102,7 @@ class Checkpointer:
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(part, final)
-            _atomic_write_text(os.path.join(self.folder, "latest"), name + "\n")
+            write_text(os.path.join(self.folder, "latest"), name + "\n")
             olds = sorted(d for d in os.listdir(self.folder)
                           if d.startswith("step_") and not d.endswith(".partial") and d != name)
             for d in olds[:max(0, len(olds) - self.keep + 1)] if self.keep > 0 else []:
@@ -130,7 +124,7 @@ class Checkpointer:
         os.makedirs(part)
         try:
             _save({k: v for k, v in common.items() if k not in ("optimizer", "scheduler")}, os.path.join(part, "state.pt"))
-            _atomic_write_text(os.path.join(part, "best.json"), json.dumps(info) + "\n")
+            write_text(os.path.join(part, "best.json"), json.dumps(info) + "\n")
         except OSError as e:
             shutil.rmtree(part, ignore_errors=True)
             raise CheckpointWriteError(f"{e}; the previous best/ is intact") from None

@@ -282,7 +282,8 @@ def cmd_evaluate(a):
                                   curtains=a.curtains, device=a.device, verify=not a.no_verify, decision=a.decision)
     except (ValueError, FileNotFoundError) as e:   # ManifestError, ShardError, ConfigError, a bad checkpoint
         return _fail("evaluate", e)
-    print(report_markdown(res))
+    if not a.quiet:
+        print(report_markdown(res))
     return 0
 
 
@@ -308,8 +309,8 @@ def cmd_report(a):
         logs = {r["model"]: os.path.join(os.path.dirname(p), "log.jsonl") for r, p in zip(results, a.results)}
         loss_curves_png({k: v for k, v in logs.items() if os.path.exists(v)}, a.curves)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(table + "\n")
+        from .io import write_text
+        write_text(a.out, table + "\n")
     return 0
 
 
@@ -454,6 +455,7 @@ def parser() -> Parser:
     e.add_argument("--decision", choices=("argmax", "prior"), default="argmax",
                    help="argmax of the phase-gated probabilities (default), or prior: argmax after undoing alpha x "
                         "the loss's class-weight prior, alpha chosen on the validation split (recorded in the JSON)")
+    e.add_argument("--quiet", action="store_true", help="do not print the tables (they are in eval_<split>.md)")
     e.add_argument("--no-verify", action="store_true", help="score shards that do not match the manifest's "
                    "sha256 (default: refuse); the mismatches are recorded in the JSON")
     e.set_defaults(func=cmd_evaluate)
@@ -549,7 +551,7 @@ def main(argv=None) -> int:
     import signal
 
     a = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     failed = True
     try:
         code, failed = a.func(a), False
@@ -561,6 +563,8 @@ def main(argv=None) -> int:
             raise
         code = _fail(a.cmd, f"{type(e).__name__}: {e} (an unexpected failure; SGMAGNET_DEBUG=1 shows the "
                             f"traceback)", code=1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)     # an in-process caller (tests, the demo) gets its own back
     return leave_process_group(code, failed)
 
 

@@ -51,12 +51,7 @@ def run(cli, out: str = "demo_out", ranks: int = 2) -> int:
         if rc:
             return rc
         print(f"== 4. evaluate {m} on the test split", flush=True)
-        with open(os.devnull, "w") as null:
-            stdout, sys.stdout = sys.stdout, null
-            try:
-                rc = cli(["evaluate", "--checkpoint", os.path.join(runs, m), "--shards", shards, "--split", "test"])
-            finally:
-                sys.stdout = stdout
+        rc = cli(["evaluate", "--checkpoint", os.path.join(runs, m), "--shards", shards, "--split", "test", "--quiet"])
         if rc:
             return rc
     from .shards import read_manifest

@@ -9,8 +9,12 @@ Environment, in order of precedence:
 Backend: NCCL when CUDA is available, gloo otherwise (override with SGMAGNET_DIST_BACKEND). Under
 `DS_ACCELERATOR=cpu` DeepSpeed is told to use gloo as well.
 
-`shutdown()` ends cleanly: barrier, destroy the process group. `hard_exit(code)` then skips native
-destructors (a rare "terminate called without an active exception" abort at interpreter exit was seen
+The rendezvous variables a launcher did not set (srun's RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*, DeepSpeed's group
+of one) are written into os.environ, because torch's env:// rendezvous and DeepSpeed read them there; every
+variable written is recorded and `shutdown()` puts the environment back as it was.
+
+`shutdown()` ends cleanly: barrier, destroy the process group, restore the environment. `hard_exit(code)`
+then skips native destructors (a rare "terminate called without an active exception" abort at interpreter exit was seen
 with gloo + DeepSpeed on CPU; exiting with os._exit after the group is destroyed avoids it).
 """
 from __future__ import annotations
@@ -40,10 +44,6 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def device(self) -> torch.device:
-        if torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
 
 
 def first_host(nodelist: str) -> str:
@@ -73,12 +73,34 @@ def slurm_master_port(job_id) -> int:
     return 20000 + int(str(job_id).split("_")[0]) % 20000
 
 
+_ENV_BEFORE: dict[str, str | None] = {}     # variables init_distributed wrote -> their value before (None: unset)
+
+
+def _setenv(name: str, value: str, *, default: bool = False):
+    """os.environ[name] = value (default=True: only where unset), recorded so that shutdown() can undo it."""
+    if default and name in os.environ:
+        return
+    _ENV_BEFORE.setdefault(name, os.environ.get(name))
+    os.environ[name] = value
+
+
+def _restore_env():
+    for name, value in _ENV_BEFORE.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _ENV_BEFORE.clear()
+
+
 def _slurm_rendezvous():
     e = os.environ
     nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST") or "127.0.0.1"
-    e.setdefault("MASTER_ADDR", first_host(nodes))
-    e.setdefault("MASTER_PORT", str(slurm_master_port(e.get("SLURM_JOB_ID", "9533"))))
-    e["RANK"], e["WORLD_SIZE"], e["LOCAL_RANK"] = e["SLURM_PROCID"], e["SLURM_NTASKS"], e.get("SLURM_LOCALID", "0")
+    _setenv("MASTER_ADDR", first_host(nodes), default=True)
+    _setenv("MASTER_PORT", str(slurm_master_port(e.get("SLURM_JOB_ID", "9533"))), default=True)
+    for name, value in (("RANK", e["SLURM_PROCID"]), ("WORLD_SIZE", e["SLURM_NTASKS"]),
+                        ("LOCAL_RANK", e.get("SLURM_LOCALID", "0"))):
+        _setenv(name, value)
 
 
 def init_distributed(backend: str | None = None, deepspeed: bool = False) -> DistEnv:
@@ -87,12 +109,14 @@ def init_distributed(backend: str | None = None, deepspeed: bool = False) -> Dis
     if not env.distributed and not deepspeed:
         return env
     if not env.distributed:  # DeepSpeed needs a process group even for one process
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 500))
+        for name in ("RANK", "LOCAL_RANK"):
+            _setenv(name, "0")
+        _setenv("WORLD_SIZE", "1")
+        _setenv("MASTER_PORT", str(29400 + os.getpid() % 500), default=True)
     if env.launcher == "srun":
         _slurm_rendezvous()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    _setenv("MASTER_ADDR", "127.0.0.1", default=True)
+    _setenv("MASTER_PORT", "29500", default=True)
     env.backend = backend or os.environ.get("SGMAGNET_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     if env.backend == "nccl":
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
@@ -122,6 +146,7 @@ def shutdown():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    _restore_env()
 
 
 def hard_exit(code: int = 0):

@@ -16,7 +16,6 @@ has the paper-comparable block (metrics.paper_comparable).
 """
 from __future__ import annotations
 
-import json
 import os
 
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .grid import CLASS_NAMES, N_CLASSES, N_LEVELS
-from .losses import fast_argmax, log_probs
+from .grid import CLASS_NAMES, LEVEL_DZ_KM, N_CLASSES, N_LEVELS
+from .io import write_json, write_text
+from .losses import argmax, log_probs
 from .metrics import LAT_BANDS, Calibration, ConfusionSet, lat_band, paper_comparable
 from .shards import ShardError  # noqa: F401  (defined with the sample format; raised and re-exported here)
 
@@ -56,7 +56,7 @@ def prior_corrected(weights, alpha: float, form: str = "gated"):
 
 
 @torch.no_grad()
-def choose_prior_alpha(model, batches, device, weights, bf16: bool = False, form: str = "gated") -> dict:
+def choose_prior_alpha(model, batches, rt, weights, form: str = "gated") -> dict:
     """One pass over (validation) batches scoring every alpha of PRIOR_ALPHAS; the best macro F1 wins."""
     from .metrics import confusion, scores
 
@@ -64,9 +64,9 @@ def choose_prior_alpha(model, batches, device, weights, bf16: bool = False, form
     cms = {a: torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.long) for a in PRIOR_ALPHAS}
     was = model.training
     model.eval()
+    forward, d = rt.column_forward(model), rt.device
     for b in batches:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            cols = model(b["x"].to(device), b["geom"].to(device), columns=b["index"].to(device)).float()
+        cols = forward(b["x"].to(d), b["geom"].to(d), b["index"].to(d)).float()
         for a, rule in rules.items():
             cms[a] += confusion(b["prof"], rule(cols).cpu())
     model.train(was)
@@ -76,22 +76,21 @@ def choose_prior_alpha(model, batches, device, weights, bf16: bool = False, form
 
 
 @torch.no_grad()
-def evaluate_batches(model, batches, device, bf16: bool = False, keep_curtains: int = 0, loss_fn=None,
-                     prepare=None, form: str = "gated", references: dict | None = None, decide=None) -> EvalResult:
-    """One pass of the model over batches. `references`: name -> f(batch) -> predicted classes [N, L], scored on
-    the same labelled voxels in the same pass. Sums (not means) are returned so ranks can add them up."""
+def evaluate_batches(model, batches, rt, *, forward=None, keep_curtains: int = 0, loss_fn=None, form: str = "gated",
+                     references: dict | None = None, decide=None) -> EvalResult:
+    """One pass of the model over batches on the runtime `rt` (device, bf16, fused argmax). forward(x, geom,
+    index) -> column logits defaults to rt.column_forward(model) (the trainer passes its strategy's).
+    `references`: name -> f(batch) -> predicted classes [N, L], scored on the same labelled voxels in the
+    same pass. Sums (not means) are returned so ranks can add them up."""
     was = model.training
     model.eval()
+    forward, device = forward or rt.column_forward(model), rt.device
     r = EvalResult(ConfusionSet(), references={k: ConfusionSet() for k in references or {}})
     for b in batches:
         r.batches += 1
-        x, geom = b["x"].to(device), b["geom"].to(device)
-        if prepare is not None:
-            x, geom = prepare(x, geom)
         idx = b["index"].to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            cols = model(x, geom, columns=idx)                  # only the labelled columns are decoded
-        pred = (fast_argmax(cols, form=form) if decide is None else decide(cols.float())).cpu()
+        cols = forward(b["x"].to(device), b["geom"].to(device), idx)     # only the labelled columns are decoded
+        pred = (argmax(cols, rt.fused, form) if decide is None else decide(cols.float())).cpu()
         r.calibration.update(log_probs(cols, form).exp(), b["prof"])
         if loss_fn is not None and len(idx):
             r.loss_sum += float(loss_fn(cols, idx, b["prof"].to(device))) * len(idx)
@@ -192,7 +191,7 @@ class TopLayerOracle:
     def __call__(self, b) -> torch.Tensor:
         y = b["prof"].numpy()
         top, phase, _ = top_layer(y)
-        err = np.rint(self.rng.normal(0.0, self.error_km / 0.5, len(top))).astype(np.int64)
+        err = np.rint(self.rng.normal(0.0, self.error_km / LEVEL_DZ_KM, len(top))).astype(np.int64)
         t = np.clip(top + err, 0, N_LEVELS - 1)
         lev = np.arange(N_LEVELS)[None]
         layer = (top[:, None] >= 0) & (lev <= t[:, None]) & (lev > t[:, None] - self.thickness)
@@ -312,22 +311,25 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
                         verify: bool = True, decision: str = "argmax") -> dict:
     """decision: argmax (default) or prior (argmax after undoing alpha x the class-weight prior, alpha chosen
     on the checkpoint's validation split; recorded in the JSON as `decision`)."""
-    from .data import LoaderConfig, Normaliser, make_loader, split_urls
-    from .shards import manifest_sha256, read_manifest, shard_paths
-    from .runtime import load_model_from_checkpoint, pick_device
+    from .data import Normaliser
+    from .loaders import loader
+    from .runtime import Runtime, load_model_from_checkpoint
+    from .shards import manifest_sha256, read_manifest, shard_paths, split_urls
 
     manifest = read_manifest(shards)
-    dev = pick_device(device)
-    model, ck = load_model_from_checkpoint(checkpoint, dev)
+    model, ck = load_model_from_checkpoint(checkpoint, torch.device("cpu"))
     cfg = ck.config
+    rt = Runtime.resolve(device, bf16=cfg.train.bf16)        # the fused argmax wherever the kernels run (CUDA)
+    model = model.to(rt.device)
     checkpoint = ck.folder
     norm = Normaliser.from_checkpoint(ck)
-    lcfg = LoaderConfig(batch_size=batch_size, workers=0)
-    urls = split_urls(shards, split)
+
+    def batches(of_split: str):
+        return checked_batches(loader("evaluation", split_urls(shards, of_split), norm, batch_size=batch_size,
+                                      strict=verify), shards)
     train_split = cfg.data.train_split
     failures = check_shards(shards, manifest, (split, train_split), verify, log)
-    clim = Climatology.from_batches(checked_batches(make_loader(split_urls(shards, train_split), norm, lcfg,
-                                                                train=False, strict=verify), shards))
+    clim = Climatology.from_batches(batches(train_split))
     weights = ck.loss_weights
     form = cfg.loss.form
     decision_rec, decide = {"rule": "argmax"}, None
@@ -336,13 +338,10 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
         if not val or not shard_paths(shards, val):
             raise ShardError(f"--decision prior chooses its alpha on the validation split, and {shards} has no "
                              f"{val or '(none configured)'} shards")
-        decision_rec = choose_prior_alpha(model, checked_batches(make_loader(split_urls(shards, val), norm, lcfg,
-                                                                             train=False, strict=verify), shards),
-                                          dev, weights, cfg.train.bf16, form)
+        decision_rec = choose_prior_alpha(model, batches(val), rt, weights, form)
         decision_rec["chosen_on"] = val
         decide = prior_corrected(weights, decision_rec["alpha"], form)
-    ev = evaluate_batches(model, checked_batches(make_loader(urls, norm, lcfg, train=False, strict=verify), shards),
-                          dev, bf16=cfg.train.bf16, keep_curtains=curtains, form=form,
+    ev = evaluate_batches(model, batches(split), rt, keep_curtains=curtains, form=form,
                           references=reference_predictors(clim, weights), decide=decide)
     if ev.confusion.patches == 0:
         raise ShardError(f"{shards}: split {split!r} gave no sample to score")
@@ -359,10 +358,8 @@ def evaluate_checkpoint(checkpoint: str, shards: str, split: str = "test", out: 
            "calibration": ev.calibration.report(), "decision": decision_rec}
     out = out or os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))  # the run folder
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"eval_{split}.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(out, f"eval_{split}.md"), "w") as f:
-        f.write(report_markdown(res))
+    write_json(os.path.join(out, f"eval_{split}.json"), res)
+    write_text(os.path.join(out, f"eval_{split}.md"), report_markdown(res))
     save_patch_confusions(os.path.join(out, f"eval_{split}_patches.npz"), ev)
     from . import plots
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import IGNORE  # noqa: F401  (255 = no label: defined once, beside the kernels that skip it)
+
 N_LEVELS = 38
 LEVEL_DZ_KM = 0.5
 LEVEL_BOTTOM_KM = LEVEL_DZ_KM * np.arange(N_LEVELS)
@@ -14,11 +16,11 @@ LEVEL_TOP_KM = LEVEL_BOTTOM_KM + LEVEL_DZ_KM
 LEVEL_CENTRE_KM = LEVEL_BOTTOM_KM + LEVEL_DZ_KM / 2
 
 CLEAR, ICE, MIXED, LIQUID = 0, 1, 2, 3
-IGNORE = 255
 N_CLASSES = 4
 CLASS_NAMES = ("clear", "ice", "mixed", "liquid")
 
 N_BANDS = 16
+N_GEOM = 2          # geometry channels of a sample: solar and satellite zenith angle (deg)
 BAND_VARS = tuple([f"albedo_{b:02d}" for b in range(1, 7)] + [f"tbb_{b:02d}" for b in range(7, 17)])
 BAND_WAVELENGTH_UM = (0.47, 0.51, 0.64, 0.85, 1.6, 2.3, 3.9, 6.2, 6.9, 7.3, 8.6, 9.6, 10.4, 11.2, 12.4, 13.3)
 ANGLE_VARS = ("SOZ", "SOA", "SAZ", "SAA")

@@ -13,11 +13,11 @@ Labels are sparse: `index` [N, 3] holds (batch, row, col) of the N labelled pixe
 logits -- no dense label volume is built. A batch with no label gives 0 with a zero gradient. `denominator`
 lets data-parallel training divide by the global weight sum (all ranks) instead of the local one.
 
-The definitions themselves live beside their fused Triton kernels, Liger-Kernel style (kernels/softmax.py:
-gated_log_probs and its softmax/argmax; kernels/sparse_ce.py: gather_columns and the loss); this module
-re-exports them under the names the rest of the package uses and builds the training component on them:
-the loss forms (gated / softmax ablation), focal, class weights, auxiliary-label pooling and SparseLoss,
-which picks the fused kernel or the reference.
+The definitions themselves live beside the fused Triton kernels, Liger-Kernel style, under names that say
+"reference" (kernels/reference.py); this module builds the training component on them: the loss forms
+(gated / softmax ablation), focal, class weights, auxiliary-label pooling, the argmax used for scoring, and
+SparseLoss. Whether the fused kernels run is decided once, in sgmagnet/runtime.py (`Runtime.fused`), and
+handed in here as a bool.
 """
 from __future__ import annotations
 
@@ -27,23 +27,19 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels.softmax import gated_log_probs
-from kernels.softmax import reference_argmax as gated_argmax
-from kernels.softmax import reference_softmax as gated_probs
-from kernels.sparse_ce import gather_columns, reference_sparse_ce
+from kernels.reference import reference_argmax, reference_log_probs, reference_sparse_ce
 
 from .grid import IGNORE, N_CLASSES
 
-__all__ = ["gated_log_probs", "gated_probs", "gated_argmax", "gather_columns", "log_probs", "gated_sparse_ce",
-           "compact_view", "level_bins", "pool_profiles", "class_weights", "dense_gated_ce", "use_triton",
-           "fast_argmax", "SparseLoss"]
+__all__ = ["log_probs", "sparse_ce", "compact_view", "level_bins", "pool_profiles", "class_weights", "dense_gated_ce",
+           "argmax", "SparseLoss"]
 
 
 def log_probs(logits: torch.Tensor, form: str = "gated", dim: int = 1) -> torch.Tensor:
     """Class log-probabilities: the phase-gated softmax (normative) or, for the no-gating ablation
     (loss.form=softmax), a plain 4-way softmax over the same 4 channels."""
     if form == "gated":
-        return gated_log_probs(logits, dim)
+        return reference_log_probs(logits, dim)
     if form == "softmax":
         return torch.log_softmax(logits.float(), dim=dim)
     raise ValueError(f"loss form must be gated or softmax, got {form!r}")
@@ -99,10 +95,11 @@ def class_weights(frequency, power: float = 0.5) -> torch.Tensor:
     return (w / w.mean()).float()
 
 
-def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
-                    weights: torch.Tensor | None = None, denominator: torch.Tensor | float | None = None,
-                    gamma: float = 0.0, form: str = "gated", invalid: torch.Tensor | None = None) -> torch.Tensor:
-    """Class-weighted sparse cross-entropy of the phase-gated softmax (DESIGN.md). Scalar float32.
+def sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
+              weights: torch.Tensor | None = None, denominator: torch.Tensor | float | None = None,
+              gamma: float = 0.0, form: str = "gated", invalid: torch.Tensor | None = None) -> torch.Tensor:
+    """The class-weighted sparse cross-entropy of the phase-gated softmax (DESIGN.md) in PyTorch:
+    kernels.reference.reference_sparse_ce with the loss forms. Scalar float32.
 
     gamma > 0 turns it into the focal loss (1 - p_y)^gamma * (-log p_y) with the same weights/normaliser
     (an ablation; gamma = 0 is the normative loss). form="softmax": plain 4-way softmax (ablation).
@@ -116,45 +113,29 @@ def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.T
 def dense_gated_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The same loss through a dense label volume [B, L, H, W] and F.nll_loss (the memory-hungry way;
     used by the benchmark and as a cross-check)."""
-    return F.nll_loss(gated_log_probs(logits), labels.long(), weight=weights, ignore_index=IGNORE)
+    return F.nll_loss(reference_log_probs(logits), labels.long(), weight=weights, ignore_index=IGNORE)
 
 
-def use_triton(impl: str, device) -> bool:
-    """auto: the Triton kernels on CUDA, this reference elsewhere; triton: always (CPU only under
-    TRITON_INTERPRET=1); torch: never."""
-    if impl == "torch":
-        return False
-    if impl == "triton":
-        if not kernels.usable_on(device):
-            raise RuntimeError(f"loss impl 'triton' needs a CUDA device or TRITON_INTERPRET=1 (device is {device})")
-        return True
-    return torch.device(device).type == "cuda"
-
-
-def fast_argmax(logits: torch.Tensor, dim: int = 1, form: str = "gated") -> torch.Tensor:
-    """gated_argmax through the Triton kernel on CUDA (int8, no probabilities materialised), else the reference.
-    form="softmax": the plain argmax of the 4 logits."""
+def argmax(logits: torch.Tensor, fused: bool = False, form: str = "gated", dim: int = 1) -> torch.Tensor:
+    """The most probable class (int64). fused (Runtime.fused: CUDA): the Triton gated_argmax (no probabilities
+    materialised), else the reference. form="softmax": the plain argmax of the 4 logits."""
     if form == "softmax":
         return logits.argmax(dim)
-    if dim == 1 and logits.is_cuda:
+    if fused and dim == 1:
         return kernels.gated_argmax(logits).long()
-    return gated_argmax(logits, dim)
+    return reference_argmax(logits, dim)
 
 
 class SparseLoss(torch.nn.Module):
     """The training loss component: weights are a buffer (they follow .to(device) and are checkpointed).
-    impl: auto | torch | triton (see use_triton); the focal variant (gamma > 0) and the softmax form always
-    use the reference."""
+    fused (Runtime.fused): the Triton kernel for the normative case; the focal variant (gamma > 0) and the
+    softmax form always use the reference."""
 
-    def __init__(self, weights=None, gamma: float = 0.0, impl: str = "torch", form: str = "gated"):
+    def __init__(self, weights=None, gamma: float = 0.0, fused: bool = False, form: str = "gated"):
         super().__init__()
-        if form not in ("gated", "softmax"):
-            raise ValueError(f"loss form must be gated or softmax, got {form!r}")
-        self.form = form
-        if impl not in ("auto", "torch", "triton"):
-            raise ValueError(f"loss impl must be auto, torch or triton, got {impl!r}")
+        self.form = form              # gated | softmax (config.LossConfig checks it; log_probs refuses others)
         self.register_buffer("weights", torch.ones(N_CLASSES) if weights is None else torch.as_tensor(weights).float())
-        self.gamma, self.impl = gamma, impl
+        self.gamma, self.fused = gamma, bool(fused) and not gamma and form == "gated"
 
     def forward(self, logits, index, profiles, denominator=None, invalid=None):
         """logits [B, 4, L, H, W] with the labelled columns at index [N, 3], or the compact [N, 4, L] of a column
@@ -164,15 +145,14 @@ class SparseLoss(torch.nn.Module):
         compact = logits.dim() == 3
         if compact:
             logits, index = compact_view(logits)
-        if not self.gamma and self.form == "gated" and use_triton(self.impl, logits.device):
+        if self.fused:
             return kernels.gated_sparse_ce(logits, index, profiles, self.weights, denominator,
                                            unique_index=compact, invalid=invalid)   # the compact rows are distinct
-        return gated_sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma, form=self.form,
-                               invalid=invalid)
+        return sparse_ce(logits, index, profiles, self.weights, denominator, gamma=self.gamma, form=self.form,
+                         invalid=invalid)
 
     def weight_sum(self, profiles: torch.Tensor) -> torch.Tensor:
         """Local sum of label weights (what data-parallel training all-reduces into the denominator)."""
         y = profiles.long()
         lab = y != IGNORE
         return (self.weights.to(profiles.device)[torch.where(lab, y, 0)] * lab).sum()
-

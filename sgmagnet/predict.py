@@ -32,8 +32,9 @@ import os
 import numpy as np
 import torch
 
-from .grid import BAND_VARS, CLASS_NAMES, LEVEL_CENTRE_KM, N_LEVELS
-from .losses import fast_argmax, log_probs
+from .grid import BAND_VARS, CLASS_NAMES, LEVEL_CENTRE_KM, N_BANDS, N_GEOM, N_LEVELS
+from .losses import argmax, log_probs
+from .runtime import Runtime
 from .shards import sha256
 
 PROB_SCALE = 100.0      # probabilities packed as signed bytes 0..100 x 0.01 (CF §8.1: byte, short or int)
@@ -77,7 +78,7 @@ def check_tile(model, tile: int, device) -> None:
     """One forward pass of an empty tile: a tile size the model cannot take fails here, before any output."""
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 16, tile, tile, device=device), torch.zeros(1, 2, tile, tile, device=device))
+            model(torch.zeros(1, N_BANDS, tile, tile, device=device), torch.zeros(1, N_GEOM, tile, tile, device=device))
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"--tile {tile}: the model cannot take {tile}x{tile} tiles "
                          f"({' '.join(str(e).split())[:160]})") from None
@@ -133,14 +134,16 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
 
 @torch.no_grad()
 def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32, batch: int = 4,
-                  probabilities: bool = False, device="cpu", attrs: dict | None = None, log=print,
+                  probabilities: bool = False, rt: Runtime | None = None, attrs: dict | None = None, log=print,
                   form: str = "gated") -> dict:
-    """Run `model` over an AHI scene (tiled, streamed) and write the CF NetCDF `out` (atomically)."""
+    """Run `model` over an AHI scene (tiled, streamed) and write the CF NetCDF `out` (atomically), on the runtime
+    `rt` (default: CPU, float32, the reference argmax)."""
     from tqdm import tqdm
 
     from .formats import ahi as ahi_fmt
 
-    device = torch.device(device)
+    rt = rt or Runtime(torch.device("cpu"))
+    device = rt.device
     model = model.to(device).eval()
     if not 8 <= tile <= 4096:
         raise ValueError(f"--tile must be between 8 and 4096 pixels, got {tile}")
@@ -196,8 +199,9 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                 group = list(zip(cols, ccore))[k:k + batch]
                 xb = torch.from_numpy(np.stack([xn[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
                 gb = torch.from_numpy(np.stack([geom[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
-                logits = model(xb, gb)
-                cls = fast_argmax(logits, form=form).to(torch.int8).cpu().numpy()        # [b, L, t, t]
+                with rt.autocast():
+                    logits = model(xb, gb)
+                cls = argmax(logits, rt.fused, form).to(torch.int8).cpu().numpy()        # [b, L, t, t]
                 pr = ((log_probs(logits, form).exp() * PROB_SCALE).round().to(torch.int8).cpu().numpy()
                       if probabilities else None)
                 for j, (cs, (clo, chi)) in enumerate(group):
@@ -236,17 +240,17 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
 def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32,
                        batch: int = 4, probabilities: bool = False, device: str = "auto", log=print) -> dict:
     from .data import Normaliser
-    from .runtime import load_model_from_checkpoint, pick_device
+    from .runtime import load_model_from_checkpoint
 
-    dev = pick_device(device)
-    model, ck = load_model_from_checkpoint(checkpoint, dev)
+    rt = Runtime.resolve(device)                 # float32 (bf16 off); the fused argmax where the kernels run
+    model, ck = load_model_from_checkpoint(checkpoint, rt.device)
     norm = Normaliser.from_checkpoint(ck)
     state = os.path.join(ck.folder, "state.pt")
     attrs = {"model": f"{ck.config.model.name}/{ck.config.model.size}",
              "model_options": str(ck.config.model.options), "checkpoint": os.path.abspath(ck.folder),
              "checkpoint_sha256": sha256(state), "checkpoint_step": ck.step}
     r = predict_scene(model, norm, ahi, out, bbox=bbox, tile=tile, overlap=overlap, batch=batch,
-                      probabilities=probabilities, device=dev, attrs=attrs, log=log,
+                      probabilities=probabilities, rt=rt, attrs=attrs, log=log,
                       form=ck.config.loss.form)
     if log:
         log(f"wrote {out}: cloud_phase {r['shape']} from {r['tiles']} tiles, {r['valid_pixels']} valid pixels")

@@ -6,9 +6,13 @@ import hashlib
 import io
 import json
 import os
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .grid import IGNORE, N_CLASSES
+from .io import write_json
 
 SAMPLE_KEYS = ("input.npy", "pix.npy", "prof.npy", "geom.npy", "meta.json")
 OPTIONAL_KEYS = ("ctype.npy",)   # uint8 [N]: CloudLayerType of the top layer per labelled pixel (0 = clear)
@@ -65,13 +69,14 @@ def check_sample(s: dict):
                          f"{s['ctype'].shape} do not describe the same N labelled pixels")
     if n and (pix.min() < 0 or pix[:, 0].max() >= x.shape[1] or pix[:, 1].max() >= x.shape[2]):
         raise ValueError(f"sample {key}: a labelled pixel lies outside the {x.shape[1]}x{x.shape[2]} patch")
-    bad = (prof > 3) & (prof != 255)
+    bad = (prof >= N_CLASSES) & (prof != IGNORE)
     if bad.any():
-        raise ValueError(f"sample {key}: label {int(prof[bad][0])} is not a class (0..3) nor 255 (no label)")
+        raise ValueError(f"sample {key}: label {int(prof[bad][0])} is not a class (0..{N_CLASSES - 1}) nor {IGNORE} (no label)")
 
 
+MANIFEST_FORMAT = "sgmagnet-shards/1"
 MANIFEST_KEYS = ("format", "config", "counts", "class_histogram", "train_class_frequency", "band_stats", "shards",
-                 "skipped", "profiles")
+                 "skipped", "profiles")          # what every reader needs; the other fields are descriptive
 
 
 class ManifestError(ValueError):
@@ -80,17 +85,24 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a reader may use of a shard folder's manifest.json (written by build.merge_manifest), typed."""
+    """A shard folder's manifest.json, typed: written by `sgmagnet build` (build.merge_manifest -> write) and read
+    back by every reader (read_manifest) through this one class."""
     format: str                       # sgmagnet-shards/N
     config: dict                      # the BuildConfig it was built with
     counts: dict                      # split -> samples
     class_histogram: dict             # split -> labelled voxels per class [4]
     train_class_frequency: list       # class frequencies of the training split (loss weights)
-    band_stats: dict                  # {"mean": [16], "std": [16]} over the training split
-    shards: list                      # [{"path", "split", "count", "sha256", ...}]
+    band_stats: dict                  # {"mean": [16], "std": [16], "count": [16]} over the training split
+    shards: list                      # [{"path", "split", "sha256"}]
     skipped: list                     # [{"file", "reason"}]
-    profiles: dict                    # matched profile counts
-    raw: dict = field(repr=False, compare=False, default_factory=dict)   # the whole JSON
+    profiles: dict                    # profiles read / valid / matched
+    levels: dict = field(default_factory=dict)      # {"n", "bottom_km", "dz_km"} (grid.py)
+    classes: list = field(default_factory=list)     # class names, index = label
+    ignore_label: int = IGNORE
+    bands: list = field(default_factory=list)       # input channel names, in order
+    sources: dict = field(default_factory=dict)     # archive folders, granule and scene counts
+    split_anchor: str = ""            # the date the split blocks count from
+    config_hash: str = ""             # hash of the BuildConfig fields that change the samples
 
     @property
     def patch_size(self) -> int:
@@ -98,7 +110,16 @@ class Manifest:
 
     @classmethod
     def from_json(cls, m: dict) -> "Manifest":
-        return cls(**{k: m[k] for k in MANIFEST_KEYS}, raw=m)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in m.items() if k in names})
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, shards_dir: str) -> str:
+        path = os.path.join(shards_dir, "manifest.json")
+        write_json(path, self.to_json(), sort_keys=True)
+        return path
 
 
 def read_manifest(shards_dir: str) -> Manifest:
@@ -169,3 +190,10 @@ def iter_shard(path: str):
 
 def shard_paths(root: str, split: str) -> list[str]:
     return sorted(glob.glob(os.path.join(root, split, "*.tar")))
+
+
+def split_urls(shards_dir: str, split: str) -> list[str]:
+    urls = shard_paths(shards_dir, split)
+    if not urls:
+        raise FileNotFoundError(f"{shards_dir}: no shards for split {split!r} (looked for {split}/*.tar)")
+    return urls

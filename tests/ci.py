@@ -5,6 +5,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+TINY = os.path.join(ROOT, "configs", "tiny.yaml")                    # the tests' run config
+
 
 def require(cond: bool, what: str):
     """Skip when a component is missing -- but fail under CI=true, where it must exist."""

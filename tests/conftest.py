@@ -1,17 +1,14 @@
 import os
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 # Triton kernels run on CPU through the interpreter; it must be chosen before triton is imported. Forced
 # (not setdefault): a preset TRITON_INTERPRET=0 would otherwise make every kernel test skip.
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-TINY = dict(start="2018-10-01", days=2, region=(125.0, 145.0, -30.0, 30.0), res=0.1, seed=3)
+TINY_ARCHIVE = dict(start="2018-10-01", days=2, region=(125.0, 145.0, -30.0, 30.0), res=0.1, seed=3)
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +17,7 @@ def tiny_archive(tmp_path_factory):
     from sgmagnet.synth.archive import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("archive")
-    stats = synthesize(SynthConfig(out=str(out), **TINY), log=lambda m: None)
+    stats = synthesize(SynthConfig(out=str(out), **TINY_ARCHIVE), log=lambda m: None)
     return out, stats
 
 
@@ -41,3 +38,18 @@ def tiny_shards(tiny_archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     r = build(build_cfg(archive, out), log=lambda m: None)
     return out, r["manifest"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shards, tmp_path_factory):
+    """A run folder with a trained tiny UNet (2 steps on the tiny shards): the checkpoint that evaluation,
+    prediction and the bad-input rows read. Shared: a test must not write into it."""
+    from ci import TINY
+    from sgmagnet.config import load_config
+    from sgmagnet.train import run_training
+
+    shards, _ = tiny_shards
+    run = tmp_path_factory.mktemp("tiny_run")
+    run_training(load_config(TINY, [f"data.shards={shards}", f"train.run_dir={run}", "train.steps=2",
+                                    "model.name=unet", "train.progress=false"]), log=lambda m: None)
+    return run

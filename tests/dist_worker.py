@@ -5,11 +5,8 @@ the final parameters. Used by test_distributed.py to compare ZeRO 0/1/2 and DDP 
 """
 import argparse
 import os
-import sys
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sgmagnet import dist as hdist  # noqa: E402
 from sgmagnet.config import load_config  # noqa: E402

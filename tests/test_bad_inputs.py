@@ -16,9 +16,10 @@ import subprocess
 import sys
 
 import pytest
+from ci import ROOT, TINY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+pytestmark = pytest.mark.slow   # one CLI subprocess per row (~3 min)
+
 ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
 
 
@@ -37,19 +38,15 @@ def snapshot(paths) -> dict:
 
 
 @pytest.fixture(scope="module")
-def w(tiny_archive, tiny_shards, tmp_path_factory):
+def w(tiny_archive, tiny_shards, tiny_run, tmp_path_factory):
     """Shared inputs; every row that might change them protects them (byte-identical afterwards)."""
-    from sgmagnet.config import load_config
     from sgmagnet.predict import predict_checkpoint
     from sgmagnet.shards import iter_shard, shard_paths
-    from sgmagnet.train import Trainer
 
     archive, _ = tiny_archive
     shards, _ = tiny_shards
     base = tmp_path_factory.mktemp("bad_inputs")
-    run = base / "run"
-    Trainer(load_config(TINY, [f"data.shards={shards}", f"train.run_dir={run}", "train.steps=2",
-                               "model.name=unet", "train.progress=false"]), log=lambda m: None).fit()
+    run = tiny_run
     meta = next(iter_shard(shard_paths(str(shards), "test")[0]))["meta"]
     ahi = glob.glob(str(archive / "ahi" / "**" / meta["ahi_file"]), recursive=True)[0]
     c = meta["corners"]

@@ -13,13 +13,12 @@ from helpers import have_mpirun, make_granule, make_scene, require
 
 from hpc.mpi_build import build
 from sgmagnet.grid import IGNORE
-from sgmagnet.shards import iter_shard, sha256, shard_paths
+from sgmagnet.shards import iter_shard, read_manifest, sha256, shard_paths
 
 
 def checksums(root):
-    with open(os.path.join(root, "manifest.json")) as f:
-        m = json.load(f)
-    return {s["path"]: s["sha256"] for s in m["shards"]}, m
+    m = read_manifest(str(root))
+    return {s["path"]: s["sha256"] for s in m.shards}, m
 
 
 def test_synth_statistics(tiny_archive):
@@ -60,10 +59,10 @@ def test_shards_read_back(tiny_shards):
                 if split == "train":
                     lab = s["prof"][s["prof"] != IGNORE]
                     hist += np.bincount(lab, minlength=4)
-    assert n == man["counts"] and n["train"] > 0 and n["test"] > 0
-    assert hist.tolist() == man["class_histogram"]["train"]
-    assert len(man["band_stats"]["mean"]) == 16 and 150 < man["band_stats"]["mean"][13] < 320
-    for s in man["shards"]:
+    assert n == man.counts and n["train"] > 0 and n["test"] > 0
+    assert hist.tolist() == man.class_histogram["train"]
+    assert len(man.band_stats["mean"]) == 16 and 150 < man.band_stats["mean"][13] < 320
+    for s in man.shards:
         assert sha256(os.path.join(out, s["path"])) == s["sha256"]
 
 
@@ -113,16 +112,17 @@ def test_bad_inputs_are_skipped_with_reasons(tiny_archive, tmp_path):
     (cs / "readme.hdf").write_bytes(b"x")
     r = build(build_cfg(tmp_path, tmp_path / "out", ahi=str(ahi), cloudsat=str(cs)), log=lambda m: None)
     man = r["manifest"]
-    reasons = {os.path.basename(s["file"]): s["reason"] for s in man["skipped"]}
+    reasons = {os.path.basename(s["file"]): s["reason"] for s in man.skipped}
     assert "not a readable" in reasons["NC_H08_20181001_0600_R21_FLDK.00011_00009.nc"]
     assert "name says" in reasons["NC_H08_20181001_0610_R21_FLDK.00099_00099.nc"]
     assert "missing variable tbb_13" in reasons["NC_H08_20181001_0620_R21_FLDK.00011_00009.nc"]
     assert trunc.name in reasons and "readme.hdf" in reasons
     assert "no valid profile" in reasons[os.path.basename(g_fill)]
     assert "no AHI scene" in reasons[os.path.basename(g_far)]
-    assert man["counts"]["train"] > 0       # the good part of the archive still made shards
+    assert man.counts["train"] > 0       # the good part of the archive still made shards
 
 
+@pytest.mark.mpi
 def test_mpi_two_ranks_equal_one_process(tiny_archive, tiny_shards, tmp_path):
     require(have_mpirun(), "mpirun + mpi4py")
     archive, _ = tiny_archive
@@ -136,7 +136,7 @@ def test_mpi_two_ranks_equal_one_process(tiny_archive, tiny_shards, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     got, man = checksums(out)
     assert got == ref
-    assert man["class_histogram"] == ref_man["class_histogram"] and man["counts"] == ref_man["counts"]
+    assert man.class_histogram == ref_man.class_histogram and man.counts == ref_man.counts
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -181,9 +181,9 @@ def test_all_fill_scene_is_listed_in_skipped(tiny_archive, tiny_shards, tmp_path
             v.set_auto_maskandscale(False)
             v[:] = np.full(v.shape, v.getncattr("_FillValue"), v.dtype)
     r = build(build_cfg(arc, tmp_path / "out"), log=lambda m: None)
-    reasons = [s["reason"] for s in r["manifest"]["skipped"] if os.path.basename(s["file"]) == name]
-    assert reasons and "all 16 bands are fill/NaN" in reasons[0], r["manifest"]["skipped"]
-    assert sum(r["manifest"]["counts"].values()) < sum(want["counts"].values())
+    reasons = [s["reason"] for s in r["manifest"].skipped if os.path.basename(s["file"]) == name]
+    assert reasons and "all 16 bands are fill/NaN" in reasons[0], r["manifest"].skipped
+    assert sum(r["manifest"].counts.values()) < sum(want.counts.values())
 
 
 def test_cli_build_warns_when_a_split_is_empty(tiny_archive, tmp_path):

@@ -1,7 +1,9 @@
 import numpy as np
 import torch
 
-from sgmagnet.data import EpochStream, LoaderConfig, Normaliser, collate, make_loader, split_urls
+from sgmagnet.data import LoaderConfig, Normaliser, collate
+from sgmagnet.loaders import EpochStream, make_loader
+from sgmagnet.shards import split_urls
 from sgmagnet.shards import iter_shard, shard_paths
 
 
@@ -20,8 +22,8 @@ def test_loader_normalises_and_keeps_nan(tiny_shards):
     norm = Normaliser.from_manifest(str(root))
     raw = next(iter_shard(shard_paths(str(root), "train")[0]))
     b = next(iter(make_loader(split_urls(str(root), "train")[:1], norm, LoaderConfig(batch_size=1), train=False)))
-    want = (raw["input"] - np.asarray(manifest["band_stats"]["mean"])[:, None, None]) / \
-        np.asarray(manifest["band_stats"]["std"])[:, None, None]
+    want = (raw["input"] - np.asarray(manifest.band_stats["mean"])[:, None, None]) / \
+        np.asarray(manifest.band_stats["std"])[:, None, None]
     np.testing.assert_allclose(b["x"][0].numpy(), want, rtol=1e-5, atol=1e-5)
     assert np.array_equal(np.isnan(b["x"][0].numpy()), np.isnan(raw["input"]))
     assert b["index"].shape[0] == len(raw["pix"]) and (b["index"][:, 1:].numpy() == raw["pix"]).all()
@@ -47,14 +49,14 @@ def test_epochs_are_reproducible_and_workers_see_every_sample(tiny_shards):
     e0 = _keys(make_loader(urls, norm, cfg, train=True, seed=1, epoch=0))
     assert e0 == _keys(make_loader(urls, norm, cfg, train=True, seed=1, epoch=0))
     assert e0 != _keys(make_loader(urls, norm, cfg, train=True, seed=1, epoch=1))
-    assert len(e0) == manifest["counts"]["train"] == len(set(e0))
+    assert len(e0) == manifest.counts["train"] == len(set(e0))
     w2 = _keys(make_loader(urls, norm, LoaderConfig(batch_size=3, workers=2), train=True, seed=1, epoch=0))
     assert sorted(w2) == sorted(e0)
 
 
 def test_epoch_stream_resumes_at_its_position(tiny_shards):
     root, manifest = tiny_shards
-    assert manifest["counts"]["train"] < 2 * 15
+    assert manifest.counts["train"] < 2 * 15
     urls, norm = split_urls(str(root), "train"), Normaliser.from_manifest(str(root))
     cfg = LoaderConfig(batch_size=2, shuffle_buffer=4)
     it = iter(EpochStream(urls, norm, cfg, seed=5))
@@ -73,7 +75,7 @@ def test_epoch_stream_resumes_at_its_position(tiny_shards):
 STORM = r"""
 import os, signal, sys, threading, time
 import torch
-from sgmagnet.data import Loader, WorkerSignals
+from sgmagnet.loaders import Loader, WorkerSignals
 
 class Two(torch.utils.data.IterableDataset):
     def __iter__(self):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from helpers import require
+from ci import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT,
            TORCH_EXTENSIONS_DIR=os.path.join(ROOT, ".torch_ext"), SGMAGNET_DIST_BACKEND="gloo")
@@ -46,6 +46,7 @@ def single_run(tiny_shards, tmp_path_factory):
     return params(out / "params.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ds,accum", [("", 1), ("", 2), ("zero0", 2), ("zero1", 1), ("zero2", 1)])
 def test_two_ranks_match_one_process(tiny_shards, single_run, tmp_path, ds, accum):
     root, _ = tiny_shards
@@ -66,6 +67,48 @@ def _final_params(run):
     return params(os.path.join(run, "checkpoints", "step_0000024", "state.pt"))["model"]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (from /proc)."""
+    children = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(stat))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_tree(pid: int, timeout: float = 30.0):
+    """SIGKILL a process and all its descendants, and wait until they are gone. torchrun starts each rank in a
+    session of its own, so a group kill reaches torchrun alone and the orphaned ranks train on (and hold the
+    run folder's lock) -- not a killed job."""
+    procs = descendants(pid) + [pid]
+    for q in procs:
+        try:
+            os.kill(q, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    def alive(q):
+        try:
+            with open(f"/proc/{q}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"      # a zombie holds no lock
+        except (OSError, IndexError):
+            return False
+    t0 = time.time()
+    while any(alive(q) for q in procs if q != pid):
+        assert time.time() - t0 < timeout, "killed ranks did not go away"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("ds", ["", "zero1"])
 def test_kill_two_ranks_and_resume_is_bit_identical(tiny_shards, tmp_path, ds):
     root, _ = tiny_shards
@@ -82,7 +125,7 @@ def test_kill_two_ranks_and_resume_is_bit_identical(tiny_shards, tmp_path, ds):
         assert p.poll() is None and time.time() - t0 < 300, "run ended before its first checkpoint"
         time.sleep(0.05)
     time.sleep(0.1)                                   # somewhere after a checkpoint, mid-step
-    os.killpg(p.pid, signal.SIGKILL)
+    kill_tree(p.pid)                                  # the node dies: torchrun and both ranks at once
     p.wait()
     assert not (run / "summary.json").exists(), "the run finished before it was killed: nothing tested"
     killed_at = open(run / "checkpoints" / "latest").read().strip()
@@ -94,6 +137,7 @@ def test_kill_two_ranks_and_resume_is_bit_identical(tiny_shards, tmp_path, ds):
         assert torch.equal(got[k], want[k]), f"{k} differs after resuming from {killed_at}"
 
 
+@pytest.mark.slow
 def test_uneven_validation_shards_do_not_hang(tiny_shards, tmp_path):
     """Rank 1 gets no validation shard at all: it runs label-free padding batches, the run ends normally."""
     root, manifest = tiny_shards
@@ -111,6 +155,7 @@ def test_uneven_validation_shards_do_not_hang(tiny_shards, tmp_path):
 
 @pytest.mark.parametrize("sig,workers,group", [(signal.SIGUSR2, 0, False), (signal.SIGTERM, 2, True),
                                                (signal.SIGUSR2, 2, True)])
+@pytest.mark.slow
 def test_preemption_signal_saves_and_exits_with_code_3(tiny_shards, tmp_path, sig, workers, group):
     """group: the signal goes to the whole process group -- the trainer and its DataLoader workers -- as Slurm
     and `kill -- -PGID` deliver it. Every case ends in a checkpoint at a step boundary and exit code 3."""
@@ -147,10 +192,13 @@ def test_preemption_signal_saves_and_exits_with_code_3(tiny_shards, tmp_path, si
     assert 0 < step < 100000 and "preemption signal" in out and "Traceback" not in out, out[-2000:]
 
 
+@pytest.mark.dali
 def test_dali_and_webdataset_loaders_agree(tiny_shards):
     need_dali()
     from sgmagnet.dali import epoch_batches_of
-    from sgmagnet.data import LoaderConfig, Normaliser, make_loader, split_urls
+    from sgmagnet.data import LoaderConfig, Normaliser
+    from sgmagnet.loaders import make_loader
+    from sgmagnet.shards import split_urls
 
     root, manifest = tiny_shards
     norm, urls = Normaliser.from_manifest(str(root)), split_urls(str(root), "train")
@@ -169,13 +217,15 @@ def test_dali_and_webdataset_loaders_agree(tiny_shards):
                 assert torch.equal(b["index"][s1][:, 1:], w["index"][s2][:, 1:])
                 assert torch.equal(b["prof"][s1], w["prof"][s2])
                 torch.testing.assert_close(b["lat"][s1], w["lat"][s2])
-    assert seen == set(wds) and len(seen) == manifest["counts"]["train"]
+    assert seen == set(wds) and len(seen) == manifest.counts["train"]
 
 
+@pytest.mark.dali
 def test_dali_stream_resumes_exactly(tiny_shards):
     need_dali()
     from sgmagnet.dali import DaliStream
-    from sgmagnet.data import LoaderConfig, Normaliser, split_urls
+    from sgmagnet.data import LoaderConfig, Normaliser
+    from sgmagnet.shards import split_urls
 
     root, _ = tiny_shards
     norm, urls = Normaliser.from_manifest(str(root)), split_urls(str(root), "train")
@@ -191,7 +241,8 @@ def test_dali_stream_resumes_exactly(tiny_shards):
 
 
 def test_too_few_shards_for_ranks_and_workers_is_a_clear_error(tiny_shards):
-    from sgmagnet.data import Normaliser, make_pipeline, split_urls
+    from sgmagnet.data import Normaliser, make_pipeline
+    from sgmagnet.shards import split_urls
 
     root, _ = tiny_shards
     urls = split_urls(str(root), "train")[:1]
@@ -229,6 +280,7 @@ def test_deepspeed_batch_mismatch_is_a_clear_error(tmp_path):
     assert deepspeed_config(cfg, world=16)["gradient_accumulation_steps"] == 2
 
 
+@pytest.mark.slow
 def test_deepspeed_launcher_runs_the_cli(tiny_shards, tmp_path):
     """The deepspeed launcher passes --local_rank before the subcommand; the CLI must accept it."""
     root, _ = tiny_shards

@@ -16,10 +16,11 @@ import time
 
 import pytest
 
+from ci import ROOT, TINY
 from helpers import have_mpirun, require
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+pytestmark = pytest.mark.slow   # real command lines in their own process groups (~2 min)
+
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, SGMAGNET_DIST_BACKEND="gloo")
 ENV.pop("TRITON_INTERPRET", None)
 EXIT_WITHIN_S = 30
@@ -229,6 +230,7 @@ def test_second_sigterm_while_saving_keeps_a_usable_checkpoint(tiny_shards, tmp_
     assert code == 0, out[-2000:]
 
 
+@pytest.mark.dali
 def test_dali_loader_run_finishes_and_preempts(tiny_shards, tmp_path):
     try:
         import nvidia.dali  # noqa: F401
@@ -325,6 +327,7 @@ def test_evaluate_and_predict_interrupted_exit(tiny_shards, tiny_archive, tmp_pa
         assert not glob.glob(str(tmp_path / "*.partial*")), "a half-written cube was left"
 
 
+@pytest.mark.mpi
 def test_mpi_build_rank_failure_ends_every_rank(tiny_archive, tmp_path, driver):
     """Under mpirun, an unexpected error on rank 1 (outside the per-granule error capture, which the ranks
     agree on) aborts the job: rank 0 does not wait forever in the collective that follows."""
@@ -341,7 +344,9 @@ def test_mpi_build_rank_failure_ends_every_rank(tiny_archive, tmp_path, driver):
 
 LEFT_AT_EXIT = r"""
 import sys
-from sgmagnet.data import LoaderConfig, Normaliser, make_loader, split_urls
+from sgmagnet.data import LoaderConfig, Normaliser
+from sgmagnet.loaders import make_loader
+from sgmagnet.shards import split_urls
 root = sys.argv[1]
 it = iter(make_loader(split_urls(root, "train"), Normaliser.from_manifest(root), LoaderConfig(batch_size=2, workers=2),
                       train=True))
@@ -354,7 +359,7 @@ print("leaving with 2 workers alive", flush=True)
 
 def test_loader_left_alive_at_interpreter_exit_does_not_hang(tiny_shards):
     """The mechanism behind the hang: workers that ignore SIGTERM, an iterator still referenced at interpreter
-    exit, and multiprocessing's exit handler, which sends SIGTERM and then joins forever. sgmagnet.data's exit
+    exit, and multiprocessing's exit handler, which sends SIGTERM and then joins forever. sgmagnet.loaders' exit
     hook shuts such an iterator down first (SIGKILL as the last resort). Before it, this never exited."""
     root, _ = tiny_shards
     code, out, _ = Run([sys.executable, "-c", LEFT_AT_EXIT, str(root)]).finish(timeout=60)

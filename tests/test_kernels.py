@@ -1,13 +1,15 @@
 """Triton kernels vs their pure-PyTorch references (in the same op files, kernels/softmax.py and kernels/sparse_ce.py). Without a GPU they run under
 TRITON_INTERPRET=1 (set in conftest.py before triton is imported)."""
+import os
+
 import pytest
 import torch
 
 import kernels
 from ci import require
-from kernels.softmax import reference_argmax as ref_argmax
-from kernels.softmax import reference_softmax as ref_probs
-from kernels.sparse_ce import reference_sparse_ce as ref_ce
+from kernels.reference import reference_argmax as ref_argmax
+from kernels.reference import reference_softmax as ref_probs
+from kernels.reference import reference_sparse_ce as ref_ce
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -163,11 +165,33 @@ def test_training_loss_dispatch():
 
     logits, index, prof = make(2, 38, 8, 8, 20, torch.float32)
     w = torch.tensor([0.5, 1.0, 1.5, 2.0])
-    a = SparseLoss(w, impl="triton").to(DEV)(logits, index, prof)
-    b = SparseLoss(w, impl="torch").to(DEV)(logits, index, prof)
+    a = SparseLoss(w, fused=True).to(DEV)(logits, index, prof)
+    b = SparseLoss(w, fused=False).to(DEV)(logits, index, prof)
     torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError):
-        SparseLoss(w, impl="cuda")
+    assert SparseLoss(w, fused=True).fused and not SparseLoss(w, fused=True, gamma=2.0).fused   # focal: reference
+
+
+def test_loss_impl_is_resolved_once_by_the_runtime():
+    """loss.impl -> Runtime.fused: auto = the kernels on CUDA only; torch never; triton where they can run (CPU
+    only under the interpreter), else a ConfigError (a ValueError) naming loss.impl. (No sgmagnet.config import:
+    this file also runs on the lent GPU machine, whose python has torch and triton only.)"""
+    from sgmagnet.runtime import fused_kernels
+
+    cpu = torch.device("cpu")
+    assert fused_kernels("auto", cpu) is False and fused_kernels("torch", cpu) is False
+    assert fused_kernels("auto", torch.device("cuda", 0)) is True
+    if kernels.interpreting():                           # the CPU tests run under TRITON_INTERPRET=1
+        assert fused_kernels("triton", cpu) is True
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        with pytest.raises(ValueError, match="loss.impl=triton"):
+            fused_kernels("triton", cpu)
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -258,7 +282,7 @@ def test_loss_on_the_compact_column_layout(N, dtype):
     (lk, gk), (lr, gr) = grads
     torch.testing.assert_close(lk, lr, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gk.float(), gr.float(), **TOL[dtype])
-    loss_fn = SparseLoss(w, impl="triton").to(DEV)
+    loss_fn = SparseLoss(w, fused=True).to(DEV)
     torch.testing.assert_close(loss_fn(cols.float(), None, prof), lr, rtol=1e-5, atol=1e-6)
     c = cols.detach().clone().requires_grad_()      # the distinct-rows fast path (what SparseLoss uses here)
     v, i = compact_view(c)

@@ -12,8 +12,10 @@ import subprocess
 import sys
 
 import pytest
+from ci import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow   # compiles every kernel variant (~50 s uncached)
+
 
 
 def _compile(*args):

@@ -5,13 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgmagnet.losses import class_weights, dense_gated_ce, gated_log_probs, gated_probs, gated_sparse_ce
+from kernels.reference import reference_log_probs, reference_softmax
+from sgmagnet.losses import class_weights, dense_gated_ce, sparse_ce
 
 
 def test_gated_probs_sum_to_one_and_match_definition():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 5, 3, 3) * 5
-    p = gated_probs(x)
+    p = reference_softmax(x)
     assert torch.allclose(p.sum(1), torch.ones(2, 5, 3, 3), atol=1e-6)
     g, z = x[:, 0], x[:, 1:]
     assert torch.allclose(p[:, 0], torch.sigmoid(-g), atol=1e-6)
@@ -20,7 +21,7 @@ def test_gated_probs_sum_to_one_and_match_definition():
 
 def test_extreme_logits_stay_finite():
     x = torch.tensor([1e4, -1e4, 1e4, -1e4]).view(1, 4, 1, 1, 1)
-    lp = gated_log_probs(x)
+    lp = reference_log_probs(x)
     assert torch.isfinite(lp).all()
     assert lp[0, 0].item() < -1e3 and abs(lp[0, 2].item()) < 1e-6
 
@@ -33,10 +34,10 @@ def test_hand_computed_example():
     prof = torch.tensor([[1, 0]], dtype=torch.uint8)
     w = torch.tensor([1.0, 2.0, 1.0, 1.0])
     want = (2.0 * math.log(6.0) + 1.0 * math.log(4.0)) / 3.0
-    assert gated_sparse_ce(logits, idx, prof, w).item() == pytest.approx(want, rel=1e-6)
-    assert gated_sparse_ce(logits, idx, prof).item() == pytest.approx((math.log(6.0) + math.log(4.0)) / 2, rel=1e-6)
+    assert sparse_ce(logits, idx, prof, w).item() == pytest.approx(want, rel=1e-6)
+    assert sparse_ce(logits, idx, prof).item() == pytest.approx((math.log(6.0) + math.log(4.0)) / 2, rel=1e-6)
     # an explicit (global) denominator replaces the local weight sum
-    assert gated_sparse_ce(logits, idx, prof, w, denominator=6.0).item() == pytest.approx(want * 3 / 6, rel=1e-6)
+    assert sparse_ce(logits, idx, prof, w, denominator=6.0).item() == pytest.approx(want * 3 / 6, rel=1e-6)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -54,7 +55,7 @@ def test_reduces_to_cross_entropy(weighted):
     for n, (b, r, c) in enumerate(idx.tolist()):
         dense[b, :, r, c] = prof[n].long()
     want = F.cross_entropy(a, dense, weight=w, ignore_index=255)
-    got = gated_sparse_ce(logits, idx, prof, w)
+    got = sparse_ce(logits, idx, prof, w)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     assert dense_gated_ce(logits, dense, w).item() == pytest.approx(want.item(), rel=1e-5)
     # gradients agree with autograd of the dense form
@@ -67,7 +68,7 @@ def test_all_ignored_gives_zero_and_zero_grad():
     logits = torch.randn(2, 4, 38, 4, 4, requires_grad=True)
     for idx, prof in ((torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 38, dtype=torch.uint8)),
                       (torch.tensor([[1, 2, 3]]), torch.full((1, 38), 255, dtype=torch.uint8))):
-        loss = gated_sparse_ce(logits, idx, prof, torch.ones(4))
+        loss = sparse_ce(logits, idx, prof, torch.ones(4))
         assert loss.item() == 0.0
         g, = torch.autograd.grad(loss, logits)
         assert torch.count_nonzero(g) == 0 and torch.isfinite(g).all()
@@ -77,7 +78,7 @@ def test_gradient_only_at_labelled_voxels():
     logits = torch.randn(2, 4, 6, 5, 5, requires_grad=True)
     idx = torch.tensor([[1, 3, 2]])
     prof = torch.tensor([[0, 1, 255, 3, 2, 0]], dtype=torch.uint8)
-    g, = torch.autograd.grad(gated_sparse_ce(logits, idx, prof), logits)
+    g, = torch.autograd.grad(sparse_ce(logits, idx, prof), logits)
     nz = g.abs().sum(1).nonzero().tolist()
     assert nz == [[1, l, 3, 2] for l in (0, 1, 3, 4, 5)]
 
@@ -86,7 +87,7 @@ def test_focal_gamma_reduces_easy_examples():
     logits = torch.zeros(1, 4, 1, 1, 1)
     logits[0, 0] = -5.0  # confidently clear
     idx, prof = torch.tensor([[0, 0, 0]]), torch.tensor([[0]], dtype=torch.uint8)
-    assert gated_sparse_ce(logits, idx, prof, gamma=2.0) < 0.01 * gated_sparse_ce(logits, idx, prof)
+    assert sparse_ce(logits, idx, prof, gamma=2.0) < 0.01 * sparse_ce(logits, idx, prof)
 
 
 def test_class_weights():
@@ -100,7 +101,7 @@ def test_class_weights():
 
 
 def test_softmax_form_is_plain_cross_entropy():
-    from sgmagnet.losses import fast_argmax
+    from sgmagnet.losses import argmax
 
     torch.manual_seed(2)
     a = torch.randn(2, 4, 5, 3, 3, requires_grad=True)
@@ -110,11 +111,11 @@ def test_softmax_form_is_plain_cross_entropy():
     for n, (b, r, c) in enumerate(idx.tolist()):
         dense[b, :, r, c] = prof[n].long()
     w = torch.tensor([0.5, 1.0, 2.0, 1.5])
-    got = gated_sparse_ce(a, idx, prof, w, form="softmax")
+    got = sparse_ce(a, idx, prof, w, form="softmax")
     assert got.item() == pytest.approx(F.cross_entropy(a, dense, weight=w, ignore_index=255).item(), rel=1e-5)
-    assert torch.equal(fast_argmax(a, form="softmax"), a.argmax(1))
+    assert torch.equal(argmax(a, form="softmax"), a.argmax(1))
     with pytest.raises(ValueError):
-        gated_sparse_ce(a, idx, prof, form="sigmoid")
+        sparse_ce(a, idx, prof, form="sigmoid")
 
 
 def test_pool_profiles_majority_ties_and_empty_bins():

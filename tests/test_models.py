@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sgmagnet.losses import gated_sparse_ce
+from sgmagnet.losses import sparse_ce
 from sgmagnet.models import MODELS, build_model, flops_per_sample, n_parameters
 
 
@@ -21,7 +21,7 @@ def test_shape_and_gradients_reach_every_parameter(name):
     x, geom, idx, prof = _batch()
     y = m(x, geom)
     assert y.shape == (2, 4, 38, 32, 32) and torch.isfinite(y).all()
-    gated_sparse_ce(y, idx, prof).backward()
+    sparse_ce(y, idx, prof).backward()
     dead = [k for k, p in m.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not dead, f"no gradient reaches {dead}"
     assert m(x).shape == y.shape  # geometry is optional
@@ -225,6 +225,6 @@ def test_columns_on_nan_tracks_give_finite_logits(name):
     from sgmagnet.losses import compact_view
 
     v, i = compact_view(y)
-    loss = gated_sparse_ce(v, i, prof)
+    loss = sparse_ce(v, i, prof)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

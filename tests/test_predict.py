@@ -13,12 +13,12 @@ from helpers import make_scene
 from sgmagnet import cli
 from sgmagnet.data import Normaliser
 from sgmagnet.grid import BAND_VARS
-from sgmagnet.losses import fast_argmax
+from sgmagnet.losses import argmax
 from sgmagnet.models.common import STEM_CHANNELS, InputStem, to_volume
 from sgmagnet.plots import nearest_granule as plots_nearest
 from sgmagnet.predict import cores, predict_scene, tile_starts
+from ci import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NORM = Normaliser(np.zeros(16, np.float32), np.ones(16, np.float32))
 
 
@@ -123,7 +123,7 @@ def test_cube_orientation_matches_the_input(tmp_path):
     x = torch.from_numpy(NORM(np.stack([src[b].values for b in BAND_VARS]).astype(np.float32)))[None]
     g = torch.from_numpy(np.stack([src["SOZ"].values, src["SAZ"].values]).astype(np.float32))[None]
     with torch.no_grad():
-        want = fast_argmax(Local3x3()(x, g))[0].numpy()      # [L, H, W] in file order (north first)
+        want = argmax(Local3x3()(x, g))[0].numpy()      # [L, H, W] in file order (north first)
     with xr.open_dataset(tmp_path / "cube.nc", mask_and_scale=False) as ds:
         assert np.allclose(src["latitude"].values[::-1], ds["latitude"].values)
         assert np.array_equal(ds["cloud_phase"].values[0][:, ::-1, :], want)
@@ -146,16 +146,8 @@ def test_cf_checker_passes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_shards, tmp_path_factory):
-    from sgmagnet.config import load_config
-    from sgmagnet.train import Trainer
-
-    root, _ = tiny_shards
-    run = tmp_path_factory.mktemp("predrun")
-    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
-                      [f"data.shards={root}", f"train.run_dir={run}", "train.steps=2", "model.name=unet"])
-    Trainer(cfg, log=lambda m: None).fit()
-    return run
+def checkpoint(tiny_run):
+    return tiny_run
 
 
 def test_cli_predict_and_plot(checkpoint, tiny_archive, tiny_shards, tmp_path, capsys):

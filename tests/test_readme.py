@@ -4,8 +4,10 @@ import re
 import subprocess
 
 import pytest
+from ci import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow   # the README's commands end to end (~3 min)
+
 
 
 def usage_block() -> str:

@@ -12,9 +12,10 @@ import torch
 
 from helpers import require
 from sgmagnet import cli
+from ci import ROOT, TINY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]   # a real local Slurm
+
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_build_array_and_merge_equal_local_build(slurm, tiny_archive, tiny_shard
     assert cli.main(build_argv(tiny_archive[0], out, tmp_path, "--array", "2")) == 0
     got = json.loads((out / "manifest.json").read_text())
     for k in ("counts", "class_histogram", "band_stats", "shards", "skipped", "profiles", "train_class_frequency"):
-        assert got[k] == local[k], k
+        assert got[k] == getattr(local, k), k
 
 
 def test_mpi_build_job_equals_local_build(slurm, tiny_archive, tiny_shards, tmp_path):
@@ -192,7 +193,7 @@ def test_mpi_build_job_equals_local_build(slurm, tiny_archive, tiny_shards, tmp_
     stats = json.loads((out / "build_stats.json").read_text())
     assert len(stats["ranks"]) == 2                       # two MPI ranks under srun --mpi=pmix
     for k in ("counts", "class_histogram", "band_stats", "shards"):
-        assert got[k] == local[k], k
+        assert got[k] == getattr(local, k), k
 
 
 @pytest.mark.parametrize("bad", [

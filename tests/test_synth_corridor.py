@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import build_cfg
 
-from sgmagnet.synth.archive import SynthConfig, dilate, synthesize
+from sgmagnet.synth.archive import SynthConfig, synthesize
+from sgmagnet.synth.instrument import dilate
 
 # 40-60N: the parallax shift across columns grows as 1/cos(lat), the case a too-narrow window would get wrong
 REGION = dict(start="2018-10-01", days=1, region=(130.0, 140.0, 40.0, 60.0), res=0.1, seed=5)
@@ -67,7 +68,8 @@ def test_any_kept_pixels_equal_the_whole_scene(tmp_path, res):
     3-px band; 55-62N, 100-110E, where the parallax shifts columns most): a window one column too narrow for
     the parallax (0.1 deg) or without the footprint blur's margin (0.05 deg) fails here."""
     from sgmagnet.formats import ahi as ahi_fmt
-    from sgmagnet.synth.archive import World, region_grid, write_scene
+    from sgmagnet.synth.world import World
+    from sgmagnet.synth.writers import region_grid, write_scene
 
     cfg = SynthConfig(out=str(tmp_path), region=(100.0, 110.0, 55.0, 62.0), res=res, seed=2, track_corridor=3)
     world = World(cfg)
@@ -98,11 +100,11 @@ def test_builds_from_both_archives_are_identical(archives, tmp_path):
         m = build(build_cfg(root / k, tmp_path / k, patch_size=16, min_labelled=8, split_days=(1, 0, 0)),
                   log=lambda m: None)["manifest"]
         man[k] = m
-    assert sum(man["whole"]["counts"].values()) > 0
+    assert sum(man["whole"].counts.values()) > 0
     for key in ("counts", "class_histogram", "band_stats", "profiles"):
-        assert man["whole"][key] == man["corr"][key], key
-    assert sorted(s["sha256"] for s in man["whole"]["shards"]) == sorted(s["sha256"] for s in man["corr"]["shards"])
-    assert man["corr"]["skipped"] == [] == man["whole"]["skipped"]
+        assert getattr(man["whole"], key) == getattr(man["corr"], key), key
+    assert sorted(s["sha256"] for s in man["whole"].shards) == sorted(s["sha256"] for s in man["corr"].shards)
+    assert man["corr"].skipped == [] == man["whole"].skipped
 
 
 def test_patches_wider_than_the_corridor_are_a_recorded_skip(archives, tmp_path):

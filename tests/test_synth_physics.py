@@ -5,7 +5,7 @@ import pytest
 
 from sgmagnet.grid import ICE, LIQUID, MIXED
 from sgmagnet.synth import orbit
-from sgmagnet.synth.archive import KM_PER_DEG, blur, parallax_offset_px
+from sgmagnet.synth.instrument import KM_PER_DEG, blur, parallax_offset_px
 from sgmagnet.synth.fields import FieldBank
 from sgmagnet.synth.radiance import forward, nir_absorption
 from sgmagnet.synth.world import AS, CU, DC, FIELD_NAMES, NS, SC, ST, STATIC_FIELDS, Column
@@ -120,11 +120,7 @@ def test_broken_clouds_fill_part_of_the_pixel_and_dc_is_mixed_or_ice(col):
 
 
 def test_top_phase_probe_runs_on_shards(tiny_shards):
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hpc", "bench"))
-    from probe_top_phase import probe, top_phase
+    from hpc.bench.probe_top_phase import probe, top_phase
 
     y = np.full((3, 38), 255, np.uint8)
     y[0, :10], y[0, 10:14], y[0, 3:5] = 0, 2, 3

@@ -7,13 +7,12 @@ import torch
 
 from sgmagnet import cli
 from sgmagnet.config import ConfigError, dump, from_dict, load_config, to_dict
-from sgmagnet.losses import gated_sparse_ce
+from sgmagnet.losses import sparse_ce
 from sgmagnet.models import build_model
 from sgmagnet.checkpoint import Checkpointer, load_common
 from sgmagnet.train import Trainer
+from ci import ROOT, TINY
 
-ROOT = os.path.dirname(os.path.dirname(__file__))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
 
 def tiny_cfg(shards, run_dir, *over):
@@ -48,7 +47,7 @@ def test_tiny_model_overfits_tiny_batch(name):
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     losses = []
     for _ in range(80):
-        loss = gated_sparse_ce(m(x), idx, prof)
+        loss = sparse_ce(m(x), idx, prof)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -6,14 +6,9 @@ A measurement that fails (a model that cannot run at a size) makes the benchmark
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from sgmagnet.cli import Parser, _count0, _positive_int  # noqa: E402
+from sgmagnet.cli import Parser, _count0, _positive_int
 
 positive = _positive_int
 count0 = _count0

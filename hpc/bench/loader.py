@@ -5,8 +5,8 @@
 
 raw      one process reads every tar member and decodes the .npy arrays (shards.iter_shard): the floor
          cost of getting the bytes into arrays, no normalisation, no batching
-torch    data.make_loader: WebDataset pipeline (normalise, collate sparse labels) in DataLoader workers
-dali     dali.epoch_batches_of / fn.readers.webdataset + fn.decoders.numpy (CPU pipeline here)
+torch    loaders.loader("bench"): WebDataset pipeline (normalise, collate sparse labels) in DataLoader workers
+dali     loaders.loader("bench", rt=dali runtime): dali.epoch_batches_of / fn.readers.webdataset + fn.decoders.numpy (CPU pipeline here)
 All three over the same shards in one run; samples/s and the ratio to raw are printed. `--repeat K`
 lists every shard K times, so a small demo set behaves like a K times larger epoch (worker start-up is
 then amortised as it is on a real archive).
@@ -19,10 +19,12 @@ import time
 
 from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import torch  # noqa: E402
 
-from sgmagnet.data import LoaderConfig, Normaliser, make_loader, split_urls  # noqa: E402
-from sgmagnet.shards import iter_shard  # noqa: E402
+from sgmagnet.data import Normaliser  # noqa: E402
+from sgmagnet.loaders import loader  # noqa: E402
+from sgmagnet.runtime import Runtime  # noqa: E402
+from sgmagnet.shards import iter_shard, split_urls  # noqa: E402
 
 
 def timed(fn, epochs):
@@ -50,12 +52,11 @@ def main(argv=None):
         return sum(1 for u in urls for _ in iter_shard(u))
 
     def torch_loader():
-        cfg = LoaderConfig(batch_size=a.batch, workers=a.workers)
-        return sum(len(b["keys"]) for b in make_loader(urls, norm, cfg, train=False))
+        return sum(len(b["keys"]) for b in loader("bench", urls, norm, batch_size=a.batch, workers=a.workers))
 
     def dali():
-        from sgmagnet.dali import epoch_batches_of
-        return sum(len(b["keys"]) for b in epoch_batches_of(urls, a.batch, 0, 1, norm))
+        rt = Runtime(torch.device("cpu"), loader="dali")
+        return sum(len(b["keys"]) for b in loader("bench", urls, norm, batch_size=a.batch, rt=rt))
 
     print(f"{len(urls) // a.repeat} shards x {a.repeat} of split {a.split!r}, batch {a.batch}, {a.workers} DataLoader workers, "
           f"{os.cpu_count()} CPUs; best of {a.epochs} passes")

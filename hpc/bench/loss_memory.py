@@ -3,7 +3,7 @@
     python hpc/bench/loss_memory.py [--batch 8] [--size 128] [--levels 38] [--labelled 128] [--repeat 5]
 
 Both compute the same number (DESIGN.md loss) on logits [B, 4, L, S, S]:
-  sparse  losses.gated_sparse_ce: gathers the N labelled columns, then log-probs on [N, 4, L]
+  sparse  losses.sparse_ce: gathers the N labelled columns, then log-probs on [N, 4, L]
   dense   scatter the labels into a [B, L, S, S] volume (255 elsewhere), gated log-probs of the whole
           volume, F.nll_loss(weight, ignore_index=255) -- what a dense `cross_entropy` pipeline does
 Each variant runs in its own subprocess; peak resident memory is read from the kernel (VmHWM, reset
@@ -41,7 +41,7 @@ def _reset_peak():
 def worker(a) -> dict:
     import torch
 
-    from sgmagnet.losses import dense_gated_ce, gated_sparse_ce
+    from sgmagnet.losses import dense_gated_ce, sparse_ce
 
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
@@ -56,7 +56,7 @@ def worker(a) -> dict:
 
     def run():
         if a.variant == "sparse":
-            return gated_sparse_ce(logits, idx, prof, w)
+            return sparse_ce(logits, idx, prof, w)
         dense = torch.full((B, L, S, S), 255, dtype=torch.long)
         dense[idx[:, 0], :, idx[:, 1], idx[:, 2]] = prof.long()
         return dense_gated_ce(logits, dense, w)

@@ -21,8 +21,6 @@ from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the 
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 
 def full_disk(path: str):
     from sgmagnet.formats.ahi import ahi_filename, write_ahi

@@ -19,8 +19,7 @@ from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import memory_batch, train_step_fn  # noqa: E402  (hpc/bench/train_step.py, beside this script)
+from hpc.bench.train_step import memory_batch, train_step_fn  # noqa: E402
 
 from sgmagnet.models import MODELS, build_model  # noqa: E402
 

@@ -27,20 +27,22 @@ from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the 
 
 import torch
 
-from sgmagnet.losses import compact_view, gated_sparse_ce
+from sgmagnet.grid import N_BANDS, N_CLASSES, N_GEOM, N_LEVELS
+from sgmagnet.losses import SparseLoss, compact_view, sparse_ce
+from sgmagnet.runtime import Runtime
 from sgmagnet.models import MODELS, build_model, flops_per_sample, n_parameters, track_columns
 
 
 def memory_batch(b: int, s: int, device):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(b, 16, s, s, generator=g)
-    geom = torch.rand(b, 2, s, s, generator=g) * 80
+    x = torch.randn(b, N_BANDS, s, s, generator=g)
+    geom = torch.rand(b, N_GEOM, s, s, generator=g) * 80
     idx = track_columns(b, s)
-    prof = torch.randint(0, 4, (len(idx), 38), dtype=torch.uint8, generator=g)
+    prof = torch.randint(0, N_CLASSES, (len(idx), N_LEVELS), dtype=torch.uint8, generator=g)
     return [t.to(device) for t in (x, geom, idx, prof)]
 
 
-def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=gated_sparse_ce):
+def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=sparse_ce):
     """One full training step (forward on the dense or column path, sparse loss, backward, optimiser) on the
     in-memory batch `data` = (x, geom, index, profiles), as a closure (shared with profile_step.py)."""
     x, geom, idx, prof = data
@@ -63,10 +65,7 @@ def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=gated_sparse_
 def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl="torch", path="dense"):
     """One (model, patch, path) measurement in this process."""
     torch.manual_seed(0)
-    loss_fn = gated_sparse_ce
-    if loss_impl == "triton":
-        import kernels
-        loss_fn = kernels.gated_sparse_ce
+    loss_fn = SparseLoss(fused=Runtime.resolve(device.type, loss_impl=loss_impl).fused).to(device)   # runtime decides
     m = build_model(name, size).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     data = memory_batch(batch, patch, device)
@@ -142,13 +141,17 @@ def append_csv(path: str, rows: list[dict]):
 def real_vs_memory(a, device):
     import itertools
 
-    from sgmagnet.data import EpochStream, LoaderConfig, Normaliser, split_urls
+    from sgmagnet.data import Normaliser
+    from sgmagnet.loaders import loader
+    from sgmagnet.shards import split_urls
 
     norm = Normaliser.from_manifest(a.shards)
-    cfg = LoaderConfig(batch_size=a.batch, workers=a.workers, shuffle_buffer=32)
     urls = split_urls(a.shards, "train")
+
+    def stream():
+        return loader("train", urls, norm, batch_size=a.batch, workers=a.workers, shuffle_buffer=32, seed=0)
     n = a.warmup + a.steps
-    cached = list(itertools.islice(iter(EpochStream(urls, norm, cfg, seed=0)), n))
+    cached = list(itertools.islice(iter(stream()), n))
     print(f"{'model':<12}{'memory s/s':>12}{'real s/s':>10}{'real/memory':>13}   ({a.workers} workers, batch {a.batch})")
     for name in a.models.split(","):
         rates = {}
@@ -156,14 +159,14 @@ def real_vs_memory(a, device):
             torch.manual_seed(0)
             m = build_model(name, a.size).to(device)
             opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-            batches = iter(cached) if mode == "memory" else iter(EpochStream(urls, norm, cfg, seed=0))
+            batches = iter(cached) if mode == "memory" else iter(stream())
             t0, seen = None, 0
             for i in range(n):
                 if i == a.warmup:
                     t0, seen = time.perf_counter(), 0
                 b = next(batches)
                 y, index = compact_view(m(b["x"].to(device), b["geom"].to(device), columns=b["index"].to(device)))
-                loss = gated_sparse_ce(y, index, b["prof"].to(device))
+                loss = sparse_ce(y, index, b["prof"].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -19,8 +19,6 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 from common import DTYPES, bench_parser  # noqa: E402  (kernels/bench/common.py, beside this script)
 
 
@@ -38,7 +36,7 @@ def inputs(B, L, S, density, dtype, device):
 def cpu_check():
     os.environ["TRITON_INTERPRET"] = "1"
     import kernels
-    from kernels.sparse_ce import reference_sparse_ce as ref
+    from kernels.reference import reference_sparse_ce as ref
 
     logits, index, prof, w = inputs(2, 38, 16, 0.1, torch.float32, "cpu")
     a = kernels.gated_sparse_ce(logits, index, prof, w)
@@ -60,7 +58,7 @@ def main(argv=None):
     import kernels
     from common import append_rows, bench_ms, compile_reference, gpu_name, hbm_gbps, peak_extra_mib
 
-    from kernels.sparse_ce import reference_sparse_ce as ref
+    from kernels.reference import reference_sparse_ce as ref
 
     compiled = compile_reference(ref)
     dtype, dev = DTYPES[a.dtype], "cuda"

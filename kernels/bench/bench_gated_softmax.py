@@ -15,19 +15,17 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 from common import DTYPES, bench_parser  # noqa: E402  (kernels/bench/common.py, beside this script)
 
 
 def cpu_check():
     os.environ["TRITON_INTERPRET"] = "1"
     import kernels
-    from kernels.softmax import reference_argmax as gated_argmax, reference_softmax as gated_probs
+    from kernels.reference import reference_argmax, reference_softmax
 
     x = torch.randn(2, 4, 38, 16, 16) * 3
-    ok = torch.allclose(kernels.gated_softmax(x), gated_probs(x), atol=1e-6)
-    agree = (kernels.gated_argmax(x).long() == gated_argmax(x)).float().mean().item()
+    ok = torch.allclose(kernels.gated_softmax(x), reference_softmax(x), atol=1e-6)
+    agree = (kernels.gated_argmax(x).long() == reference_argmax(x)).float().mean().item()
     print(f"no CUDA device: interpreter check on [2,4,38,16,16]: probabilities match {ok}, argmax agrees on "
           f"{agree:.2%} of voxels; timings need a GPU (see docs/kernels.md)")
     return 0 if ok and agree > 0.999 else 1
@@ -41,11 +39,11 @@ def main(argv=None):
     import kernels
     from common import append_rows, bench_ms, compile_reference, gpu_name, hbm_gbps, peak_extra_mib
 
-    from kernels.softmax import reference_argmax as gated_argmax, reference_softmax as gated_probs
+    from kernels.reference import reference_argmax, reference_softmax
 
     dtype = DTYPES[a.dtype]
     peak_bw = hbm_gbps(gpu_name())
-    ref = lambda x: gated_probs(x).to(x.dtype)  # noqa: E731  (same output dtype as the kernel)
+    ref = lambda x: reference_softmax(x).to(x.dtype)  # noqa: E731  (same output dtype as the kernel)
     compiled = compile_reference(ref)
     print(f"{gpu_name()} (nominal HBM {peak_bw} GB/s), logits [B,4,{a.levels},{a.size},{a.size}] {a.dtype}")
     print(f"{'B':>3} {'impl':>8} {'phase':>8} {'ms':>8} {'GB/s':>7} {'%HBM':>5} {'peak MiB':>9}")
@@ -69,7 +67,7 @@ def main(argv=None):
                              "size": a.size, "label_density": "", "dtype": a.dtype, "ms": round(t, 4),
                              "gbps": round(gbps, 1), "pct_hbm": round(pct, 1), "peak_extra_mib": round(mem, 1),
                              "logits_mib": round(vb / 2**20, 1)})
-        for name, fn in (("triton", kernels.gated_argmax), ("eager", lambda v: gated_argmax(v).to(torch.int8))):
+        for name, fn in (("triton", kernels.gated_argmax), ("eager", lambda v: reference_argmax(v).to(torch.int8))):
             with torch.no_grad():
                 t = bench_ms(lambda: fn(x))
             gbps = (vb + x.numel() // 4) / (t * 1e-3) / 1e9

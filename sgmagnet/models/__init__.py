@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..grid import N_BANDS, N_LEVELS
 from .segnet import SegNet
 from .sgmagnet import SGMAGNet
 from .sgmagnet_v1 import SGMAGNetV1
@@ -20,7 +21,7 @@ from .unet import UNet2D, UNet3DLift
 MODELS = {"sgmagnet": SGMAGNet, "sgmagnet_v1": SGMAGNetV1, "unet": UNet2D, "unet3d": UNet3DLift, "segnet": SegNet, "transformer": Transformer}
 
 
-def build_model(name: str, size: str = "demo", levels: int = 38, **overrides) -> nn.Module:
+def build_model(name: str, size: str = "demo", levels: int = N_LEVELS, **overrides) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     cls = MODELS[name]
@@ -51,7 +52,7 @@ def flops_per_sample(model: nn.Module, size: int = 128, columns: bool = False) -
     track of `size` columns (what training and evaluation run); else the dense volume (prediction)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, 16, size, size)
+    x = torch.zeros(1, N_BANDS, size, size)
     g = torch.zeros(1, 2, size, size)
     was = model.training
     model.eval()

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IN_BANDS = 16
-STEM_CHANNELS = IN_BANDS + 3  # bands, valid fraction, cos SOZ, cos SAZ
+from ..grid import N_BANDS, N_GEOM
+
+STEM_CHANNELS = N_BANDS + 1 + N_GEOM  # bands, valid fraction, cos SOZ, cos SAZ
 
 
 def groups_for(c: int) -> int:
@@ -30,13 +31,13 @@ def groups_for(c: int) -> int:
 
 class InputStem(nn.Module):
     def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != IN_BANDS:
-            raise ValueError(f"expected input [B, {IN_BANDS}, H, W], got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != N_BANDS:
+            raise ValueError(f"expected input [B, {N_BANDS}, H, W], got {tuple(x.shape)}")
         valid = torch.isfinite(x)
         x0 = torch.where(valid, x, torch.zeros_like(x))
         frac = valid.to(x0.dtype).mean(1, keepdim=True)
         if geom is None:
-            g = x0.new_zeros(x.shape[0], 2, *x.shape[2:])
+            g = x0.new_zeros(x.shape[0], N_GEOM, *x.shape[2:])
         else:
             g = torch.cos(torch.deg2rad(torch.nan_to_num(geom.to(x0.dtype), nan=90.0)))
         return torch.cat([x0, frac, g], 1)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from ..grid import N_LEVELS
 from .common import STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, head_columns, to_volume
 
 
 class SegNet(nn.Module):
     SIZES = {"tiny": dict(width=8), "demo": dict(width=24), "paper": dict(width=64)}
 
-    def __init__(self, levels: int = 38, width: int = 24):
+    def __init__(self, levels: int = N_LEVELS, width: int = 24):
         super().__init__()
         w = (width, 2 * width, 4 * width)
         self.levels = levels

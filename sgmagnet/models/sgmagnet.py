@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grid import N_LEVELS
 from .common import (LevelCode, Pyramid2D, check_columns, conv3d_block, gather_pixels, groups_for, pool_levels,
                      sample_volume, sgmagnet_options)
 
@@ -103,7 +104,7 @@ class SGMAGNet(nn.Module):
              "demo": dict(width=16, vol=(24, 8, 16), height_dim=32, depth=3),
              "paper": dict(width=48, vol=(64, 24, 48), height_dim=128, depth=6)}
 
-    def __init__(self, levels: int = 38, width: int = 16, vol=(24, 8, 16), height_dim: int = 32, depth: int = 3,
+    def __init__(self, levels: int = N_LEVELS, width: int = 16, vol=(24, 8, 16), height_dim: int = 32, depth: int = 3,
                  height: str = "dynamic", scales=(1, 2, 4), gating: bool = True, aux: bool = False):
         super().__init__()
         self.levels, self.scales, self.gating = levels, sgmagnet_options(height, scales), gating

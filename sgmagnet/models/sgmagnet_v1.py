@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grid import N_LEVELS
 from .common import LevelCode, Pyramid2D, check_columns, conv3d_block, dense_or_columns, pool_levels, sgmagnet_options
 
 
@@ -54,7 +55,7 @@ class SGMAGNetV1(nn.Module):
              "demo": dict(width=16, vol=(8, 16, 24), height_dim=32),
              "paper": dict(width=48, vol=(16, 32, 64), height_dim=128)}
 
-    def __init__(self, levels: int = 38, width: int = 16, vol=(8, 16, 24), height_dim: int = 32,
+    def __init__(self, levels: int = N_LEVELS, width: int = 16, vol=(8, 16, 24), height_dim: int = 32,
                  height: str = "dynamic", scales=(1, 2, 4), gating: bool = True):
         super().__init__()
         self.levels, self.scales, self.gating = levels, sgmagnet_options(height, scales), gating

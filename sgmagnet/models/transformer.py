@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grid import N_LEVELS
 from .common import STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, head_columns, to_volume
 
 
@@ -19,7 +20,7 @@ class Transformer(nn.Module):
              "demo": dict(patch=8, dim=96, depth=4, heads=4, width=16, grid=8),
              "paper": dict(patch=8, dim=384, depth=8, heads=6, width=32, grid=16)}
 
-    def __init__(self, levels: int = 38, patch: int = 8, dim: int = 96, depth: int = 4, heads: int = 4,
+    def __init__(self, levels: int = N_LEVELS, patch: int = 8, dim: int = 96, depth: int = 4, heads: int = 4,
                  width: int = 16, grid: int = 8):
         super().__init__()
         self.levels, self.patch = levels, patch

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grid import N_LEVELS
 from .common import (STEM_CHANNELS, InputStem, check_columns, check_divisible, conv2d_block, conv3d_block,
                      dense_or_columns, head_columns, to_volume)
 
@@ -25,7 +26,7 @@ from .common import (STEM_CHANNELS, InputStem, check_columns, check_divisible, c
 class UNet2D(nn.Module):
     SIZES = {"tiny": dict(width=8), "demo": dict(width=24), "paper": dict(width=64)}
 
-    def __init__(self, levels: int = 38, width: int = 24):
+    def __init__(self, levels: int = N_LEVELS, width: int = 24):
         super().__init__()
         w = (width, 2 * width, 4 * width, 8 * width)
         self.levels = levels
@@ -54,7 +55,7 @@ class UNet3DLift(nn.Module):
     SIZES = {"tiny": dict(width=8, vol=(4, 8, 8)), "demo": dict(width=16, vol=(8, 16, 24)),
              "paper": dict(width=48, vol=(16, 32, 64))}
 
-    def __init__(self, levels: int = 38, width: int = 16, vol=(8, 16, 24)):
+    def __init__(self, levels: int = N_LEVELS, width: int = 16, vol=(8, 16, 24)):
         super().__init__()
         w = (width, 2 * width, 4 * width)
         self.levels = levels

@@ -18,253 +18,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
-from ..formats import ahi as ahi_fmt
-from ..formats import cloudsat as cs_fmt
-from ..grid import BAND_VARS, IGNORE, LEVEL_CENTRE_KM, N_LEVELS
-from ..labels import profile_levels
+from ..grid import LEVEL_CENTRE_KM, N_LEVELS
 from . import orbit
-from .fields import FieldBank
-from .radiance import forward
-from .world import FIELD_NAMES, FINE_FIELDS, STATIC_FIELDS, Column
+from .config import SynthConfig
+from .instrument import dilate, scan_offset_s
+from .world import World
+from .writers import granule_profiles, region_grid, write_granule, write_scene
 
-CLOUDSAT_LAUNCH = np.datetime64("2006-04-28T10:02:16", "ns")
-LEAP_S_SINCE_1993 = 10           # valid from 2017-01-01
+__all__ = ["SynthConfig", "World", "synthesize", "format_stats", "physics_table", "needed_slots", "corridor_mask"]
+
+
 MISSING_SLOTS = {(2, 40), (14, 40)}
-BIN_KM = 0.24
-
-
-@dataclass
-class SynthConfig:
-    out: str
-    start: str = "2018-10-01"
-    days: int = 1
-    region: tuple = (100.0, 160.0, -60.0, 60.0)    # lon0, lon1, lat0, lat1
-    res: float = 0.05
-    seed: int = 0
-    orbit_mode: str = "doop"
-    epoch: str | None = None     # day the fields and the orbit are anchored to (default: start); archives
-                                 # written in pieces must share it, or every piece repeats the same weather
-    satellite: str = "08"
-    track_corridor: int | None = None   # write only pixels within this many px of a profile near in time
-                                        # (the build's --patch-size); None: whole scenes
-    bad_profile_fraction: float = 0.003
-    stats: dict = field(default_factory=dict)
-
-
-class World:
-    """Fields + orbit for one seed; t=0 of the fields and of the orbit is the epoch day (default: the archive
-    start) 00:00 UTC, so two runs with the same seed and epoch describe one world at every instant."""
-
-    def __init__(self, cfg: SynthConfig):
-        self.cfg = cfg
-        self.t0 = np.datetime64(cfg.epoch or cfg.start, "ns")
-        self.bank = FieldBank(cfg.seed, FIELD_NAMES, static=STATIC_FIELDS, fine=FINE_FIELDS)
-        self.u0 = float(np.random.default_rng(cfg.seed + 7919).uniform(0, 2 * np.pi))
-
-    def seconds(self, t):
-        return (t - self.t0).astype("timedelta64[ns]").astype(np.float64) / 1e9
-
-    def columns_at(self, lat, lon, t):
-        return Column(self.bank.points(np.mod(lon, 360.0), lat, self.seconds(t)), lat)
-
-
-def _in_region(lat, lon, region, margin=0.0):
-    lo0, lo1, la0, la1 = region
-    lon360 = np.mod(lon, 360.0)
-    return (lat >= la0 - margin) & (lat <= la1 + margin) & (lon360 >= lo0 - margin) & (lon360 <= lo1 + margin)
-
-
-def granule_profiles(world: World, n: int):
-    """Profiles of orbit n (descending node n), cut to the region; None when it never crosses it."""
-    cfg = world.cfg
-    t_node = world.t0 + np.timedelta64(int(round((np.pi + 2 * np.pi * n - world.u0) / (2 * np.pi) * orbit.PERIOD_S * 1e9)), "ns")
-    k = np.arange(int((orbit.PERIOD_S + 40.0) / orbit.PROFILE_DT_S))
-    t = t_node - np.timedelta64(20, "s") + (k * orbit.PROFILE_DT_S * 1e9).astype("timedelta64[ns]")
-    lat, lon, _ = orbit.track(t, world.u0, world.t0)
-    keep = _in_region(lat, lon, cfg.region, margin=1.0)
-    if cfg.orbit_mode == "doop":
-        soz, _ = orbit.solar_angles(t, lat, lon)
-        keep &= soz < 90.0
-    if not keep.any():
-        return None
-    return t_node, t[keep], lat[keep], lon[keep]
-
-
-def write_granule(world: World, n: int, t, lat, lon, root: str, rng) -> tuple[str, dict]:
-    col = world.columns_at(lat, lon, t)
-    nray = t.size
-    rep = col.reported
-    # write layers lowest first, boundaries on the radar's ~240 m bins
-    order = np.argsort(np.where(rep, col.base, np.inf), axis=1, kind="stable")
-    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-    rep_s = take(rep)
-    base = np.round(take(col.base) / BIN_KM) * BIN_KM
-    top = np.maximum(np.round(take(col.top) / BIN_KM) * BIN_KM, base + BIN_KM)
-    nl = rep_s.sum(1)
-    def pad(a, fill, dtype):
-        o = np.full((nray, 10), fill, dtype=dtype)
-        o[:, : a.shape[1]] = np.where(rep_s, a, fill)
-        return o
-    arrays = {
-        "Latitude": lat.astype(np.float32), "Longitude": lon.astype(np.float32),
-        "CloudLayerBase": pad(base, -99.0, np.float32), "CloudLayerTop": pad(top, -99.0, np.float32),
-        "CloudPhase": pad(take(col.phase), -9, np.int8), "CloudLayerType": pad(take(col.ctype), -9, np.int8),
-        "CloudPhaseConfidenceLevel": pad(np.full(base.shape, 10), -9, np.int8),
-        "CloudFraction": pad(np.ones(base.shape), -99.0, np.float32),
-        "CloudTypeQuality": pad(np.ones(base.shape), -99.0, np.float32),
-        "Cloudlayer": nl.astype(np.int8),
-        "DEM_elevation": np.round(col.dem_km * 1000).astype(np.int16),
-        "Navigation_land_sea_flag": np.where(col.land, 1, 2).astype(np.uint8),
-        "Data_quality": np.zeros(nray, np.uint8), "Data_status": np.zeros(nray, np.uint8),
-        "Data_targetID": np.zeros(nray, np.uint8),
-        "Range_to_intercept": np.full(nray, 705.0, np.float32),
-        "Height": np.tile((24960 - 240 * np.arange(125)).astype(np.int16), (nray, 1)),
-        "Vertical_binsize": np.array([239.8], np.float32),
-        "Pitch_offset": np.array([0.0], np.float32), "Roll_offset": np.array([0.0], np.float32),
-    }
-    # a few profiles with missing layer data or a bad quality flag, as in real granules
-    bad = rng.random(nray) < world.cfg.bad_profile_fraction
-    arrays["Cloudlayer"][bad & (rng.random(nray) < 0.5)] = -9
-    arrays["Data_quality"][bad & (arrays["Cloudlayer"] != -9)] = 4
-    t_first = t[0]
-    day = t_first.astype("datetime64[D]")
-    utc_start = (t_first - day).astype("timedelta64[ns]").astype(np.float64) / 1e9
-    arrays["UTC_start"] = np.array([utc_start], np.float32)
-    arrays["Profile_time"] = ((t - t_first).astype("timedelta64[ns]").astype(np.float64) / 1e9).astype(np.float32)
-    tai = (t_first - np.datetime64("1993-01-01", "ns")).astype("timedelta64[ns]").astype(np.float64) / 1e9
-    arrays["TAI_start"] = np.array([tai + LEAP_S_SINCE_1993], np.float64)
-    start = t_first.astype("datetime64[s]").astype(dt.datetime)
-    granule_no = int((world.t0 - CLOUDSAT_LAUNCH).astype("timedelta64[s]").astype(np.int64) / orbit.PERIOD_S) + n
-    fname = cs_fmt.granule_filename(start, granule_no, release=5, epoch=8, fix=0)
-    sub = os.path.join(root, "cloudsat", "2B-CLDCLASS-LIDAR.P1_R05", f"{start:%Y}", f"{start:%j}")
-    os.makedirs(sub, exist_ok=True)
-    path = os.path.join(sub, fname)
-    cs_fmt.write_granule(path, arrays)
-    # statistics over profiles inside the region (what the benchmark can label)
-    inreg = _in_region(lat, lon, world.cfg.region) & ~bad
-    with np.errstate(invalid="ignore"):
-        lev = profile_levels(nl[inreg], np.where(rep_s, base, np.nan)[inreg], np.where(rep_s, top, np.nan)[inreg],
-                             np.where(rep_s, take(col.phase), 0)[inreg], col.dem_km[inreg])
-    hist = np.bincount(lev[lev != IGNORE].astype(np.int64), minlength=4)
-    st = {"profiles": int(inreg.sum()), "hist": hist.tolist(), "structure": profile_structure(col, inreg),
-          "cloudy_profiles": int((nl[inreg] > 0).sum()), "multilayer_profiles": int((nl[inreg] > 1).sum()),
-          "t_min": str(t[inreg].min()) if inreg.any() else None, "t_max": str(t[inreg].max()) if inreg.any() else None}
-    return path, st
-
-
-GROUPS = ("ice-only", "ice-above-liquid", "liquid-only", "ice-above-mixed", "mixed-only")
-
-
-def profile_structure(col: Column, sel: np.ndarray) -> dict:
-    """Counts behind PHYSICS.md's targets, over the selected profiles' reported layers (top-down)."""
-    rep = col.reported[sel]
-    ph = np.where(rep, col.phase[sel], 0)
-    tau = np.where(rep, col.tau[sel], np.nan)
-    n = rep.sum(1)
-    first = np.argmax(rep, axis=1)
-    rows = np.arange(len(n))
-    top_ph, top_tau = ph[rows, first], tau[rows, first]
-    top_rad = np.where(rep, col.rad_phase[sel], 0)[rows, first]
-    has = lambda c: (ph == c).any(1)  # noqa: E731
-    only = lambda c: (n > 0) & ((ph == c) | ~rep).all(1)  # noqa: E731
-    lower = lambda c: ((ph == c) & rep & (np.arange(ph.shape[1])[None] > first[:, None])).any(1)  # noqa: E731
-    groups = {"ice-only": only(1), "liquid-only": only(3), "mixed-only": only(2),
-              "ice-above-liquid": (n > 1) & (top_ph == 1) & lower(3) & ~lower(2),
-              "ice-above-mixed": (n > 1) & (top_ph == 1) & lower(2)}
-    cloudy, multi = n > 0, n > 1
-    return {"profiles": int(len(n)), "layers": [int((n == k).sum()) for k in range(4)] + [int((n >= 4).sum())],
-            "groups": {g: int(groups[g].sum()) for g in GROUPS}, "with_mixed": int(has(2).sum()),
-            "thin_cirrus_top": int((cloudy & (top_ph == 1) & (top_tau < 0.3)).sum()),
-            "multilayer_top_tau_gt3": int((multi & (top_tau > 3)).sum()),
-            "top_seen_as_other_phase": int((cloudy & (top_rad != top_ph)).sum()),
-            "mixed_top": int((cloudy & (top_ph == 2)).sum()),
-            "mixed_top_seen_as_liquid": int((cloudy & (top_ph == 2) & (top_rad == 3)).sum())}
-
-
-def region_grid(cfg: SynthConfig):
-    lo0, lo1, la0, la1 = cfg.region
-    nlat = int(round((la1 - la0) / cfg.res)) + 1
-    nlon = int(round((lo1 - lo0) / cfg.res)) + 1
-    lat = la1 - cfg.res * np.arange(nlat)
-    lon = lo0 + cfg.res * np.arange(nlon)
-    return lat, lon
-
-
-def scan_offset_s(lat):
-    """Seconds after the slot start at which AHI scans latitude `lat` (full disk, north to south)."""
-    return 20.0 + (81.3 - np.asarray(lat, np.float64)) / 162.6 * 580.0
-
-
-KM_PER_DEG = 111.2
-PARALLAX_MAX_KM = 30.0
-NAV_ERROR_PX = 0.3          # navigation error per scene, standard deviation in pixels (PHYSICS §5: < 1 km)
-# calibration per scene (PHYSICS §5, Okuyama et al. 2018): B1-B4 unbiased to ~1 %, B5-B6 biased ~+-5 %,
-# IR bias < 0.2-0.3 K
-CAL_GAIN_SD = (0.01, 0.01, 0.01, 0.01, 0.05, 0.05)
-CAL_IR_BIAS_SD_K = 0.2
-FOOTPRINT_KM = {"vis": 1.0, "ir": 2.0}   # AHI sampling at nadir (B1, B2, B4: 1 km; B5-B16: 2 km; PHYSICS §5)
-
-
-def parallax_offset_px(top_km, saz_deg, lat, lon, res):
-    """(d_row, d_col) in pixels from a pixel to the column whose cloud top (at top_km) it sees: AHI looks
-    at a cloud of height h along a slanted line, so the cloud appears h tan(SAZ) farther from the
-    sub-satellite point; the pixel therefore sees the clouds of the column h tan(SAZ) closer to it.
-    Rows run north -> south. Clear columns (top NaN) and off-disk pixels get no offset."""
-    h = np.nan_to_num(np.asarray(top_km, np.float64), nan=0.0)
-    d = np.clip(h * np.tan(np.deg2rad(np.nan_to_num(saz_deg, nan=0.0))), 0.0, PARALLAX_MAX_KM)
-    phi, dlam = np.deg2rad(lat), np.deg2rad(orbit.SUB_LON - np.asarray(lon, np.float64))
-    bearing = np.arctan2(np.sin(dlam), -np.sin(phi) * np.cos(dlam))        # toward the sub-satellite point
-    north, east = d * np.cos(bearing), d * np.sin(bearing)
-    return -north / (res * KM_PER_DEG), east / (res * KM_PER_DEG * np.maximum(np.cos(phi), 0.05))
-
-
-def blur_radius(sigma_px: float) -> int:
-    """Half-width in pixels of blur()'s kernel (0: blur is a no-op)."""
-    return 0 if sigma_px < 0.1 else max(1, int(np.ceil(3 * sigma_px)))
-
-
-def footprint_sigma_px(band: int, res: float) -> float:
-    """Standard deviation in pixels of band `band`'s (0-based) footprint blur on a grid of step `res` degrees."""
-    return FOOTPRINT_KM["vis" if band in (0, 1, 2, 3) else "ir"] / 2.355 / (res * KM_PER_DEG)
-
-
-def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable Gaussian (instrument footprint), edges replicated; no-op below 0.1 px. NaN spreads only
-    to pixels within blur_radius of it."""
-    r = blur_radius(sigma_px)
-    if r == 0:
-        return img
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma_px) ** 2)
-    k /= k.sum()
-    out = img.astype(np.float64)
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (r, r)
-        p = np.pad(out, pad, mode="edge")
-        out = sum(k[i] * np.take(p, np.arange(i, i + out.shape[axis]), axis=axis) for i in range(2 * r + 1))
-    return out.astype(img.dtype)
-
-
-def dilate(mask: np.ndarray, half: int) -> np.ndarray:
-    """Pixels within Chebyshev distance `half` of a True pixel of `mask` (a box sum of cumulative sums)."""
-    if half <= 0:
-        return mask.copy()
-    out = mask.astype(np.int32)
-    for axis in (0, 1):
-        c = np.cumsum(out, axis=axis)
-        n = out.shape[axis]
-        hi = np.take(c, np.minimum(np.arange(n) + half, n - 1), axis=axis)
-        lo_idx = np.arange(n) - half - 1
-        lo = np.where((lo_idx >= 0).reshape([-1 if a == axis else 1 for a in (0, 1)]),
-                      np.take(c, np.maximum(lo_idx, 0), axis=axis), 0)
-        out = hi - lo
-    return out > 0
-
-
 CORRIDOR_WINDOW_MIN = 6.0    # profiles this close to a pixel's scan time count for the corridor (> the build's 5)
 
 
@@ -286,81 +54,6 @@ def corridor_mask(cfg: SynthConfig, slot: np.datetime64, tracks: list) -> np.nda
     if not track.any():
         return None
     return dilate(track, int(cfg.track_corridor))
-
-
-def write_scene(world: World, slot: np.datetime64, root: str, keep: np.ndarray | None = None,
-                block_rows: int = 128) -> str:
-    """One P-Tree scene of the region. What AHI sees differs from the columns CloudSat labels: each scene
-    has a navigation error (a sub-pixel shift) and its own calibration error, every pixel sees the clouds
-    along its slanted line of sight (parallax), and the bands are blurred by the instrument footprint.
-
-    keep: [nlat, nlon] bool, the only pixels to write (the track corridor); the others are fill (bands,
-    angles) but keep their scan time. The written pixels are bit-identical to the whole scene's: the same
-    random draws are made for every pixel, and each written pixel is computed from a window that holds
-    every column it sees (parallax) and every neighbour its footprint blur reads."""
-    cfg = world.cfg
-    lat, lon = region_grid(cfg)
-    nlat, nlon = lat.size, lon.size
-    t_row = slot + (scan_offset_s(lat) * 1e9).astype("timedelta64[ns]")
-    rng = np.random.default_rng([cfg.seed, int(world.seconds(np.array([slot]))[0])])
-    nav = rng.normal(0.0, NAV_ERROR_PX, 2)                        # rows, cols
-    gain = 1.0 + rng.normal(0.0, 1.0, 6) * np.asarray(CAL_GAIN_SD)
-    ir_bias = rng.normal(0.0, CAL_IR_BIAS_SD_K, 10)
-    halo = int(np.ceil(PARALLAX_MAX_KM / (cfg.res * KM_PER_DEG))) + 1
-    sigmas = [footprint_sigma_px(b, cfg.res) for b in range(len(BAND_VARS))]
-    need = None if keep is None else dilate(keep, max(blur_radius(s) for s in sigmas))
-    out = {name: np.full((nlat, nlon), np.nan, np.float32) for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA")}
-    out["Hour"] = np.broadcast_to(orbit.ut_hours(t_row).astype(np.float32)[:, None], (nlat, nlon)).copy()
-    for r0 in range(0, nlat, block_rows):
-        r1 = min(nlat, r0 + block_rows)
-        noise = rng.standard_normal((len(BAND_VARS), (r1 - r0) * nlon))   # every pixel's draws, written or not
-        if need is None:
-            c0, c1 = 0, nlon
-        else:
-            cols_needed = np.flatnonzero(need[r0:r1].any(0))
-            if cols_needed.size == 0:
-                continue
-            c0, c1 = int(cols_needed[0]), int(cols_needed[-1]) + 1
-        ra, rb = max(0, r0 - halo), min(nlat, r1 + halo)           # rows whose clouds the block may see
-        # columns whose clouds the block may see: the east-west offset grows as 1/cos(lat)
-        coslat = max(float(np.cos(np.deg2rad(np.abs(lat[ra:rb]).max()))), 0.05)
-        chalo = int(np.ceil(PARALLAX_MAX_KM / (cfg.res * KM_PER_DEG * coslat))) + 1
-        wa, wb = max(0, c0 - chalo), min(nlon, c1 + chalo)
-        nw = wb - wa
-        f = world.bank.grid(lon[wa:wb] + nav[1] * cfg.res, lat[ra:rb] - nav[0] * cfg.res, world.seconds(t_row[ra:rb]))
-        full = Column({k: v.ravel() for k, v in f.items()}, np.repeat(lat[ra:rb] - nav[0] * cfg.res, nw))
-        rows = np.repeat(np.arange(r0, r1), c1 - c0)
-        cols = np.tile(np.arange(c0, c1), r1 - r0)
-        la, lo = lat[rows], lon[cols]
-        tt = t_row[rows]
-        soz, soa = orbit.solar_angles(tt, la, lo)
-        saz, saa = orbit.satellite_angles(la, lo)
-        own = (rows - ra) * nw + (cols - wa)
-        top = np.nanmax(np.where(np.isfinite(full.top[own]), full.top[own], -np.inf), axis=1)
-        dr, dc = parallax_offset_px(np.where(np.isfinite(top), top, np.nan), saz, la, lo, cfg.res)
-        sr = np.clip(np.rint(rows + dr).astype(np.int64), ra, rb - 1)
-        sc = np.clip(np.rint(cols + dc).astype(np.int64), wa, wb - 1)     # the scene's edge, or the window's
-        col = full.take(own, cloud_idx=(sr - ra) * nw + (sc - wa))
-        nb = len(BAND_VARS)
-        bands = forward(col, soz, noise.reshape(nb, r1 - r0, nlon)[:, :, c0:c1].reshape(nb, -1))
-        for b, name in enumerate(BAND_VARS):
-            out[name][r0:r1, c0:c1] = bands[b].reshape(r1 - r0, c1 - c0)
-        for name, v in (("SOZ", soz), ("SOA", soa), ("SAZ", saz), ("SAA", saa)):
-            out[name][r0:r1, c0:c1] = v.reshape(r1 - r0, c1 - c0)
-    for b, name in enumerate(BAND_VARS):                              # calibration, instrument footprint
-        out[name] = out[name] * np.float32(gain[b]) if b < 6 else out[name] + np.float32(ir_bias[b - 6])
-        out[name] = blur(out[name], sigmas[b])
-    attrs = {}
-    if keep is not None:
-        for name in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA"):
-            out[name][~keep] = np.nan
-        attrs["track_corridor_px"] = np.int32(cfg.track_corridor)
-    sl = slot.astype("datetime64[s]").astype(dt.datetime)
-    sub = os.path.join(root, "ahi", f"{sl:%Y%m}", f"{sl:%d}")
-    os.makedirs(sub, exist_ok=True)
-    path = os.path.join(sub, ahi_fmt.ahi_filename(sl, nlon, nlat, cfg.satellite))
-    ahi_fmt.write_ahi(path, lat, lon, out, sl, attrs=attrs)
-    return path
 
 
 def needed_slots(t_min: np.datetime64, t_max: np.datetime64) -> list[np.datetime64]:
@@ -464,6 +157,8 @@ def _add(a, b):
 
 
 # PHYSICS.md targets shown beside the archive's own statistics: (label, value, target, source)
+
+
 def physics_table(st: dict) -> list[tuple[str, float, str, str]]:
     n = max(st.get("profiles", 0), 1)
     lay = st.get("layers", [0] * 5)

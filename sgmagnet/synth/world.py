@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..grid import ICE, LIQUID, MIXED
+from .config import SynthConfig
+from .fields import FieldBank
 
 FIELD_NAMES = ["land", "oro", "tsfc", "lapse",
                "hi_p", "hi_top", "hi_dz", "hi_tau", "hi_u",
@@ -234,3 +236,20 @@ class Column:
 
     def cloudy(self):
         return np.isfinite(self.top).any(1)
+
+
+class World:
+    """Fields + orbit for one seed; t=0 of the fields and of the orbit is the epoch day (default: the archive
+    start) 00:00 UTC, so two runs with the same seed and epoch describe one world at every instant."""
+
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
+        self.t0 = np.datetime64(cfg.epoch or cfg.start, "ns")
+        self.bank = FieldBank(cfg.seed, FIELD_NAMES, static=STATIC_FIELDS, fine=FINE_FIELDS)
+        self.u0 = float(np.random.default_rng(cfg.seed + 7919).uniform(0, 2 * np.pi))
+
+    def seconds(self, t):
+        return (t - self.t0).astype("timedelta64[ns]").astype(np.float64) / 1e9
+
+    def columns_at(self, lat, lon, t):
+        return Column(self.bank.points(np.mod(lon, 360.0), lat, self.seconds(t)), lat)

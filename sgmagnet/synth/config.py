@@ -1,0 +1,23 @@
+"""What a synthetic archive is asked for (`sgmagnet synth` options), shared by the world, the writers and the
+orchestration."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SynthConfig:
+    out: str
+    start: str = "2018-10-01"
+    days: int = 1
+    region: tuple = (100.0, 160.0, -60.0, 60.0)    # lon0, lon1, lat0, lat1
+    res: float = 0.05
+    seed: int = 0
+    orbit_mode: str = "doop"
+    epoch: str | None = None     # day the fields and the orbit are anchored to (default: start); archives
+                                 # written in pieces must share it, or every piece repeats the same weather
+    satellite: str = "08"
+    track_corridor: int | None = None   # write only pixels within this many px of a profile near in time
+                                        # (the build's --patch-size); None: whole scenes
+    bad_profile_fraction: float = 0.003
+    stats: dict = field(default_factory=dict)
