@@ -19,7 +19,7 @@ splitter (shard i to rank i % world) -> worker splitter -> tar reader -> seeded 
 -> batch. Across ranks, training instead draws shards with replacement (`ResampledShards`, seeded by
 seed/epoch/rank/worker) and the consumer fixes the epoch length, so no rank can run dry. Everything is a
 pure function of (seed, epoch, rank), so an epoch can be replayed and a resumed run skips the batches it
-has already seen (`EpochStream`).
+has already seen (`loaders.EpochStream`). The loaders themselves are built in loaders.py.
 """
 from __future__ import annotations
 
