@@ -28,10 +28,14 @@ class StudyLogs:
             self._packed = {}
             path = os.path.join(self.out, ARCHIVE)
             if os.path.exists(path):
-                with tarfile.open(path) as t:
-                    for m in t.getmembers():
-                        if m.isfile():
-                            self._packed[m.name] = t.extractfile(m).read().decode("utf-8")
+                try:
+                    with tarfile.open(path) as t:
+                        for m in t.getmembers():
+                            if m.isfile():
+                                self._packed[m.name] = t.extractfile(m).read().decode("utf-8")
+                except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{path}: not a readable log archive ({type(e).__name__}: "
+                                     f"{' '.join(str(e).split())[:120]}); restore it from git") from None
         return self._packed
 
     def text(self, rel: str) -> str | None:

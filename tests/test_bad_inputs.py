@@ -59,6 +59,15 @@ def w(tiny_archive, tiny_shards, tiny_run, tmp_path_factory):
             "run": run, "scene": ahi, "bbox": bbox, "cube": cube, "junk": junk, "base": base}
 
 
+def study_with_truncated_logs(tmp):
+    """A copy of the committed study (docs/study) whose log archive is cut short."""
+    out = tmp / "study"
+    shutil.copytree(os.path.join(ROOT, "docs", "study"), out)
+    data = (out / "logs.tar.gz").read_bytes()
+    (out / "logs.tar.gz").write_bytes(data[:len(data) // 3])
+    return out
+
+
 def shard_copy(w, tmp, damage=None):
     """A private copy of the shard folder; damage(copy) breaks something in it."""
     out = tmp / "shards"
@@ -400,6 +409,9 @@ CASES = [
     ("study-preset-without-val-samples", lambda w, t: dict(cmd=hpc("study.py", "--shards", str(w["shards"]), "--config",
                                                                    "cpu", "--only", "unet", "--out", str(t / "o"),
                                                                    "--runs", str(t / "r"))), 2, "validates on 'val'"),
+    ("study-log-archive-truncated", lambda w, t: dict(cmd=hpc("study.py", "--report-only", "--out",
+                                                              str(study_with_truncated_logs(t))),
+                                                      protect=[t / "study"]), 2, "not a readable log archive"),
     ("study-data-out-is-a-file", lambda w, t: dict(cmd=hpc("study_data.py", "--out", str(w["junk"]), "--days", "1"),
                                                    protect=[w["junk"]]), 2, "--out"),
     ("study-data-jobs-zero", lambda w, t: dict(cmd=hpc("study_data.py", "--out", str(t / "sd"), "--jobs", "0")), 2,
