@@ -129,6 +129,10 @@ def init_distributed(backend: str | None = None, deepspeed: bool = False) -> Dis
     return env
 
 
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """Sum (or max) across ranks, on a copy; identity in a single process."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

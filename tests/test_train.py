@@ -273,3 +273,17 @@ def test_aux_losses_train_the_coarse_heads(tiny_shards, tmp_path):
     assert any(p1[k].abs().sum() > 0 and k.startswith("aux.") for k in p1)
     model, _ = load_model_from_checkpoint(str(tmp_path / "1.0"), "cpu")
     assert model.aux is not None
+
+
+def test_trainer_needs_the_process_group_run_training_starts(tiny_shards, tmp_path):
+    """The process group is started once, by run_training (CLI, Slurm, study): a Trainer built directly for 2
+    ranks or for DeepSpeed without one is refused before it touches the run folder."""
+    from sgmagnet.dist import DistEnv
+
+    root, _ = tiny_shards
+    with pytest.raises(RuntimeError, match="run_training"):
+        Trainer(tiny_cfg(root, tmp_path / "two"), env=DistEnv(rank=0, world_size=2, launcher="torchrun"))
+    ds = os.path.join(ROOT, "configs", "deepspeed", "zero1.json")
+    with pytest.raises(RuntimeError, match="DeepSpeed"):
+        Trainer(tiny_cfg(root, tmp_path / "ds", f"train.deepspeed={ds}"))
+    assert not (tmp_path / "two").exists() and not (tmp_path / "ds").exists()

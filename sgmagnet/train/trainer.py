@@ -56,11 +56,17 @@ class Trainer:
     (tests feed fixed in-memory batches); `env` is the distributed environment (sgmagnet.dist)."""
 
     def __init__(self, cfg: Config, resume: bool = False, log=print, data=None, env=None, overwrite: bool = False):
+        """env: the distributed environment, its process group already started (run_training starts it); None
+        = this process alone (a process group is then refused: use run_training)."""
         self.cfg, t = validate(cfg), cfg.train
         if not (resume or overwrite):
             run_dir.refuse_existing_run(t.run_dir)      # read-only: a refused run leaves its folder untouched
+        env = env or hdist.detect()
+        if (env.distributed or t.deepspeed) and not hdist.initialized():
+            raise RuntimeError(f"Trainer: {env.world_size} rank(s) ({env.launcher}{', DeepSpeed' if t.deepspeed else ''}) "
+                               f"but no process group: build the run with run_training(cfg), which starts it")
         self.lock = self.logger = self.preemption = self._batches = self.stream = None
-        if not (env or hdist.detect()).rank:    # rank 0 holds the run folder's lock before anything changes in it
+        if not env.rank:                        # rank 0 holds the run folder's lock before anything changes in it
             self.lock = run_dir.RunLock(t.run_dir, log)
         try:
             self._setup(cfg, resume, log, data, env, overwrite)
@@ -71,10 +77,8 @@ class Trainer:
 
     def _setup(self, cfg: Config, resume: bool, log, data, env, overwrite: bool):
         t = cfg.train
-        self.env = env or hdist.init_distributed(deepspeed=bool(t.deepspeed))
+        self.env = env
         self.log = log if self.env.is_main else (lambda m: None)
-        if t.threads:
-            torch.set_num_threads(t.threads)
         self.rt = Runtime.for_run(cfg, self.env.local_rank)
         self.manifest = read_manifest(cfg.data.shards)
         self.norm = Normaliser.from_manifest(cfg.data.shards)
@@ -331,10 +335,15 @@ class Trainer:
 
 
 def run_training(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=print):
-    """The one way to run training (CLI, Slurm job, study): build the Trainer, fit. Returns (trainer, summary,
+    """The one way to run training (CLI, Slurm job, study): start the process group (torchrun, srun, the
+    deepspeed launcher, or none), set train.threads, build the Trainer, fit. Returns (trainer, summary,
     None), or (trainer, None, Preempted) when a preemption signal ended the run with a checkpoint. Config and
     data errors raise from the Trainer's constructor (ConfigError, ManifestError) before anything runs."""
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, log=log)
+    cfg = validate(cfg)
+    env = hdist.init_distributed(deepspeed=bool(cfg.train.deepspeed))   # the process group, once, here
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)                         # process-wide: set by the run, not a component
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, log=log, env=env)
     try:
         return trainer, trainer.fit(), None
     except Preempted as p:
