@@ -270,7 +270,8 @@ def _missing(cmd: str, *paths) -> bool:
 
 
 def cmd_evaluate(a):
-    from .evaluate import evaluate_checkpoint, report_markdown
+    from .evaluate import evaluate_checkpoint
+    from .tables import report_markdown
 
     if _missing("evaluate", ("--checkpoint", a.checkpoint), ("--shards", a.shards)):
         return 2
@@ -288,7 +289,7 @@ def cmd_evaluate(a):
 
 
 def cmd_report(a):
-    from .evaluate import compare_markdown
+    from .tables import compare_markdown
 
     results = []
     for p in a.results:

@@ -17,17 +17,18 @@ has the paper-comparable block (metrics.paper_comparable).
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .grid import CLASS_NAMES, LEVEL_DZ_KM, N_CLASSES, N_LEVELS
+from .grid import N_CLASSES
 from .io import write_json, write_text
 from .losses import argmax, log_probs
-from .metrics import LAT_BANDS, Calibration, ConfusionSet, lat_band, paper_comparable
+from .metrics import Calibration, ConfusionSet
+from .references import ORACLE_TOP_ERROR_KM, Climatology, reference_predictors
 from .shards import ShardError  # noqa: F401  (defined with the sample format; raised and re-exported here)
+from .tables import report_markdown
 
 
 @dataclass
@@ -122,161 +123,6 @@ def save_patch_confusions(path: str, ev: EvalResult):
 def load_patch_confusions(path: str) -> dict:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
-
-
-def top_layer(prof: np.ndarray):
-    """[N, L] labels -> (top level index, phase at it, thickness in levels of the top cloudy run); -1/0/0
-    for clear columns. Levels are bottom-up (level k covers 0.5k-0.5(k+1) km)."""
-    y = np.asarray(prof).astype(np.int64)
-    cloudy = (y >= 1) & (y <= 3)
-    has = cloudy.any(1)
-    L = y.shape[1]
-    top = np.where(has, L - 1 - np.argmax(cloudy[:, ::-1], axis=1), -1)
-    phase = np.where(has, y[np.arange(len(y)), np.maximum(top, 0)], 0)
-    below_clear = ~cloudy[:, ::-1]                               # top-down
-    start = L - 1 - np.maximum(top, 0)                           # top-down index of the top level
-    idx = np.arange(L)[None]
-    gap = below_clear & (idx > start[:, None])
-    first_gap = np.where(gap.any(1), np.argmax(gap, axis=1), L)
-    thick = np.where(has, first_gap - start, 0)
-    return top, phase, thick
-
-
-class Climatology:
-    """Per-level, per-latitude-band class frequencies of a split -> a reference predictor; it also keeps the
-    median thickness of the top cloudy layer (the oracle's layer depth)."""
-
-    def __init__(self, counts: np.ndarray, top_thickness_levels: int = 4):
-        self.counts = counts  # [bands, L, C]
-        self.top_thickness_levels = int(top_thickness_levels)
-
-    @classmethod
-    def from_batches(cls, batches) -> "Climatology":
-        counts = np.zeros((len(LAT_BANDS), N_LEVELS, N_CLASSES), np.int64)
-        thick = np.zeros(N_LEVELS + 1, np.int64)
-        for b in batches:
-            y = b["prof"].numpy().astype(np.int64)
-            band = lat_band(b["lat"]).numpy()
-            for k in range(len(LAT_BANDS)):
-                yk = y[band == k]
-                for c in range(N_CLASSES):
-                    counts[k, :, c] += (yk == c).sum(0)
-            _, _, t = top_layer(y)
-            thick += np.bincount(t[t > 0], minlength=N_LEVELS + 1)[:N_LEVELS + 1]
-        med = int(np.searchsorted(np.cumsum(thick), thick.sum() / 2) if thick.sum() else 4)
-        return cls(counts, max(med, 1))
-
-    def table(self, weights) -> np.ndarray:
-        """[bands, L] class chosen per band and level."""
-        f = self.counts / np.maximum(self.counts.sum(-1, keepdims=True), 1)
-        return np.argmax(f * np.asarray(weights, np.float64)[None, None], -1)
-
-    def predict(self, lat: torch.Tensor, weights) -> torch.Tensor:
-        return torch.from_numpy(self.table(weights)[lat_band(lat).numpy()])
-
-
-ORACLE_TOP_ERROR_KM = 1.0
-
-
-class TopLayerOracle:
-    """Knows each labelled column's true cloud-top level (perturbed by a Gaussian error of `error_km`,
-    rounded to levels) and its top phase, and predicts one layer of `thickness` levels below it (the
-    training split's median top-layer thickness) with that phase, clear elsewhere: the skill available from
-    what passive radiances can show at best (DESIGN.md, Metrics). Deterministic (seeded)."""
-
-    def __init__(self, thickness_levels: int, error_km: float = ORACLE_TOP_ERROR_KM, seed: int = 0):
-        self.thickness, self.error_km = int(thickness_levels), float(error_km)
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, b) -> torch.Tensor:
-        y = b["prof"].numpy()
-        top, phase, _ = top_layer(y)
-        err = np.rint(self.rng.normal(0.0, self.error_km / LEVEL_DZ_KM, len(top))).astype(np.int64)
-        t = np.clip(top + err, 0, N_LEVELS - 1)
-        lev = np.arange(N_LEVELS)[None]
-        layer = (top[:, None] >= 0) & (lev <= t[:, None]) & (lev > t[:, None] - self.thickness)
-        return torch.from_numpy(np.where(layer, phase[:, None], 0).astype(np.int64))
-
-
-def reference_predictors(clim: Climatology, weights, oracle_error_km: float = ORACLE_TOP_ERROR_KM) -> dict:
-    """The reference rows as predictors for evaluate_batches: top-layer oracle, climatology, all clear."""
-    return {"oracle": TopLayerOracle(clim.top_thickness_levels, oracle_error_km),
-            "climatology": lambda b: clim.predict(b["lat"], weights),
-            "all_clear": lambda b: torch.zeros_like(b["prof"], dtype=torch.long)}
-
-
-# ---------------------------------------------------------------------------------------------- tables
-HEAD = ("macro P", "macro R", "macro F1", "macro IoU", "phase F1", "mask F1",
-        "F1 clear", "F1 ice", "F1 mixed", "F1 liquid")
-
-
-def _row(name: str, r: dict) -> str:
-    m, ph, cm, pc = r["macro"], r["phase_macro"], r["cloud_mask"], r["per_class"]
-    vals = [m["precision"], m["recall"], m["f1"], m["iou"], ph["f1"], cm["f1"]] + [pc[c]["f1"] for c in CLASS_NAMES]
-    return f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |"
-
-
-def markdown(rows: list[tuple[str, dict]]) -> str:
-    lines = ["| model | " + " | ".join(HEAD) + " |", "|---" * (len(HEAD) + 1) + "|"]
-    lines += [_row(n, r) for n, r in rows]
-    return "\n".join(lines)
-
-
-PAPER_HEAD = ("micro-phase P", "micro-phase R", "micro-phase F1", "micro-phase IoU", "weighted P", "weighted R",
-              "weighted F1", "mask F1 (pooled)", "mask IoU (pooled)")
-PAPER_NOTE = ("Paper-comparable block (the paper's P 0.922 / R 0.858 / F1 0.763 / IoU 0.617 cannot all be macro "
-              "scores): *micro-phase* = pooled counts over ice, mixed, liquid with clear as the negative; "
-              "*weighted* = per-class scores over the 4 classes weighted by support; *mask* = clear vs cloud, "
-              "pooled. Real-data paper numbers are not comparable with this synthetic benchmark.")
-
-
-def paper_markdown(rows: list[tuple[str, dict]]) -> str:
-    lines = ["| model | " + " | ".join(PAPER_HEAD) + " |", "|---" * (len(PAPER_HEAD) + 1) + "|"]
-    for name, r in rows:
-        pc = r.get("paper_comparable") or paper_comparable(r["confusion"])
-        m, w, k = pc["micro_phase"], pc["weighted"], pc["mask_pooled"]
-        vals = [m["precision"], m["recall"], m["f1"], m["iou"], w["precision"], w["recall"], w["f1"], k["f1"], k["iou"]]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return "\n".join(lines)
-
-
-def report_markdown(res: dict) -> str:
-    """Full Markdown report of one evaluation result (overall table + stratified tables)."""
-    name = res["model"]
-    rows = [(name, res["metrics"]["overall"])] + [(_ref_name(k, res), v["overall"]) for k, v in res["references"].items()]
-    out = [f"## {name} on split `{res['split']}` ({res['metrics']['overall']['voxels']} labelled voxels, "
-           f"{res['metrics']['patches']} patches)", "", markdown(rows), "", PAPER_NOTE, "", paper_markdown(rows)]
-    if res.get("decision", {}).get("rule") == "prior":
-        d = res["decision"]
-        out += ["", f"Decision rule: argmax after undoing {d['alpha']:g} x the class-weight prior (alpha chosen on "
-                    f"split `{d['chosen_on']}` by macro F1; the reference rows are unchanged)."]
-    if "calibration" in res:
-        ece = res["calibration"]["ece"]
-        out += ["", "Calibration of the phase-gated probabilities (expected calibration error per class, 10 bins): "
-                + ", ".join(f"{c} {v:.3f}" for c, v in ece.items()) + f"; mean {res['calibration']['ece_mean']:.3f}"]
-    for fam, strata in res["metrics"]["strata"].items():
-        out += ["", f"### by {fam}", "",
-                markdown([(f"{name} · {s} ({r['voxels']} vox)", r) for s, r in strata.items()]
-                         + [(f"climatology · {s}", res["references"]["climatology"]["strata"][fam][s])
-                            for s in strata if s in res["references"]["climatology"]["strata"][fam]])]
-    return "\n".join(out) + "\n"
-
-
-def _ref_name(key: str, res: dict) -> str:
-    if key == "oracle":
-        return f"top-layer oracle (±{res.get('oracle_error_km', ORACLE_TOP_ERROR_KM):g} km)"
-    return key.replace("_", " ")
-
-
-def compare_markdown(results: list[dict]) -> str:
-    """Side-by-side overall table of several evaluations of the same split, the reference rows, and the
-    paper-comparable block."""
-    rows = [(r["model"], r["metrics"]["overall"]) for r in results]
-    rows += [(_ref_name(k, results[0]), v["overall"]) for k, v in results[0]["references"].items()]
-    return markdown(rows) + "\n\n" + PAPER_NOTE + "\n\n" + paper_markdown(rows)
-
-
-# ----------------------------------------------------------------------------------------- the command
 
 
 def checked_batches(loader, where: str):

@@ -92,7 +92,7 @@ def test_paper_comparable_block_on_a_hand_made_matrix():
 def test_top_layer_and_the_oracle_on_hand_made_columns():
     import torch
 
-    from sgmagnet.evaluate import TopLayerOracle, top_layer
+    from sgmagnet.references import TopLayerOracle, top_layer
 
     L = 38
     y = np.zeros((3, L), np.uint8)
