@@ -16,6 +16,24 @@ from sgmagnet.grid import BAND_VARS
 from ci import IN_CI, require  # noqa: F401  (re-exported: tests import them from here too)
 
 
+def live_processes() -> dict[int, tuple[str, int, int]]:
+    """Every live (not zombie) process, from /proc: pid -> (name, ppid, process group). A zombie holds no file
+    and no lock: for these tests it is gone."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+            name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        except (OSError, ValueError):
+            continue                                   # gone while we read it
+        if rest[0] != "Z":                             # state, ppid, pgrp
+            out[int(entry)] = (name, int(rest[1]), int(rest[2]))
+    return out
+
+
 def have_mpirun() -> bool:
     return shutil.which("mpirun") is not None and subprocess.run(
         [os.environ.get("PYTHON", "python"), "-c", "import mpi4py"], capture_output=True).returncode == 0

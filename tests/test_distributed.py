@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import require
+from helpers import live_processes, require
 from ci import ROOT
 
 WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
@@ -67,43 +67,25 @@ def _final_params(run):
     return params(os.path.join(run, "checkpoints", "step_0000024", "state.pt"))["model"]
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (from /proc)."""
-    children = {}
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                with open(f"/proc/{stat}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(stat))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def kill_tree(pid: int, timeout: float = 30.0):
     """SIGKILL a process and all its descendants, and wait until they are gone. torchrun starts each rank in a
     session of its own, so a group kill reaches torchrun alone and the orphaned ranks train on (and hold the
     run folder's lock) -- not a killed job."""
-    procs = descendants(pid) + [pid]
-    for q in procs:
+    children = {}
+    for q, (_, ppid, _) in live_processes().items():
+        children.setdefault(ppid, []).append(q)
+    tree, todo = [], [pid]
+    while todo:
+        q = todo.pop()
+        tree.append(q)
+        todo += children.get(q, [])
+    for q in tree:
         try:
             os.kill(q, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    def alive(q):
-        try:
-            with open(f"/proc/{q}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"      # a zombie holds no lock
-        except (OSError, IndexError):
-            return False
     t0 = time.time()
-    while any(alive(q) for q in procs if q != pid):
+    while set(tree[1:]) & set(live_processes()):
         assert time.time() - t0 < timeout, "killed ranks did not go away"
         time.sleep(0.05)
 

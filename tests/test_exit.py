@@ -17,7 +17,7 @@ import time
 import pytest
 
 from ci import ROOT, TINY
-from helpers import have_mpirun, require
+from helpers import have_mpirun, live_processes, require
 
 pytestmark = pytest.mark.slow   # real command lines in their own process groups (~2 min)
 
@@ -75,17 +75,8 @@ def driver(tmp_path_factory):
 
 
 def group_members(pgid: int) -> list[str]:
-    """Live processes of a process group (from /proc), as 'pid name'."""
-    out = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = open(stat).read()
-        except OSError:
-            continue
-        name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-        if rest[0] != "Z" and int(rest[2]) == pgid:       # state, ppid, pgrp
-            out.append(f"{stat.split('/')[2]} {name}")
-    return out
+    """Live processes of a process group, as 'pid name'."""
+    return [f"{pid} {name}" for pid, (name, _, pgrp) in live_processes().items() if pgrp == pgid]
 
 
 def newest_write(folder) -> float:
