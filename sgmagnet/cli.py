@@ -161,8 +161,12 @@ def cmd_synth(a):
     except OverflowError:
         sys.stderr.write(f"sgmagnet synth: error: --days {a.days} from {a.start} passes the year 9999\n")
         return 2
+    if a.ahi_format != "ptree" and a.track_corridor is None:
+        sys.stderr.write(f"sgmagnet synth: error: --ahi-format {a.ahi_format} needs --track-corridor P (HSD is "
+                         f"rendered on the native 2 km full disk only near the CloudSat tracks)\n")
+        return 2
     cfg = SynthConfig(out=a.out, start=a.start, days=a.days, region=a.region, res=a.res, seed=a.seed,
-                      orbit_mode=a.orbit, epoch=a.epoch, track_corridor=a.track_corridor)
+                      orbit_mode=a.orbit, epoch=a.epoch, track_corridor=a.track_corridor, ahi_format=a.ahi_format)
     stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet)
     print(format_stats(stats))
     return 0
@@ -414,6 +418,10 @@ def parser() -> Parser:
                    help="write only the pixels a build with --patch-size <= P can read: those within P pixels of "
                         "a CloudSat profile near in time (the rest are fill, and slots no profile is near are not "
                         "written); those pixels are identical to the whole scene's. Default: whole scenes")
+    s.add_argument("--ahi-format", choices=("ptree", "hsd", "both"), default="ptree",
+                   help="ptree: JAXA P-Tree gridded NetCDF (ahi/, default); hsd: Himawari Standard Data, the 160 "
+                        "segment files per slot on the native grid (ahi_hsd/; needs --track-corridor, P in native "
+                        "2 km pixels); both: the same world written both ways")
     s.add_argument("--quiet", action="store_true", help="no progress bar; print only the final statistics")
     s.set_defaults(func=cmd_synth)
 

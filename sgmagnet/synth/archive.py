@@ -27,7 +27,9 @@ from . import orbit
 from .config import SynthConfig
 from .instrument import dilate, scan_offset_s
 from .world import World
-from .writers import granule_profiles, region_grid, write_granule, write_scene
+from ..formats.epochs import himawari_for
+from . import native
+from .writers import granule_profiles, region_grid, scene_errors, write_granule, write_scene
 
 __all__ = ["SynthConfig", "World", "synthesize", "format_stats", "physics_table", "needed_slots", "corridor_mask"]
 
@@ -75,6 +77,11 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
     with ETA over the AHI scenes (the slow part) instead of one log line per scene."""
     from tqdm import tqdm
 
+    if cfg.ahi_format not in ("ptree", "hsd", "both"):
+        raise ValueError(f"ahi_format {cfg.ahi_format!r}: expected ptree, hsd or both")
+    if cfg.ahi_format != "ptree" and cfg.track_corridor is None:
+        raise ValueError("--ahi-format hsd/both needs --track-corridor P: the native 2 km full disk is rendered "
+                         "only near the CloudSat tracks")
     os.makedirs(cfg.out, exist_ok=True)
     world = World(cfg)
     rng = np.random.default_rng(cfg.seed + 1)
@@ -111,8 +118,18 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
     scene_px = int(np.prod([g.size for g in region_grid(cfg)]))
     lat_c = 0.5 * (cfg.region[2] + cfg.region[3])
     lon_c = 0.5 * (cfg.region[0] + cfg.region[1])
+    hsd_slots = []
     for slot in tqdm(sorted(slots), desc="AHI scenes", unit="scene", disable=not progress, mininterval=2,
                      dynamic_ncols=True):
+        if cfg.ahi_format in ("hsd", "both"):
+            pixels = native.corridor_pixels(cfg, slot, tracks, CORRIDOR_WINDOW_MIN)
+            if pixels is not None:
+                sl = slot.astype("datetime64[s]").astype(dt.datetime)
+                paths = native.write_slot(world, slot, cfg.out, pixels, scene_errors(world, slot)[1],
+                                          cfg.satellite or himawari_for(sl))
+                hsd_slots.append(os.path.relpath(os.path.dirname(paths[0]), cfg.out))
+        if cfg.ahi_format == "hsd":
+            continue
         keep = None
         if cfg.track_corridor is not None:
             keep = corridor_mask(cfg, slot, tracks)
@@ -141,7 +158,8 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         "cloudy_profile_fraction": cloudy / max(prof, 1), "multilayer_fraction_of_cloudy": multi / max(cloudy, 1),
         "structure": struct or {},
         "levels": {"n": N_LEVELS, "centres_km": [float(LEVEL_CENTRE_KM[0]), float(LEVEL_CENTRE_KM[-1])]},
-        "files": {"granules": granules, "scenes": scenes},
+        "hsd_slots": len(hsd_slots),
+        "files": {"granules": granules, "scenes": scenes, "hsd_slots": hsd_slots},
     }
     with open(os.path.join(cfg.out, "synth_stats.json"), "w") as f:
         json.dump(stats, f, indent=1, default=float)

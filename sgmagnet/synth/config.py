@@ -16,7 +16,8 @@ class SynthConfig:
     orbit_mode: str = "doop"
     epoch: str | None = None     # day the fields and the orbit are anchored to (default: start); archives
                                  # written in pieces must share it, or every piece repeats the same weather
-    satellite: str = "08"
+    satellite: str | None = None        # "08"/"09"; None: the operational platform of each slot's date
+    ahi_format: str = "ptree"           # "ptree", "hsd" (needs track_corridor) or "both"
     track_corridor: int | None = None   # write only pixels within this many px of a profile near in time
                                         # (the build's --patch-size); None: whole scenes
     bad_profile_fraction: float = 0.003

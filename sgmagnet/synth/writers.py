@@ -9,6 +9,7 @@ import numpy as np
 
 from ..formats import ahi as ahi_fmt
 from ..formats import cloudsat as cs_fmt
+from ..formats.epochs import himawari_for
 from ..grid import BAND_VARS, IGNORE
 from ..labels import profile_levels
 from . import orbit
@@ -146,6 +147,16 @@ def region_grid(cfg: SynthConfig):
     return lat, lon
 
 
+def scene_errors(world: World, slot: np.datetime64):
+    """The slot's generator and its first draws: the navigation error (rows, cols, in P-Tree pixels of
+    cfg.res degrees), the VIS/NIR gain and IR bias errors. Both writers (P-Tree, HSD) use the same ones."""
+    rng = np.random.default_rng([world.cfg.seed, int(world.seconds(np.array([slot]))[0])])
+    nav = rng.normal(0.0, NAV_ERROR_PX, 2)                        # rows, cols
+    gain = 1.0 + rng.normal(0.0, 1.0, 6) * np.asarray(CAL_GAIN_SD)
+    ir_bias = rng.normal(0.0, CAL_IR_BIAS_SD_K, 10)
+    return rng, (nav, gain, ir_bias)
+
+
 def write_scene(world: World, slot: np.datetime64, root: str, keep: np.ndarray | None = None,
                 block_rows: int = 128) -> str:
     """One P-Tree scene of the region. What AHI sees differs from the columns CloudSat labels: each scene
@@ -160,10 +171,7 @@ def write_scene(world: World, slot: np.datetime64, root: str, keep: np.ndarray |
     lat, lon = region_grid(cfg)
     nlat, nlon = lat.size, lon.size
     t_row = slot + (scan_offset_s(lat) * 1e9).astype("timedelta64[ns]")
-    rng = np.random.default_rng([cfg.seed, int(world.seconds(np.array([slot]))[0])])
-    nav = rng.normal(0.0, NAV_ERROR_PX, 2)                        # rows, cols
-    gain = 1.0 + rng.normal(0.0, 1.0, 6) * np.asarray(CAL_GAIN_SD)
-    ir_bias = rng.normal(0.0, CAL_IR_BIAS_SD_K, 10)
+    rng, (nav, gain, ir_bias) = scene_errors(world, slot)
     halo = int(np.ceil(PARALLAX_MAX_KM / (cfg.res * KM_PER_DEG))) + 1
     sigmas = [footprint_sigma_px(b, cfg.res) for b in range(len(BAND_VARS))]
     need = None if keep is None else dilate(keep, max(blur_radius(s) for s in sigmas))
@@ -216,6 +224,6 @@ def write_scene(world: World, slot: np.datetime64, root: str, keep: np.ndarray |
     sl = slot.astype("datetime64[s]").astype(dt.datetime)
     sub = os.path.join(root, "ahi", f"{sl:%Y%m}", f"{sl:%d}")
     os.makedirs(sub, exist_ok=True)
-    path = os.path.join(sub, ahi_fmt.ahi_filename(sl, nlon, nlat, cfg.satellite))
+    path = os.path.join(sub, ahi_fmt.ahi_filename(sl, nlon, nlat, cfg.satellite or himawari_for(sl)))
     ahi_fmt.write_ahi(path, lat, lon, out, sl, attrs=attrs)
     return path
