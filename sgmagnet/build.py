@@ -30,6 +30,8 @@ from .collocate import Scene, collocate, make_patches
 from .formats import FormatError
 from .formats import ahi as ahi_fmt
 from .formats import cloudsat as cs_fmt
+from .formats import hsd as hsd_fmt
+from .formats.epochs import himawari_operational, himawari_window_text
 from .grid import BAND_VARS, CLASS_NAMES, IGNORE, LEVEL_BOTTOM_KM, LEVEL_DZ_KM, N_BANDS, N_LEVELS
 from .io import write_json
 from .shards import MANIFEST_FORMAT, Manifest, encode_sample, sha256, write_dali_index
@@ -61,6 +63,7 @@ class BuildConfig:
     shard_maxcount: int = 200
     quality_mask: int = 0xFF
     dali_index: bool = True
+    ahi_format: str = "auto"             # "auto" (from the file names), "ptree" or "hsd"
 
 
 def split_of_day(day: dt.date, anchor: dt.date, split_days, gap: int) -> str | None:
@@ -101,6 +104,7 @@ class BuildPlan:
     skipped: list[dict]          # [{"file", "reason"}] inputs that could not be read
     split_anchor: str            # the day the split cycle counts from
     config_hash: str             # hash of the options that shape the samples (`shaping`)
+    ahi_format: str = "ptree"    # what --ahi holds: "ptree" or "hsd"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -108,7 +112,7 @@ class BuildPlan:
     @classmethod
     def from_json(cls, d: dict) -> "BuildPlan":
         return cls([GranuleEntry(**g) for g in d["granules"]], [SceneEntry(**s) for s in d["scenes"]],
-                   list(d["skipped"]), d["split_anchor"], d["config_hash"])
+                   list(d["skipped"]), d["split_anchor"], d["config_hash"], d.get("ahi_format", "ptree"))
 
 
 def plan(cfg: BuildConfig) -> BuildPlan:
@@ -120,18 +124,32 @@ def plan(cfg: BuildConfig) -> BuildPlan:
             granules.append(GranuleEntry(p, int(h.attrs["nray"]), str(h.time.values[0])))
         except FormatError as e:
             skipped.append({"file": e.path, "reason": e.problem})
-    for p in find_files(cfg.ahi, "*.nc"):
-        try:
-            n = ahi_fmt.parse_name(p)
+    kind = cfg.ahi_format = ahi_kind(cfg)      # resolved once, here; the plan carries it to every rank
+    if kind == "ptree":
+        for p in find_files(cfg.ahi, "*.nc"):
+            try:
+                n = ahi_fmt.parse_name(p)
+            except FormatError as e:
+                skipped.append({"file": e.path, "reason": e.problem})
+                continue
+            if not himawari_operational(n.satellite, n.timeline):
+                skipped.append({"file": p, "reason": not_operational(n.satellite, n.timeline)})
+                continue
             scenes.append(SceneEntry(p, n.timeline.isoformat()))
-        except FormatError as e:
-            skipped.append({"file": e.path, "reason": e.problem})
+    else:
+        hs, hskip = hsd_scenes(cfg.ahi)
+        scenes += hs
+        skipped += hskip
     if not granules:
         why = f" ({len(skipped)} unreadable: {skipped[0]['reason']})" if skipped else ""
         raise BuildRefused(f"--cloudsat {cfg.cloudsat!r}: no readable 2B-CLDCLASS-LIDAR granule (*.hdf){why}")
     if not scenes:
-        raise BuildRefused(f"--ahi {cfg.ahi!r}: no P-Tree AHI L1 file (NC_H0[89]_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")
-    side = max(min(ahi_fmt.parse_name(s.path).nlat, ahi_fmt.parse_name(s.path).nlon) for s in scenes)
+        what = ("no complete Himawari Standard Data slot (HS_H0[89]_YYYYMMDD_hhmm_Bbb_FLDK_Rjj_Skkll.DAT[.bz2])"
+                if kind == "hsd" else "no P-Tree AHI L1 file (NC_H0[89]_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")
+        why = f" ({len(skipped)} skipped: {skipped[0]['reason']})" if skipped and kind == "hsd" else ""
+        raise BuildRefused(f"--ahi {cfg.ahi!r}: {what}{why}")
+    side = (HSD_SIDE if kind == "hsd" else
+            max(min(ahi_fmt.parse_name(s.path).nlat, ahi_fmt.parse_name(s.path).nlon) for s in scenes))
     if cfg.patch_size > side:
         raise BuildRefused(f"--patch-size {cfg.patch_size} is larger than every AHI grid (the largest has "
                            f"{side} pixels on its short side)")
@@ -139,13 +157,77 @@ def plan(cfg: BuildConfig) -> BuildPlan:
     for k, g in enumerate(granules):   # the next granule owns profiles from its first one on
         g.cutoff = granules[k + 1].t_first if k + 1 < len(granules) else None
     anchor = cfg.split_anchor or min(s.timeline for s in scenes)[:10]
-    return BuildPlan(granules, scenes, skipped, anchor, config_hash(cfg, anchor))
+    return BuildPlan(granules, scenes, skipped, anchor, config_hash(cfg, anchor), kind)
 
 
 def shaping(cfg: BuildConfig, anchor: str) -> dict:
     d = {k: getattr(cfg, k) for k in SHAPING}
     d["split_days"], d["split_anchor"] = list(d["split_days"]), anchor
+    if cfg.ahi_format == "hsd":       # only then, so P-Tree builds keep the hashes they had
+        d["grid"] = "hsd-2km"
     return d
+
+
+HSD_SIDE = hsd_fmt.RESOLUTIONS["20"][0]
+
+
+def ahi_kind(cfg: BuildConfig) -> str:
+    """"ptree" or "hsd": --ahi-format, or what the file names under --ahi say (both kinds: refused)."""
+    if cfg.ahi_format in ("ptree", "hsd"):
+        return cfg.ahi_format
+    has_nc = any(ahi_fmt.NAME_RE.match(os.path.basename(p)) for p in find_files(cfg.ahi, "NC_H*.nc"))
+    has_hsd = bool(find_files(cfg.ahi, "HS_H*.DAT*"))
+    if has_nc and has_hsd:
+        raise BuildRefused(f"--ahi {cfg.ahi!r} holds both P-Tree (NC_H*.nc) and HSD (HS_H*.DAT*) files: choose one "
+                           f"with --ahi-format ptree|hsd")
+    return "hsd" if has_hsd else "ptree"
+
+
+def not_operational(platform: str, t: dt.datetime) -> str:
+    return (f"Himawari-{int(platform)} was not the operational imager at {t:%Y-%m-%d %H:%M} UTC "
+            f"(its windows: {himawari_window_text(platform)}; EARTHCARE.md §6.1)")
+
+
+def hsd_scenes(root: str) -> tuple[list[SceneEntry], list[dict]]:
+    """The complete HSD slots under `root` (one per folder and time), and the skips: files that are not HSD
+    names, slots that mix platforms, miss a band or fall outside their platform's window, missing segments."""
+    groups: dict = {}
+    skipped = []
+    for p in find_files(root, "HS_H*.DAT*"):
+        if p.endswith(".part"):
+            continue
+        try:
+            n = hsd_fmt.parse_name(p)
+        except FormatError as e:
+            skipped.append({"file": e.path, "reason": e.problem})
+            continue
+        groups.setdefault((os.path.dirname(p), n.timeline), []).append((p, n))
+    scenes = []
+    for (folder, t), files in sorted(groups.items()):
+        plats = sorted({n.platform for _, n in files})
+        where = os.path.join(folder, f"*_{t:%Y%m%d_%H%M}_*")
+        if len(plats) > 1:
+            skipped.append({"file": where, "reason": f"slot {t:%Y-%m-%d %H:%M} mixes "
+                            + " and ".join(f"HS_H{p}" for p in plats) + " files (one platform per slot)"})
+            continue
+        if not himawari_operational(plats[0], t):
+            skipped.append({"file": where, "reason": not_operational(plats[0], t)})
+            continue
+        have = {(n.band, n.segment) for _, n in files}
+        bands = sorted({b for b, _ in have})
+        missing = [b for b in range(1, 17) if b not in bands]
+        if missing:
+            skipped.append({"file": where, "reason": f"slot {t:%Y-%m-%d %H:%M} has no file of band(s) "
+                            + ", ".join(f"B{b:02d}" for b in missing) + " (all 16 are needed)"})
+            continue
+        for b in range(1, 17):
+            for seg in range(1, hsd_fmt.N_SEGMENTS + 1):
+                if (b, seg) not in have:
+                    skipped.append({"file": os.path.join(folder, hsd_fmt.hsd_filename(plats[0], t, b, seg)),
+                                    "reason": "missing segment (its pixels get no sample)"})
+        sid = os.path.join(folder, f"HS_H{plats[0]}_{t:%Y%m%d_%H%M}")
+        scenes.append(SceneEntry(sid, t.isoformat()))
+    return scenes, skipped
 
 
 def config_hash(cfg: BuildConfig, anchor: str) -> str:
@@ -411,6 +493,7 @@ def build(cfg: BuildConfig, log=print, overwrite: bool = False, progress: bool =
         p = BuildPlan.from_json(d) if d else None
     if refused:
         raise BuildRefused(refused)
+    cfg.ahi_format = p.ahi_format
     my = assign(p.granules, size)[rank]
     stats = run_rank(cfg, p, my, log=(lambda m: log(f"[rank {rank}] {m}")) if comm else log,
                      progress=progress and rank == 0)

@@ -107,7 +107,11 @@ def add_build_arguments(p: argparse.ArgumentParser, *, local: bool):
     from .build import BuildConfig
 
     d = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
-    p.add_argument("--ahi", required=True, help="folder of P-Tree NetCDF files (searched recursively)")
+    p.add_argument("--ahi", required=True, help="folder of Himawari AHI L1 files, searched recursively: P-Tree "
+                   "gridded NetCDF (NC_H08_*.nc) or Himawari Standard Data segments (HS_H08_*.DAT[.bz2]); the kind "
+                   "is detected from the file names")
+    p.add_argument("--ahi-format", choices=("auto", "ptree", "hsd"), default=d["ahi_format"],
+                   help="which kind of AHI file to read (default: auto; a folder holding both kinds needs a choice)")
     p.add_argument("--cloudsat", required=True, help="folder of 2B-CLDCLASS-LIDAR HDF files (searched recursively)")
     p.add_argument("--out", required=True, help="output folder for shards, records and manifest.json")
     p.add_argument("--window-min", type=_window_min, default=d["window_min"],
@@ -143,7 +147,8 @@ def build_config_from_args(a, cmd: str, absolute: bool = False, check_dirs: bool
     path = os.path.abspath if absolute else (lambda x: x)
     return BuildConfig(ahi=path(a.ahi), cloudsat=path(a.cloudsat), out=path(a.out), window_min=a.window_min,
                        patch_size=a.patch_size, min_labelled=a.min_labelled, split_days=tuple(a.split_days),
-                       gap_days=a.gap_days, split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount)
+                       gap_days=a.gap_days, split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount,
+                       ahi_format=a.ahi_format)
 
 
 def cmd_synth(a):

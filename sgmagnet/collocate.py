@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from .formats import FormatError
-from .formats import ahi as ahi_fmt
+from .formats import imager
 from .grid import BAND_VARS, IGNORE
 from .labels import profile_is_valid, profile_levels, vote
 
@@ -31,7 +31,7 @@ class Scene:
 class Match:
     """Labelled pixels of one scene: grid rows/cols, labels [n,38], first profile time, profile counts."""
     scene: Scene
-    grid: ahi_fmt.AhiGrid
+    grid: object          # formats.ahi.AhiGrid or formats.hsd_slot.NativeGrid
     rows: np.ndarray
     cols: np.ndarray
     labels: np.ndarray
@@ -91,16 +91,18 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
     grids = {}
     for si, sc in enumerate(cands):
         try:
-            grid = ahi_fmt.read_grid(sc.path)
+            grid = imager.read_grid(sc.path)
             i, j, inside = grid.nearest(lat, lon)
             if not inside.any():
                 continue
             r0, r1 = int(i[inside].min()), int(i[inside].max()) + 1
             c0, c1 = int(j[inside].min()), int(j[inside].max()) + 1
-            ds = ahi_fmt.read_ahi(sc.path, rows=slice(r0, r1), cols=slice(c0, c1))
+            ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1))
         except FormatError as e:
             out.skipped.append((e.path, e.problem))
             continue
+        finally:
+            out.skipped += [x for x in imager.skipped(sc.path) if x not in out.skipped]
         grids[si] = grid
         ii, jj = np.where(inside, i - r0, 0), np.where(inside, j - c0, 0)
         tp = ds.obs_time.values[ii, jj]
@@ -174,6 +176,15 @@ def patch_windows(rows: np.ndarray, cols: np.ndarray, t_first: np.ndarray, shape
     return wins
 
 
+def corners(ds: xr.Dataset) -> dict:
+    """[lat, lon] of a window's corner pixels, from 1-D (P-Tree) or 2-D (native grid) coordinates."""
+    lat, lon = ds.latitude.values, ds.longitude.values
+    if lat.ndim == 1:
+        lat, lon = np.broadcast_to(lat[:, None], (lat.size, lon.size)), np.broadcast_to(lon[None, :], (lat.size, lon.size))
+    pick = {"nw": (0, 0), "ne": (0, -1), "sw": (-1, 0), "se": (-1, -1)}
+    return {k: [float(lat[i, j]), float(lon[i, j])] for k, (i, j) in pick.items()}
+
+
 def make_patches(match: Match, size: int, min_labelled: int = 64):
     """Yield (sample dict of numpy arrays + meta) for each kept patch of a scene's labelled pixels."""
     wins = patch_windows(match.rows, match.cols, match.t_first, match.grid.shape, size)
@@ -182,7 +193,7 @@ def make_patches(match: Match, size: int, min_labelled: int = 64):
         inwin &= (match.labels != IGNORE).any(1)
         if inwin.sum() < min_labelled:
             continue
-        ds = ahi_fmt.read_ahi(match.scene.path, rows=slice(r0, r0 + size), cols=slice(c0, c0 + size))
+        ds = imager.read_window(match.scene.path, slice(r0, r0 + size), slice(c0, c0 + size))
         corridor = ds.attrs.get("track_corridor_px")
         if corridor is not None and corridor < size:
             raise FormatError(match.scene.path, f"holds only the pixels within {corridor} px of the CloudSat "
@@ -194,13 +205,12 @@ def make_patches(match: Match, size: int, min_labelled: int = 64):
         pix = np.stack([match.rows[inwin] - r0, match.cols[inwin] - c0], 1)[o].astype(np.int16)
         prof = match.labels[inwin][o].astype(np.uint8)
         ctype = (match.top_type[inwin][o] if match.top_type is not None else np.zeros(len(prof))).astype(np.uint8)
-        lat, lon = ds.latitude.values, ds.longitude.values
         h = size // 2
         meta = {
             "scene_time": str(match.scene.timeline.astype("datetime64[s]")),
             "ahi_file": ds.attrs["file"], "row0": int(r0), "col0": int(c0), "patch_size": int(size),
-            "corners": {"nw": [float(lat[0]), float(lon[0])], "ne": [float(lat[0]), float(lon[-1])],
-                        "sw": [float(lat[-1]), float(lon[0])], "se": [float(lat[-1]), float(lon[-1])]},
+            "platform": f"H{ds.attrs['satellite']}", "grid": ds.attrs.get("grid", "ptree-latlon"),
+            "corners": corners(ds),
             "solar_zenith_centre": float(ds["SOZ"].values[h, h]) if np.isfinite(ds["SOZ"].values[h, h]) else None,
             "n_labelled_pixels": int(pix.shape[0]), "n_profiles": int(match.n_profiles[inwin].sum()),
             "window_index": k,

@@ -1,0 +1,315 @@
+"""One Himawari Standard Data slot (the 160 segment files of a 10-min full disk) read through satpy's `ahi_hsd`.
+
+satpy does the calibration (reflectance, brightness temperature), the masking of error / outside-scan
+counts and space, and the area definition; this module decides what to read. A build needs a few
+128-px windows of a slot, so only the segments those windows cross are decompressed (each once, into a
+temporary folder, where its header is checked: formats.hsd.check_header) and handed to satpy, whose dask
+arrays are then computed for the window only. Bands at 0.5 km (B03) and 1 km (B01, B02, B04) are
+aggregated to the 2 km grid of B05-B16 by block means (4 x 4 and 2 x 2 pixels; a 2 km pixel with any
+sub-pixel missing is missing). Per-line observation times come from header block 9; solar and satellite
+zenith angles are computed with pyorbital (satpy's astronomy) at each pixel's line time.
+
+A segment that is missing or unreadable (truncated bz2, a header whose lengths disagree with the file,
+zero calibration, a name its header contradicts) leaves its pixels missing for that band and is listed in
+`skipped`; everything else reads.
+"""
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+
+import numpy as np
+import xarray as xr
+
+from ..grid import BAND_VARS
+from . import FormatError
+from . import hsd
+
+os.environ.setdefault("SATPY_DOWNLOAD_AUX", "False")     # never reach the network for auxiliary data
+N2 = hsd.RESOLUTIONS["20"][0]
+SEG2 = N2 // hsd.N_SEGMENTS
+CACHE_MARGIN = 128        # pixels kept around the last window read (patches up to 256 px along a track)
+DASK_CHUNK = "4MiB"       # satpy's chunks (B03: 1100 x 1100 pixels): a 128 px window computes a few of them
+
+
+def slot_id(path) -> str:
+    """The id of the slot a segment file belongs to: <folder>/HS_Hpp_YYYYMMDD_hhmm."""
+    n = hsd.parse_name(path)
+    return os.path.join(os.path.dirname(os.path.abspath(str(path))), n.slot)
+
+
+def is_slot_id(path) -> bool:
+    b = os.path.basename(str(path))
+    return len(b) == 20 and b.startswith("HS_H0") and b[6] == "_" and b[15] == "_"
+
+
+def slot_files(sid: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(sid) + "_B[0-9][0-9]_FLDK_R[0-9][0-9]_S[0-9][0-9][0-9][0-9].DAT*"))
+
+
+class NativeGrid:
+    """AHI's 2 km full-disk grid (5500 x 5500): satpy's area definition, and the nearest pixel of a point by
+    the area's inverse projection (pyresample)."""
+
+    def __init__(self, area):
+        self.area = area
+        self.shape = (int(area.height), int(area.width))
+
+    def key(self):
+        return ("hsd", self.area.crs.to_string(), tuple(round(v, 3) for v in self.area.area_extent), *self.shape)
+
+    def nearest(self, lat, lon):
+        lat = np.asarray(lat, np.float64)
+        lon = np.asarray(lon, np.float64)
+        ok = np.isfinite(lat) & np.isfinite(lon)
+        cols, rows = self.area.get_array_indices_from_lonlat(np.where(ok, lon, 0.0), np.where(ok, lat, 0.0))
+        mask = np.ma.getmaskarray(rows) | np.ma.getmaskarray(cols) | ~ok
+        i = np.where(mask, -1, np.ma.filled(rows, -1)).astype(np.int64)
+        j = np.where(mask, -1, np.ma.filled(cols, -1)).astype(np.int64)
+        return i, j, ~mask
+
+
+class HsdSlot:
+    """The files of one slot. `skipped`: [(file, reason)] of segments that are missing or could not be read."""
+
+    def __init__(self, sid: str, files: list[str] | None = None):
+        self.sid = sid
+        self.files: dict[int, dict[int, str]] = {}
+        names = []
+        for f in files if files is not None else slot_files(sid):
+            n = hsd.parse_name(f)
+            names.append(n)
+            self.files.setdefault(n.band, {})[n.segment] = f
+        if not names:
+            raise FormatError(sid, "no HSD segment file of this slot")
+        self.platform, self.timeline = names[0].platform, names[0].timeline
+        self.skipped: list[tuple[str, str]] = []
+        self._bad: set[str] = set()
+        self._headers: dict[str, hsd.SegmentHeader] = {}
+        self._local: dict[str, str] = {}
+        self._tmp = None
+        self._scene = None
+        self._scene_files: frozenset = frozenset()
+        self._grid = None
+        self._cache = None
+
+    # -------------------------------------------------------------------- files
+    def missing_bands(self) -> list[int]:
+        return [b for b in range(1, 17) if b not in self.files]
+
+    def _open(self, path: str) -> str | None:
+        """Decompressed, checked local copy of a segment file, or None (recorded in `skipped`)."""
+        if path in self._local:
+            return self._local[path]
+        if path in self._bad:
+            return None
+        try:
+            data = hsd.read_segment_bytes(path)
+            name = hsd.parse_name(path)
+            self._headers[path] = hsd.check_header(path, data, name)
+        except FormatError as e:
+            self._bad.add(path)
+            self.skipped.append((e.path, e.problem + " (its pixels get no sample)"))
+            return None
+        if not name.compressed:
+            self._local[path] = path
+            return path
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="sgmagnet-hsd-", dir=os.environ.get("SGMAGNET_HSD_TMP") or None)
+        local = os.path.join(self._tmp, os.path.basename(path)[:-4])
+        with open(local, "wb") as f:
+            f.write(data)
+        self._local[path] = local
+        return local
+
+    def _prefetch(self, paths: list[str]):
+        """Decompress and check segment files on all cores (bz2 releases the GIL)."""
+        todo = [p for p in paths if p not in self._local and p not in self._bad]
+        if len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(todo), len(os.sched_getaffinity(0)))) as ex:
+                list(ex.map(self._open, todo))
+
+    def _segment(self, band: int, seg: int) -> str | None:
+        f = self.files.get(band, {}).get(seg)
+        if f is None:
+            name = hsd.hsd_filename(self.platform, self.timeline, band, seg)
+            key = os.path.join(os.path.dirname(self.sid), name)
+            if key not in self._bad:
+                self._bad.add(key)
+                self.skipped.append((key, "missing segment (its pixels get no sample)"))
+            return None
+        return self._open(f)
+
+    def close(self):
+        self._scene = None
+        self._cache = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        self._local.clear()
+
+    # --------------------------------------------------------------------- grid
+    def grid(self) -> NativeGrid:
+        """The 2 km full-disk area from the first readable 2 km segment's header (satpy pads the others)."""
+        if self._grid is None:
+            for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6):
+                for seg in sorted(self.files.get(band, {})):
+                    local = self._segment(band, seg)
+                    if local is None:
+                        continue
+                    scn = _scene([local])
+                    name = f"B{band:02d}"
+                    scn.load([name], pad_data=True)
+                    self._grid = NativeGrid(scn[name].attrs["area"])
+                    self._sat = scn[name].attrs["orbital_parameters"]
+                    return self._grid
+            raise FormatError(self.sid, "no readable 2 km segment (B05-B16) to take the grid from")
+        return self._grid
+
+    def line_times(self, rows: np.ndarray) -> np.ndarray:
+        """datetime64[ns] observation time of 0-based 2 km rows (NaT where no segment's block 9 covers them):
+        linear between block 9's entries of the segment holding the row (2 km bands first)."""
+        rows = np.asarray(rows, np.int64)
+        out = np.full(rows.shape, np.datetime64("NaT"), "datetime64[ns]")
+        for s in np.unique(rows // SEG2):
+            sel = rows // SEG2 == s
+            for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6, 1, 2, 4, 3):
+                if self._segment(band, int(s) + 1) is None:
+                    continue
+                h = self._headers[self.files[band][int(s) + 1]]
+                if h.line_numbers.size == 0:
+                    continue
+                f = hsd.FACTOR[hsd.BAND_RES[band]]
+                x = (h.line_numbers - 1) / f           # 0-based 2 km row (fractional for finer bands)
+                y = h.line_times.astype(np.int64).astype(np.float64)
+                out[sel] = np.interp(rows[sel], x, y).astype(np.int64).astype("datetime64[ns]")
+                break
+        return out
+
+    # ------------------------------------------------------------------- window
+    def read_window(self, rows: slice, cols: slice) -> xr.Dataset:
+        """The 16 bands on 2 km rows x cols of the full disk (the P-Tree reader's layout: albedo_XX as a
+        fraction, tbb_XX in K, SOZ, SAZ, obs_time, valid; latitude/longitude as 2-D coordinates).
+
+        The region computed last (the window plus CACHE_MARGIN pixels around it) is kept: the collocation
+        reads a track's bounding box first, and the patches along the track are cut from it."""
+        grid = self.grid()
+        r0, r1, _ = rows.indices(grid.shape[0])
+        c0, c1, _ = cols.indices(grid.shape[1])
+        c = self._cache
+        if c is None or not (c.attrs["row0"] <= r0 and r1 <= c.attrs["row0"] + c.sizes["y"]
+                             and c.attrs["col0"] <= c0 and c1 <= c.attrs["col0"] + c.sizes["x"]):
+            m = CACHE_MARGIN
+            c = self._cache = self._compute(max(0, r0 - m), min(grid.shape[0], r1 + m),
+                                            max(0, c0 - m), min(grid.shape[1], c1 + m))
+        y0, x0 = r0 - c.attrs["row0"], c0 - c.attrs["col0"]
+        out = c.isel(y=slice(y0, y0 + r1 - r0), x=slice(x0, x0 + c1 - c0)).copy()
+        out.attrs.update(row0=r0, col0=c0)
+        return out
+
+    def _compute(self, r0: int, r1: int, c0: int, c1: int) -> xr.Dataset:
+        grid = self.grid()
+        segs = range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
+        self._prefetch([self.files[b][s] for b in self.files for s in segs if s in self.files[b]])
+        local = {b: [p for p in (self._segment(b, s) for s in segs) if p] for b in range(1, 17)}
+        files = frozenset(p for ps in local.values() for p in ps)
+        if not files <= self._scene_files or self._scene is None:
+            files = files | self._scene_files
+            self._scene = _scene(sorted(files)) if files else None
+            self._scene_files = files
+            if self._scene is not None:
+                have = [f"B{b:02d}" for b in range(1, 17)
+                        if any(os.path.basename(p).split("_")[4] == f"B{b:02d}" for p in files)]
+                import dask
+
+                with dask.config.set({"array.chunk-size": DASK_CHUNK}):   # small chunks: windows read little
+                    self._scene.load(have, pad_data=True)
+        shape = (r1 - r0, c1 - c0)
+        out = {}
+        for b, var in zip(range(1, 17), BAND_VARS):
+            name = f"B{b:02d}"
+            if not local[b] or self._scene is None or name not in self._scene:
+                out[var] = np.full(shape, np.nan, np.float32)
+                continue
+            f = hsd.FACTOR[hsd.BAND_RES[b]]
+            a = self._scene[name][r0 * f:r1 * f, c0 * f:c1 * f].values.astype(np.float32)
+            if f > 1:
+                a = a.reshape(shape[0], f, shape[1], f).mean(axis=(1, 3))
+            out[var] = a / 100.0 if b <= 6 else a
+        lon, lat = grid.area[r0:r1, c0:c1].get_lonlats()
+        lon = np.where(np.isfinite(lon) & (np.abs(lon) <= 360), lon, np.nan)
+        lat = np.where(np.isfinite(lat) & (np.abs(lat) <= 90), lat, np.nan)
+        t_row = self.line_times(np.arange(r0, r1))
+        t = np.broadcast_to(t_row[:, None], shape)
+        soz, saz = _angles(t, lon, lat, self._sat)
+        on = np.isfinite(lat)
+        valid = on & ~np.isnat(t) & np.all(np.isfinite(np.stack([out[v] for v in BAND_VARS])), axis=0)
+        dims = ("y", "x")
+        data = {k: (dims, np.where(on, v, np.nan).astype(np.float32)) for k, v in out.items()}
+        data.update(SOZ=(dims, soz.astype(np.float32)), SAZ=(dims, saz.astype(np.float32)),
+                    obs_time=(dims, np.where(on, t, np.datetime64("NaT"))), valid=(dims, valid))
+        return xr.Dataset(data, coords={"latitude": (dims, lat.astype(np.float32)),
+                                        "longitude": (dims, lon.astype(np.float32))},
+                          attrs={"file": os.path.basename(self.sid), "satellite": self.platform,
+                                 "timeline": str(self.timeline), "row0": r0, "col0": c0, "has_pixel_time": 1,
+                                 "grid": "hsd-2km"})
+
+
+def _scene(files: list[str]):
+    import warnings
+
+    from satpy import Scene
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Scene(filenames=list(files), reader="ahi_hsd")
+
+
+def _angles(t, lon, lat, sat: dict):
+    """Solar and satellite zenith angles (degrees) with pyorbital, NaN off the disk."""
+    from pyorbital.astronomy import sun_zenith_angle
+    from pyorbital.orbital import get_observer_look
+
+    on = np.isfinite(lat) & ~np.isnat(t)
+    soz = np.full(lat.shape, np.nan)
+    saz = np.full(lat.shape, np.nan)
+    if on.any():
+        tt, lo, la = t[on], lon[on], lat[on]
+        soz[on] = sun_zenith_angle(tt, lo, la)
+        _, elev = get_observer_look(np.full(tt.shape, sat["satellite_actual_longitude"]),
+                                    np.full(tt.shape, sat["satellite_actual_latitude"]),
+                                    np.full(tt.shape, sat["satellite_actual_altitude"] / 1000.0),
+                                    tt, lo, la, np.zeros(tt.shape))
+        saz[on] = 90.0 - elev
+    return soz, saz
+
+
+# ------------------------------------------------------------------ slots kept open while a build reads them
+_OPEN: OrderedDict = OrderedDict()
+KEEP_OPEN = 2
+
+
+def open_slot(sid: str) -> HsdSlot:
+    """The slot `sid`, kept open (decompressed segments, satpy scene) for the next few reads."""
+    if sid in _OPEN:
+        _OPEN.move_to_end(sid)
+        return _OPEN[sid]
+    s = HsdSlot(sid)
+    _OPEN[sid] = s
+    while len(_OPEN) > KEEP_OPEN:
+        _OPEN.popitem(last=False)[1].close()
+    return s
+
+
+def close_all():
+    while _OPEN:
+        _OPEN.popitem()[1].close()
+
+
+atexit.register(close_all)

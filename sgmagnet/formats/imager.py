@@ -1,0 +1,27 @@
+"""The imager's scenes, whichever format holds them: a P-Tree file (`NC_H08_..._R21_FLDK.xxxxx_yyyyy.nc`, on its
+regular latitude/longitude grid) or an HSD slot (`<folder>/HS_H08_YYYYMMDD_hhmm`, its 160 segment files, on the
+native 2 km full-disk grid). The collocation asks only these three questions."""
+from __future__ import annotations
+
+from . import ahi, hsd_slot
+
+
+def is_hsd(scene: str) -> bool:
+    return hsd_slot.is_slot_id(scene)
+
+
+def read_grid(scene: str):
+    """The scene's grid: `.shape`, `.key()` and `.nearest(lat, lon) -> (row, col, inside)`."""
+    return hsd_slot.open_slot(scene).grid() if is_hsd(scene) else ahi.read_grid(scene)
+
+
+def read_window(scene: str, rows: slice, cols: slice):
+    """Bands, SOZ, SAZ, obs_time and valid of a window (xarray.Dataset; see ahi.read_ahi)."""
+    if is_hsd(scene):
+        return hsd_slot.open_slot(scene).read_window(rows, cols)
+    return ahi.read_ahi(scene, rows=rows, cols=cols)
+
+
+def skipped(scene: str) -> list[tuple[str, str]]:
+    """Parts of the scene that could not be read so far (HSD segments), as (file, reason)."""
+    return list(hsd_slot.open_slot(scene).skipped) if is_hsd(scene) else []
