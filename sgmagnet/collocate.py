@@ -59,6 +59,8 @@ class GranuleMatch:
     n_profiles: int = 0
     n_valid: int = 0
     n_matched: int = 0
+    profile_index: np.ndarray | None = None     # [n_matched] granule index of each matched profile ...
+    profile_pixel: np.ndarray | None = None     # [n_matched, 3] ... and its (scene in `scenes`, row, col)
 
 
 def valid_profiles(g: xr.Dataset, cutoff: np.datetime64 | None = None, quality_mask: int = 0xFF) -> np.ndarray:
@@ -123,6 +125,10 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
         best_ij[good, 0], best_ij[good, 1] = i[good], j[good]
     matched = best_sc >= 0
     out.n_matched = int(matched.sum())
+    out.profile_index = idx[matched]
+    pos = {id(sc): k for k, sc in enumerate(scenes)}
+    cand_pos = np.array([pos[id(sc)] for sc in cands] or [0], np.int64)
+    out.profile_pixel = np.stack([cand_pos[best_sc[matched]], best_ij[matched, 0], best_ij[matched, 1]], 1)
     if not matched.any():
         return out
     sel = idx[matched]

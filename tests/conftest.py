@@ -11,6 +11,20 @@ if not torch.cuda.is_available():
 TINY_ARCHIVE = dict(start="2018-10-01", days=2, region=(125.0, 145.0, -30.0, 30.0), res=0.1, seed=3)
 
 
+# one world written as P-Tree (0.05 deg) and as HSD (native 2 km), only near the tracks (about 45 s)
+HSD_ARCHIVE = dict(start="2018-10-01", days=1, region=(125.0, 145.0, -30.0, 30.0), res=0.05, seed=0,
+                   track_corridor=32, ahi_format="both")
+
+
+@pytest.fixture(scope="session")
+def hsd_archive(tmp_path_factory):
+    from sgmagnet.synth.archive import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("hsd_archive")
+    stats = synthesize(SynthConfig(out=str(out), **HSD_ARCHIVE), log=lambda m: None)
+    return out, stats
+
+
 @pytest.fixture(scope="session")
 def tiny_archive(tmp_path_factory):
     """A 2-day synthetic archive on a 0.1 deg grid (about 10 s)."""

@@ -67,6 +67,16 @@ def corridor_pixels(cfg: SynthConfig, slot: np.datetime64, tracks: list, window_
     return pts if len(pts) else None
 
 
+def corridor(pixels: np.ndarray, half: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The pixels within `half` (Chebyshev) of `pixels` ([k, 2] 0-based rows, cols): a mask over the bounding
+    window and the window's origin."""
+    r0, c0 = np.maximum(pixels.min(0) - half, 0)
+    r1, c1 = np.minimum(pixels.max(0) + 1 + half, N2)
+    seed = np.zeros((r1 - r0, c1 - c0), bool)
+    seed[pixels[:, 0] - r0, pixels[:, 1] - c0] = True
+    return dilate(seed, half), (int(r0), int(c0))
+
+
 def render(world: World, slot: np.datetime64, need: np.ndarray, origin: tuple, errors: tuple) -> dict:
     """Render the 16 bands at the needed 2 km pixels: need [h, w] bool over the full-disk window starting at
     0-based (row, col) `origin`. errors: the slot's (nav, gain, ir_bias) draws. Returns {row: (cols, [16, k])}
@@ -137,15 +147,8 @@ def write_slot(world: World, slot: np.datetime64, root: str, pixels: np.ndarray,
     """Write the 160 segment files of one slot; pixels: [k, 2] 0-based 2 km (row, col) to render (the
     corridor). Returns the paths written."""
     cfg = world.cfg
-    r0, c0 = pixels.min(0)
-    r1, c1 = pixels.max(0) + 1
-    half = int(cfg.track_corridor)
-    r0, c0 = max(0, r0 - half), max(0, c0 - half)
-    r1, c1 = min(N2, r1 + half), min(N2, c1 + half)
-    seed_mask = np.zeros((r1 - r0, c1 - c0), bool)
-    seed_mask[pixels[:, 0] - r0, pixels[:, 1] - c0] = True
-    need = dilate(seed_mask, half)
-    rendered = render(world, slot, need, (int(r0), int(c0)), errors)
+    need, origin = corridor(pixels, int(cfg.track_corridor))
+    rendered = render(world, slot, need, origin, errors)
     sl = slot.astype("datetime64[s]").astype(dt.datetime)
     sub = os.path.join(root, "ahi_hsd", f"{sl:%Y%m}", f"{sl:%d}", f"{sl:%H%M}")
     os.makedirs(sub, exist_ok=True)
