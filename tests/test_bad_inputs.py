@@ -38,7 +38,7 @@ def snapshot(paths) -> dict:
 
 
 @pytest.fixture(scope="module")
-def w(tiny_archive, tiny_shards, tiny_run, tmp_path_factory):
+def w(tiny_archive, tiny_shards, tiny_run, hsd_archive, tmp_path_factory):
     """Shared inputs; every row that might change them protects them (byte-identical afterwards)."""
     from sgmagnet.predict import predict_checkpoint
     from sgmagnet.shards import iter_shard, shard_paths
@@ -55,8 +55,11 @@ def w(tiny_archive, tiny_shards, tiny_run, tmp_path_factory):
     predict_checkpoint(str(run), ahi, str(cube), bbox=tuple(map(float, bbox.split(","))), tile=32, overlap=8, log=None)
     junk = base / "junk.bin"
     junk.write_bytes(b"\x00not a file of any format\xff" * 10)
+    hsd_root = hsd_archive[0]
+    slots = sorted({os.path.dirname(p) for p in glob.glob(str(hsd_root / "ahi_hsd" / "**" / "*.bz2"), recursive=True)})
     return {"archive": archive, "ahi": str(archive / "ahi"), "cs": str(archive / "cloudsat"), "shards": shards,
-            "run": run, "scene": ahi, "bbox": bbox, "cube": cube, "junk": junk, "base": base}
+            "run": run, "scene": ahi, "bbox": bbox, "cube": cube, "junk": junk, "base": base,
+            "hsd_slots": slots, "hsd_cs": str(hsd_root / "cloudsat")}
 
 
 def study_with_truncated_logs(tmp):
@@ -212,7 +215,94 @@ def truncated_train_shards(out):
         open(p, "wb").write(data[:3000])
 
 
+def hsd_copy(w, tmp, edit=None, slots=(0,)):
+    """A private copy of HSD slot folder(s) of the shared HSD archive; edit(folders) breaks them. Returns the
+    --ahi folder."""
+    root = tmp / "hsd"
+    folders = []
+    for k in slots:
+        d = root / f"slot{k}"
+        shutil.copytree(w["hsd_slots"][k], d)
+        folders.append(d)
+    if edit:
+        edit(folders)
+    return str(root)
+
+
+def hsd_largest(folder, band):
+    """The segment of `band` holding the most rendered pixels (the largest file)."""
+    return max(glob.glob(str(folder / f"*_B{band:02d}_*")), key=os.path.getsize)
+
+
+def hsd_rewrite(path, edit):
+    """Decompress a segment, edit its bytes, compress it again under the same name."""
+    import bz2
+
+    data = bytearray(bz2.decompress(open(path, "rb").read()))
+    edit(data)
+    open(path, "wb").write(bz2.compress(bytes(data), 1))
+
+
+def hsd_field(block: int, field: str, value: bytes):
+    """An edit writing `value` over header field `field` of block 1 or 5."""
+    from sgmagnet.formats import hsd
+
+    start = 0 if block == 1 else sum(d.itemsize for d in (hsd.BLOCK1, hsd.BLOCK2, hsd.BLOCK3, hsd.BLOCK4))
+    off = start + (hsd.BLOCK1 if block == 1 else hsd.BLOCK5).fields[field][1]
+    return lambda d: d.__setitem__(slice(off, off + len(value)), value)
+
+
+def hsd_rename(folders, bands, to="09"):
+    for d in folders:
+        for p in glob.glob(str(d / "HS_H08_*")):
+            if int(os.path.basename(p).split("_")[4][1:]) in bands:
+                os.rename(p, p.replace("HS_H08_", f"HS_H{to}_"))
+
+
+def hsd_mix_two_slots(folders):
+    """Slot 0's folder ends up with its own B01-B08 and slot 1's B09-B16 (two half slots)."""
+    a, b = folders
+    for p in glob.glob(str(a / "*")):
+        if int(os.path.basename(p).split("_")[4][1:]) >= 9:
+            os.remove(p)
+    for p in glob.glob(str(b / "*")):
+        if int(os.path.basename(p).split("_")[4][1:]) >= 9:
+            shutil.move(p, a / os.path.basename(p))
+    shutil.rmtree(b)
+
+
+def hsd_build(w, t, edit, text, code=0, slots=(0,)):
+    """A build of a broken HSD slot: a recorded skip (exit 0, `text` in manifest.json's skipped) or a refusal."""
+    case = dict(argv=build_argv(w, t / "o", ahi=hsd_copy(w, t, edit, slots), cs=w["hsd_cs"]))
+    if code == 0:
+        case["manifest"] = t / "o"
+    return case
+
+
 CASES = [
+    # ------------------------------------------------------------ Himawari Standard Data (HSD) through satpy
+    ("hsd-missing-segment", lambda w, t: hsd_build(w, t, lambda f: os.remove(hsd_largest(f[0], 13)), ""), 0,
+     "missing segment (its pixels get no sample)"),
+    ("hsd-truncated-bz2", lambda w, t: hsd_build(w, t, lambda f: (lambda p: open(p, "r+b").truncate(
+        os.path.getsize(p) // 2))(hsd_largest(f[0], 5)), ""), 0, "cannot decompress"),
+    ("hsd-header-lengths-vs-file-size", lambda w, t: hsd_build(w, t, lambda f: hsd_rewrite(
+        hsd_largest(f[0], 14), lambda d: d.extend(b"\0" * 10)), ""), 0, "the (decompressed) file holds"),
+    ("hsd-band-missing", lambda w, t: hsd_build(w, t, lambda f: [os.remove(p) for p in glob.glob(str(f[0] / "*_B07_*"))],
+                                               "", code=2), 2, "has no file of band(s) B07"),
+    ("hsd-two-slots-in-one-folder", lambda w, t: hsd_build(w, t, hsd_mix_two_slots, "", code=2, slots=(0, 1)), 2,
+     "has no file of band(s) B09"),
+    ("hsd-name-h08-header-himawari-9", lambda w, t: hsd_build(w, t, lambda f: hsd_rewrite(
+        hsd_largest(f[0], 15), hsd_field(1, "satellite", b"Himawari-9")), ""), 0,
+     "file name says H08 but the header says Himawari-9"),
+    ("hsd-zero-calibration", lambda w, t: hsd_build(w, t, lambda f: hsd_rewrite(
+        hsd_largest(f[0], 16), hsd_field(5, "gain_count2rad_conversion", bytes(8))), ""), 0, "calibration gain"),
+    ("hsd-platform-not-operational", lambda w, t: hsd_build(w, t, lambda f: hsd_rename(f, range(1, 17)), "", code=2),
+     2, "Himawari-9 was not the operational imager at 2018-10-01"),
+    ("hsd-slot-mixes-platforms", lambda w, t: hsd_build(w, t, lambda f: hsd_rename(f, range(1, 9)), "", code=2), 2,
+     "mixes HS_H08 and HS_H09 files"),
+    ("build-ahi-holds-both-kinds", lambda w, t: dict(argv=build_argv(w, t / "o", ahi=hsd_copy(
+        w, t, lambda f: shutil.copy(glob.glob(os.path.join(w["ahi"], "**", "*.nc"), recursive=True)[0], f[0])),
+        cs=w["hsd_cs"])), 2, "--ahi-format ptree|hsd"),
     # ----------------------------------------------------------------------------------------- build
     ("build-other-config", lambda w, t: dict(argv=build_argv(w, w["shards"], "--patch-size", "16"),
                                              protect=[w["shards"]]), 2, "another configuration"),
@@ -441,7 +531,7 @@ CASES = [
 
 
 def test_there_are_enough_rows():
-    assert len(CASES) >= 93 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 103 and len({c[0] for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("name,make,code,text", CASES, ids=[c[0] for c in CASES])
@@ -454,6 +544,12 @@ def test_bad_input(w, tmp_path, name, make, code, text):
     err = r.stderr.strip()
     assert r.returncode == code, f"exit {r.returncode}, expected {code}\nstdout: {r.stdout[-1500:]}\nstderr: {err[-1500:]}"
     assert "Traceback" not in r.stderr + r.stdout, err[-3000:]
+    if case.get("manifest"):      # a recorded skip: the build goes on and manifest.json names the input and why
+        man = json.load(open(case["manifest"] / "manifest.json"))
+        assert any(text in s["reason"] for s in man["skipped"]), man["skipped"]
+        assert sum(man["counts"].values()) > 0, "the rest of the archive should still build"
+        assert snapshot(protect) == before, "an earlier output changed"
+        return
     lines = err.splitlines()
     if case.get("warnings"):       # the training loader names each sample it skips, one line each, first
         assert all(line.startswith("WARNING: ") for line in lines[:-1]), err
