@@ -355,7 +355,7 @@ def cmd_predict(a):
         return 2
     try:
         predict_checkpoint(a.checkpoint, a.ahi, a.out, bbox=a.bbox, tile=a.tile, overlap=a.overlap, batch=a.batch_size,
-                           probabilities=a.probabilities, device=a.device)
+                           probabilities=a.probabilities, device=a.device, fmt=a.fmt)
     except (FormatError, ValueError, FileNotFoundError) as e:
         return _fail("predict", e)
     return 0
@@ -482,9 +482,12 @@ def parser() -> Parser:
 
     pr = sub.add_parser("predict", help="3D cloud phase of a full AHI scene -> CF NetCDF cube (tiled, streamed)")
     pr.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or state.pt")
-    pr.add_argument("--ahi", required=True, help="P-Tree AHI L1 NetCDF file")
+    pr.add_argument("--ahi", required=True, help="P-Tree AHI L1 NetCDF file, or a Himawari Standard Data slot: a "
+                    "folder holding its segment files, or any one of them (the cube is then on the native 2 km grid)")
     pr.add_argument("--bbox", type=_bbox, help="LON0,LON1,LAT0,LAT1 window (default: the whole file)")
-    pr.add_argument("--out", required=True, help="output file: the CF NetCDF cube (written atomically)")
+    pr.add_argument("--out", required=True, help="output: the CF cube (written atomically)")
+    pr.add_argument("--format", dest="fmt", choices=("netcdf", "zarr"), default="netcdf",
+                    help="netcdf (default) or zarr: the same dataset as a Zarr store chunked per tile")
     pr.add_argument("--tile", type=_positive_int, default=128, help="tile size in pixels (128)")
     pr.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels, even (32)")
     pr.add_argument("--batch-size", "--batch", dest="batch_size", type=_positive_int, default=4,

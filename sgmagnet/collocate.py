@@ -97,8 +97,16 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
             i, j, inside = grid.nearest(lat, lon)
             if not inside.any():
                 continue
-            r0, r1 = int(i[inside].min()), int(i[inside].max()) + 1
-            c0, c1 = int(j[inside].min()), int(j[inside].max()) + 1
+            # the scan times first (cheap: one variable, or header block 9): only the part of the track the
+            # scene scans within the window is read
+            tp0 = np.full(idx.size, np.datetime64("NaT"), "datetime64[ns]")
+            tp0[inside] = imager.pixel_times(sc.path, i[inside], j[inside])
+            near = inside & ~np.isnat(tp0)
+            near[near] = np.abs((t[near] - tp0[near]).astype("timedelta64[ns]").astype(np.int64)) <= win.astype(np.int64)
+            if not near.any():        # the scene scans the track outside the window: nothing can match
+                continue
+            r0, r1 = int(i[near].min()), int(i[near].max()) + 1
+            c0, c1 = int(j[near].min()), int(j[near].max()) + 1
             ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1))
         except FormatError as e:
             out.skipped.append((e.path, e.problem))
@@ -106,10 +114,10 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
         finally:
             out.skipped += [x for x in imager.skipped(sc.path) if x not in out.skipped]
         grids[si] = grid
-        ii, jj = np.where(inside, i - r0, 0), np.where(inside, j - c0, 0)
+        ii, jj = np.where(near, i - r0, 0), np.where(near, j - c0, 0)
         tp = ds.obs_time.values[ii, jj]
         dt_ns = np.abs((t - tp).astype("timedelta64[ns]").astype(np.int64))
-        in_time = inside & ~np.isnat(tp) & (dt_ns <= win.astype(np.int64))
+        in_time = near & ~np.isnat(tp) & (dt_ns <= win.astype(np.int64))
         if not in_time.any():         # the scene scans the track outside the window: nothing can match
             continue
         finite = np.zeros(ds.valid.shape, bool)

@@ -169,17 +169,60 @@ def loss_curves_png(logs: dict, path: str):
 
 # ------------------------------------------------------------------------- prediction cubes (NetCDF)
 def open_cube(cube: str):
-    """The prediction cube as an xarray Dataset (raw integers), or ValueError naming the file."""
+    """The prediction cube (NetCDF, or a Zarr store) as an xarray Dataset (raw integers), or ValueError naming
+    the file."""
     import xarray as xr
 
     try:
-        ds = xr.open_dataset(cube, mask_and_scale=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{cube}: not a readable NetCDF file ({str(e).splitlines()[0][:120]})") from None
-    if "cloud_phase" not in ds or not {"level", "latitude", "longitude"} <= set(ds.dims):
+        if os.path.isdir(cube):
+            ds = xr.open_zarr(cube, mask_and_scale=False, consolidated=None)
+        else:
+            ds = xr.open_dataset(cube, mask_and_scale=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{cube}: not a readable NetCDF file or Zarr store ({str(e).splitlines()[0][:120]})") from None
+    dims = set(ds["cloud_phase"].dims) if "cloud_phase" in ds else set()
+    if not ({"level", "latitude", "longitude"} <= dims or ({"level", "y", "x"} <= dims and "latitude" in ds)):
         ds.close()
-        raise ValueError(f"{cube}: not a cube written by `sgmagnet predict` (no cloud_phase[level, latitude, longitude])")
+        raise ValueError(f"{cube}: not a cube written by `sgmagnet predict` (no cloud_phase[level, latitude, "
+                         f"longitude] or cloud_phase[level, y, x] with latitude/longitude)")
     return ds
+
+
+class CubeGrid:
+    """Where a cube's pixels are: a regular latitude/longitude grid (P-Tree cubes) or the native
+    geostationary grid (HSD cubes: 2-D latitude/longitude; points are located with pyresample's area read
+    back from the cube's CF grid mapping)."""
+
+    def __init__(self, ds):
+        self.native = ds["latitude"].ndim == 2
+        lat, lon = ds["latitude"].values.astype(np.float64), ds["longitude"].values.astype(np.float64)
+        if self.native:
+            from pyresample.utils.cf import load_cf_area
+
+            self.area, _ = load_cf_area(ds, variable="cloud_phase", y="y", x="x")
+            self.lat2, self.lon2 = np.where(np.abs(lat) <= 90, lat, np.nan), np.where(np.abs(lon) <= 360, lon, np.nan)
+            self.res = 0.02
+        else:
+            self.lat, self.lon = lat, lon
+            self.lat2, self.lon2 = np.broadcast_to(lat[:, None], (lat.size, lon.size)), \
+                np.broadcast_to(lon[None, :], (lat.size, lon.size))
+            self.res = max(abs(float(lat[1] - lat[0])) if len(lat) > 1 else 0.05, 1e-6)
+        self.bounds = (float(np.nanmin(self.lon2)), float(np.nanmax(self.lon2)), float(np.nanmin(self.lat2)),
+                       float(np.nanmax(self.lat2)))
+
+    def locate(self, lat, lon, strict: bool = False):
+        """Nearest cube pixel (row, col) of points and whether they fall inside the cube (within half a pixel
+        of its edge pixels' centres; strict: on a regular grid, within the centres themselves)."""
+        lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+        if self.native:
+            ok = np.isfinite(lat) & np.isfinite(lon)
+            c, r = self.area.get_array_indices_from_lonlat(np.where(ok, lon, 0.0), np.where(ok, lat, 0.0))
+            bad = np.ma.getmaskarray(r) | np.ma.getmaskarray(c) | ~ok
+            return np.where(bad, 0, np.ma.filled(r, 0)), np.where(bad, 0, np.ma.filled(c, 0)), ~bad
+        h = 0.0 if strict else self.res / 2
+        inside = ((lat >= self.lat.min() - h) & (lat <= self.lat.max() + h)
+                  & (lon >= self.lon.min() - h) & (lon <= self.lon.max() + h))
+        return _nearest_index(self.lat, lat), _nearest_index(self.lon, lon), inside
 
 
 def top_phase(phase: np.ndarray) -> np.ndarray:
@@ -197,40 +240,49 @@ def cube_map_png(cube: str, path: str, granule: str | None = None):
     on top, marked over land or over sea by the granule's own land/sea flag (no coastline data ships)."""
     with open_cube(cube) as ds:
         ph = ds["cloud_phase"].values[0]
-        lat, lon = ds["latitude"].values, ds["longitude"].values
+        grid = CubeGrid(ds)
         title = f"cloud-top phase · {ds.attrs.get('input_file', '')} · {ds.attrs.get('model', '')}"
     top = top_phase(ph)
     img = np.ma.masked_less(top, 0)
     cmap = ListedColormap(PHASE_COLOURS).with_extremes(bad="#333333")
-    fig, ax = plt.subplots(figsize=(6, 6 * len(lat) / max(len(lon), 1) + 0.8), constrained_layout=True)
-    m = ax.pcolormesh(lon, lat, img, cmap=cmap, norm=BoundaryNorm(np.arange(-0.5, 4.5), 4), shading="nearest")
-    ax.set_xlabel("longitude (°E)")
-    ax.set_ylabel("latitude (°N)")
+    ny, nx = top.shape
+    fig, ax = plt.subplots(figsize=(6, 6 * ny / max(nx, 1) + 0.8), constrained_layout=True)
+    norm = BoundaryNorm(np.arange(-0.5, 4.5), 4)
+    if grid.native and not (np.isfinite(grid.lat2).all() and np.isfinite(grid.lon2).all()):
+        m = ax.imshow(img, cmap=cmap, norm=norm, interpolation="nearest")     # the limb: no coordinates there
+        ax.set_xlabel("column (AHI 2 km grid)")
+        ax.set_ylabel("row (AHI 2 km grid)")
+    else:
+        m = ax.pcolormesh(grid.lon2 if grid.native else grid.lon, grid.lat2 if grid.native else grid.lat, img,
+                          cmap=cmap, norm=norm, shading="nearest")
+        ax.set_xlabel("longitude (°E)")
+        ax.set_ylabel("latitude (°N)")
     ax.set_title(title, fontsize=8)
     cb = fig.colorbar(m, ax=ax, ticks=range(4), shrink=0.8)
     cb.ax.set_yticklabels(CLASS_NAMES)
     drawn = {"top_phase": top}
     if granule:
-        drawn["track"] = _draw_track(ax, granule, lat, lon)
+        drawn["track"] = _draw_track(ax, granule, grid, pixels=ax.get_xlabel().startswith("column"))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn
 
 
-def _draw_track(ax, granule: str, lat: np.ndarray, lon: np.ndarray) -> dict:
+def _draw_track(ax, granule: str, grid: CubeGrid, pixels: bool = False) -> dict:
     """The granule's profiles inside the map, coloured by its land/sea flag; returns their counts."""
     from .formats.cloudsat import read_granule
 
     g = read_granule(granule)
     glat, glon, flag = g["latitude"].values, g["longitude"].values, g["land_sea_flag"].values
-    inside = (glat >= lat.min()) & (glat <= lat.max()) & (glon >= lon.min()) & (glon <= lon.max())
+    r, c, inside = grid.locate(glat, glon, strict=True)
     counts = {}
     for name, sel, colour in (("land", flag == 1, "#00e676"), ("sea", (flag == 2) | (flag == 3), "#000000"),
                               ("unknown surface", (flag < 1) | (flag > 3), "#ff1744")):
         pick = inside & sel
         counts[name] = int(pick.sum())
         if pick.any():
-            ax.plot(glon[pick], glat[pick], ".", ms=2.5, color=colour, label=f"CloudSat track over {name}")
+            xs, ys = (c[pick], r[pick]) if pixels else (glon[pick], glat[pick])
+            ax.plot(xs, ys, ".", ms=2.5, color=colour, label=f"CloudSat track over {name}")
     if any(counts.values()):
         ax.legend(loc="lower right", fontsize=7, markerscale=6, framealpha=0.85)
     return counts
@@ -248,17 +300,15 @@ def cube_section_png(cube: str, line, path: str, n: int = 300):
     """Vertical cross-section of the cube along the great-circle-free straight line (lon0, lat0, lon1, lat1)."""
     lon0, lat0, lon1, lat1 = line
     with open_cube(cube) as ds:
-        lat, lon = ds["latitude"].values, ds["longitude"].values
-        hl = abs(float(lat[1] - lat[0])) / 2 if len(lat) > 1 else 0.025
-        hn = abs(float(lon[1] - lon[0])) / 2 if len(lon) > 1 else 0.025
+        grid = CubeGrid(ds)
+        b = grid.bounds
         for x, y in ((lon0, lat0), (lon1, lat1)):
-            if not (lon.min() - hn <= x <= lon.max() + hn and lat.min() - hl <= y <= lat.max() + hl):
+            if not grid.locate(np.array([y]), np.array([x]))[2][0]:
                 raise ValueError(f"--section {lon0:g},{lat0:g},{lon1:g},{lat1:g}: point ({x:g}E, {y:g}N) is outside "
-                                 f"the cube {cube} (longitude {lon.min():g}..{lon.max():g}, latitude "
-                                 f"{lat.min():g}..{lat.max():g})")
+                                 f"the cube {cube} (longitude {b[0]:g}..{b[1]:g}, latitude {b[2]:g}..{b[3]:g})")
         t = np.linspace(0, 1, n)
         la, lo = lat0 + t * (lat1 - lat0), lon0 + t * (lon1 - lon0)
-        i, j = _nearest_index(lat, la), _nearest_index(lon, lo)
+        i, j, _ = grid.locate(la, lo)
         cols = ds["cloud_phase"].values[0][:, i, j].T.astype(np.int16)           # [n, L]
     cols = np.where(cols < 0, IGNORE, cols)
     dist = t * np.hypot((lat1 - lat0) * KM_PER_DEG, (lon1 - lon0) * KM_PER_DEG * np.cos(np.deg2rad((lat0 + lat1) / 2)))
@@ -283,8 +333,7 @@ def nearest_granule(cube: str, cloudsat_dir: str) -> tuple[str, float]:
     with open_cube(cube) as ds:
         t_cube = ds["time"].values[0] if np.issubdtype(ds["time"].dtype, np.datetime64) else \
             np.datetime64("1970-01-01") + np.timedelta64(int(ds["time"].values[0]), "s")
-        lat, lon = ds["latitude"].values, ds["longitude"].values
-    res = max(abs(float(lat[1] - lat[0])) if len(lat) > 1 else 0.05, 1e-6)
+        grid = CubeGrid(ds)
     best, gap = None, np.inf
     for p in sorted(glob.glob(os.path.join(cloudsat_dir, "**", "*.hdf"), recursive=True)):
         try:           # a granule lasts ~99 min: skip those that start far from the scene time
@@ -297,9 +346,7 @@ def nearest_granule(cube: str, cloudsat_dir: str) -> tuple[str, float]:
             g = read_granule(p)
         except Exception:  # noqa: BLE001 - an unreadable granule is simply not a candidate
             continue
-        glat, glon = g["latitude"].values, g["longitude"].values
-        inside = ((glat >= lat.min() - res / 2) & (glat <= lat.max() + res / 2)
-                  & (glon >= lon.min() - res / 2) & (glon <= lon.max() + res / 2))
+        inside = grid.locate(g["latitude"].values, g["longitude"].values)[2]
         if inside.any():
             dtmin = float(np.min(np.abs((g["time"].values[inside] - t_cube) / np.timedelta64(1, "s")))) / 60
             if dtmin < gap:
@@ -317,15 +364,13 @@ def cube_curtain_png(cube: str, granule: str, path: str, note: str = ""):
 
     g = read_granule(granule)
     with open_cube(cube) as ds:
-        lat, lon = ds["latitude"].values, ds["longitude"].values
+        grid = CubeGrid(ds)
         glat, glon = g["latitude"].values, g["longitude"].values
-        res = max(abs(float(lat[1] - lat[0])) if len(lat) > 1 else 0.05, 1e-6)
-        inside = ((glat >= lat.min() - res / 2) & (glat <= lat.max() + res / 2)
-                  & (glon >= lon.min() - res / 2) & (glon <= lon.max() + res / 2))
+        i, j, inside = grid.locate(glat, glon)
         if not inside.any():
             raise ValueError(f"{granule}: no profile inside the cube {cube}")
         sel = np.flatnonzero(inside)
-        i, j = _nearest_index(lat, glat[sel]), _nearest_index(lon, glon[sel])
+        i, j = i[sel], j[sel]
         pred = ds["cloud_phase"].values[0][:, i, j].T.astype(np.int16)
     nl, b, t, ph = (g[k].values[sel] for k in ("n_layers", "layer_base", "layer_top", "layer_phase"))
     ok = profile_is_valid(nl, b, t, ph)

@@ -1,7 +1,14 @@
-"""Full-scene 3D cloud-phase prediction: an AHI file -> a CF-1.8 NetCDF cube (level x latitude x longitude).
+"""Full-scene 3D cloud-phase prediction: an AHI scene -> a CF-1.8 cube (level x latitude x longitude for P-Tree,
+level x y x x on the native geostationary grid for HSD), as NetCDF or Zarr.
 
     sgmagnet predict --checkpoint RUN --ahi NC_H08_....nc [--bbox LON0,LON1,LAT0,LAT1] --out cube.nc
-                     [--tile 128] [--overlap 32] [--batch 4] [--probabilities]
+                     [--tile 128] [--overlap 32] [--batch 4] [--probabilities] [--format netcdf|zarr]
+    sgmagnet predict --checkpoint RUN --ahi HSD_SLOT_FOLDER_or_one_of_its_files --bbox ... --out cube.nc
+
+HSD cubes follow CF's `geostationary` grid mapping as the GOES-R ABI L2 products do: `x`/`y` are scan
+angles (rad), `latitude`/`longitude` 2-D auxiliary coordinates (NaN off the disk), and the grid-mapping
+variable `ahi_imager_projection` carries pyproj's CF attributes of satpy's area (pyresample's
+`load_cf_area` reads the area back). `--format zarr` writes the same dataset as a Zarr store, chunked per tile.
 
 Tiling: square tiles of `tile` pixels overlapping by `overlap`; the last tile of a row/column is aligned
 with the scene edge (a scene smaller than a tile is padded with missing data). Stitching is a centre
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -84,14 +92,142 @@ def check_tile(model, tile: int, device) -> None:
                          f"({' '.join(str(e).split())[:160]})") from None
 
 
-def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dict):
+class LatLonSource:
+    """A P-Tree file (or a --bbox window of it) on its regular latitude/longitude grid; the cube runs south to
+    north (the file north to south)."""
+
+    kind = "ptree"
+
+    def __init__(self, ahi: str, bbox=None, log=print):
+        from .formats import ahi as ahi_fmt
+
+        self.ahi = ahi
+        grid = ahi_fmt.read_grid(ahi)
+        if bbox is not None:
+            bbox, clipped = clip_bbox(grid, bbox, os.path.basename(ahi))
+            if clipped and log:
+                log(f"note: --bbox clipped to the file's grid: {','.join(f'{v:g}' for v in bbox)}")
+        head = ahi_fmt.read_ahi(ahi, bbox=bbox, variables=("SAZ",))
+        self.r0, self.c0 = int(head.attrs["row0"]), int(head.attrs["col0"])
+        self.H, self.W = head.sizes["latitude"], head.sizes["longitude"]
+        self.lat, self.lon = head["latitude"].values, head["longitude"].values
+        self.flip = len(self.lat) > 1 and self.lat[0] > self.lat[-1]
+        self.time = np.datetime64(ahi_fmt.parse_name(ahi).timeline.replace(tzinfo=None), "ns")
+        self.input_file = os.path.basename(ahi)
+        self.source = "Himawari-8/9 AHI L1 gridded (JAXA P-Tree)"
+
+    def strip(self, lo: int, hi: int):
+        """[16, h, W] bands, [2, h, W] SOZ/SAZ and the pixels to predict, rows lo..hi of the window."""
+        from .formats import ahi as ahi_fmt
+
+        s = ahi_fmt.read_ahi(self.ahi, rows=slice(self.r0 + lo, self.r0 + hi), cols=slice(self.c0, self.c0 + self.W),
+                             variables=BAND_VARS + ("SOZ", "SAZ"))
+        return _inputs(s)
+
+    def create(self, out, tile, probabilities, attrs):
+        return _create(out, self, tile, probabilities, attrs)
+
+    def rows_out(self, lo: int, hi: int):
+        return (slice(self.H - hi, self.H - lo), slice(None, None, -1)) if self.flip else (slice(lo, hi), slice(None))
+
+
+class NativeSource:
+    """An HSD slot (or a --bbox window of it) on AHI's native 2 km grid, rows north to south as scanned; the
+    cube carries CF's `geostationary` grid mapping (as GOES-R ABI L2 products do): x/y scan angles in radians
+    and 2-D latitude/longitude."""
+
+    kind = "hsd"
+
+    def __init__(self, sid: str, bbox=None, log=print):
+        from .formats import hsd_slot
+
+        self.slot = hsd_slot.HsdSlot(sid, keep_files=True)
+        self.slot.cache_margin = 0
+        area = self.slot.grid().area
+        if bbox is None:
+            self.r0, r1, self.c0, c1 = 0, area.height, 0, area.width
+        else:
+            lo0, lo1, la0, la1 = bbox
+            t = np.linspace(0.0, 1.0, 400)
+            edge_lon = np.concatenate([lo0 + (lo1 - lo0) * t, np.full(t.size, lo1), lo1 - (lo1 - lo0) * t, np.full(t.size, lo0)])
+            edge_lat = np.concatenate([np.full(t.size, la0), la0 + (la1 - la0) * t, np.full(t.size, la1), la1 - (la1 - la0) * t])
+            i, j, inside = self.slot.grid().nearest(edge_lat, edge_lon)
+            if not inside.any():
+                raise ValueError(f"--bbox {','.join(f'{v:g}' for v in bbox)} is outside the Earth disk Himawari "
+                                 f"sees from {area.crs.to_dict().get('lon_0', 140.7)}E")
+            if not inside.all() and log:
+                log("note: --bbox reaches past the Earth's limb: clipped to the disk")
+            self.r0, r1 = int(i[inside].min()), int(i[inside].max()) + 1
+            self.c0, c1 = int(j[inside].min()), int(j[inside].max()) + 1
+        self.H, self.W = r1 - self.r0, c1 - self.c0
+        self.area = area[self.r0:r1, self.c0:c1]
+        self.time = np.datetime64(self.slot.timeline, "ns")
+        self.input_file = os.path.basename(sid)
+        self.source = f"Himawari-{int(self.slot.platform)} AHI L1 Himawari Standard Data (satpy ahi_hsd)"
+
+    def strip(self, lo: int, hi: int):
+        s = self.slot.read_window(slice(self.r0 + lo, self.r0 + hi), slice(self.c0, self.c0 + self.W))
+        return _inputs(s)
+
+    def create(self, out, tile, probabilities, attrs):
+        return _create(out, self, tile, probabilities, attrs)
+
+    def rows_out(self, lo: int, hi: int):
+        return slice(lo, hi), slice(None)
+
+    def close(self):
+        self.slot.close()
+
+
+def _inputs(s):
+    from .formats.ahi import SAZ_OFF_DISK_DEG
+
+    x = np.stack([s[b].values for b in BAND_VARS]).astype(np.float32)
+    geom = np.stack([s["SOZ"].values, s["SAZ"].values]).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(x[6:]), 0) & np.asarray(s["SAZ"].values < SAZ_OFF_DISK_DEG)
+    return x, geom, ok
+
+
+def scene_source(ahi: str, bbox=None, log=print):
+    """The source for --ahi: a P-Tree file, an HSD segment file (its slot), or a folder holding one HSD slot."""
+    from .formats import hsd, hsd_slot
+
+    if os.path.isdir(ahi):
+        sids = sorted({hsd_slot.slot_id(p) for p in os.listdir(ahi) if hsd.is_hsd_name(p)
+                       for p in [os.path.join(ahi, p)]})
+        if not sids:
+            raise ValueError(f"--ahi {ahi!r}: a folder with no Himawari Standard Data segment "
+                             f"(HS_H08_YYYYMMDD_hhmm_Bbb_FLDK_Rjj_Skkll.DAT[.bz2]); a P-Tree scene is given as its file")
+        if len(sids) > 1:
+            raise ValueError(f"--ahi {ahi!r} holds segments of {len(sids)} slots ("
+                             + ", ".join(os.path.basename(x) for x in sids[:3]) + "): pass one file of the slot to use")
+        sid = sids[0]
+    elif hsd.is_hsd_name(ahi):
+        if not os.path.exists(ahi):
+            raise FileNotFoundError(f"--ahi {ahi!r}: no such file")
+        sid = hsd_slot.slot_id(ahi)
+    else:
+        return LatLonSource(ahi, bbox, log)
+    slot = hsd_slot.HsdSlot(sid)
+    if slot.missing_bands():
+        raise ValueError(f"--ahi {ahi!r}: slot {os.path.basename(sid)} has no file of band(s) "
+                         + ", ".join(f"B{b:02d}" for b in slot.missing_bands()) + " (all 16 are needed)")
+    return NativeSource(sid, bbox, log)
+
+
+def _create(out: str, src, tile: int, probabilities: bool, attrs: dict):
     from netCDF4 import Dataset
 
+    native = src.kind == "hsd"
+    ydim, xdim = ("y", "x") if native else ("latitude", "longitude")
+    ny, nx = src.H, src.W
+    time = src.time
     nc = Dataset(out + ".partial", "w", format="NETCDF4")
     nc.createDimension("time", 1)
     nc.createDimension("level", N_LEVELS)
-    nc.createDimension("latitude", len(lat))
-    nc.createDimension("longitude", len(lon))
+    nc.createDimension(ydim, ny)
+    nc.createDimension(xdim, nx)
     v = nc.createVariable("time", "f8", ("time",))
     v.units, v.standard_name, v.calendar, v.axis = "seconds since 1970-01-01 00:00:00", "time", "standard", "T"
     v[:] = [(time - np.datetime64("1970-01-01T00:00:00")) / np.timedelta64(1, "s")]
@@ -104,13 +240,33 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
     b = nc.createVariable("level_bounds", "f4", ("level", "nv"))
     b.units = "m"
     b[:] = np.stack([LEVEL_CENTRE_KM * 1000.0 - 250.0, LEVEL_CENTRE_KM * 1000.0 + 250.0], 1).astype(np.float32)
-    for name, vals, std in (("latitude", lat, "degrees_north"), ("longitude", lon, "degrees_east")):
-        v = nc.createVariable(name, "f4", (name,))
-        v.units, v.standard_name = std, name
-        v.axis = "Y" if name == "latitude" else "X"
-        v[:] = vals
-    dims = ("time", "level", "latitude", "longitude")
-    ch = (1, N_LEVELS, min(tile, len(lat)), min(tile, len(lon)))
+    if native:
+        xm, ym = src.area.get_proj_vectors()             # metres on the projection plane = angle x height
+        cf = src.area.crs.to_cf()
+        h = float(cf["perspective_point_height"])
+        for name, vals, axis in (("y", ym / h, "Y"), ("x", xm / h, "X")):
+            v = nc.createVariable(name, "f8", (name,))
+            v.units, v.axis, v.standard_name = "rad", axis, f"projection_{name}_coordinate"
+            v.long_name = f"AHI fixed grid projection {name}-coordinate (scan angle)"
+            v[:] = vals
+        gm = nc.createVariable("ahi_imager_projection", "i4", ())
+        gm.setncatts({k: v for k, v in cf.items() if k not in ("crs_wkt",)})
+        gm.crs_wkt = cf.get("crs_wkt", src.area.crs.to_wkt())
+        gm.long_name = "Himawari AHI fixed grid projection"
+        lon2, lat2 = src.area.get_lonlats()
+        for name, vals, std in (("latitude", lat2, "degrees_north"), ("longitude", lon2, "degrees_east")):
+            v = nc.createVariable(name, "f4", ("y", "x"), zlib=True, complevel=4, fill_value=np.float32(np.nan))
+            v.units, v.standard_name = std, name
+            v[:] = np.where(np.isfinite(vals) & (np.abs(vals) <= 360), vals, np.nan).astype(np.float32)
+    else:
+        lat = src.lat[::-1] if src.flip else src.lat
+        for name, vals, std in (("latitude", lat, "degrees_north"), ("longitude", src.lon, "degrees_east")):
+            v = nc.createVariable(name, "f4", (name,))
+            v.units, v.standard_name = std, name
+            v.axis = "Y" if name == "latitude" else "X"
+            v[:] = vals
+    dims = ("time", "level", ydim, xdim)
+    ch = (1, N_LEVELS, min(tile, ny), min(tile, nx))
     v = nc.createVariable("cloud_phase", "i1", dims, zlib=True, complevel=4, chunksizes=ch, fill_value=np.int8(-1))
     v.long_name = "cloud thermodynamic phase per 500 m level"
     v.flag_values = np.array([0, 1, 2, 3], np.int8)
@@ -120,10 +276,14 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
                  "the 2B-CLDCLASS-LIDAR phase classes; argmax of the model's phase-gated probabilities; "
                  "_FillValue where the input is off-disk or its infrared bands are missing")
     v.coordinates = "time level latitude longitude"
+    if native:
+        v.grid_mapping = "ahi_imager_projection"
     if probabilities:
         for c in CLASS_NAMES:
             p = nc.createVariable(f"p_{c}", "i1", dims, zlib=True, complevel=4, chunksizes=ch,
                                   fill_value=np.int8(PROB_FILL))
+            if native:
+                p.grid_mapping = "ahi_imager_projection"
             p.long_name = f"probability of {c} (phase-gated model output)"
             p.scale_factor, p.add_offset, p.units = np.float32(1 / PROB_SCALE), np.float32(0.0), "1"
             p.valid_range = np.array([0, int(PROB_SCALE)], np.int8)
@@ -135,12 +295,11 @@ def _create(out: str, lat, lon, time, tile: int, probabilities: bool, attrs: dic
 @torch.no_grad()
 def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32, batch: int = 4,
                   probabilities: bool = False, rt: Runtime | None = None, attrs: dict | None = None, log=print,
-                  form: str = "gated") -> dict:
-    """Run `model` over an AHI scene (tiled, streamed) and write the CF NetCDF `out` (atomically), on the runtime
-    `rt` (default: CPU, float32, the reference argmax)."""
+                  form: str = "gated", fmt: str = "netcdf") -> dict:
+    """Run `model` over an AHI scene (tiled, streamed) and write the CF cube `out` (atomically) as NetCDF or
+    (fmt="zarr") Zarr, on the runtime `rt` (default: CPU, float32, the reference argmax). `ahi`: a P-Tree file,
+    or an HSD slot (a folder holding one, or any of its segment files)."""
     from tqdm import tqdm
-
-    from .formats import ahi as ahi_fmt
 
     rt = rt or Runtime(torch.device("cpu"))
     device = rt.device
@@ -149,44 +308,37 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
         raise ValueError(f"--tile must be between 8 and 4096 pixels, got {tile}")
     if overlap % 2 or overlap < 0 or overlap >= tile:
         raise ValueError(f"--overlap must be an even number >= 0 and smaller than --tile {tile}, got {overlap}")
-    grid = ahi_fmt.read_grid(ahi)
-    if bbox is not None:
-        bbox, clipped = clip_bbox(grid, bbox, os.path.basename(ahi))
-        if clipped and log:
-            log(f"note: --bbox clipped to the file's grid: {','.join(f'{v:g}' for v in bbox)}")
+    if fmt not in ("netcdf", "zarr"):
+        raise ValueError(f"--format must be netcdf or zarr, got {fmt!r}")
+    src = scene_source(ahi, bbox, log)
     check_tile(model, tile, device)
     out_dir = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
         raise ValueError(f"--out {out!r}: folder {out_dir} does not exist or is not writable")
-    head = ahi_fmt.read_ahi(ahi, bbox=bbox, variables=("SAZ",))
-    r0, c0 = int(head.attrs["row0"]), int(head.attrs["col0"])
-    H, W = head.sizes["latitude"], head.sizes["longitude"]
-    lat, lon = head["latitude"].values, head["longitude"].values
-    flip = len(lat) > 1 and lat[0] > lat[-1]          # files run north to south; the cube south to north
-    tl = np.datetime64(ahi_fmt.parse_name(ahi).timeline.replace(tzinfo=None), "ns")
+    H, W = src.H, src.W
     rows, cols = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     rcore, ccore = cores(rows, tile, H), cores(cols, tile, W)
     from . import __version__
 
     base = {"Conventions": "CF-1.8", "title": "3D cloud phase reconstructed from Himawari AHI",
             "institution": os.environ.get("SGMAGNET_INSTITUTION", "unspecified (set SGMAGNET_INSTITUTION)"),
-            "source": f"Himawari-8/9 AHI L1 gridded (JAXA P-Tree), 16 bands -> sgmagnet {__version__} predict",
-            "references": REFERENCES, "input_file": os.path.basename(ahi),
-            "orientation": "latitude ascending (south to north), longitude ascending (west to east)",
+            "source": f"{src.source}, 16 bands -> sgmagnet {__version__} predict",
+            "references": REFERENCES, "input_file": src.input_file,
+            "orientation": ("rows north to south as scanned (y descending), columns west to east (x ascending)"
+                            if src.kind == "hsd" else
+                            "latitude ascending (south to north), longitude ascending (west to east)"),
             "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} sgmagnet predict",
-            "tiling": f"tile {tile}, overlap {overlap}, centre-crop stitching", "grid_row0": r0, "grid_col0": c0}
+            "tiling": f"tile {tile}, overlap {overlap}, centre-crop stitching", "grid_row0": src.r0,
+            "grid_col0": src.c0}
     base.update(attrs or {})
     n_valid = 0
     nc = None
+    nc_path = out if fmt == "netcdf" else out + ".nc"
     try:
-        nc = _create(out, lat[::-1] if flip else lat, lon, tl, tile, probabilities, base)
+        nc = src.create(nc_path, tile, probabilities, base)
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not log, mininterval=2)
         for rs, (rlo, rhi) in zip(rows, rcore):
-            strip = ahi_fmt.read_ahi(ahi, rows=slice(r0 + rs, r0 + min(rs + tile, H)), cols=slice(c0, c0 + W),
-                                     variables=BAND_VARS + ("SOZ", "SAZ"))
-            x = np.stack([strip[b].values for b in BAND_VARS]).astype(np.float32)        # [16, h, W]
-            geom = np.stack([strip["SOZ"].values, strip["SAZ"].values]).astype(np.float32)
-            ok = np.all(np.isfinite(x[6:]), 0) & np.asarray(strip["SAZ"].values < ahi_fmt.SAZ_OFF_DISK_DEG)
+            x, geom, ok = src.strip(rs, min(rs + tile, H))
             xn = norm(x)
             h = x.shape[1]
             if h < tile or W < tile:  # pad a small scene with missing data
@@ -212,8 +364,7 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                 bar.update(len(group))
             mask = ~ok[rlo - rs:rhi - rs]
             phase[:, mask] = -1
-            rows_out = slice(H - rhi, H - rlo) if flip else slice(rlo, rhi)
-            order = slice(None, None, -1) if flip else slice(None)
+            rows_out, order = src.rows_out(rlo, rhi)
             nc["cloud_phase"][0, :, rows_out, :] = phase[:, order]
             if probabilities:
                 probs[:, :, mask] = PROB_FILL
@@ -223,22 +374,56 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
         bar.close()
         nc.close()
         nc = None
-        os.replace(out + ".partial", out)
+        if fmt == "zarr":
+            _to_zarr(nc_path + ".partial", out, tile)
+        else:
+            os.replace(out + ".partial", out)
     except BaseException:    # a failed write leaves no .partial and never touches an existing `out`
         if nc is not None:
             try:
                 nc.close()
             except Exception:  # noqa: BLE001 - closing a broken file may fail too; the file goes anyway
                 pass
-        if os.path.exists(out + ".partial"):
-            os.remove(out + ".partial")
+        for p in (nc_path + ".partial", out + ".partial"):
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.exists(p):
+                os.remove(p)
         raise
-    del grid
-    return {"out": out, "shape": [N_LEVELS, H, W], "tiles": len(rows) * len(cols), "valid_pixels": n_valid}
+    finally:
+        if hasattr(src, "close"):
+            src.close()
+    return {"out": out, "shape": [N_LEVELS, H, W], "tiles": len(rows) * len(cols), "valid_pixels": n_valid,
+            "grid": src.kind}
+
+
+def _to_zarr(nc_tmp: str, out: str, tile: int):
+    """The NetCDF cube rewritten as a Zarr store chunked per tile (the same variables, attributes and packing);
+    the store replaces `out` only once it is complete."""
+    import xarray as xr
+
+    with xr.open_dataset(nc_tmp, mask_and_scale=False, decode_times=False) as ds:
+        enc = {}
+        for name, v in ds.data_vars.items():
+            e = {"chunks": tuple(min(tile, n) if d not in ("time", "level", "nv") else n
+                                 for d, n in zip(v.dims, v.shape))} if v.ndim else {}
+            if "_FillValue" in v.encoding:
+                e["fill_value"] = v.encoding["_FillValue"]
+            enc[name] = e
+        ds.load().to_zarr(out + ".partial", mode="w", encoding=enc, consolidated=True, zarr_format=2)
+    os.remove(nc_tmp)
+    old = None
+    if os.path.exists(out):
+        old = out + ".old"
+        os.replace(out, old)
+    os.replace(out + ".partial", out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
 
 
 def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32,
-                       batch: int = 4, probabilities: bool = False, device: str = "auto", log=print) -> dict:
+                       batch: int = 4, probabilities: bool = False, device: str = "auto", log=print,
+                       fmt: str = "netcdf") -> dict:
     from .data import Normaliser
     from .runtime import load_model_from_checkpoint
 
@@ -251,7 +436,7 @@ def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int
              "checkpoint_sha256": sha256(state), "checkpoint_step": ck.step}
     r = predict_scene(model, norm, ahi, out, bbox=bbox, tile=tile, overlap=overlap, batch=batch,
                       probabilities=probabilities, rt=rt, attrs=attrs, log=log,
-                      form=ck.config.loss.form)
+                      form=ck.config.loss.form, fmt=fmt)
     if log:
         log(f"wrote {out}: cloud_phase {r['shape']} from {r['tiles']} tiles, {r['valid_pixels']} valid pixels")
     return r

@@ -107,8 +107,8 @@ def eval_argv(w, shards, *extra):
     return ["evaluate", "--checkpoint", str(w["run"]), "--shards", str(shards), "--split", "test", *extra]
 
 
-def predict_argv(w, tmp, *extra, out=None):
-    return ["predict", "--checkpoint", str(w["run"]), "--ahi", w["scene"], "--out", str(out or w["cube"]), *extra]
+def predict_argv(w, tmp, *extra, out=None, ahi=None):
+    return ["predict", "--checkpoint", str(w["run"]), "--ahi", ahi or w["scene"], "--out", str(out or w["cube"]), *extra]
 
 
 def empty_dir(tmp, name):
@@ -303,6 +303,14 @@ CASES = [
     ("build-ahi-holds-both-kinds", lambda w, t: dict(argv=build_argv(w, t / "o", ahi=hsd_copy(
         w, t, lambda f: shutil.copy(glob.glob(os.path.join(w["ahi"], "**", "*.nc"), recursive=True)[0], f[0])),
         cs=w["hsd_cs"])), 2, "--ahi-format ptree|hsd"),
+    ("predict-hsd-folder-with-two-slots", lambda w, t: dict(argv=predict_argv(
+        w, t, out=t / "c.nc", ahi=hsd_copy(w, t, lambda f: [shutil.copy(p, f[0]) for p in glob.glob(str(f[1] / "*"))],
+                                          slots=(0, 1)) + "/slot0")), 2, "holds segments of 2 slots"),
+    ("predict-hsd-band-missing", lambda w, t: dict(argv=predict_argv(
+        w, t, out=t / "c.nc", ahi=hsd_copy(w, t, lambda f: [os.remove(p) for p in glob.glob(str(f[0] / "*_B07_*"))])
+        + "/slot0")), 2, "has no file of band(s) B07"),
+    ("predict-hsd-bbox-off-the-disk", lambda w, t: dict(argv=[*predict_argv(w, t, out=t / "c.nc", ahi=w["hsd_slots"][0]),
+                                                             "--bbox=-60,-50,0,10"]), 2, "outside the Earth disk"),
     # ----------------------------------------------------------------------------------------- build
     ("build-other-config", lambda w, t: dict(argv=build_argv(w, w["shards"], "--patch-size", "16"),
                                              protect=[w["shards"]]), 2, "another configuration"),

@@ -302,3 +302,54 @@ def test_the_same_world_built_from_hsd_and_from_ptree_agrees(hsd_archive, both_b
                    "bt13_neighbour_median": float(np.median(nb)), "bt13_neighbour_p90": float(np.percentile(nb, 90)),
                    "class_fraction_hsd": (fa / fa.sum()).tolist(), "class_fraction_ptree": (fb / fb.sum()).tolist()},
                   open(out, "w"), indent=1)
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_and_plot_an_hsd_slot(both_builds, hsd_archive, tmp_path):
+    """Train and evaluate on HSD shards, predict an HSD slot to NetCDF and Zarr on the native grid, plot it.
+    The cube's grid mapping is understood: pyresample reads back the area of the slot's window."""
+    from pyresample.utils.cf import load_cf_area
+    import xarray as xr
+
+    from ci import TINY
+    from sgmagnet import cli
+    from sgmagnet.formats import hsd_slot
+    from sgmagnet.shards import iter_shard, shard_paths
+
+    archive, _ = hsd_archive
+    shards = both_builds["hsd"][0]
+    run = tmp_path / "run"
+    assert cli.main(["train", "--config", TINY, "--no-progress", f"data.shards={shards}", f"train.run_dir={run}",
+                     "data.val_split="]) == 0
+    assert cli.main(["evaluate", "--checkpoint", str(run), "--shards", str(shards), "--split", "train", "--quiet"]) == 0
+    meta = next(iter_shard(shard_paths(str(shards), "train")[0]))["meta"]
+    folder = next(d for d in slot_dirs(archive) if glob.glob(os.path.join(d, meta["ahi_file"] + "_*")))
+    c = meta["corners"]
+    bbox = f"{c['nw'][1] - 0.3},{c['ne'][1] + 0.3},{c['sw'][0] - 0.3},{c['nw'][0] + 0.3}"
+    one_file = sorted(glob.glob(os.path.join(folder, "*_B13_*")))[0]
+    for out, src, extra in ((tmp_path / "cube.nc", folder, []), (tmp_path / "cube.zarr", one_file, ["--format", "zarr"])):
+        assert cli.main(["predict", "--checkpoint", str(run), "--ahi", src, "--bbox", bbox, "--out", str(out),
+                         "--tile", "32", "--overlap", "8", *extra]) == 0
+    ds = xr.open_dataset(tmp_path / "cube.nc")
+    z = xr.open_zarr(tmp_path / "cube.zarr")
+    assert ds["cloud_phase"].dims == ("time", "level", "y", "x")
+    assert ds["cloud_phase"].attrs["grid_mapping"] == "ahi_imager_projection"
+    assert ds["ahi_imager_projection"].attrs["grid_mapping_name"] == "geostationary"
+    assert ds["cloud_phase"].attrs["flag_meanings"] == "clear ice mixed liquid"
+    valid = np.isfinite(ds["cloud_phase"].values)
+    assert valid.any()
+    assert np.array_equal(np.where(valid, ds["cloud_phase"].values, -1),
+                          np.where(np.isfinite(z["cloud_phase"].values), z["cloud_phase"].values, -1))
+    area, _ = load_cf_area(str(tmp_path / "cube.nc"), variable="cloud_phase", y="y", x="x")
+    r0, c0 = int(ds.attrs["grid_row0"]), int(ds.attrs["grid_col0"])
+    full = hsd_slot.HsdSlot(hsd_slot.slot_id(one_file)).grid().area
+    want = full[r0:r0 + ds.sizes["y"], c0:c0 + ds.sizes["x"]]
+    assert area.shape == want.shape
+    assert np.allclose(area.area_extent, want.area_extent, atol=1.0)            # metres on the projection plane
+    lon_a, lat_a = area.get_lonlats()
+    assert np.allclose(lat_a, ds["latitude"].values, atol=1e-4) and np.allclose(lon_a, ds["longitude"].values, atol=1e-4)
+    figs = tmp_path / "figs"
+    assert cli.main(["plot", str(tmp_path / "cube.zarr"), "--out", str(figs), "--cloudsat", str(archive / "cloudsat"),
+                     "--section", f"{c['nw'][1]},{c['nw'][0]},{c['se'][1]},{c['se'][0]}"]) == 0
+    for name in ("cube_top_phase.png", "cube_section_0.png", "cube_curtain.png"):
+        assert (figs / name).stat().st_size > 5000, name

@@ -10,10 +10,11 @@ pytestmark = pytest.mark.slow   # the README's commands end to end (~3 min)
 
 
 
-def usage_block() -> str:
+def usage_block(k: int = 0) -> str:
+    """The k-th bash block of the README's Usage section (0: the P-Tree walk-through, 1: the HSD variant)."""
     text = open(os.path.join(ROOT, "README.md")).read()
     section = text[text.index("## Usage"):]
-    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return re.findall(r"```bash\n(.*?)```", section, re.S)[k]
 
 
 def test_usage_block_runs_as_written(tmp_path):
@@ -33,3 +34,22 @@ def test_usage_block_runs_as_written(tmp_path):
         assert (tmp_path / path).exists(), path
     assert "WARNING" not in res.stderr                  # every split has data
     assert "curtain granule:" in res.stdout
+
+
+def test_hsd_variant_runs_as_written(tmp_path):
+    if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "activate")):
+        pytest.skip("no .venv (make setup) in this checkout")
+    block = usage_block(1)
+    assert "--ahi-format both" in block and "archive_hsd/ahi_hsd" in block
+    for name in (".venv", "configs"):
+        os.symlink(os.path.join(ROOT, name), tmp_path / name)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    res = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=1500)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    import json
+
+    man = json.load(open(tmp_path / "shards_hsd" / "manifest.json"))
+    assert man["config"]["ahi_format"] == "hsd" and man["counts"]["train"] > 0 and man["counts"]["test"] > 0
+    assert (tmp_path / "runs" / "unet_hsd" / "eval_test.json").exists()

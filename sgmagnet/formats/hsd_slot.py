@@ -32,6 +32,8 @@ from . import hsd
 os.environ.setdefault("SATPY_DOWNLOAD_AUX", "False")     # never reach the network for auxiliary data
 N2 = hsd.RESOLUTIONS["20"][0]
 SEG2 = N2 // hsd.N_SEGMENTS
+# what a process decompressed: the benchmark shows that a build decodes a few segments, not whole slots
+STATS = {"segments_decompressed": 0, "bytes_decompressed": 0}
 CACHE_MARGIN = 128        # pixels kept around the last window read (patches up to 256 px along a track)
 DASK_CHUNK = "4MiB"       # satpy's chunks (B03: 1100 x 1100 pixels): a 128 px window computes a few of them
 
@@ -76,7 +78,7 @@ class NativeGrid:
 class HsdSlot:
     """The files of one slot. `skipped`: [(file, reason)] of segments that are missing or could not be read."""
 
-    def __init__(self, sid: str, files: list[str] | None = None):
+    def __init__(self, sid: str, files: list[str] | None = None, keep_files: bool = False):
         self.sid = sid
         self.files: dict[int, dict[int, str]] = {}
         names = []
@@ -96,6 +98,8 @@ class HsdSlot:
         self._scene_files: frozenset = frozenset()
         self._grid = None
         self._cache = None
+        self.keep_files = keep_files          # False: drop the decompressed copies once a region is computed
+        self.cache_margin = CACHE_MARGIN
 
     # -------------------------------------------------------------------- files
     def missing_bands(self) -> list[int]:
@@ -109,6 +113,8 @@ class HsdSlot:
             return None
         try:
             data = hsd.read_segment_bytes(path)
+            STATS["segments_decompressed"] += 1
+            STATS["bytes_decompressed"] += len(data)
             name = hsd.parse_name(path)
             self._headers[path] = hsd.check_header(path, data, name)
         except FormatError as e:
@@ -146,6 +152,15 @@ class HsdSlot:
             return None
         return self._open(f)
 
+    def _release(self):
+        """Drop the satpy scene and the decompressed copies (headers and the computed region stay)."""
+        self._scene = None
+        self._scene_files = frozenset()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        self._local.clear()
+
     def close(self):
         self._scene = None
         self._cache = None
@@ -180,9 +195,10 @@ class HsdSlot:
         for s in np.unique(rows // SEG2):
             sel = rows // SEG2 == s
             for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6, 1, 2, 4, 3):
-                if self._segment(band, int(s) + 1) is None:
+                f = self.files.get(band, {}).get(int(s) + 1)
+                if f not in self._headers and self._segment(band, int(s) + 1) is None:
                     continue
-                h = self._headers[self.files[band][int(s) + 1]]
+                h = self._headers[f]
                 if h.line_numbers.size == 0:
                     continue
                 f = hsd.FACTOR[hsd.BAND_RES[band]]
@@ -205,9 +221,11 @@ class HsdSlot:
         c = self._cache
         if c is None or not (c.attrs["row0"] <= r0 and r1 <= c.attrs["row0"] + c.sizes["y"]
                              and c.attrs["col0"] <= c0 and c1 <= c.attrs["col0"] + c.sizes["x"]):
-            m = CACHE_MARGIN
+            m = self.cache_margin
             c = self._cache = self._compute(max(0, r0 - m), min(grid.shape[0], r1 + m),
                                             max(0, c0 - m), min(grid.shape[1], c1 + m))
+            if not self.keep_files:   # the region is in memory: the decompressed files go until a window leaves it
+                self._release()
         y0, x0 = r0 - c.attrs["row0"], c0 - c.attrs["col0"]
         out = c.isel(y=slice(y0, y0 + r1 - r0), x=slice(x0, x0 + c1 - c0)).copy()
         out.attrs.update(row0=r0, col0=c0)
@@ -292,11 +310,11 @@ def _angles(t, lon, lat, sat: dict):
 
 # ------------------------------------------------------------------ slots kept open while a build reads them
 _OPEN: OrderedDict = OrderedDict()
-KEEP_OPEN = 2
+KEEP_OPEN = 4          # slots a granule reads (about 3); each keeps its last region in memory
 
 
 def open_slot(sid: str) -> HsdSlot:
-    """The slot `sid`, kept open (decompressed segments, satpy scene) for the next few reads."""
+    """The slot `sid`, kept open (headers, the last region read) for the next few reads."""
     if sid in _OPEN:
         _OPEN.move_to_end(sid)
         return _OPEN[sid]

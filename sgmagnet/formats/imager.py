@@ -1,6 +1,6 @@
 """The imager's scenes, whichever format holds them: a P-Tree file (`NC_H08_..._R21_FLDK.xxxxx_yyyyy.nc`, on its
 regular latitude/longitude grid) or an HSD slot (`<folder>/HS_H08_YYYYMMDD_hhmm`, its 160 segment files, on the
-native 2 km full-disk grid). The collocation asks only these three questions."""
+native 2 km full-disk grid). The collocation asks only these questions."""
 from __future__ import annotations
 
 from . import ahi, hsd_slot
@@ -13,6 +13,20 @@ def is_hsd(scene: str) -> bool:
 def read_grid(scene: str):
     """The scene's grid: `.shape`, `.key()` and `.nearest(lat, lon) -> (row, col, inside)`."""
     return hsd_slot.open_slot(scene).grid() if is_hsd(scene) else ahi.read_grid(scene)
+
+
+def pixel_times(scene: str, rows, cols):
+    """datetime64[ns] scan time of pixels (rows[k], cols[k]), read without the bands: P-Tree's `Hour` over
+    their bounding window, HSD's header block 9 per line."""
+    import numpy as np
+
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    if is_hsd(scene):
+        return hsd_slot.open_slot(scene).line_times(rows)
+    r0, c0 = int(rows.min()), int(cols.min())
+    ds = ahi.read_ahi(scene, rows=slice(r0, int(rows.max()) + 1), cols=slice(c0, int(cols.max()) + 1),
+                      variables=("Hour",))
+    return ds.obs_time.values[rows - r0, cols - c0]
 
 
 def read_window(scene: str, rows: slice, cols: slice):
