@@ -154,7 +154,7 @@ class NativeSource:
             i, j, inside = self.slot.grid().nearest(edge_lat, edge_lon)
             if not inside.any():
                 raise ValueError(f"--bbox {','.join(f'{v:g}' for v in bbox)} is outside the Earth disk Himawari "
-                                 f"sees from {area.crs.to_dict().get('lon_0', 140.7)}E")
+                                 f"sees from {area.crs.to_cf().get('longitude_of_projection_origin', 140.7):g}E")
             if not inside.all() and log:
                 log("note: --bbox reaches past the Earth's limb: clipped to the disk")
             self.r0, r1 = int(i[inside].min()), int(i[inside].max()) + 1
