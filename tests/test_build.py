@@ -98,7 +98,8 @@ def test_bad_inputs_are_skipped_with_reasons(tiny_archive, tmp_path):
     # corrupt NetCDF, wrong grid in name, missing variable, truncated HDF, all-fill granule, no scene in window
     (ahi / "NC_H08_20181001_0600_R21_FLDK.00011_00009.nc").write_bytes(b"not netcdf at all")
     make_scene(ahi, dt.datetime(2018, 10, 1, 6, 10), name_counts=(99, 99))
-    make_scene(ahi, dt.datetime(2018, 10, 1, 6, 20), drop=("tbb_13",))
+    # scanned at 06:15, within the window of g_ok's profiles (a scene is read only where it scans one in time)
+    make_scene(ahi, dt.datetime(2018, 10, 1, 6, 20), drop=("tbb_13",), hour=np.full((9, 11), 6.25))
     n = 8
     g_ok = make_granule(cs, dt.datetime(2018, 10, 1, 6, 15), np.full(n, 8.0), np.full(n, 131.0), np.arange(n) * 0.16,
                         layers=[(1, 2, 3)], granule=1)

@@ -2,6 +2,11 @@
 plus an estimate of a 5-year archive's build time on 64 cores from the measured per-profile cost.
 
     python hpc/bench/build.py [--workdir bench_out] [--days 4] [--ranks 1,2]
+    python hpc/bench/build.py --ahi-format hsd [--days 1] [--patch-size 64]
+
+--ahi-format hsd writes one world both ways (synth --ahi-format both --track-corridor P) and builds it from
+P-Tree and from HSD (through satpy) in this process, one after the other: profiles/s of each, their ratio,
+and how much of the slots' HSD data the build decompressed.
 """
 from __future__ import annotations
 
@@ -30,13 +35,57 @@ def run_build(archive, out, n, patch):
     return wall, m, max(r["seconds"] for r in ranks), [r["profiles"] for r in ranks]
 
 
+def hsd_vs_ptree(a):
+    """P-Tree and HSD builds of the same world, side by side."""
+    import glob
+
+    from sgmagnet.build import BuildConfig, build
+    from sgmagnet.formats import hsd_slot
+
+    archive = os.path.join(a.workdir, f"archive_both_{a.days}d_p{a.patch_size}")
+    if not os.path.exists(os.path.join(archive, "synth_stats.json")):
+        subprocess.run([sys.executable, "-m", "sgmagnet.cli", "synth", "--out", archive, "--days", str(a.days),
+                        "--region", "125,145,-30,30", "--res", "0.05", "--seed", "1", "--ahi-format", "both",
+                        "--track-corridor", str(a.patch_size), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    rows = {}
+    for kind, sub in (("ptree", "ahi"), ("hsd", "ahi_hsd")):
+        out = os.path.join(a.workdir, f"shards_{kind}")
+        shutil.rmtree(out, ignore_errors=True)
+        cfg = BuildConfig(ahi=os.path.join(archive, sub), cloudsat=os.path.join(archive, "cloudsat"), out=out,
+                          patch_size=a.patch_size, min_labelled=32, split_days=(2, 1, 1))
+        t0 = time.perf_counter()
+        m = build(cfg, log=lambda msg: None)["manifest"]
+        rows[kind] = (time.perf_counter() - t0, m.profiles["profiles"], m.profiles["matched_profiles"],
+                      sum(m.counts.values()))
+    files = glob.glob(os.path.join(archive, "ahi_hsd", "**", "*.DAT.bz2"), recursive=True)
+    slots = len({os.path.dirname(p) for p in files})
+    from sgmagnet.formats import hsd
+    total = sum(hsd.RESOLUTIONS[hsd.parse_name(p).res][0] ** 2 // hsd.N_SEGMENTS * 2 for p in files)
+    st = hsd_slot.STATS
+    print(f"one world (region 125-145E 30S-30N, {a.days} day(s)), written as P-Tree at 0.05 deg and as HSD "
+          f"(native 2 km), track corridor {a.patch_size} px; builds with --patch-size {a.patch_size}, 1 process "
+          f"({len(os.sched_getaffinity(0))} cores)")
+    print(f"{'format':>6} {'wall s':>7} {'profiles':>9} {'matched':>8} {'samples':>8} {'profiles/s':>11}")
+    for kind, (wall, prof, matched, samples) in rows.items():
+        print(f"{kind:>6} {wall:7.1f} {prof:>9} {matched:>8} {samples:>8} {prof / wall:11.0f}")
+    ratio = (rows["hsd"][1] / rows["hsd"][0]) / (rows["ptree"][1] / rows["ptree"][0])
+    print(f"HSD speed / P-Tree speed = {ratio:.2f} (goal >= 0.50)")
+    print(f"HSD decompressed {st['segments_decompressed']} of {len(files)} segment files "
+          f"({100 * st['segments_decompressed'] / max(len(files), 1):.1f} %) in {slots} slot(s): "
+          f"{st['bytes_decompressed'] / 1e9:.2f} GB of {total / 1e9:.1f} GB")
+
+
 def main():
     ap = benchcli.parser("build.py", __doc__, raw=True)
     ap.add_argument("--workdir", default="bench_out")
     ap.add_argument("--days", type=benchcli.positive, default=4)
     ap.add_argument("--ranks", type=benchcli.int_list, default=[1, 2], help="MPI rank counts, comma-separated")
     ap.add_argument("--patch-size", type=benchcli.positive, default=64)
+    ap.add_argument("--ahi-format", choices=("ptree", "hsd"), default="ptree",
+                    help="hsd: compare HSD (through satpy) with P-Tree builds of the same world")
     a = ap.parse_args()
+    if a.ahi_format == "hsd":
+        return hsd_vs_ptree(a)
     archive = os.path.join(a.workdir, f"archive_{a.days}d")
     if not os.path.exists(os.path.join(archive, "synth_stats.json")):
         subprocess.run([sys.executable, "-m", "sgmagnet.cli", "synth", "--out", archive, "--days", str(a.days),
