@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ..grid import ANGLE_VARS, BAND_VARS
-from . import FormatError
+from . import FormatError, match_name, name_time
 
 NAME_RE = re.compile(r"^NC_H(0[89])_(\d{8})_(\d{4})_([Rr])(\d{2})_FLDK\.(\d{5})_(\d{5})\.nc$")
 SAZ_OFF_DISK_DEG = 89.0
@@ -32,14 +32,8 @@ class AhiName:
 
 
 def parse_name(path) -> AhiName:
-    name = os.path.basename(str(path))
-    m = NAME_RE.match(name)
-    if not m:
-        raise FormatError(path, "file name is not a P-Tree AHI L1 name (NC_H08_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")
-    try:
-        t = dt.datetime.strptime(m.group(2) + m.group(3), "%Y%m%d%H%M")
-    except ValueError as e:
-        raise FormatError(path, f"bad date/time in file name ({e})") from e
+    m = match_name(path, NAME_RE, "a P-Tree AHI L1 name (NC_H08_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")
+    t = name_time(path, m.group(2) + m.group(3), "%Y%m%d%H%M")
     return AhiName(m.group(1), t, int(m.group(6)), int(m.group(7)))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from . import FormatError
+from . import FormatError, match_name, name_time
 
 SWATH = "2B-CLDCLASS-LIDAR"
 NAME_RE = re.compile(r"^(\d{13})_(\d{5})_CS_2B-CLDCLASS-LIDAR_GRANULE_(P\d*)_R(\d+)_E(\d+)(?:_F(\d+))?\.hdf$")
@@ -80,15 +80,9 @@ class GranuleName:
 
 
 def parse_name(path) -> GranuleName:
-    name = os.path.basename(str(path))
-    m = NAME_RE.match(name)
-    if not m:
-        raise FormatError(path, "file name is not a 2B-CLDCLASS-LIDAR granule name "
-                          "(YYYYDDDHHMMSS_NNNNN_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_EVV_FNN.hdf)")
-    try:
-        start = dt.datetime.strptime(m.group(1), "%Y%j%H%M%S")
-    except ValueError as e:
-        raise FormatError(path, f"bad date in file name ({e})") from e
+    m = match_name(path, NAME_RE, "a 2B-CLDCLASS-LIDAR granule name "
+                                  "(YYYYDDDHHMMSS_NNNNN_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_EVV_FNN.hdf)")
+    start = name_time(path, m.group(1), "%Y%j%H%M%S", what="date")
     return GranuleName(start, int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5)),
                        int(m.group(6)) if m.group(6) else None)
 

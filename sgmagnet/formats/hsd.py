@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import FormatError
+from . import FormatError, match_name, name_time
 
 NAME_RE = re.compile(r"^HS_H(0[89])_(\d{8})_(\d{4})_B(\d{2})_FLDK_R(\d{2})_S(\d{2})(\d{2})\.DAT(\.bz2)?$")
 MJD_EPOCH = dt.datetime(1858, 11, 17)
@@ -122,15 +122,8 @@ class HsdName:
 
 
 def parse_name(path) -> HsdName:
-    name = os.path.basename(str(path))
-    m = NAME_RE.match(name)
-    if not m:
-        raise FormatError(path, "file name is not a Himawari Standard Data name "
-                                "(HS_H08_YYYYMMDD_hhmm_Bbb_FLDK_Rjj_Skkll.DAT[.bz2])")
-    try:
-        t = dt.datetime.strptime(m.group(2) + m.group(3), "%Y%m%d%H%M")
-    except ValueError as e:
-        raise FormatError(path, f"bad date/time in file name ({e})") from e
+    m = match_name(path, NAME_RE, "a Himawari Standard Data name (HS_H08_YYYYMMDD_hhmm_Bbb_FLDK_Rjj_Skkll.DAT[.bz2])")
+    t = name_time(path, m.group(2) + m.group(3), "%Y%m%d%H%M")
     band, res, seg, tot = int(m.group(4)), m.group(5), int(m.group(6)), int(m.group(7))
     if not 1 <= band <= 16:
         raise FormatError(path, f"band B{band:02d} in the file name is not an AHI band (B01-B16)")
@@ -425,12 +418,12 @@ def check_header(path, data: bytes, name: HsdName) -> SegmentHeader:
     band = int(b5["band_number"])
     if band != name.band:
         raise FormatError(path, f"header is band {band}, the file name says B{name.band:02d}")
-    gain, offset = float(b5["gain_count2rad_conversion"]), float(b5["offset_count2rad_conversion"])
+    gain = float(b5["gain_count2rad_conversion"])
     if band <= 6:
         cal = rec(BLOCK5_VIS, blocks[5] + BLOCK5.itemsize)
         cg, co = float(cal["cali_gain_count2rad_conversion"]), float(cal["cali_offset_count2rad_conversion"])
         if cg != 0 or co != 0:     # satpy's "update" mode uses the updated coefficients when present
-            gain, offset = cg, co
+            gain = cg
         if float(cal["coeff_rad2albedo_conversion"]) == 0:
             raise FormatError(path, "calibration coefficient rad2albedo is zero (every reflectance would be 0)")
     if not np.isfinite(gain) or gain == 0:

@@ -26,7 +26,7 @@ from ..formats import hsd
 from ..grid import BAND_VARS
 from . import orbit
 from .config import SynthConfig
-from .instrument import KM_PER_DEG, PARALLAX_MAX_KM, blur, dilate, parallax_offset_px, scan_offset_s
+from .instrument import PARALLAX_MAX_KM, blur, dilate, parallax_offset_px, scan_offset_s
 from .radiance import forward
 from .world import Column, World
 
