@@ -143,6 +143,16 @@ class NativeSource:
 
         self.slot = hsd_slot.HsdSlot(sid, keep_files=True)
         self.slot.cache_margin = 0
+        try:
+            self._window(bbox, log)
+        except BaseException:
+            self.slot.close()
+            raise
+        self.time = np.datetime64(self.slot.timeline, "ns")
+        self.input_file = os.path.basename(sid)
+        self.source = f"Himawari-{int(self.slot.platform)} AHI L1 Himawari Standard Data (satpy ahi_hsd)"
+
+    def _window(self, bbox, log):
         area = self.slot.grid().area
         if bbox is None:
             self.r0, r1, self.c0, c1 = 0, area.height, 0, area.width
@@ -161,9 +171,6 @@ class NativeSource:
             self.c0, c1 = int(j[inside].min()), int(j[inside].max()) + 1
         self.H, self.W = r1 - self.r0, c1 - self.c0
         self.area = area[self.r0:r1, self.c0:c1]
-        self.time = np.datetime64(self.slot.timeline, "ns")
-        self.input_file = os.path.basename(sid)
-        self.source = f"Himawari-{int(self.slot.platform)} AHI L1 Himawari Standard Data (satpy ahi_hsd)"
 
     def strip(self, lo: int, hi: int):
         s = self.slot.read_window(slice(self.r0 + lo, self.r0 + hi), slice(self.c0, self.c0 + self.W))
@@ -311,10 +318,15 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
     if fmt not in ("netcdf", "zarr"):
         raise ValueError(f"--format must be netcdf or zarr, got {fmt!r}")
     src = scene_source(ahi, bbox, log)
-    check_tile(model, tile, device)
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        raise ValueError(f"--out {out!r}: folder {out_dir} does not exist or is not writable")
+    try:
+        check_tile(model, tile, device)
+        out_dir = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+            raise ValueError(f"--out {out!r}: folder {out_dir} does not exist or is not writable")
+    except BaseException:
+        if hasattr(src, "close"):
+            src.close()
+        raise
     H, W = src.H, src.W
     rows, cols = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     rcore, ccore = cores(rows, tile, H), cores(cols, tile, W)

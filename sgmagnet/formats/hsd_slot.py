@@ -20,6 +20,7 @@ import glob
 import os
 import shutil
 import tempfile
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -126,6 +127,8 @@ class HsdSlot:
             return path
         if self._tmp is None:
             self._tmp = tempfile.mkdtemp(prefix="sgmagnet-hsd-", dir=os.environ.get("SGMAGNET_HSD_TMP") or None)
+            # removed when released or closed, when the slot is garbage, and at exit, whichever comes first
+            self._rm = weakref.finalize(self, shutil.rmtree, self._tmp, True)
         local = os.path.join(self._tmp, os.path.basename(path)[:-4])
         with open(local, "wb") as f:
             f.write(data)
@@ -157,17 +160,13 @@ class HsdSlot:
         self._scene = None
         self._scene_files = frozenset()
         if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._rm()
             self._tmp = None
         self._local.clear()
 
     def close(self):
-        self._scene = None
+        self._release()
         self._cache = None
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-        self._local.clear()
 
     # --------------------------------------------------------------------- grid
     def grid(self) -> NativeGrid:
