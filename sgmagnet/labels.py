@@ -1,4 +1,5 @@
-"""CloudSat profile -> 38-level labels, and per-pixel majority vote (DESIGN.md, normative).
+"""CloudSat profile -> 38-level labels, EarthCARE bins -> 38-level labels, and per-pixel majority vote (DESIGN.md,
+normative).
 
 Profile to levels: each valid layer (base/top not fill, phase in 1..3) labels every level whose centre
 lies in [base, top] with its phase (1 ice, 2 mixed, 3 water -> liquid). Where layers overlap a level,
@@ -83,4 +84,58 @@ def vote(labels: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     score = counts * 8 + bonus[None, None, :]
     out = np.argmax(score, axis=2).astype(np.uint8)
     out[counts.sum(axis=2) == 0] = IGNORE
+    return out
+
+
+# ------------------------------------------------------------------------------ EarthCARE AC__TC__2B classes
+# synergetic_target_classification code -> phase (EARTHCARE.md §3, the proposal; IGNORE = no label). Non-cloud
+# targets (aerosols, insects) are clear; unobservable or ambiguous bins (surface, clutter, unknown, "possible
+# liquid" without a detection, PSCs) carry no label; precipitation takes the phase of its hydrometeors.
+AC_TC_PHASE = {
+    -1: IGNORE, 0: IGNORE, 1: 0, 2: IGNORE, 3: IGNORE, 4: IGNORE,
+    5: 3, 6: 2, 7: IGNORE, 8: 3, 9: 3, 10: 3, 11: 3, 12: 2,
+    13: 1, 14: 1, 15: 2, 16: 2, 17: 2, 18: 3, 19: 1, 20: 2, 21: 1, 22: 1,
+    23: IGNORE, 24: IGNORE, 25: 0, **{c: 0 for c in range(26, 35)},
+}
+AC_TC_STRICT_NO_LABEL = (13, 19)   # "snow / ice cloud (possible liquid)": no label in the strict variant
+# quality_status kept (EARTHCARE.md §2.7, baseline BC, proposal): high- or moderate-confidence clear,
+# hydrometeor, aerosol; low confidence, artefacts, extinguished, surface and no data are no label
+AC_TC_QUALITY_OK = (1, 2, 3, 4, 6, 8, 9)
+JSG_MIN_LABELLED = 0.5             # a level needs half of its bins labelled
+
+
+def ac_tc_table(strict: bool = False) -> np.ndarray:
+    """Lookup [code + 128] -> phase class or IGNORE (codes outside the table are IGNORE)."""
+    lut = np.full(256, IGNORE, np.uint8)
+    for code, ph in AC_TC_PHASE.items():
+        lut[code + 128] = IGNORE if strict and code in AC_TC_STRICT_NO_LABEL else ph
+    return lut
+
+
+def jsg_levels(classes: np.ndarray, height_m: np.ndarray, surface_m: np.ndarray, quality: np.ndarray | None = None,
+               strict: bool = False) -> np.ndarray:
+    """EarthCARE bins -> labels [N, 38] uint8: each ~100 m bin of the joint standard grid goes to the level
+    holding its height above mean sea level (its phase by `ac_tc_table`; bad-quality bins no label), and each
+    level takes the per-level vote of `vote` (most frequent class; ties: cloudy over clear, then the lower
+    id) over its labelled bins, provided they are at least half of its bins. Levels wholly below the surface
+    and levels without enough labelled bins are IGNORE. Works for any number of bins per profile."""
+    n, k = classes.shape
+    phase = ac_tc_table(strict)[np.clip(classes.astype(np.int64), -128, 127) + 128]
+    if quality is not None:
+        phase = np.where(np.isin(quality, AC_TC_QUALITY_OK), phase, IGNORE)
+    lev = np.floor(np.asarray(height_m, np.float64) / (1000.0 * (LEVEL_TOP_KM[0] - LEVEL_BOTTOM_KM[0])))
+    inside = np.isfinite(lev) & (lev >= 0) & (lev < N_LEVELS)
+    lev = np.where(inside, lev, 0).astype(np.int64)
+    prof = np.broadcast_to(np.arange(n)[:, None], (n, k))
+    bins = np.zeros((n, N_LEVELS), np.int64)
+    np.add.at(bins, (prof[inside], lev[inside]), 1)
+    voting = inside & (phase != IGNORE)
+    counts = np.zeros((n, N_LEVELS, N_CLASSES), np.int64)
+    np.add.at(counts, (prof[voting], lev[voting], phase[voting].astype(np.int64)), 1)
+    bonus = np.array([0, 3, 2, 1], np.int64)                     # the tie rule of `vote`
+    out = np.argmax(counts * 8 + bonus[None, None, :], axis=2).astype(np.uint8)
+    nv = counts.sum(axis=2)
+    out[(nv == 0) | (nv < JSG_MIN_LABELLED * bins)] = IGNORE
+    sfc_km = np.nan_to_num(np.asarray(surface_m, np.float64), nan=0.0) / 1000.0
+    out[LEVEL_TOP_KM[None, :] <= sfc_km[:, None]] = IGNORE
     return out
