@@ -166,3 +166,14 @@ def test_fill_value_codes_are_no_label(tmp_path):
     p = spec_file(tmp_path / NAME, classes=cls, fill_value=np.int8(-127))
     r = ec.read_frame(p)
     assert (r["classes"][:, 100] == -1).all()
+
+
+def test_label_windows():
+    from sgmagnet.formats.epochs import DAYLIGHT_ONLY, label_operational
+
+    assert label_operational("2B-CLDCLASS-LIDAR", dt.datetime(2016, 6, 1))
+    assert not label_operational("2B-CLDCLASS-LIDAR", dt.datetime(2018, 10, 1))        # Epoch 07: no formation
+    assert label_operational("2B-CLDCLASS-LIDAR", dt.datetime(2018, 10, 10))
+    assert not label_operational("2B-CLDCLASS-LIDAR", dt.datetime(2021, 1, 1))
+    assert label_operational("AC__TC__2B", dt.datetime(2025, 12, 23)) and not label_operational("AC__TC__2B", dt.datetime(2024, 6, 1))
+    assert DAYLIGHT_ONLY["2B-CLDCLASS-LIDAR"] and not DAYLIGHT_ONLY["AC__TC__2B"]

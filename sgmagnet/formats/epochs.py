@@ -33,3 +33,21 @@ def himawari_for(t: dt.datetime) -> str:
 def himawari_window_text(platform: str) -> str:
     return ", ".join(f"{a:%Y-%m-%d %H:%M} to {b:%Y-%m-%d %H:%M}" if b else f"from {a:%Y-%m-%d %H:%M}"
                      for a, b in HIMAWARI_WINDOWS.get(platform, ()))
+
+
+# Radar+lidar phase labels (EARTHCARE.md §6.2-6.4): [start, end) UTC of the windows in which each product holds
+# them, and whether only the sunlit half orbit is observed. 2B-CLDCLASS-LIDAR needs CloudSat and CALIPSO in
+# formation: the A-Train from Epoch 06 (CloudSat daylight-only since 2011-11) until the 2018-01-12 anomaly,
+# and the C-Train (Epoch 08) from 2018-10-10 until the 2020-08-26 anomaly. EarthCARE's AC__TC__2B: public L2
+# from about 2025-03 (the first AC__TC__2B release date is not verified), day and night.
+LABEL_WINDOWS = {
+    "2B-CLDCLASS-LIDAR": ((dt.datetime(2012, 5, 15, 0, 49), dt.datetime(2018, 1, 12)),
+                          (dt.datetime(2018, 10, 10), dt.datetime(2020, 8, 26, 19, 25, 23))),
+    "AC__TC__2B": ((dt.datetime(2025, 3, 17), None),),
+}
+DAYLIGHT_ONLY = {"2B-CLDCLASS-LIDAR": True, "AC__TC__2B": False}
+
+
+def label_operational(product: str, t: dt.datetime) -> bool:
+    """Whether `product` holds radar+lidar phase labels at `t` (UTC)."""
+    return any(a <= t and (b is None or t < b) for a, b in LABEL_WINDOWS.get(product, ()))
