@@ -67,3 +67,20 @@ def tiny_run(tiny_shards, tmp_path_factory):
     run_training(load_config(TINY, [f"data.shards={shards}", f"train.run_dir={run}", "train.steps=2",
                                     "model.name=unet", "train.progress=false"]), log=lambda m: None)
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left_behind():
+    """DeepSpeed's CPU all-reduce keeps its buffers in /dev/shm (deepspeed_allreduce_buffer_*) and a rank that is
+    killed -- as the preemption and kill-and-resume tests do -- never unlinks them: remove the ones this session
+    created, so repeated runs do not fill the machine's shared memory."""
+    import glob
+
+    pattern = "/dev/shm/deepspeed_allreduce_buffer_*"
+    before = set(glob.glob(pattern))
+    yield
+    for p in set(glob.glob(pattern)) - before:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
