@@ -17,6 +17,7 @@ configuration is refused (BuildRefused) unless `overwrite=True` rebuilds it from
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import glob
 import json
 import os
@@ -124,9 +125,10 @@ def plan(cfg: BuildConfig) -> BuildPlan:
             granules.append(GranuleEntry(p, int(h.attrs["nray"]), str(h.time.values[0])))
         except FormatError as e:
             skipped.append({"file": e.path, "reason": e.problem})
-    kind = cfg.ahi_format = ahi_kind(cfg)      # resolved once, here; the plan carries it to every rank
+    nc_files, hsd_files = ahi_files(cfg.ahi)    # one walk of the archive for both kinds
+    kind = cfg.ahi_format = ahi_kind(cfg, nc_files, hsd_files)   # resolved once; the plan carries it to every rank
     if kind == "ptree":
-        for p in find_files(cfg.ahi, "*.nc"):
+        for p in nc_files:
             try:
                 n = ahi_fmt.parse_name(p)
             except FormatError as e:
@@ -137,7 +139,7 @@ def plan(cfg: BuildConfig) -> BuildPlan:
                 continue
             scenes.append(SceneEntry(p, n.timeline.isoformat()))
     else:
-        hs, hskip = hsd_scenes(cfg.ahi)
+        hs, hskip = hsd_scenes(hsd_files)
         scenes += hs
         skipped += hskip
     if not granules:
@@ -171,12 +173,27 @@ def shaping(cfg: BuildConfig, anchor: str) -> dict:
 HSD_SIDE = hsd_fmt.RESOLUTIONS["20"][0]
 
 
-def ahi_kind(cfg: BuildConfig) -> str:
+def ahi_files(root: str) -> tuple[list[str], list[str]]:
+    """The *.nc files (P-Tree candidates) and the HS_H*.DAT* files (HSD) under `root`, sorted, in one walk."""
+    nc, hs = [], []
+    for folder, dirs, names in os.walk(root, followlinks=True):     # as glob's "**": links followed, no hidden
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for n in names:
+            if n.startswith("."):
+                continue
+            if fnmatch.fnmatch(n, "*.nc"):
+                nc.append(os.path.join(folder, n))
+            elif fnmatch.fnmatch(n, "HS_H*.DAT*") and not n.endswith(".part"):
+                hs.append(os.path.join(folder, n))
+    return sorted(nc), sorted(hs)
+
+
+def ahi_kind(cfg: BuildConfig, nc_files: list[str], hsd_files: list[str]) -> str:
     """"ptree" or "hsd": --ahi-format, or what the file names under --ahi say (both kinds: refused)."""
     if cfg.ahi_format in ("ptree", "hsd"):
         return cfg.ahi_format
-    has_nc = any(ahi_fmt.NAME_RE.match(os.path.basename(p)) for p in find_files(cfg.ahi, "NC_H*.nc"))
-    has_hsd = bool(find_files(cfg.ahi, "HS_H*.DAT*"))
+    has_nc = any(ahi_fmt.NAME_RE.match(os.path.basename(p)) for p in nc_files)
+    has_hsd = bool(hsd_files)
     if has_nc and has_hsd:
         raise BuildRefused(f"--ahi {cfg.ahi!r} holds both P-Tree (NC_H*.nc) and HSD (HS_H*.DAT*) files: choose one "
                            f"with --ahi-format ptree|hsd")
@@ -188,14 +205,12 @@ def not_operational(platform: str, t: dt.datetime) -> str:
             f"(its windows: {himawari_window_text(platform)}; EARTHCARE.md §6.1)")
 
 
-def hsd_scenes(root: str) -> tuple[list[SceneEntry], list[dict]]:
-    """The complete HSD slots under `root` (one per folder and time), and the skips: files that are not HSD
+def hsd_scenes(files: list[str]) -> tuple[list[SceneEntry], list[dict]]:
+    """The complete HSD slots among `files` (one per folder and time), and the skips: files that are not HSD
     names, slots that mix platforms, miss a band or fall outside their platform's window, missing segments."""
     groups: dict = {}
     skipped = []
-    for p in find_files(root, "HS_H*.DAT*"):
-        if p.endswith(".part"):
-            continue
+    for p in files:
         try:
             n = hsd_fmt.parse_name(p)
         except FormatError as e:

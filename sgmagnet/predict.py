@@ -138,11 +138,10 @@ class NativeSource:
 
     kind = "hsd"
 
-    def __init__(self, sid: str, bbox=None, log=print):
-        from .formats import hsd_slot
-
-        self.slot = hsd_slot.HsdSlot(sid, keep_files=True)
+    def __init__(self, slot, bbox=None, log=print):
+        self.slot = slot                      # an HsdSlot(keep_files=True): strips reuse its decompressed segments
         self.slot.cache_margin = 0
+        sid = slot.sid
         try:
             self._window(bbox, log)
         except BaseException:
@@ -216,11 +215,11 @@ def scene_source(ahi: str, bbox=None, log=print):
         sid = hsd_slot.slot_id(ahi)
     else:
         return LatLonSource(ahi, bbox, log)
-    slot = hsd_slot.HsdSlot(sid)
+    slot = hsd_slot.HsdSlot(sid, keep_files=True)
     if slot.missing_bands():
         raise ValueError(f"--ahi {ahi!r}: slot {os.path.basename(sid)} has no file of band(s) "
                          + ", ".join(f"B{b:02d}" for b in slot.missing_bands()) + " (all 16 are needed)")
-    return NativeSource(sid, bbox, log)
+    return NativeSource(slot, bbox, log)
 
 
 def _create(out: str, src, tile: int, probabilities: bool, attrs: dict):
@@ -414,15 +413,16 @@ def _to_zarr(nc_tmp: str, out: str, tile: int):
     the store replaces `out` only once it is complete."""
     import xarray as xr
 
-    with xr.open_dataset(nc_tmp, mask_and_scale=False, decode_times=False) as ds:
+    spatial = ("latitude", "longitude", "y", "x")
+    with xr.open_dataset(nc_tmp, mask_and_scale=False, decode_times=False,       # streamed tile by tile (dask)
+                         chunks={d: tile for d in spatial}) as ds:
         enc = {}
         for name, v in ds.data_vars.items():
-            e = {"chunks": tuple(min(tile, n) if d not in ("time", "level", "nv") else n
-                                 for d, n in zip(v.dims, v.shape))} if v.ndim else {}
+            e = {"chunks": tuple(min(tile, n) if d in spatial else n for d, n in zip(v.dims, v.shape))} if v.ndim else {}
             if "_FillValue" in v.encoding:
                 e["fill_value"] = v.encoding["_FillValue"]
             enc[name] = e
-        ds.load().to_zarr(out + ".partial", mode="w", encoding=enc, consolidated=True, zarr_format=2)
+        ds.to_zarr(out + ".partial", mode="w", encoding=enc, consolidated=True, zarr_format=2)
     os.remove(nc_tmp)
     old = None
     if os.path.exists(out):

@@ -309,6 +309,10 @@ CASES = [
     ("predict-hsd-band-missing", lambda w, t: dict(argv=predict_argv(
         w, t, out=t / "c.nc", ahi=hsd_copy(w, t, lambda f: [os.remove(p) for p in glob.glob(str(f[0] / "*_B07_*"))])
         + "/slot0")), 2, "has no file of band(s) B07"),
+    ("predict-hsd-file-missing", lambda w, t: dict(argv=predict_argv(
+        w, t, out=t / "c.nc", ahi=str(t / "HS_H08_20181001_0350_B13_FLDK_R20_S0510.DAT.bz2"))), 2, "does not exist"),
+    ("synth-hsd-without-corridor", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--ahi-format", "hsd"]), 2,
+     "needs --track-corridor"),
     ("predict-hsd-bbox-off-the-disk", lambda w, t: dict(argv=[*predict_argv(w, t, out=t / "c.nc", ahi=w["hsd_slots"][0]),
                                                              "--bbox=-60,-50,0,10"]), 2, "outside the Earth disk"),
     # ----------------------------------------------------------------------------------------- build
@@ -553,7 +557,8 @@ def test_bad_input(w, tmp_path, name, make, code, text):
     assert r.returncode == code, f"exit {r.returncode}, expected {code}\nstdout: {r.stdout[-1500:]}\nstderr: {err[-1500:]}"
     assert "Traceback" not in r.stderr + r.stdout, err[-3000:]
     if case.get("manifest"):      # a recorded skip: the build goes on and manifest.json names the input and why
-        man = json.load(open(case["manifest"] / "manifest.json"))
+        with open(case["manifest"] / "manifest.json") as f:
+            man = json.load(f)
         assert any(text in s["reason"] for s in man["skipped"]), man["skipped"]
         assert sum(man["counts"].values()) > 0, "the rest of the archive should still build"
         assert snapshot(protect) == before, "an earlier output changed"

@@ -20,6 +20,7 @@ import glob
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections import OrderedDict
 
@@ -35,6 +36,7 @@ N2 = hsd.RESOLUTIONS["20"][0]
 SEG2 = N2 // hsd.N_SEGMENTS
 # what a process decompressed: the benchmark shows that a build decodes a few segments, not whole slots
 STATS = {"segments_decompressed": 0, "bytes_decompressed": 0}
+_STATS_LOCK = threading.Lock()
 CACHE_MARGIN = 128        # pixels kept around the last window read (patches up to 256 px along a track)
 DASK_CHUNK = "4MiB"       # satpy's chunks (B03: 1100 x 1100 pixels): a 128 px window computes a few of them
 
@@ -114,8 +116,9 @@ class HsdSlot:
             return None
         try:
             data = hsd.read_segment_bytes(path)
-            STATS["segments_decompressed"] += 1
-            STATS["bytes_decompressed"] += len(data)
+            with _STATS_LOCK:                   # _open runs on several threads (_prefetch)
+                STATS["segments_decompressed"] += 1
+                STATS["bytes_decompressed"] += len(data)
             name = hsd.parse_name(path)
             self._headers[path] = hsd.check_header(path, data, name)
         except FormatError as e:
@@ -194,14 +197,13 @@ class HsdSlot:
         for s in np.unique(rows // SEG2):
             sel = rows // SEG2 == s
             for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6, 1, 2, 4, 3):
-                f = self.files.get(band, {}).get(int(s) + 1)
-                if f not in self._headers and self._segment(band, int(s) + 1) is None:
+                path = self.files.get(band, {}).get(int(s) + 1)
+                if path not in self._headers and self._segment(band, int(s) + 1) is None:
                     continue
-                h = self._headers[f]
+                h = self._headers[path]
                 if h.line_numbers.size == 0:
                     continue
-                f = hsd.FACTOR[hsd.BAND_RES[band]]
-                x = (h.line_numbers - 1) / f           # 0-based 2 km row (fractional for finer bands)
+                x = (h.line_numbers - 1) / hsd.FACTOR[hsd.BAND_RES[band]]   # 0-based 2 km row (fractional finer)
                 y = h.line_times.astype(np.int64).astype(np.float64)
                 out[sel] = np.interp(rows[sel], x, y).astype(np.int64).astype("datetime64[ns]")
                 break
@@ -241,8 +243,7 @@ class HsdSlot:
             self._scene = _scene(sorted(files)) if files else None
             self._scene_files = files
             if self._scene is not None:
-                have = [f"B{b:02d}" for b in range(1, 17)
-                        if any(os.path.basename(p).split("_")[4] == f"B{b:02d}" for p in files)]
+                have = sorted({f"B{hsd.parse_name(p).band:02d}" for p in files})
                 import dask
 
                 with dask.config.set({"array.chunk-size": DASK_CHUNK}):   # small chunks: windows read little
@@ -330,3 +331,9 @@ def close_all():
 
 
 atexit.register(close_all)
+
+
+def skipped(sid: str) -> list[tuple[str, str]]:
+    """What an open slot could not read so far ([] for a slot that is not open)."""
+    s = _OPEN.get(sid)
+    return list(s.skipped) if s is not None else []

@@ -3,6 +3,8 @@ regular latitude/longitude grid) or an HSD slot (`<folder>/HS_H08_YYYYMMDD_hhmm`
 native 2 km full-disk grid). The collocation asks only these questions."""
 from __future__ import annotations
 
+import numpy as np
+
 from . import ahi, hsd_slot
 
 
@@ -18,8 +20,6 @@ def read_grid(scene: str):
 def pixel_times(scene: str, rows, cols):
     """datetime64[ns] scan time of pixels (rows[k], cols[k]), read without the bands: P-Tree's `Hour` over
     their bounding window, HSD's header block 9 per line."""
-    import numpy as np
-
     rows, cols = np.asarray(rows), np.asarray(cols)
     if is_hsd(scene):
         return hsd_slot.open_slot(scene).line_times(rows)
@@ -38,4 +38,4 @@ def read_window(scene: str, rows: slice, cols: slice):
 
 def skipped(scene: str) -> list[tuple[str, str]]:
     """Parts of the scene that could not be read so far (HSD segments), as (file, reason)."""
-    return list(hsd_slot.open_slot(scene).skipped) if is_hsd(scene) else []
+    return hsd_slot.skipped(scene) if is_hsd(scene) else []
