@@ -128,12 +128,7 @@ def plan(cfg: BuildConfig) -> BuildPlan:
     nc_files, hsd_files = ahi_files(cfg.ahi)    # one walk of the archive for both kinds
     kind = cfg.ahi_format = ahi_kind(cfg, nc_files, hsd_files)   # resolved once; the plan carries it to every rank
     if kind == "ptree":
-        for p in nc_files:
-            try:
-                n = ahi_fmt.parse_name(p)
-            except FormatError as e:
-                skipped.append({"file": e.path, "reason": e.problem})
-                continue
+        for p, n in named(nc_files, ahi_fmt.parse_name, skipped):
             if not himawari_operational(n.satellite, n.timeline):
                 skipped.append({"file": p, "reason": not_operational(n.satellite, n.timeline)})
                 continue
@@ -173,6 +168,15 @@ def shaping(cfg: BuildConfig, anchor: str) -> dict:
 HSD_SIDE = hsd_fmt.RESOLUTIONS["20"][0]
 
 
+def named(files: list[str], parse, skipped: list[dict]):
+    """(path, parsed name) of the files whose names parse; the others go to `skipped` with the reason."""
+    for p in files:
+        try:
+            yield p, parse(p)
+        except FormatError as e:
+            skipped.append({"file": e.path, "reason": e.problem})
+
+
 def ahi_files(root: str) -> tuple[list[str], list[str]]:
     """The *.nc files (P-Tree candidates) and the HS_H*.DAT* files (HSD) under `root`, sorted, in one walk."""
     nc, hs = [], []
@@ -210,12 +214,7 @@ def hsd_scenes(files: list[str]) -> tuple[list[SceneEntry], list[dict]]:
     names, slots that mix platforms, miss a band or fall outside their platform's window, missing segments."""
     groups: dict = {}
     skipped = []
-    for p in files:
-        try:
-            n = hsd_fmt.parse_name(p)
-        except FormatError as e:
-            skipped.append({"file": e.path, "reason": e.problem})
-            continue
+    for p, n in named(files, hsd_fmt.parse_name, skipped):
         groups.setdefault((os.path.dirname(p), n.timeline), []).append((p, n))
     scenes = []
     for (folder, t), files in sorted(groups.items()):
