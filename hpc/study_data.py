@@ -1,6 +1,6 @@
 """The study's archive: synthesise and build a multi-week benchmark in chunks of days, within a small disk.
 
-    python hpc/study_data.py --out study_data [--start 2018-10-01 --days 45 --chunk 3 --jobs 1]
+    python hpc/study_data.py --out study_data [--start 2018-10-10 --days 45 --chunk 3 --jobs 1]
                              [--region 125,145,-60,60 --res 0.05 --seed 0]
                              [--patch-size 64 --min-labelled 32 --split-days 10,2,2 --gap-days 1] [--np 2]
                              [--track-corridor]
@@ -133,7 +133,7 @@ def run(argv=None) -> int:
 
     p = Parser(prog="study_data.py", description=__doc__.split("\n\n")[0])   # bad option: one line, exit 2
     p.add_argument("--out", required=True, help="folder: raw/, shards/, logs/, study_data.json")
-    p.add_argument("--start", default="2018-10-01", help="first day (UTC) and split anchor")
+    p.add_argument("--start", default="2018-10-10", help="first day (UTC) and split anchor")
     p.add_argument("--days", type=int, default=45, help="number of days; 45 = 3 cycles of 10,2,2 + 1 gap")
     p.add_argument("--chunk", type=int, default=3, help="days per chunk; small, so a killed run loses little")
     p.add_argument("--region", default="125,145,-60,60",

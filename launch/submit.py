@@ -260,8 +260,9 @@ def submit_train(a) -> int:
 
 def submit_build(a, cfg) -> int:
     """Submit the build of `cfg` (a BuildConfig with absolute paths, from the same options as `sgmagnet build`)."""
-    for p, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat"), (a.out, "--out")):
-        check_path(p, flag)
+    for p, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat"), (a.earthcare, "--earthcare"), (a.out, "--out")):
+        if p is not None:
+            check_path(p, flag)
     from dataclasses import asdict
 
     d = asdict(cfg)

@@ -1,6 +1,11 @@
-"""`sgmagnet build`: collocate an AHI + CloudSat archive into WebDataset shards (+ manifest).
+"""`sgmagnet build`: collocate an AHI archive with CloudSat and/or EarthCARE labels into WebDataset shards (+ manifest).
 
-Work unit = one granule. Each granule's samples go to its own shards `<out>/<split>/<granule>-NNN.tar`
+Label files: 2B-CLDCLASS-LIDAR granules (--cloudsat) and EarthCARE AC__TC__2B frames (--earthcare), each found by
+its file name; a file dated outside its product's windows (formats.epochs.LABEL_WINDOWS) is a recorded skip.
+Every sample records its imager platform, label product and source, and the solar zenith at its labelled pixels
+(day / twilight / night, sgmagnet.solar); the manifest counts them per split.
+
+Work unit = one label file (a "granule": a CloudSat granule or an EarthCARE frame). Each granule's samples go to its own shards `<out>/<split>/<granule>-NNN.tar`
 (written under `_tmp/` and renamed when complete), then a record `<out>/_records/<granule>.json`
 is written last. A re-run skips granules whose record and shards (sha256) are intact, so a killed build
 resumes and gives byte-identical shards; any rank count gives the same files. The manifest is merged
@@ -27,12 +32,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .collocate import Scene, collocate, make_patches
+from .collocate import Scene, cloudsat_profiles, collocate, earthcare_profiles, make_patches
 from .formats import FormatError
 from .formats import ahi as ahi_fmt
 from .formats import cloudsat as cs_fmt
+from .formats import earthcare as ec_fmt
 from .formats import hsd as hsd_fmt
-from .formats.epochs import himawari_operational, himawari_window_text
+from .formats.epochs import (LABEL_WINDOWS, himawari_operational, himawari_window_text, label_operational,
+                             label_window_text)
 from .grid import BAND_VARS, CLASS_NAMES, IGNORE, LEVEL_BOTTOM_KM, LEVEL_DZ_KM, N_BANDS, N_LEVELS
 from .io import write_json
 from .shards import MANIFEST_FORMAT, Manifest, encode_sample, sha256, write_dali_index
@@ -53,7 +60,7 @@ class BuildFailed(RuntimeError):
 @dataclass
 class BuildConfig:
     ahi: str
-    cloudsat: str
+    cloudsat: str | None                 # 2B-CLDCLASS-LIDAR folder; None: EarthCARE labels only
     out: str
     window_min: float = 5.0
     patch_size: int = 128
@@ -65,6 +72,8 @@ class BuildConfig:
     quality_mask: int = 0xFF
     dali_index: bool = True
     ahi_format: str = "auto"             # "auto" (from the file names), "ptree" or "hsd"
+    earthcare: str | None = None         # AC__TC__2B folder (beside or instead of --cloudsat)
+    earthcare_strict: bool = False       # the strict class table (labels.AC_TC_STRICT_NO_LABEL: no label)
 
 
 def split_of_day(day: dt.date, anchor: dt.date, split_days, gap: int) -> str | None:
@@ -88,6 +97,7 @@ class GranuleEntry:
     nray: int
     t_first: str
     cutoff: str | None = None
+    product: str = "2B-CLDCLASS-LIDAR"   # or "AC__TC__2B"
 
 
 @dataclass
@@ -119,12 +129,35 @@ class BuildPlan:
 def plan(cfg: BuildConfig) -> BuildPlan:
     """Index the archive: granules (profile count, first profile time) and AHI scenes (timeline)."""
     skipped, granules, scenes = [], [], []
-    for p in find_files(cfg.cloudsat, "*.hdf"):
+    for p in find_files(cfg.cloudsat, "*.hdf") if cfg.cloudsat else []:
         try:
             h = cs_fmt.read_granule(p, header_only=True)
             granules.append(GranuleEntry(p, int(h.attrs["nray"]), str(h.time.values[0])))
         except FormatError as e:
             skipped.append({"file": e.path, "reason": e.problem})
+    for p in find_files(cfg.earthcare, "*.h5") if cfg.earthcare else []:
+        try:
+            h = ec_fmt.read_frame(p, header_only=True)
+            t = h["time"][~np.isnat(h["time"])]
+            if t.size == 0:
+                raise FormatError(p, "no valid profile time in /ScienceData/time")
+            granules.append(GranuleEntry(p, int(h["n"]), str(t[0]), product=ec_fmt.PRODUCT))
+        except FormatError as e:
+            skipped.append({"file": e.path, "reason": e.problem})
+    kept = []
+    for g in granules:          # a label file outside its product's windows holds no labels to trust
+        try:
+            t = dt.datetime.fromisoformat(g.t_first[:26])
+        except ValueError:
+            skipped.append({"file": g.path, "reason": f"first profile time {g.t_first!r} is not a time"})
+            continue
+        if label_operational(g.product, t):
+            kept.append(g)
+        else:
+            skipped.append({"file": g.path, "reason": f"{g.product} dated {t:%Y-%m-%d %H:%M} UTC, outside its "
+                            f"windows with radar+lidar phase labels ({label_window_text(g.product)}; "
+                            f"EARTHCARE.md §6)"})
+    granules = kept
     nc_files, hsd_files = ahi_files(cfg.ahi)    # one walk of the archive for both kinds
     kind = cfg.ahi_format = ahi_kind(cfg, nc_files, hsd_files)   # resolved once; the plan carries it to every rank
     if kind == "ptree":
@@ -138,8 +171,11 @@ def plan(cfg: BuildConfig) -> BuildPlan:
         scenes += hs
         skipped += hskip
     if not granules:
-        why = f" ({len(skipped)} unreadable: {skipped[0]['reason']})" if skipped else ""
-        raise BuildRefused(f"--cloudsat {cfg.cloudsat!r}: no readable 2B-CLDCLASS-LIDAR granule (*.hdf){why}")
+        why = f" ({len(skipped)} skipped: {skipped[0]['reason']})" if skipped else ""
+        what = " and ".join(x for x in (f"--cloudsat {cfg.cloudsat!r}" if cfg.cloudsat else "",
+                                        f"--earthcare {cfg.earthcare!r}" if cfg.earthcare else "") if x)
+        raise BuildRefused(f"{what}: no readable label file in its windows (2B-CLDCLASS-LIDAR *.hdf, "
+                           f"AC__TC__2B ECA_*.h5){why}")
     if not scenes:
         what = ("no complete Himawari Standard Data slot (HS_H0[89]_YYYYMMDD_hhmm_Bbb_FLDK_Rjj_Skkll.DAT[.bz2])"
                 if kind == "hsd" else "no P-Tree AHI L1 file (NC_H0[89]_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")
@@ -151,8 +187,10 @@ def plan(cfg: BuildConfig) -> BuildPlan:
         raise BuildRefused(f"--patch-size {cfg.patch_size} is larger than every AHI grid (the largest has "
                            f"{side} pixels on its short side)")
     granules.sort(key=lambda g: (g.t_first, g.path))
-    for k, g in enumerate(granules):   # the next granule owns profiles from its first one on
-        g.cutoff = granules[k + 1].t_first if k + 1 < len(granules) else None
+    for prod in LABEL_WINDOWS:          # the next file of the same product owns profiles from its first one on
+        same = [g for g in granules if g.product == prod]
+        for k, g in enumerate(same):
+            g.cutoff = same[k + 1].t_first if k + 1 < len(same) else None
     anchor = cfg.split_anchor or min(s.timeline for s in scenes)[:10]
     return BuildPlan(granules, scenes, skipped, anchor, config_hash(cfg, anchor), kind)
 
@@ -162,6 +200,9 @@ def shaping(cfg: BuildConfig, anchor: str) -> dict:
     d["split_days"], d["split_anchor"] = list(d["split_days"]), anchor
     if cfg.ahi_format == "hsd":       # only then, so P-Tree builds keep the hashes they had
         d["grid"] = "hsd-2km"
+    if cfg.earthcare:
+        d["earthcare_strict"] = bool(cfg.earthcare_strict)
+    d["sample_meta"] = 2              # 2: samples carry their label provenance and day/night (sgmagnet.solar)
     return d
 
 
@@ -293,7 +334,7 @@ def assign(granules: list[GranuleEntry], n_ranks: int) -> list[list[int]]:
 
 
 def _stem(path: str) -> str:
-    return os.path.basename(path)[:-4]
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def record_path(cfg: BuildConfig, granule_path: str) -> str:
@@ -323,14 +364,19 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
     for s in SPLITS:
         for p in glob.glob(os.path.join(cfg.out, s, stem + "-*.tar*")) + glob.glob(os.path.join(cfg.out, "_tmp", s, stem + "-*")):
             os.remove(p)
+    cutoff = np.datetime64(g["cutoff"]) if g.get("cutoff") else None
     try:
-        gran = cs_fmt.read_granule(g["path"])
+        if g.get("product", "2B-CLDCLASS-LIDAR") == ec_fmt.PRODUCT:
+            prof = earthcare_profiles(ec_fmt.read_frame(g["path"]), cutoff, cfg.earthcare_strict)
+        else:
+            prof = cloudsat_profiles(cs_fmt.read_granule(g["path"]), cutoff, cfg.quality_mask)
     except FormatError as e:
         rec.update(status="skipped")
         rec["skipped"].append({"file": e.path, "reason": e.problem})
         return rec
-    cutoff = np.datetime64(g["cutoff"]) if g.get("cutoff") else None
-    gm = collocate(gran, scenes, cfg.window_min, cutoff, cfg.quality_mask)
+    rec["product"] = prof.product
+    rec["provenance"] = {s: {} for s in SPLITS}
+    gm = collocate(prof, scenes, cfg.window_min)
     rec["profiles"], rec["valid_profiles"], rec["matched_profiles"] = gm.n_profiles, gm.n_valid, gm.n_matched
     rec["skipped"] += [{"file": f, "reason": r} for f, r in gm.skipped]
     if gm.n_valid == 0:
@@ -349,8 +395,10 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
                 continue
             try:
                 for k, s in enumerate(make_patches(m, cfg.patch_size, cfg.min_labelled)):
-                    key = f"{m.scene.timeline.astype('datetime64[m]').astype(dt.datetime):%Y%m%dT%H%M}_{gran.attrs['granule']:05d}_{s['meta']['window_index']:03d}"
+                    key = f"{m.scene.timeline.astype('datetime64[m]').astype(dt.datetime):%Y%m%dT%H%M}_{m.key}_{s['meta']['window_index']:03d}"
                     s["meta"].update(granule=rec["granule"], split=split)
+                    pk = f"{m.product}/{s['meta']['day_night']}/{s['meta']['platform']}"
+                    rec["provenance"][split][pk] = rec["provenance"][split].get(pk, 0) + 1
                     if split not in writers:
                         tmpd = os.path.join(cfg.out, "_tmp", split)
                         os.makedirs(tmpd, exist_ok=True)
@@ -432,7 +480,11 @@ def merge_manifest(cfg: BuildConfig, p: BuildPlan) -> Manifest:
     hist = {s: np.zeros(4, np.int64) for s in SPLITS}
     bs, bq, bc = np.zeros(N_BANDS), np.zeros(N_BANDS), np.zeros(N_BANDS, np.int64)
     shards, skipped = [], list(p.skipped)
+    prov = {s: {} for s in SPLITS}
     for r in recs:
+        for s, d in r.get("provenance", {}).items():
+            for k, n in d.items():
+                prov[s][k] = prov[s].get(k, 0) + n
         for s in SPLITS:
             counts[s] += r.get("samples", {}).get(s, 0)
             hist[s] += np.asarray(r.get("hist", {}).get(s, [0] * 4), np.int64)
@@ -456,7 +508,9 @@ def merge_manifest(cfg: BuildConfig, p: BuildPlan) -> Manifest:
         format=MANIFEST_FORMAT,
         levels={"n": N_LEVELS, "bottom_km": float(LEVEL_BOTTOM_KM[0]), "dz_km": LEVEL_DZ_KM},
         classes=list(CLASS_NAMES), ignore_label=IGNORE, bands=list(BAND_VARS),
-        sources={"ahi": cfg.ahi, "cloudsat": cfg.cloudsat, "granules": len(p.granules), "scenes": len(p.scenes)},
+        sources={"ahi": cfg.ahi, "cloudsat": cfg.cloudsat, "earthcare": cfg.earthcare,
+                 "granules": sum(g.product != ec_fmt.PRODUCT for g in p.granules),
+                 "earthcare_frames": sum(g.product == ec_fmt.PRODUCT for g in p.granules), "scenes": len(p.scenes)},
         config=asdict(cfg), split_anchor=p.split_anchor, config_hash=p.config_hash,
         counts=counts,
         class_histogram={s: hist[s].tolist() for s in SPLITS},
@@ -465,6 +519,7 @@ def merge_manifest(cfg: BuildConfig, p: BuildPlan) -> Manifest:
         shards=sorted(shards, key=lambda s: s["path"]),
         skipped=uniq_skipped,
         profiles={k: int(sum(r.get(k, 0) for r in recs)) for k in ("profiles", "valid_profiles", "matched_profiles")},
+        provenance={s: dict(sorted(d.items())) for s, d in prov.items()},
     )
     man.write(cfg.out)
     shutil.rmtree(os.path.join(cfg.out, "_tmp"), ignore_errors=True)

@@ -102,6 +102,14 @@ def _date(s):
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {s!r}")
 
 
+def _dates(s):
+    """One day or several, comma-separated, each YYYY-MM-DD; no repeats."""
+    out = [_date(x.strip()) for x in s.split(",")]
+    if len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"a day is repeated in {s!r}")
+    return out
+
+
 def add_build_arguments(p: argparse.ArgumentParser, *, local: bool):
     """The archive-build options, defined once for `build` and `submit build` (defaults from BuildConfig)."""
     from .build import BuildConfig
@@ -112,7 +120,12 @@ def add_build_arguments(p: argparse.ArgumentParser, *, local: bool):
                    "is detected from the file names")
     p.add_argument("--ahi-format", choices=("auto", "ptree", "hsd"), default=d["ahi_format"],
                    help="which kind of AHI file to read (default: auto; a folder holding both kinds needs a choice)")
-    p.add_argument("--cloudsat", required=True, help="folder of 2B-CLDCLASS-LIDAR HDF files (searched recursively)")
+    p.add_argument("--cloudsat", default=None, help="folder of CloudSat 2B-CLDCLASS-LIDAR HDF files (searched "
+                   "recursively); give --cloudsat, --earthcare or both")
+    p.add_argument("--earthcare", default=None, help="folder of EarthCARE AC__TC__2B HDF5 frames (ECA_*.h5, searched "
+                   "recursively): day and night labels from 2025")
+    p.add_argument("--earthcare-strict", action="store_true", help="strict EarthCARE class table: 'snow / ice "
+                   "cloud (possible liquid)' (codes 13, 19) get no label instead of ice (recorded in the manifest)")
     p.add_argument("--out", required=True, help="output folder for shards, records and manifest.json")
     p.add_argument("--window-min", type=_window_min, default=d["window_min"],
                    help=f"max |t_profile - t_pixel| in minutes, (0, 60] (default: {d['window_min']:g})")
@@ -136,44 +149,57 @@ def add_build_arguments(p: argparse.ArgumentParser, *, local: bool):
 
 def build_config_from_args(a, cmd: str, absolute: bool = False, check_dirs: bool = True):
     """BuildConfig from the parsed build options, after the checks both commands share; None (after one line
-    on stderr) if --ahi or --cloudsat is not a folder (not checked for a submit --dry-run, which may be
-    written away from the cluster's file system)."""
+    on stderr) if neither --cloudsat nor --earthcare is given, or if --ahi, --cloudsat or --earthcare is not a
+    folder (not checked for a submit --dry-run, which may be written away from the cluster's file system)."""
     from .build import BuildConfig
 
-    for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat")):
-        if check_dirs and not os.path.isdir(d):
+    if not a.cloudsat and not a.earthcare:
+        sys.stderr.write(f"sgmagnet {cmd}: error: no labels: give --cloudsat DIR (2B-CLDCLASS-LIDAR) and/or "
+                         f"--earthcare DIR (AC__TC__2B)\n")
+        return None
+    for d, flag in ((a.ahi, "--ahi"), (a.cloudsat, "--cloudsat"), (a.earthcare, "--earthcare")):
+        if d is not None and check_dirs and not os.path.isdir(d):
             sys.stderr.write(f"sgmagnet {cmd}: error: {flag} {d!r} is not a directory\n")
             return None
     path = os.path.abspath if absolute else (lambda x: x)
-    return BuildConfig(ahi=path(a.ahi), cloudsat=path(a.cloudsat), out=path(a.out), window_min=a.window_min,
+    opt = lambda x: path(x) if x else None  # noqa: E731
+    return BuildConfig(ahi=path(a.ahi), cloudsat=opt(a.cloudsat), out=path(a.out), window_min=a.window_min,
                        patch_size=a.patch_size, min_labelled=a.min_labelled, split_days=tuple(a.split_days),
                        gap_days=a.gap_days, split_anchor=a.split_anchor, shard_maxcount=a.shard_maxcount,
-                       ahi_format=a.ahi_format)
+                       ahi_format=a.ahi_format, earthcare=opt(a.earthcare), earthcare_strict=a.earthcare_strict)
 
 
 def cmd_synth(a):
     from .synth.archive import SynthConfig, format_stats, synthesize
 
-    if a.epoch and a.epoch > a.start:
-        sys.stderr.write(f"sgmagnet synth: error: --epoch {a.epoch} is after --start {a.start}\n")
+    starts = a.start
+    epoch = a.epoch or starts[0]
+    if epoch > min(starts):
+        sys.stderr.write(f"sgmagnet synth: error: --epoch {epoch} is after --start {min(starts)}\n")
         return 2
     if os.path.exists(a.out) and not os.path.isdir(a.out):
         sys.stderr.write(f"sgmagnet synth: error: --out {a.out!r} is a file, not a folder\n")
         return 2
     import datetime as dt
     try:
-        dt.date.fromisoformat(a.start) + dt.timedelta(days=a.days)
+        for d in starts:
+            dt.date.fromisoformat(d) + dt.timedelta(days=a.days)
     except OverflowError:
-        sys.stderr.write(f"sgmagnet synth: error: --days {a.days} from {a.start} passes the year 9999\n")
+        sys.stderr.write(f"sgmagnet synth: error: --days {a.days} from {max(starts)} passes the year 9999\n")
         return 2
     if a.ahi_format != "ptree" and a.track_corridor is None:
         sys.stderr.write(f"sgmagnet synth: error: --ahi-format {a.ahi_format} needs --track-corridor P (HSD is "
-                         f"rendered on the native 2 km full disk only near the CloudSat tracks)\n")
+                         f"rendered on the native 2 km full disk only near the label tracks)\n")
         return 2
-    cfg = SynthConfig(out=a.out, start=a.start, days=a.days, region=a.region, res=a.res, seed=a.seed,
-                      orbit_mode=a.orbit, epoch=a.epoch, track_corridor=a.track_corridor, ahi_format=a.ahi_format)
-    stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet)
-    print(format_stats(stats))
+    for d in starts:      # several spans: one world (the same epoch), each span's statistics in its own file
+        cfg = SynthConfig(out=a.out, start=d, days=a.days, region=a.region, res=a.res, seed=a.seed,
+                          orbit_mode=a.orbit, epoch=epoch if len(starts) > 1 or a.epoch else None,
+                          track_corridor=a.track_corridor, ahi_format=a.ahi_format, labels=a.labels)
+        stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet,
+                           stats_name="synth_stats.json" if len(starts) == 1 else f"synth_stats_{d}.json")
+        if len(starts) > 1:
+            print(f"span {d} + {a.days} day(s):")
+        print(format_stats(stats))
     return 0
 
 
@@ -406,9 +432,12 @@ def parser() -> Parser:
     p.add_argument("--version", action="version", version=f"sgmagnet {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
-    s = sub.add_parser("synth", help="write a synthetic AHI + CloudSat archive in the real file formats")
-    s.add_argument("--out", required=True, help="archive folder (ahi/ and cloudsat/ are created in it)")
-    s.add_argument("--start", type=_date, default="2018-10-01", help="first day (UTC), default 2018-10-01")
+    s = sub.add_parser("synth", help="write a synthetic AHI + CloudSat/EarthCARE archive in the real file formats")
+    s.add_argument("--out", required=True, help="archive folder (ahi/, cloudsat/, earthcare/ are created in it)")
+    s.add_argument("--start", type=_dates, default=["2018-10-10"], metavar="DAY[,DAY...]",
+                   help="first day (UTC), default 2018-10-10 (the first day of 2B-CLDCLASS-LIDAR's C-Train window); "
+                        "several days = several spans of --days each, written as one world "
+                        "(e.g. 2018-10-10,2025-06-01: CloudSat then EarthCARE)")
     s.add_argument("--days", type=_positive_int, default=1, help="number of days, default 1")
     s.add_argument("--region", type=_region, default=(100.0, 160.0, -60.0, 60.0),
                    help="LON0,LON1,LAT0,LAT1 in degrees east/north, default 100,160,-60,60 (the paper's)")
@@ -417,6 +446,11 @@ def parser() -> Parser:
     s.add_argument("--epoch", type=_date, default=None, help="day the synthetic weather and orbit are anchored "
                    "to (default: --start); give every piece of an archive written in pieces the same epoch, or "
                    "each piece repeats the same weather")
+    s.add_argument("--labels", choices=("epochs", "cloudsat", "earthcare", "both"), default="epochs",
+                   help="label files to write: epochs (default): each product only where it held radar+lidar "
+                        "labels (2B-CLDCLASS-LIDAR 2012-05-15 to 2018-01-12 and 2018-10-10 to 2020-08-26, "
+                        "EarthCARE AC__TC__2B from 2025-03-17; EARTHCARE.md §6); cloudsat, earthcare, both: "
+                        "those whatever the date")
     s.add_argument("--orbit", choices=("doop", "full"), default="doop",
                    help="doop: daylight-only CloudSat (as since 2011, default); full: day and night passes")
     s.add_argument("--track-corridor", type=_positive_int, default=None, metavar="P",

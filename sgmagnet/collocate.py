@@ -1,6 +1,8 @@
-"""Collocation of CloudSat profiles with AHI scenes, and patches along the track (DESIGN.md, normative).
+"""Collocation of label profiles (CloudSat 2B-CLDCLASS-LIDAR, EarthCARE AC__TC__2B) with AHI scenes, and patches
+along the track (DESIGN.md, normative).
 
-A profile goes to the nearest grid pixel of a scene and matches it when |t_profile - t_pixel| <= window,
+Both products become `Profiles` (time, position, validity, and the 38 levels of any subset), so the matching
+below is one code path for both. A profile goes to the nearest grid pixel of a scene and matches it when |t_profile - t_pixel| <= window,
 t_pixel being the pixel's own scan time (`Hour`; the nominal slot time only when the file has none).
 When several scenes qualify the nearer in time wins (ties: the earlier). Off-disk or invalid pixels
 (any band missing) match nothing. Several profiles in one pixel are merged by a per-level majority vote.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import xarray as xr
@@ -18,7 +21,8 @@ import xarray as xr
 from .formats import FormatError
 from .formats import imager
 from .grid import BAND_VARS, IGNORE
-from .labels import profile_is_valid, profile_levels, vote
+from .labels import jsg_levels, profile_is_valid, profile_levels, vote
+from .solar import stratum
 
 
 @dataclass
@@ -38,6 +42,9 @@ class Match:
     t_first: np.ndarray
     n_profiles: np.ndarray
     top_type: np.ndarray | None = None   # CloudLayerType of the highest layer of the pixel's first profile (0 = none)
+    product: str = "2B-CLDCLASS-LIDAR"   # the label product, its satellite, and the file's id in sample keys
+    source: str = "CloudSat"
+    key: str = ""
 
 
 def top_layer_type(n_layers, top, ctype) -> np.ndarray:
@@ -63,6 +70,46 @@ class GranuleMatch:
     profile_pixel: np.ndarray | None = None     # [n_matched, 3] ... and its (scene in `scenes`, row, col)
 
 
+@dataclass
+class Profiles:
+    """The label profiles of one granule (CloudSat) or frame (EarthCARE), as collocation needs them."""
+    time: np.ndarray                 # [n] datetime64[ns]
+    latitude: np.ndarray             # [n] degrees
+    longitude: np.ndarray
+    valid: np.ndarray                # [n] bool: can be labelled honestly (and before the next file's cutoff)
+    levels: Callable                 # profile indices -> labels [k, 38] uint8
+    top_type: Callable               # profile indices -> [k] uint8 cloud type of the top layer (0: none/unknown)
+    product: str                     # "2B-CLDCLASS-LIDAR" / "AC__TC__2B"
+    source: str                      # "CloudSat" / "EarthCARE"
+    key: str                         # the file's id in sample keys: granule "NNNNN", or orbit+frame "OOOOOF"
+
+    @property
+    def n(self) -> int:
+        return int(self.time.size)
+
+
+def cloudsat_profiles(g: xr.Dataset, cutoff=None, quality_mask: int = 0xFF) -> Profiles:
+    return Profiles(
+        g.time.values, g.latitude.values, g.longitude.values, valid_profiles(g, cutoff, quality_mask),
+        lambda sel: profile_levels(g.n_layers.values[sel], g.layer_base.values[sel], g.layer_top.values[sel],
+                                   g.layer_phase.values[sel], g.dem_km.values[sel]),
+        lambda sel: top_layer_type(g.n_layers.values[sel], g.layer_top.values[sel], g.layer_type.values[sel]),
+        "2B-CLDCLASS-LIDAR", "CloudSat", f"{int(g.attrs['granule']):05d}")
+
+
+def earthcare_profiles(frame: dict, cutoff=None, strict: bool = False) -> Profiles:
+    """An AC__TC__2B frame (formats.earthcare.read_frame): its bins on the 38 levels (labels.jsg_levels); a
+    profile is valid when its time and position are finite and at least one level is labelled."""
+    lev = jsg_levels(frame["classes"], frame["height_m"], frame["surface_m"], frame["quality"], strict)
+    t = frame["time"]
+    ok = ~np.isnat(t) & np.isfinite(frame["latitude"]) & np.isfinite(frame["longitude"]) & (lev != IGNORE).any(1)
+    if cutoff is not None:
+        ok &= t < cutoff
+    return Profiles(t, frame["latitude"], frame["longitude"], ok, lambda sel: lev[sel],
+                    lambda sel: np.zeros(np.size(sel), np.uint8), "AC__TC__2B", "EarthCARE",
+                    f"{frame['orbit']:05d}{frame['frame']}")
+
+
 def valid_profiles(g: xr.Dataset, cutoff: np.datetime64 | None = None, quality_mask: int = 0xFF) -> np.ndarray:
     ok = profile_is_valid(g.n_layers.values, g.layer_base.values, g.layer_top.values, g.layer_phase.values,
                           (g.data_quality.values & quality_mask) == 0)
@@ -73,16 +120,19 @@ def valid_profiles(g: xr.Dataset, cutoff: np.datetime64 | None = None, quality_m
     return ok
 
 
-def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutoff=None,
+def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float = 5.0, cutoff=None,
               quality_mask: int = 0xFF) -> GranuleMatch:
-    out = GranuleMatch(n_profiles=int(g.sizes["nray"]))
-    ok = valid_profiles(g, cutoff, quality_mask)
+    """Match the profiles of `g` (a CloudSat granule from formats.cloudsat.read_granule, or any `Profiles`;
+    cutoff and quality_mask apply to a granule) with the scenes."""
+    p = g if isinstance(g, Profiles) else cloudsat_profiles(g, cutoff, quality_mask)
+    out = GranuleMatch(n_profiles=p.n)
+    ok = p.valid
     out.n_valid = int(ok.sum())
     idx = np.nonzero(ok)[0]
     if idx.size == 0:
         return out
-    t = g.time.values[idx]
-    lat, lon = g.latitude.values[idx], g.longitude.values[idx]
+    t = p.time[idx]
+    lat, lon = p.latitude[idx], p.longitude[idx]
     win = np.timedelta64(int(window_min * 60e9), "ns")
     cands = [s for s in scenes if t.min() - win - np.timedelta64(60, "m") <= s.timeline <= t.max() + win]
     cands.sort(key=lambda s: s.timeline)
@@ -124,7 +174,7 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
         for b in BAND_VARS:
             finite |= np.isfinite(ds[b].values)
         if not finite[ii[in_time], jj[in_time]].any():
-            out.skipped.append((sc.path, "no finite band value under the CloudSat track where it is scanned "
+            out.skipped.append((sc.path, f"no finite band value under the {p.source} track where it is scanned "
                                          "within the window: all 16 bands are fill/NaN (or off-disk) there"))
             continue
         good = in_time & ds.valid.values[ii, jj] & (dt_ns < best_dt)
@@ -140,9 +190,8 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
     if not matched.any():
         return out
     sel = idx[matched]
-    labels = profile_levels(g.n_layers.values[sel], g.layer_base.values[sel], g.layer_top.values[sel],
-                            g.layer_phase.values[sel], g.dem_km.values[sel])
-    ttype = top_layer_type(g.n_layers.values[sel], g.layer_top.values[sel], g.layer_type.values[sel])
+    labels = p.levels(sel)
+    ttype = p.top_type(sel)
     sc_m, ij_m, t_m = best_sc[matched], best_ij[matched], t[matched]
     for si in np.unique(sc_m):
         m = sc_m == si
@@ -154,7 +203,8 @@ def collocate(g: xr.Dataset, scenes: list[Scene], window_min: float = 5.0, cutof
         _, first = np.unique(inv[order], return_index=True)   # earliest profile of each pixel
         t_first = t_m[m][order[first]]
         out.matches.append(Match(cands[int(si)], grid, uniq // grid.shape[1], uniq % grid.shape[1], lab, t_first,
-                                 np.bincount(inv, minlength=uniq.size), ttype[m][order[first]]))
+                                 np.bincount(inv, minlength=uniq.size), ttype[m][order[first]], p.product, p.source,
+                                 p.key))
     return out
 
 
@@ -220,12 +270,19 @@ def make_patches(match: Match, size: int, min_labelled: int = 64):
         prof = match.labels[inwin][o].astype(np.uint8)
         ctype = (match.top_type[inwin][o] if match.top_type is not None else np.zeros(len(prof))).astype(np.uint8)
         h = size // 2
+        soz_pix = ds["SOZ"].values[pix[:, 0], pix[:, 1]].astype(np.float64)
+        soz_pix = soz_pix[np.isfinite(soz_pix)]
+        sza = float(np.median(soz_pix)) if soz_pix.size else None
         meta = {
             "scene_time": str(match.scene.timeline.astype("datetime64[s]")),
             "ahi_file": ds.attrs["file"], "row0": int(r0), "col0": int(c0), "patch_size": int(size),
             "platform": f"H{ds.attrs['satellite']}", "grid": ds.attrs.get("grid", "ptree-latlon"),
             "corners": corners(ds),
             "solar_zenith_centre": float(ds["SOZ"].values[h, h]) if np.isfinite(ds["SOZ"].values[h, h]) else None,
+            "label_product": match.product, "label_source": match.source,
+            "solar_zenith_labelled": ([round(float(soz_pix.min()), 2), round(sza, 2), round(float(soz_pix.max()), 2)]
+                                      if sza is not None else None),
+            "day_night": stratum(sza) if sza is not None else "unknown",
             "n_labelled_pixels": int(pix.shape[0]), "n_profiles": int(match.n_profiles[inwin].sum()),
             "window_index": k,
         }

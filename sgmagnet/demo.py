@@ -28,7 +28,7 @@ def run(cli, out: str = "demo_out", ranks: int = 2) -> int:
             return 2
     arc, shards, runs = (os.path.join(out, d) for d in ("archive", "shards", "runs"))
     print("== 1. synthetic archive (real formats: P-Tree NetCDF + HDF-EOS2 2B-CLDCLASS-LIDAR)", flush=True)
-    if cli(["synth", "--out", arc, "--start", "2018-10-01", "--days", "6", "--region", "125,145,-40,40", "--res",
+    if cli(["synth", "--out", arc, "--start", "2018-10-10", "--days", "6", "--region", "125,145,-40,40", "--res",
             "0.05", "--seed", "0", "--quiet"]):
         return 1
     print(f"== 2. collocation -> WebDataset shards ({ranks} MPI ranks)", flush=True)

@@ -103,6 +103,7 @@ class Manifest:
     sources: dict = field(default_factory=dict)     # archive folders, granule and scene counts
     split_anchor: str = ""            # the date the split blocks count from
     config_hash: str = ""             # hash of the BuildConfig fields that change the samples
+    provenance: dict = field(default_factory=dict)  # split -> {"<label product>/<day|twilight|night>/<platform>": samples}
 
     @property
     def patch_size(self) -> int:

@@ -8,11 +8,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-TINY_ARCHIVE = dict(start="2018-10-01", days=2, region=(125.0, 145.0, -30.0, 30.0), res=0.1, seed=3)
+TINY_ARCHIVE = dict(start="2018-10-10", days=2, region=(125.0, 145.0, -30.0, 30.0), res=0.1, seed=3)
 
 
 # one world written as P-Tree (0.05 deg) and as HSD (native 2 km), only near the tracks (about 45 s)
-HSD_ARCHIVE = dict(start="2018-10-01", days=1, region=(125.0, 145.0, -30.0, 30.0), res=0.05, seed=0,
+HSD_ARCHIVE = dict(start="2018-10-10", days=1, region=(125.0, 145.0, -30.0, 30.0), res=0.05, seed=0,
                    track_corridor=32, ahi_format="both")
 
 

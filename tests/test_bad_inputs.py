@@ -120,7 +120,7 @@ def empty_dir(tmp, name):
 def junk_granule_dir(w, tmp):
     d = tmp / "cs_junk"
     d.mkdir()
-    shutil.copy(w["junk"], d / "2018274030000_66001_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_E08_F01.hdf")
+    shutil.copy(w["junk"], d / "2018283030000_66001_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_E08_F01.hdf")
     return str(d)
 
 
@@ -129,9 +129,9 @@ def no_overlap_archive(w, tmp):
     ahi, cs = tmp / "ahi1", tmp / "cs2"
     ahi.mkdir()
     cs.mkdir()
-    for f in glob.glob(os.path.join(w["ahi"], "**", "NC_H08_20181001_*.nc"), recursive=True)[:2]:
+    for f in glob.glob(os.path.join(w["ahi"], "**", "NC_H08_20181010_*.nc"), recursive=True)[:2]:
         shutil.copy(f, ahi)
-    for f in glob.glob(os.path.join(w["cs"], "**", "2018275*.hdf"), recursive=True):
+    for f in glob.glob(os.path.join(w["cs"], "**", "2018284*.hdf"), recursive=True):
         shutil.copy(f, cs)
     return str(ahi), str(cs)
 
@@ -297,7 +297,7 @@ CASES = [
     ("hsd-zero-calibration", lambda w, t: hsd_build(w, t, lambda f: hsd_rewrite(
         hsd_largest(f[0], 16), hsd_field(5, "gain_count2rad_conversion", bytes(8))), ""), 0, "calibration gain"),
     ("hsd-platform-not-operational", lambda w, t: hsd_build(w, t, lambda f: hsd_rename(f, range(1, 17)), "", code=2),
-     2, "Himawari-9 was not the operational imager at 2018-10-01"),
+     2, "Himawari-9 was not the operational imager at 2018-10-10"),
     ("hsd-slot-mixes-platforms", lambda w, t: hsd_build(w, t, lambda f: hsd_rename(f, range(1, 9)), "", code=2), 2,
      "mixes HS_H08 and HS_H09 files"),
     ("build-ahi-holds-both-kinds", lambda w, t: dict(argv=build_argv(w, t / "o", ahi=hsd_copy(
@@ -310,7 +310,7 @@ CASES = [
         w, t, out=t / "c.nc", ahi=hsd_copy(w, t, lambda f: [os.remove(p) for p in glob.glob(str(f[0] / "*_B07_*"))])
         + "/slot0")), 2, "has no file of band(s) B07"),
     ("predict-hsd-file-missing", lambda w, t: dict(argv=predict_argv(
-        w, t, out=t / "c.nc", ahi=str(t / "HS_H08_20181001_0350_B13_FLDK_R20_S0510.DAT.bz2"))), 2, "does not exist"),
+        w, t, out=t / "c.nc", ahi=str(t / "HS_H08_20181010_0350_B13_FLDK_R20_S0510.DAT.bz2"))), 2, "does not exist"),
     ("synth-hsd-without-corridor", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--ahi-format", "hsd"]), 2,
      "needs --track-corridor"),
     ("predict-hsd-bbox-off-the-disk", lambda w, t: dict(argv=[*predict_argv(w, t, out=t / "c.nc", ahi=w["hsd_slots"][0]),

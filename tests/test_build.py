@@ -33,7 +33,7 @@ def test_synth_statistics(tiny_archive):
 def test_synth_is_deterministic(tmp_path):
     from sgmagnet.formats import ahi as ahi_fmt
     from sgmagnet.synth.archive import SynthConfig, synthesize
-    kw = dict(start="2018-10-01", days=1, region=(125.0, 135.0, -10.0, 10.0), res=0.25, seed=11)
+    kw = dict(start="2018-10-10", days=1, region=(125.0, 135.0, -10.0, 10.0), res=0.25, seed=11)
     a = synthesize(SynthConfig(out=str(tmp_path / "a"), **kw), log=lambda m: None)
     b = synthesize(SynthConfig(out=str(tmp_path / "b"), **kw), log=lambda m: None)
     assert a["files"] == b["files"] and a["class_histogram"] == b["class_histogram"]
@@ -96,27 +96,27 @@ def test_bad_inputs_are_skipped_with_reasons(tiny_archive, tmp_path):
     shutil.copytree(archive / "ahi", ahi)
     shutil.copytree(archive / "cloudsat", cs)
     # corrupt NetCDF, wrong grid in name, missing variable, truncated HDF, all-fill granule, no scene in window
-    (ahi / "NC_H08_20181001_0600_R21_FLDK.00011_00009.nc").write_bytes(b"not netcdf at all")
-    make_scene(ahi, dt.datetime(2018, 10, 1, 6, 10), name_counts=(99, 99))
+    (ahi / "NC_H08_20181010_0600_R21_FLDK.00011_00009.nc").write_bytes(b"not netcdf at all")
+    make_scene(ahi, dt.datetime(2018, 10, 10, 6, 10), name_counts=(99, 99))
     # scanned at 06:15, within the window of g_ok's profiles (a scene is read only where it scans one in time)
-    make_scene(ahi, dt.datetime(2018, 10, 1, 6, 20), drop=("tbb_13",), hour=np.full((9, 11), 6.25))
+    make_scene(ahi, dt.datetime(2018, 10, 10, 6, 20), drop=("tbb_13",), hour=np.full((9, 11), 6.25))
     n = 8
-    g_ok = make_granule(cs, dt.datetime(2018, 10, 1, 6, 15), np.full(n, 8.0), np.full(n, 131.0), np.arange(n) * 0.16,
+    g_ok = make_granule(cs, dt.datetime(2018, 10, 10, 6, 15), np.full(n, 8.0), np.full(n, 131.0), np.arange(n) * 0.16,
                         layers=[(1, 2, 3)], granule=1)
-    g_fill = make_granule(cs, dt.datetime(2018, 10, 1, 6, 30), np.full(n, 8.0), np.full(n, 131.0), np.arange(n) * 0.16,
+    g_fill = make_granule(cs, dt.datetime(2018, 10, 10, 6, 30), np.full(n, 8.0), np.full(n, 131.0), np.arange(n) * 0.16,
                           n_layers=np.full(n, -9, np.int8), granule=2)
-    g_far = make_granule(cs, dt.datetime(2018, 10, 3, 12, 0), np.full(n, 8.0), np.full(n, 131.0), np.arange(n) * 0.16,
+    g_far = make_granule(cs, dt.datetime(2018, 10, 12, 12, 0), np.full(n, 8.0), np.full(n, 131.0), np.arange(n) * 0.16,
                          layers=[(1, 2, 3)], granule=3)
-    trunc = cs / "2018274070000_00004_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_E08_F00.hdf"
+    trunc = cs / "2018283070000_00004_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_E08_F00.hdf"
     shutil.copy(g_ok, trunc)
     trunc.write_bytes(trunc.read_bytes()[:500])
     (cs / "readme.hdf").write_bytes(b"x")
     r = build(build_cfg(tmp_path, tmp_path / "out", ahi=str(ahi), cloudsat=str(cs)), log=lambda m: None)
     man = r["manifest"]
     reasons = {os.path.basename(s["file"]): s["reason"] for s in man.skipped}
-    assert "not a readable" in reasons["NC_H08_20181001_0600_R21_FLDK.00011_00009.nc"]
-    assert "name says" in reasons["NC_H08_20181001_0610_R21_FLDK.00099_00099.nc"]
-    assert "missing variable tbb_13" in reasons["NC_H08_20181001_0620_R21_FLDK.00011_00009.nc"]
+    assert "not a readable" in reasons["NC_H08_20181010_0600_R21_FLDK.00011_00009.nc"]
+    assert "name says" in reasons["NC_H08_20181010_0610_R21_FLDK.00099_00099.nc"]
+    assert "missing variable tbb_13" in reasons["NC_H08_20181010_0620_R21_FLDK.00011_00009.nc"]
     assert trunc.name in reasons and "readme.hdf" in reasons
     assert "no valid profile" in reasons[os.path.basename(g_fill)]
     assert "no AHI scene" in reasons[os.path.basename(g_far)]

@@ -203,9 +203,9 @@ def test_an_archive_written_in_pieces_is_one_world(tmp_path):
     from sgmagnet.synth.archive import SynthConfig, synthesize
 
     kw = dict(region=(125.0, 145.0, -30.0, 30.0), res=0.2, seed=3)
-    synthesize(SynthConfig(out=str(tmp_path / "one"), start="2018-10-01", days=2, **kw), log=lambda m: None)
-    for day in ("2018-10-01", "2018-10-02"):
-        synthesize(SynthConfig(out=str(tmp_path / "pieces"), start=day, days=1, epoch="2018-10-01", **kw),
+    synthesize(SynthConfig(out=str(tmp_path / "one"), start="2018-10-10", days=2, **kw), log=lambda m: None)
+    for day in ("2018-10-10", "2018-10-11"):
+        synthesize(SynthConfig(out=str(tmp_path / "pieces"), start=day, days=1, epoch="2018-10-10", **kw),
                    log=lambda m: None)
 
     def files(root, pattern):
@@ -222,8 +222,8 @@ def test_an_archive_written_in_pieces_is_one_world(tmp_path):
         a, b = ahi_fmt.read_ahi(s1[name], variables=("tbb_13",)), ahi_fmt.read_ahi(s2[name], variables=("tbb_13",))
         np.testing.assert_array_equal(a["tbb_13"].values, b["tbb_13"].values)
     # and the second day is not a copy of the first
-    d1 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018274")]
-    d2 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018275")]
+    d1 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018283")]
+    d2 = [read_granule(p)["layer_top"].values for n, p in sorted(g1.items()) if n.startswith("2018284")]
     assert d1 and d2 and not np.array_equal(d1[0][:100], d2[0][:100])
 
 

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="bench_out/synth_corridor", help="scratch folder (deleted at the end "
                     "unless --keep)")
     ap.add_argument("--days", default="1", help="days to synthesize (1)")
-    ap.add_argument("--start", default="2018-10-01")
+    ap.add_argument("--start", default="2018-10-10")
     ap.add_argument("--region", default="100,160,-60,60", help="LON0,LON1,LAT0,LAT1 (the paper's region)")
     ap.add_argument("--res", default="0.05")
     ap.add_argument("--patch-size", type=int, default=64, help="the build's patch size; also the corridor (64)")

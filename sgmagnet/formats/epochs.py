@@ -51,3 +51,8 @@ DAYLIGHT_ONLY = {"2B-CLDCLASS-LIDAR": True, "AC__TC__2B": False}
 def label_operational(product: str, t: dt.datetime) -> bool:
     """Whether `product` holds radar+lidar phase labels at `t` (UTC)."""
     return any(a <= t and (b is None or t < b) for a, b in LABEL_WINDOWS.get(product, ()))
+
+
+def label_window_text(product: str) -> str:
+    return ", ".join(f"{a:%Y-%m-%d} to {b:%Y-%m-%d}" if b else f"from {a:%Y-%m-%d}"
+                     for a, b in LABEL_WINDOWS.get(product, ()))

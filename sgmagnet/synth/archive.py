@@ -1,10 +1,15 @@
-"""Write a synthetic archive in the real formats: P-Tree AHI NetCDF scenes + 2B-CLDCLASS-LIDAR granules.
+"""Write a synthetic archive in the real formats: AHI scenes (P-Tree NetCDF and/or HSD) + label files
+(2B-CLDCLASS-LIDAR granules, EarthCARE AC__TC__2B frames).
 
 Layout (as the providers serve them):
   <out>/ahi/YYYYMM/DD/NC_H08_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc
   <out>/cloudsat/2B-CLDCLASS-LIDAR.P1_R05/YYYY/DDD/YYYYDDDHHMMSS_NNNNN_CS_2B-CLDCLASS-LIDAR_GRANULE_P1_R05_E08_F00.hdf
-A real archive holds every 10-min slot; the synthetic one writes only the slots a CloudSat pass over the
-region can match (the builder reads only those anyway), skipping the 02:40/14:40 house-keeping slots.
+  <out>/earthcare/AC__TC__2B/YYYY/MM/DD/ECA_EXBC_AC__TC__2B_YYYYMMDDThhmmssZ_YYYYMMDDThhmmssZ_OOOOOF.h5
+Which label products are written follows the operations epochs by default (`labels="epochs"`,
+formats.epochs.LABEL_WINDOWS): 2B-CLDCLASS-LIDAR only in the A-Train/C-Train windows, AC__TC__2B from its L2
+release, nothing in between, and the Himawari platform by date, so an archive spanning 2018-2025 mixes them
+as reality did. A real archive holds every 10-min slot; the synthetic one writes only the slots a label pass
+over the region can match (the builder reads only those anyway), skipping the 02:40/14:40 house-keeping slots.
 With track_corridor = P (`synth --track-corridor P`) it also writes, in each of those scenes, only the pixels
 within P of a profile near in time (what a build with patches of <= P px reads; the rest is fill, the scan
 time kept) and no scene for a slot no profile is near: the pixels written are bit-identical to the whole
@@ -27,8 +32,8 @@ from . import orbit
 from .config import SynthConfig
 from .instrument import dilate, scan_offset_s
 from .world import World
-from ..formats.epochs import himawari_for
-from . import native
+from ..formats.epochs import himawari_for, label_operational
+from . import earthcare, native
 from .writers import granule_profiles, region_grid, scene_errors, write_granule, write_scene
 
 __all__ = ["SynthConfig", "World", "synthesize", "format_stats", "physics_table", "needed_slots", "corridor_mask"]
@@ -72,13 +77,15 @@ def needed_slots(t_min: np.datetime64, t_max: np.datetime64) -> list[np.datetime
     return slots
 
 
-def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
+def synthesize(cfg: SynthConfig, log=print, progress: bool = False, stats_name: str = "synth_stats.json") -> dict:
     """Write the archive; return (and write to <out>/synth_stats.json) its statistics. progress: a tqdm bar
     with ETA over the AHI scenes (the slow part) instead of one log line per scene."""
     from tqdm import tqdm
 
     if cfg.ahi_format not in ("ptree", "hsd", "both"):
         raise ValueError(f"ahi_format {cfg.ahi_format!r}: expected ptree, hsd or both")
+    if cfg.labels not in ("epochs", "cloudsat", "earthcare", "both"):
+        raise ValueError(f"labels {cfg.labels!r}: expected epochs, cloudsat, earthcare or both")
     if cfg.ahi_format != "ptree" and cfg.track_corridor is None:
         raise ValueError("--ahi-format hsd/both needs --track-corridor P: the native 2 km full disk is rendered "
                          "only near the CloudSat tracks")
@@ -103,6 +110,8 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         t_node, t, lat, lon = g
         if t[0] < t_start or t[0] >= t_end:
             continue
+        if not wants(cfg, "2B-CLDCLASS-LIDAR", t[0]):
+            continue
         path, st = write_granule(world, n, t, lat, lon, cfg.out, rng)
         tracks.append((t, lat, lon))
         granules.append(os.path.relpath(path, cfg.out))
@@ -114,6 +123,16 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         if st["t_min"]:
             slots.update(needed_slots(np.datetime64(st["t_min"]), np.datetime64(st["t_max"])))
         log(f"granule {os.path.basename(path)}: {t.size} profiles ({st['profiles']} in region)")
+    frames, ec_prof, ec_day = [], 0, 0
+    for path, st in earthcare.write_frames(world, t_start, t_end, cfg.out,
+                                           lambda s: wants(cfg, "AC__TC__2B", np.datetime64(s, "ns")), log):
+        tracks.append(st["track"])
+        frames.append(os.path.relpath(path, cfg.out))
+        hist += np.asarray(st["hist"])
+        ec_prof += st["profiles"]
+        ec_day += st["day_profiles"]
+        if st["t_min"]:
+            slots.update(needed_slots(np.datetime64(st["t_min"]), np.datetime64(st["t_max"])))
     scenes, day_scenes, written_px, no_profile = [], 0, 0, 0
     scene_px = int(np.prod([g.size for g in region_grid(cfg)]))
     lat_c = 0.5 * (cfg.region[2] + cfg.region[3])
@@ -147,7 +166,8 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
     cl = max(int(hist[1:].sum()), 1)
     stats = {
         "config": {k: v for k, v in asdict(cfg).items() if k != "stats"},
-        "granules": len(granules), "scenes": len(scenes), "day_scenes": day_scenes,
+        "granules": len(granules), "earthcare_frames": len(frames), "earthcare_profiles_in_region": ec_prof,
+        "earthcare_day_profiles": ec_day, "scenes": len(scenes), "day_scenes": day_scenes,
         "night_scenes": len(scenes) - day_scenes, "profiles_in_region": prof,
         "track_corridor_px": cfg.track_corridor,
         "written_pixel_fraction": written_px / max(len(scenes) * scene_px, 1),
@@ -159,11 +179,19 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False) -> dict:
         "structure": struct or {},
         "levels": {"n": N_LEVELS, "centres_km": [float(LEVEL_CENTRE_KM[0]), float(LEVEL_CENTRE_KM[-1])]},
         "hsd_slots": len(hsd_slots),
-        "files": {"granules": granules, "scenes": scenes, "hsd_slots": hsd_slots},
+        "files": {"granules": granules, "earthcare_frames": frames, "scenes": scenes, "hsd_slots": hsd_slots},
     }
-    with open(os.path.join(cfg.out, "synth_stats.json"), "w") as f:
+    with open(os.path.join(cfg.out, stats_name), "w") as f:
         json.dump(stats, f, indent=1, default=float)
     return stats
+
+
+def wants(cfg: SynthConfig, product: str, t) -> bool:
+    """Whether the archive writes `product` for a pass starting at `t`: by the epochs table, or always when
+    cfg.labels names it (or "both")."""
+    if cfg.labels == "epochs":
+        return label_operational(product, np.datetime64(t, "s").astype(dt.datetime))
+    return cfg.labels == "both" or {"cloudsat": "2B-CLDCLASS-LIDAR", "earthcare": "AC__TC__2B"}[cfg.labels] == product
 
 
 def _add(a, b):
@@ -208,14 +236,15 @@ def format_stats(s: dict) -> str:
     rows = [f"  {lab:<52} {v if isinstance(v, str) else f'{v:.3f}':>28}   target {t}  ({src})"
             for lab, v, t, src in physics_table(s.get("structure", {}))]
     return "\n".join([
-        f"granules {s['granules']}, AHI scenes {s['scenes']} (day {s['day_scenes']}, night {s['night_scenes']})",
+        f"granules {s['granules']}" + (f", EarthCARE frames {s['earthcare_frames']} ({s['earthcare_profiles_in_region']} "
+                                       f"profiles in region, {s['earthcare_day_profiles']} sunlit)"
+                                       if s.get("earthcare_frames") else "") + f", AHI scenes {s['scenes']} (day {s['day_scenes']}, night {s['night_scenes']})",
         f"profiles in region {s['profiles_in_region']}, labelled voxels {s['labelled_voxels']}",
         f"clear fraction of labelled voxels {100 * s['clear_fraction']:.1f} % (paper, real data: 89.3 %)",
         f"cloudy voxels: ice {100 * pf['ice']:.1f} %, mixed {100 * pf['mixed']:.1f} %, liquid {100 * pf['liquid']:.1f} %",
-        f"cloudy profiles {100 * s['cloudy_profile_fraction']:.1f} %, multi-layer among cloudy "
-        f"{100 * s['multilayer_fraction_of_cloudy']:.1f} %",
+        *([f"CloudSat: cloudy profiles {100 * s['cloudy_profile_fraction']:.1f} %, multi-layer among cloudy "
+           f"{100 * s['multilayer_fraction_of_cloudy']:.1f} %"] if s["profiles_in_region"] else []),
     ] + ([f"track corridor {s['track_corridor_px']} px: {100 * s['written_pixel_fraction']:.1f} % of the scenes' "
           f"pixels written, {s['slots_without_profiles_skipped']} slot(s) with no profile near skipped"]
          if s.get("track_corridor_px") else []) + [
-        "profile structure (reported layers) vs PHYSICS.md targets:",
-    ] + rows)
+    ] + (["profile structure (reported layers) vs PHYSICS.md targets:"] + rows if s["profiles_in_region"] else []))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 @dataclass
 class SynthConfig:
     out: str
-    start: str = "2018-10-01"
+    start: str = "2018-10-10"     # the first day of 2B-CLDCLASS-LIDAR's C-Train window (formats.epochs)
     days: int = 1
     region: tuple = (100.0, 160.0, -60.0, 60.0)    # lon0, lon1, lat0, lat1
     res: float = 0.05
@@ -20,5 +20,7 @@ class SynthConfig:
     ahi_format: str = "ptree"           # "ptree", "hsd" (needs track_corridor) or "both"
     track_corridor: int | None = None   # write only pixels within this many px of a profile near in time
                                         # (the build's --patch-size); None: whole scenes
+    labels: str = "epochs"              # which label products: "epochs" (each where it held labels, as in
+                                        # formats.epochs), "cloudsat", "earthcare" or "both" (whatever the date)
     bad_profile_fraction: float = 0.003
     stats: dict = field(default_factory=dict)

@@ -22,18 +22,20 @@ def doy(t: np.ndarray) -> np.ndarray:
     return (d - d.astype("datetime64[Y]")).astype(np.int64) + 1
 
 
-def track(t: np.ndarray, u0: float, t0: np.datetime64):
-    """Sub-satellite lat/lon (deg, lon in -180..180) and argument of latitude u (rad) at times t.
+def track(t: np.ndarray, u0: float, t0: np.datetime64, period_s: float = PERIOD_S,
+          inclination_deg: float = INCLINATION_DEG, ltan_h: float = LTAN_H):
+    """Sub-satellite lat/lon (deg, lon in -180..180) and argument of latitude u (rad) at times t of a circular
+    sun-synchronous orbit (CloudSat's by default; `synth.earthcare` passes EarthCARE's).
 
     u = u0 + 2 pi (t - t0)/P; the ascending node follows the mean sun at LTAN, so
     lon = lon_subsolar + 15 (LTAN - 12) + atan2(cos i sin u, cos u).
     """
     dt_s = (t - t0).astype("timedelta64[ns]").astype(np.float64) / 1e9
-    u = u0 + 2 * np.pi * dt_s / PERIOD_S
-    inc = np.deg2rad(INCLINATION_DEG)
+    u = u0 + 2 * np.pi * dt_s / period_s
+    inc = np.deg2rad(inclination_deg)
     lat = np.rad2deg(np.arcsin(np.sin(inc) * np.sin(u)))
     lon_ss = 180.0 - 15.0 * ut_hours(t)
-    lon = lon_ss + 15.0 * (LTAN_H - 12.0) + np.rad2deg(np.arctan2(np.cos(inc) * np.sin(u), np.cos(u)))
+    lon = lon_ss + 15.0 * (ltan_h - 12.0) + np.rad2deg(np.arctan2(np.cos(inc) * np.sin(u), np.cos(u)))
     lon = (lon + 180.0) % 360.0 - 180.0
     return lat, lon, u
 
