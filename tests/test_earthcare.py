@@ -1,6 +1,7 @@
 """EarthCARE AC__TC__2B: the reader on files built here from the spec (EARTHCARE.md §1-2, §2.9) with netCDF4 and
 h5py and hand-set values -- not by this project's writer -- and the class table row by row (§3)."""
 import datetime as dt
+import os
 
 import numpy as np
 import pytest
@@ -177,3 +178,126 @@ def test_label_windows():
     assert not label_operational("2B-CLDCLASS-LIDAR", dt.datetime(2021, 1, 1))
     assert label_operational("AC__TC__2B", dt.datetime(2025, 12, 23)) and not label_operational("AC__TC__2B", dt.datetime(2024, 6, 1))
     assert DAYLIGHT_ONLY["2B-CLDCLASS-LIDAR"] and not DAYLIGHT_ONLY["AC__TC__2B"]
+
+
+# ------------------------------------------------------------------------------ the synthetic writer and orbit
+def small_world(start="2025-06-01", region=(125.0, 145.0, -30.0, 30.0)):
+    from sgmagnet.synth.config import SynthConfig
+    from sgmagnet.synth.world import World
+
+    return World(SynthConfig(out="unused", start=start, region=region, seed=4))
+
+
+def test_writer_layout_follows_the_spec(tmp_path):
+    """The synthetic frames against EARTHCARE.md §1-2 (paths, dtypes, dims, header types), not against our reader."""
+    import h5py
+    import xarray as xr
+
+    from sgmagnet.synth import earthcare as sec
+
+    w = small_world()
+    out = sec.write_frames(w, np.datetime64("2025-06-01T04:00", "ns"), np.datetime64("2025-06-01T06:00", "ns"),
+                           str(tmp_path), log=lambda m: None)
+    assert out, "no frame over the region in two hours"
+    path = out[0][0]
+    name = path.rsplit("/", 1)[1]
+    m = ec.NAME_RE.match(name)
+    assert m and m.group(4) == "AC__TC__2B" and m.group(6) > m.group(5)      # processing start after sensing start
+    with h5py.File(path, "r") as f:
+        sd = f["ScienceData"]
+        want = {"time": "f8", "latitude": "f8", "longitude": "f8", "height": "f4", "geoid_offset": "f4",
+                "elevation": "f4", "tropopause_height": "f4", "synergetic_target_classification": "i1",
+                "quality_status": "i1"}
+        for v, dtype in want.items():
+            assert sd[v].dtype == np.dtype(dtype), v
+        n, k = sd["synergetic_target_classification"].shape
+        assert sd["height"].shape == (n, k) and sd["time"].shape == (n,) and k == 242
+        assert [d[0].name for d in sd["height"].dims] == ["/ScienceData/along_track", "/ScienceData/JSG_height"]
+        assert sd["time"].attrs["units"].decode().startswith("seconds since 2000-01-01")
+        h = sd["height"][()]
+        assert (np.diff(h, axis=1) < 0).all()                                   # top-down
+        assert np.allclose(h[:, -1] - sd["geoid_offset"][()], -50.0, atol=1.0)  # ellipsoidal = MSL + geoid
+        codes = {int(x.split(b":")[0]) for x in sd["synergetic_target_classification"].attrs["definition"].split(b"\n")}
+        assert codes == set(range(-1, 35))
+        mph = f["HeaderData/VariableProductHeader/MainProductHeader"]
+        assert mph["orbitNumber"].shape == (1,) and mph["orbitNumber"].dtype == np.uint32
+        assert mph["frameID"].shape == () and mph["frameID"][()].decode() == m.group(8)
+        assert mph["frameStartTime"][()].decode().startswith("UTC=2025-06-01T")
+        assert f["HeaderData/FixedProductHeader/File_Type"][()].decode() == "AC__TC__2B"
+        assert "SpecificProductHeader" in f["HeaderData/VariableProductHeader"]
+    ds = xr.open_dataset(path, group="ScienceData", engine="netcdf4")           # as earthcarekit opens it
+    assert set(ds.sizes) == {"along_track", "JSG_height"}
+    ds.close()
+
+
+def test_orbit_day_and_night_halves_and_numbering():
+    """Sun-synchronous, descending node 14:00 LT: descending frames (D-F) sunlit, ascending (H, A, B) dark over the
+    region; the orbit counts from the launch (2025-06-17 00:27 UTC is orbit ~5976, EARTHCARE.md §1.1)."""
+    from sgmagnet.synth import earthcare as sec
+    from sgmagnet.synth import orbit
+
+    w = small_world()
+    fr = sec.frames(w, np.datetime64("2025-06-01", "ns"), np.datetime64("2025-06-03", "ns"), w.cfg.region)
+    day, night = set(), set()
+    for o, letter, t, lat, lon in fr:
+        soz, _ = orbit.solar_angles(t, lat, lon)
+        (day if np.median(soz) < 90 else night).add(letter)
+        assert np.all(np.diff(t) > np.timedelta64(0))
+    assert day and night and day <= set("CDEFG") and night <= set("GHABC")
+    t = np.array([np.datetime64("2025-06-17T00:27:21", "ns")])
+    assert abs(int(sec.orbit_number(w, sec.track(w, t)[2])[0]) - 5976) <= 2
+    # the spacing of the profiles: ~1 km along track
+    _, _, t, lat, lon = max(fr, key=lambda f: f[2].size)
+    d = np.hypot(np.diff(lat), np.diff(lon) * np.cos(np.deg2rad(lat[1:]))) * 111.2
+    assert 0.9 < np.median(d) < 1.1
+
+
+@pytest.mark.slow
+def test_a_2018_and_2025_archive_builds_in_one_command(tmp_path):
+    """synth follows the label epochs (CloudSat in 2018, EarthCARE in 2025, Himawari-8 then -9); one build reads
+    both; the provenance is in every sample's meta.json and in the manifest; night samples only in the EarthCARE
+    era; a CloudSat granule outside its windows (2018-10-05: CloudSat out of formation) is a recorded skip."""
+    import json
+    import subprocess
+    import sys
+
+    from sgmagnet.shards import iter_shard, shard_paths
+
+    arc, out = tmp_path / "arc", tmp_path / "shards"
+    sg = [sys.executable, "-m", "sgmagnet.cli"]
+    common = ["--days", "1", "--region", "125,145,-30,30", "--res", "0.1", "--seed", "3", "--quiet"]
+    subprocess.run(sg + ["synth", "--out", str(arc), "--start", "2018-10-10,2025-06-01", *common], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(sg + ["synth", "--out", str(tmp_path / "early"), "--start", "2018-10-05", "--labels", "cloudsat",
+                         *common], check=True, stdout=subprocess.DEVNULL)
+    import shutil
+    early = sorted((tmp_path / "early" / "cloudsat").rglob("*.hdf"))[0]
+    shutil.copy(early, arc / "cloudsat")
+    r = subprocess.run(sg + ["build", "--ahi", str(arc / "ahi"), "--cloudsat", str(arc / "cloudsat"), "--earthcare",
+                             str(arc / "earthcare"), "--out", str(out), "--patch-size", "32", "--min-labelled", "16",
+                             "--split-days", "1,0,1", "--gap-days", "0", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    man = json.load(open(out / "manifest.json"))
+    assert man["sources"]["granules"] > 0 and man["sources"]["earthcare_frames"] > 0
+    skip = {os.path.basename(s["file"]): s["reason"] for s in man["skipped"]}
+    assert "outside its windows" in skip[early.name] and "2018-10-10 to 2020-08-26" in skip[early.name]
+    seen = {}
+    for split in ("train", "test"):
+        for p in shard_paths(str(out), split):
+            for s in iter_shard(p):
+                m = s["meta"]
+                era = m["scene_time"][:4]
+                key = (era, m["label_product"], m["platform"], m["day_night"])
+                seen[key] = seen.get(key, 0) + 1
+                assert m["solar_zenith_labelled"][0] <= m["solar_zenith_labelled"][1] <= m["solar_zenith_labelled"][2]
+    assert {k[:3] for k in seen} == {("2018", "2B-CLDCLASS-LIDAR", "H08"), ("2025", "AC__TC__2B", "H09")}
+    assert not any(k[0] == "2018" and k[3] == "night" for k in seen)                 # CloudSat: daylight only
+    assert any(k[0] == "2025" and k[3] == "night" for k in seen)                     # EarthCARE: night too
+    total = {}
+    for split, d in man["provenance"].items():
+        for k, n in d.items():
+            total[k] = total.get(k, 0) + n
+    want = {}
+    for (era, prod, plat, dn), n in seen.items():
+        want[f"{prod}/{dn}/{plat}"] = want.get(f"{prod}/{dn}/{plat}", 0) + n
+    assert total == want
