@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from ci import ROOT, TINY
 
@@ -279,7 +280,49 @@ def hsd_build(w, t, edit, text, code=0, slots=(0,)):
     return case
 
 
+def ec_build(w, t, make, name=None):
+    """A build of the tiny archive's CloudSat labels with an --earthcare folder holding one bad AC__TC__2B file:
+    a recorded skip (exit 0, the reason in manifest.json's skipped); the CloudSat part still builds."""
+    from test_earthcare import NAME, spec_file
+
+    d = t / "ec"
+    d.mkdir()
+    make(d / (name or NAME), spec_file)
+    return dict(argv=build_argv(w, t / "o", "--earthcare", str(d)), manifest=t / "o")
+
+
+def _truncated(p, spec_file):
+    spec_file(p)
+    open(p, "r+b").truncate(os.path.getsize(p) // 2)
+
+
+def _not_earthcare(p, spec_file):
+    import h5py
+    with h5py.File(p, "w") as f:
+        f.create_group("Data").create_dataset("x", data=[1, 2, 3])
+
+
+EC_2024 = (np.datetime64("2024-12-01T03:00") - np.datetime64("2000-01-01")).astype("timedelta64[s]").astype(float)
+
 CASES = [
+    # ------------------------------------------------------------ EarthCARE AC__TC__2B (issue 30)
+    ("ec-hdf5-not-earthcare", lambda w, t: ec_build(w, t, _not_earthcare), 0, "not an EarthCARE L2 file"),
+    ("ec-other-product", lambda w, t: ec_build(w, t, lambda p, f: f(p), name="ECA_EXBC_ATL_TC__2A_20251223T000721Z_"
+                                               "20251223T012326Z_08916G.h5"), 0, "product ATL_TC__2A"),
+    ("ec-missing-sciencedata-variable", lambda w, t: ec_build(w, t, lambda p, f: f(p, drop=("quality_status",))), 0,
+     "missing /ScienceData variable(s): quality_status"),
+    ("ec-height-bottom-up", lambda w, t: ec_build(w, t, lambda p, f: f(p, bottom_up=True)), 0, "runs bottom-up"),
+    ("ec-241-levels-reads", lambda w, t: ec_build(w, t, lambda p, f: f(p, k=241)), 0,
+     "no AHI scene within +-5 min"),      # read like any frame: skipped only because no scene is near it
+    ("ec-classes-outside-table", lambda w, t: ec_build(w, t, lambda p, f: f(p, classes=np.full((6, 242), 40, np.int8))),
+     0, "codes outside the table -1..34: [40]"),
+    ("ec-truncated", lambda w, t: ec_build(w, t, _truncated), 0, "not a readable HDF5 file"),
+    ("ec-times-backwards", lambda w, t: ec_build(w, t, lambda p, f: f(p, times=8.19e8 - np.arange(6.0))), 0,
+     "goes backwards"),
+    ("ec-before-its-l2-release", lambda w, t: ec_build(w, t, lambda p, f: f(p, times=EC_2024 + np.arange(6.0))), 0,
+     "AC__TC__2B dated 2024-12-01 03:00 UTC, outside its windows"),
+    ("build-no-labels", lambda w, t: dict(argv=["build", "--ahi", w["ahi"], "--out", str(t / "o")]), 2,
+     "give --cloudsat DIR (2B-CLDCLASS-LIDAR) and/or --earthcare DIR"),
     # ------------------------------------------------------------ Himawari Standard Data (HSD) through satpy
     ("hsd-missing-segment", lambda w, t: hsd_build(w, t, lambda f: os.remove(hsd_largest(f[0], 13)), ""), 0,
      "missing segment (its pixels get no sample)"),
