@@ -21,7 +21,7 @@ def inspect_shards(root: str, verify: bool = False, as_json: bool = False) -> tu
     bad = verify_shards(root, m) if verify else []
     if as_json:
         return json.dumps({"counts": m.counts, "class_histogram": m.class_histogram,
-                           "band_stats": m.band_stats, "shards": len(m.shards),
+                           "band_stats": m.band_stats, "provenance": m.provenance, "shards": len(m.shards),
                            "skipped": len(m.skipped), "checksum_failures": bad}, indent=1), bad
     lines = [f"shards: {len(m.shards)}   samples: " + ", ".join(f"{k} {v}" for k, v in m.counts.items())
              + f"   profiles matched: {m.profiles['matched_profiles']} of {m.profiles['profiles']}"]
@@ -31,6 +31,11 @@ def inspect_shards(root: str, verify: bool = False, as_json: bool = False) -> tu
         h = np.asarray(h)
         pct = 100 * h[0] / h.sum() if h.sum() else float("nan")
         lines.append(f"  {s:<6} " + "".join(f"{int(v):>12}" for v in h) + f"   {pct:6.1f}")
+    if any(m.provenance.values()):
+        lines.append("samples by label product / day-night (solar zenith at the labelled pixels) / imager:")
+        for s, d in m.provenance.items():
+            for k, n in d.items():
+                lines.append(f"  {s:<6} {k:<40} {n:>8}")
     lines.append("band statistics (training split):")
     bs = m.band_stats
     for k, b in enumerate(BAND_VARS):
