@@ -376,6 +376,7 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
         return rec
     rec["product"] = prof.product
     rec["provenance"] = {s: {} for s in SPLITS}
+    rec["solar_zenith"] = {}
     gm = collocate(prof, scenes, cfg.window_min)
     rec["profiles"], rec["valid_profiles"], rec["matched_profiles"] = gm.n_profiles, gm.n_valid, gm.n_matched
     rec["skipped"] += [{"file": f, "reason": r} for f, r in gm.skipped]
@@ -399,6 +400,10 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
                     s["meta"].update(granule=rec["granule"], split=split)
                     pk = f"{m.product}/{s['meta']['day_night']}/{s['meta']['platform']}"
                     rec["provenance"][split][pk] = rec["provenance"][split].get(pk, 0) + 1
+                    z = s["meta"]["solar_zenith_labelled"]
+                    if z is not None:
+                        lo, hi = rec["solar_zenith"].get(split, [z[0], z[2]])
+                        rec["solar_zenith"][split] = [min(lo, z[0]), max(hi, z[2])]
                     if split not in writers:
                         tmpd = os.path.join(cfg.out, "_tmp", split)
                         os.makedirs(tmpd, exist_ok=True)
@@ -481,7 +486,11 @@ def merge_manifest(cfg: BuildConfig, p: BuildPlan) -> Manifest:
     bs, bq, bc = np.zeros(N_BANDS), np.zeros(N_BANDS), np.zeros(N_BANDS, np.int64)
     shards, skipped = [], list(p.skipped)
     prov = {s: {} for s in SPLITS}
+    sza = {}
     for r in recs:
+        for s, (lo, hi) in r.get("solar_zenith", {}).items():
+            a, b = sza.get(s, [lo, hi])
+            sza[s] = [min(a, lo), max(b, hi)]
         for s, d in r.get("provenance", {}).items():
             for k, n in d.items():
                 prov[s][k] = prov[s].get(k, 0) + n
@@ -520,6 +529,7 @@ def merge_manifest(cfg: BuildConfig, p: BuildPlan) -> Manifest:
         skipped=uniq_skipped,
         profiles={k: int(sum(r.get(k, 0) for r in recs)) for k in ("profiles", "valid_profiles", "matched_profiles")},
         provenance={s: dict(sorted(d.items())) for s, d in prov.items()},
+        solar_zenith={s: sza[s] for s in SPLITS if s in sza},
     )
     man.write(cfg.out)
     shutil.rmtree(os.path.join(cfg.out, "_tmp"), ignore_errors=True)

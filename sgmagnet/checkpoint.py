@@ -219,6 +219,7 @@ class SavedModel:
     loss_weights: list          # class weights of the loss (the prior that --decision prior undoes)
     normaliser: dict            # {"mean": [16], "std": [16]}: the band statistics it was trained with
     world_size: int
+    trained_on: dict = None     # {"bands": "all"|"ir", "solar_zenith": [min, max] of the training split or None}
 
 
 def load_saved(path: str) -> SavedModel:
@@ -228,4 +229,4 @@ def load_saved(path: str) -> SavedModel:
     ck = load_common(path)
     return SavedModel(folder=ck["folder"], step=int(ck["step"]), config=from_dict(ck["config"], f"{ck['folder']}: config"),
                       model=ck["model"], loss_weights=list(ck["loss_weights"]), normaliser=ck["normaliser"],
-                      world_size=int(ck.get("world_size", 1)))
+                      world_size=int(ck.get("world_size", 1)), trained_on=dict(ck.get("trained_on") or {}))

@@ -46,6 +46,7 @@ class DataConfig:
 class ModelConfig:
     name: str = rule("sgmagnet", choices=MODEL_NAMES)
     size: str = rule("demo", choices=MODEL_SIZES)
+    bands: str = rule("all", choices=("all", "ir"))   # ir: B07-B16 only, no solar zenith (a day-and-night model)
     options: dict = field(default_factory=dict)   # constructor overrides, e.g. {height: static}
 
 

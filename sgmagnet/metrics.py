@@ -9,7 +9,7 @@ Strata (for the stratified tables): every labelled voxel is counted in its overa
 matrix per stratum family:
   layers    column type of its profile: `clear` (no cloud), `single` (one contiguous cloudy run), `multi`
   latitude  `tropics` (|lat| < 23.5), `subtropics` (23.5-40), `midlatitudes` (>= 40)
-  daynight  `day` (solar zenith < 85 deg at the pixel) or `night`
+  daynight  `day`, `twilight` or `night` by the solar zenith at the pixel (sgmagnet.solar: < 80, < 90, >= 90 deg)
   cloudtype the 2B-CLDCLASS-LIDAR CloudLayerType of the column's top layer: clear, Ci, As, Ac, St, Sc, Cu,
             Ns, DC (in the synthetic archive, the generator's regime; counted only when the shards carry it)
 """
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from .grid import CLASS_NAMES, IGNORE, N_CLASSES
+from .solar import STRATA, strata
 
 LAT_BANDS = (("tropics", 0.0, 23.5), ("subtropics", 23.5, 40.0), ("midlatitudes", 40.0, 90.01))
-DAY_MAX_SOZ = 85.0
 
 
 def confusion(true: torch.Tensor, pred: torch.Tensor, n: int = N_CLASSES) -> torch.Tensor:
@@ -110,7 +110,7 @@ def lat_band(lat: torch.Tensor) -> torch.Tensor:
 class ConfusionSet:
     """The overall confusion matrix plus one per stratum; `update` takes a batch's labelled columns."""
 
-    FAMILIES = {"layers": COLUMN_TYPES, "latitude": tuple(b[0] for b in LAT_BANDS), "daynight": ("day", "night"),
+    FAMILIES = {"layers": COLUMN_TYPES, "latitude": tuple(b[0] for b in LAT_BANDS), "daynight": STRATA,
                 "cloudtype": CLOUD_TYPES}
 
     def __init__(self):
@@ -136,7 +136,7 @@ class ConfusionSet:
         true, pred = true.cpu(), pred.cpu()
         self.total += confusion(true, pred)
         keys = {"layers": column_type(true), "latitude": lat_band(lat.cpu()),
-                "daynight": (soz.cpu() >= DAY_MAX_SOZ).long(),
+                "daynight": torch.from_numpy(strata(soz.cpu().numpy())).long(),
                 "cloudtype": (ctype.cpu().long().clamp(0, 8) if ctype is not None
                               else torch.full((len(true),), -1, dtype=torch.long))}
         for f, k in keys.items():

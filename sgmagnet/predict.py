@@ -301,10 +301,13 @@ def _create(out: str, src, tile: int, probabilities: bool, attrs: dict):
 @torch.no_grad()
 def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32, batch: int = 4,
                   probabilities: bool = False, rt: Runtime | None = None, attrs: dict | None = None, log=print,
-                  form: str = "gated", fmt: str = "netcdf") -> dict:
+                  form: str = "gated", fmt: str = "netcdf", trained_on: dict | None = None) -> dict:
     """Run `model` over an AHI scene (tiled, streamed) and write the CF cube `out` (atomically) as NetCDF or
     (fmt="zarr") Zarr, on the runtime `rt` (default: CPU, float32, the reference argmax). `ahi`: a P-Tree file,
-    or an HSD slot (a folder holding one, or any of its segment files)."""
+    or an HSD slot (a folder holding one, or any of its segment files). trained_on (the checkpoint's record:
+    band set, solar zenith range of its training split): the cube gains the flag `outside_training_range`
+    (1 where the pixel's solar zenith lies outside that range; all 0 for an infrared-only model, which does not
+    see the sun); the prediction itself is written everywhere."""
     from tqdm import tqdm
 
     rt = rt or Runtime(torch.device("cpu"))
@@ -342,11 +345,14 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
             "tiling": f"tile {tile}, overlap {overlap}, centre-crop stitching", "grid_row0": src.r0,
             "grid_col0": src.c0}
     base.update(attrs or {})
-    n_valid = 0
+    n_valid = n_outside = 0
+    rng = _training_range(trained_on)
     nc = None
     nc_path = out if fmt == "netcdf" else out + ".nc"
     try:
         nc = src.create(nc_path, tile, probabilities, base)
+        if rng is not None:
+            _range_flag(nc, src, tile, rng, trained_on)
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not log, mininterval=2)
         for rs, (rlo, rhi) in zip(rows, rcore):
             x, geom, ok = src.strip(rs, min(rs + tile, H))
@@ -382,6 +388,13 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                 for c, name in enumerate(CLASS_NAMES):
                     nc[f"p_{name}"][0, :, rows_out, :] = probs[c][:, order]
             n_valid += int((~mask).sum())
+            if rng is not None:
+                soz = geom[0, rlo - rs:rhi - rs, :W]
+                inside = (soz >= rng[0]) & (soz <= rng[1])            # NaN (unknown sun): outside
+                out_r = ~inside & ~mask if rng[1] >= rng[0] else np.zeros(soz.shape, bool)
+                flag = np.where(mask, np.int8(-1), out_r.astype(np.int8))
+                nc["outside_training_range"][0, rows_out, :] = flag[order]
+                n_outside += int(out_r.sum())
         bar.close()
         nc.close()
         nc = None
@@ -405,7 +418,38 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
         if hasattr(src, "close"):
             src.close()
     return {"out": out, "shape": [N_LEVELS, H, W], "tiles": len(rows) * len(cols), "valid_pixels": n_valid,
-            "grid": src.kind}
+            "grid": src.kind, "outside_training_range": n_outside if rng is not None else None,
+            "training_range": list(rng) if rng is not None else None}
+
+
+def _training_range(trained_on: dict | None):
+    """(lo, hi) solar zenith range to flag outside of; (1, 0) (flag nothing) for an infrared model; None when
+    the checkpoint does not record its training range (written before this record existed)."""
+    t = trained_on or {}
+    if t.get("bands") == "ir":
+        return (1.0, 0.0)
+    z = t.get("solar_zenith")
+    return (float(z[0]), float(z[1])) if z else None
+
+
+def _range_flag(nc, src, tile: int, rng, trained_on: dict):
+    ydim, xdim = ("y", "x") if src.kind == "hsd" else ("latitude", "longitude")
+    v = nc.createVariable("outside_training_range", "i1", ("time", ydim, xdim), zlib=True, complevel=4,
+                          chunksizes=(1, min(tile, src.H), min(tile, src.W)), fill_value=np.int8(-1))
+    v.long_name = "pixel outside the solar zenith range the model was trained on"
+    v.flag_values = np.array([0, 1], np.int8)
+    v.flag_meanings = "inside_training_range outside_training_range"
+    v.valid_range = np.array([0, 1], np.int8)
+    if rng[1] >= rng[0]:
+        v.comment = (f"1 where the solar zenith angle lies outside [{rng[0]:.1f}, {rng[1]:.1f}] degrees, the range of "
+                     f"the labelled pixels of the model's training split (band set {trained_on.get('bands', 'all')}): "
+                     f"its prediction there is an extrapolation (night, for a daytime-trained all-band model); "
+                     f"cloud_phase is written there all the same")
+    else:
+        v.comment = "all 0: an infrared-only model (band set ir) does not see the sun, so no pixel is outside its range"
+    v.coordinates = "time latitude longitude"
+    if src.kind == "hsd":
+        v.grid_mapping = "ahi_imager_projection"
 
 
 def _to_zarr(nc_tmp: str, out: str, tile: int):
@@ -443,12 +487,21 @@ def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int
     model, ck = load_model_from_checkpoint(checkpoint, rt.device)
     norm = Normaliser.from_checkpoint(ck)
     state = os.path.join(ck.folder, "state.pt")
-    attrs = {"model": f"{ck.config.model.name}/{ck.config.model.size}",
+    attrs = {"model": f"{ck.config.model.name}/{ck.config.model.size}", "band_set": ck.config.model.bands,
              "model_options": str(ck.config.model.options), "checkpoint": os.path.abspath(ck.folder),
              "checkpoint_sha256": sha256(state), "checkpoint_step": ck.step}
     r = predict_scene(model, norm, ahi, out, bbox=bbox, tile=tile, overlap=overlap, batch=batch,
                       probabilities=probabilities, rt=rt, attrs=attrs, log=log,
-                      form=ck.config.loss.form, fmt=fmt)
+                      form=ck.config.loss.form, fmt=fmt, trained_on=ck.trained_on)
     if log:
         log(f"wrote {out}: cloud_phase {r['shape']} from {r['tiles']} tiles, {r['valid_pixels']} valid pixels")
+        rng = r["training_range"]
+        if rng is None:
+            log("note: the checkpoint records no training solar zenith range (written before it was recorded): "
+                "no outside_training_range flag")
+        elif rng[1] >= rng[0]:
+            log(f"outside_training_range: {r['outside_training_range']} of {r['valid_pixels']} valid pixels have a "
+                f"solar zenith outside [{rng[0]:.1f}, {rng[1]:.1f}] deg, the training split's (flagged, not hidden)")
+        else:
+            log("outside_training_range: 0 (band set ir: the model does not see the sun)")
     return r

@@ -103,7 +103,7 @@ def model_from_config(cfg) -> torch.nn.Module:
     opts = dict(cfg.model.options)
     if cfg.loss.aux_weight > 0:
         opts["aux"] = True
-    return build_model(cfg.model.name, cfg.model.size, **opts)
+    return build_model(cfg.model.name, cfg.model.size, bands=getattr(cfg.model, "bands", "all"), **opts)
 
 
 def load_model_from_checkpoint(path: str, device) -> tuple[torch.nn.Module, "SavedModel"]:

@@ -104,6 +104,7 @@ class Manifest:
     split_anchor: str = ""            # the date the split blocks count from
     config_hash: str = ""             # hash of the BuildConfig fields that change the samples
     provenance: dict = field(default_factory=dict)  # split -> {"<label product>/<day|twilight|night>/<platform>": samples}
+    solar_zenith: dict = field(default_factory=dict)  # split -> [min, max] solar zenith (deg) at its labelled pixels
 
     @property
     def patch_size(self) -> int:

@@ -40,7 +40,7 @@ def have_mpirun() -> bool:
 
 
 def make_scene(folder, timeline: dt.datetime, lat0=10.0, lon0=130.0, step=0.5, nlat=9, nlon=11,
-               hour=None, saz=None, bands=None, packing=None, name_counts=None, drop=()):
+               hour=None, saz=None, bands=None, packing=None, name_counts=None, drop=(), soz=None):
     """A small P-Tree file. hour: [nlat,nlon] decimal UT hours (default: timeline + 5 min)."""
     lat = lat0 - step * np.arange(nlat)
     lon = lon0 + step * np.arange(nlon)
@@ -48,7 +48,7 @@ def make_scene(folder, timeline: dt.datetime, lat0=10.0, lon0=130.0, step=0.5, n
     fields = {}
     for k, b in enumerate(BAND_VARS):
         fields[b] = np.full(shape, 0.3 if k < 6 else 280.0 - k) if bands is None else bands[k]
-    fields["SOZ"] = np.full(shape, 30.0)
+    fields["SOZ"] = np.full(shape, 30.0) if soz is None else soz
     fields["SOA"] = np.full(shape, 100.0)
     fields["SAZ"] = np.full(shape, 20.0) if saz is None else saz
     fields["SAA"] = np.full(shape, 50.0)

@@ -45,12 +45,13 @@ def test_column_type_and_strata():
     assert column_type(prof).tolist() == [0, 1, 2, 2]
     cs = ConfusionSet()
     cs.update(prof, torch.zeros(4, 4, dtype=torch.long), torch.tensor([5.0, -30.0, 50.0, 10.0]),
-              torch.tensor([30.0, 30.0, 100.0, 30.0]))
+              torch.tensor([30.0, 85.0, 100.0, 30.0]))
     r = cs.report()
     assert r["overall"]["voxels"] == 14
     assert set(r["strata"]["layers"]) == {"clear", "single", "multi"}
     assert r["strata"]["latitude"]["midlatitudes"]["voxels"] == 4
-    assert r["strata"]["daynight"]["night"]["voxels"] == 4 and r["strata"]["daynight"]["day"]["voxels"] == 10
+    dn = r["strata"]["daynight"]
+    assert dn["night"]["voxels"] == 4 and dn["twilight"]["voxels"] == 4 and dn["day"]["voxels"] == 6
 
 
 def test_cloud_type_stratum():

@@ -247,3 +247,58 @@ def test_failed_write_leaves_no_partial_and_keeps_the_old_cube(tmp_path, monkeyp
         predict_scene(Local3x3(), NORM, ahi, str(out), tile=16, overlap=4, log=None)
     assert len(calls) == 3 and out.read_bytes() == b"an earlier cube"
     assert not os.path.exists(str(out) + ".partial")
+
+
+def test_out_of_training_range_flag(tmp_path):
+    """The cube flags the pixels whose solar zenith lies outside the checkpoint's training range, writes the
+    prediction there all the same, and flags nothing for an infrared model or an old checkpoint."""
+    n = 24
+    soz = np.broadcast_to(np.linspace(0.0, 120.0, n)[None, :], (n, n)).copy()      # day -> night across the scene
+    ahi = make_scene(tmp_path, dt.datetime(2018, 10, 10, 3, 0), lat0=5.0, lon0=130.0, step=0.05, nlat=n, nlon=n,
+                     soz=soz)
+    m = Local3x3()
+    r = predict_scene(m, NORM, ahi, str(tmp_path / "day.nc"), tile=16, overlap=4, log=None,
+                      trained_on={"bands": "all", "solar_zenith": [20.0, 80.0]})
+    with xr.open_dataset(tmp_path / "day.nc") as ds:
+        f = ds["outside_training_range"].values[0]
+        assert ds["outside_training_range"].attrs["flag_meanings"] == "inside_training_range outside_training_range"
+        s = soz[::-1] if ds.latitude.values[0] < ds.latitude.values[-1] else soz        # rows as written
+        assert np.array_equal(f == 1, (s < 20.0) | (s > 80.0))
+        assert (ds["cloud_phase"].values >= 0).all()                                  # complete: not hidden
+    assert r["outside_training_range"] == int(((soz < 20.0) | (soz > 80.0)).sum()) > 0
+    r = predict_scene(m, NORM, ahi, str(tmp_path / "ir.nc"), tile=16, overlap=4, log=None,
+                      trained_on={"bands": "ir", "solar_zenith": [20.0, 80.0]})
+    with xr.open_dataset(tmp_path / "ir.nc") as ds:
+        assert (ds["outside_training_range"].values == 0).all() and r["outside_training_range"] == 0
+    r = predict_scene(m, NORM, ahi, str(tmp_path / "old.nc"), tile=16, overlap=4, log=None, trained_on={})
+    with xr.open_dataset(tmp_path / "old.nc") as ds:
+        assert "outside_training_range" not in ds and r["training_range"] is None
+
+
+@pytest.mark.parametrize("name", ["unet", "sgmagnet", "transformer", "segnet", "unet3d"])
+def test_band_set_ir_ignores_the_visible_bands_and_the_sun(name):
+    from sgmagnet.models import build_model
+
+    torch.manual_seed(0)
+    x, g = torch.randn(1, 16, 32, 32), torch.rand(1, 2, 32, 32) * 80
+    x2, g2 = x.clone(), g.clone()
+    x2[:, :6] = torch.randn(1, 6, 32, 32)
+    g2[:, 0] = 110.0                                                                  # night
+    for bands, same in (("ir", True), ("all", False)):
+        torch.manual_seed(1)
+        m = build_model(name, "tiny", bands=bands).eval()
+        with torch.no_grad():
+            a, b = m(x, g), m(x2, g2)
+        assert torch.equal(a, b) == same, (name, bands)
+    with pytest.raises(ValueError, match="unknown band set"):
+        build_model(name, "tiny", bands="vis")
+
+
+def test_checkpoint_records_what_it_was_trained_on(tiny_run, tiny_shards):
+    from sgmagnet.checkpoint import load_saved
+
+    ck = load_saved(str(tiny_run))
+    man = tiny_shards[1]
+    assert ck.trained_on["bands"] == "all" and ck.trained_on["solar_zenith"] == man.solar_zenith["train"]
+    lo, hi = man.solar_zenith["train"]
+    assert 0.0 <= lo <= hi < 90.0                # CloudSat (daylight only): the training split holds no night

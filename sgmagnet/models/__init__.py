@@ -21,7 +21,8 @@ from .unet import UNet2D, UNet3DLift
 MODELS = {"sgmagnet": SGMAGNet, "sgmagnet_v1": SGMAGNetV1, "unet": UNet2D, "unet3d": UNet3DLift, "segnet": SegNet, "transformer": Transformer}
 
 
-def build_model(name: str, size: str = "demo", levels: int = N_LEVELS, **overrides) -> nn.Module:
+def build_model(name: str, size: str = "demo", levels: int = N_LEVELS, bands: str = "all", **overrides) -> nn.Module:
+    """bands: the band set every input stem uses ("all" or "ir" = B07-B16 without the sun; models/common.py)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     cls = MODELS[name]
@@ -30,9 +31,14 @@ def build_model(name: str, size: str = "demo", levels: int = N_LEVELS, **overrid
     kw = dict(cls.SIZES[size])
     kw.update(overrides)
     try:
-        return cls(levels=levels, **kw)
+        model = cls(levels=levels, **kw)
     except TypeError as e:
         raise ValueError(f"bad option for model {name}: {e}") from None
+    from .common import InputStem
+    for m in model.modules():
+        if isinstance(m, InputStem):
+            m.set_bands(bands)
+    return model
 
 
 def n_parameters(model: nn.Module) -> int:

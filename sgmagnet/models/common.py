@@ -6,6 +6,10 @@ gate logit, channels 1..3 the phase logits (DESIGN.md). `InputStem` is where mis
 NaNs become 0 and the fraction of valid bands per pixel is appended as a channel, so a model can tell
 "missing" from "average"; cos(SOZ) and cos(SAZ) are appended too (zeros when no geometry is given), so
 models know day from night and the viewing slant.
+
+Band sets (`set_bands`, from `build_model(..., bands=...)`): "all" uses the 16 bands; "ir" only B07-B16 (the
+infrared bands, which see the same by day and by night): B01-B06 and the solar zenith channel are zeroed, so an
+IR model cannot learn from the sun. The input contract and the weights' shapes stay the same.
 """
 from __future__ import annotations
 
@@ -29,17 +33,36 @@ def groups_for(c: int) -> int:
     return 1
 
 
+BAND_SETS = {"all": tuple(range(N_BANDS)), "ir": tuple(range(6, N_BANDS))}   # 0-based band indices
+
+
 class InputStem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bands = "all"
+        self.register_buffer("band_mask", torch.ones(N_BANDS, dtype=torch.bool), persistent=False)
+
+    def set_bands(self, bands: str):
+        if bands not in BAND_SETS:
+            raise ValueError(f"unknown band set {bands!r}; choose one of {', '.join(BAND_SETS)}")
+        self.bands = bands
+        mask = torch.zeros(N_BANDS, dtype=torch.bool, device=self.band_mask.device)
+        mask[list(BAND_SETS[bands])] = True
+        self.band_mask = mask
+
     def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != N_BANDS:
             raise ValueError(f"expected input [B, {N_BANDS}, H, W], got {tuple(x.shape)}")
-        valid = torch.isfinite(x)
+        use = self.band_mask[None, :, None, None]
+        valid = torch.isfinite(x) & use
         x0 = torch.where(valid, x, torch.zeros_like(x))
-        frac = valid.to(x0.dtype).mean(1, keepdim=True)
+        frac = valid.to(x0.dtype).sum(1, keepdim=True) / use.sum()
         if geom is None:
             g = x0.new_zeros(x.shape[0], N_GEOM, *x.shape[2:])
         else:
             g = torch.cos(torch.deg2rad(torch.nan_to_num(geom.to(x0.dtype), nan=90.0)))
+            if self.bands == "ir":         # no sun for an infrared model
+                g = torch.cat([torch.zeros_like(g[:, :1]), g[:, 1:]], 1)
         return torch.cat([x0, frac, g], 1)
 
 

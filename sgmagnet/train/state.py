@@ -1,6 +1,7 @@
 """What a checkpoint holds, as a list of stateful parts (torchtitan's way: a checkpoint is a dict of them).
 
     common (rank 0, state.pt)      format, model weights, step, config, loss weights, world size, normaliser,
+                                   what it was trained on (band set, solar zenith range of the training split),
                                    + the strategy's optimizer and schedule (plain/DDP; DeepSpeed writes its own)
     per rank (rank_NNNNN.pt)       every RNG state, the data stream's position (epoch, batch)
 
@@ -16,15 +17,17 @@ from ..config import Config, ConfigError, to_dict
 
 
 class RunState:
-    def __init__(self, cfg: Config, env, model, strategy, stream, weights, norm):
+    def __init__(self, cfg: Config, env, model, strategy, stream, weights, norm, trained_on: dict | None = None):
         self.cfg, self.env, self.model, self.strategy, self.stream = cfg, env, model, strategy, stream
         self.weights, self.norm = list(weights), norm
+        self.trained_on = trained_on or {}
         self.step = 0
 
     def common(self) -> dict:
         d = {"format": CKPT_FORMAT, "model": self.model.state_dict(), "step": self.step,
              "config": to_dict(self.cfg), "loss_weights": self.weights, "world_size": self.env.world_size,
-             "normaliser": {"mean": self.norm.mean.tolist(), "std": self.norm.std.tolist()}}
+             "normaliser": {"mean": self.norm.mean.tolist(), "std": self.norm.std.tolist()},
+             "trained_on": self.trained_on}
         d.update(self.strategy.state_dict())
         return d
 

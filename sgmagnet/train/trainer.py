@@ -105,7 +105,10 @@ class Trainer:
         hdist.barrier()
         self.ckpt = Checkpointer(os.path.join(t.run_dir, "checkpoints"), t.keep_checkpoints, self.env.rank,
                                  self.env.world_size, hdist.barrier)
-        self.state = RunState(cfg, self.env, self.model, self.strategy, self.stream, self.weights, self.norm)
+        trained_on = {"bands": cfg.model.bands,   # what predict's out-of-range flag compares a scene with
+                      "solar_zenith": self.manifest.solar_zenith.get(cfg.data.train_split)}
+        self.state = RunState(cfg, self.env, self.model, self.strategy, self.stream, self.weights, self.norm,
+                              trained_on)
         self.best = self.ckpt.best_info() if resume else {}
         if resume:
             path = self.ckpt.latest()
