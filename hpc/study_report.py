@@ -11,7 +11,7 @@ from sgmagnet.io import write_json, write_text
 
 from .study_logs import StudyLogs
 from .study_protocol import ABLATIONS, MATCHED, MODELS, RUNS, sweep_grid
-from .study_stats import _ms, bootstrap, patch_cms, selected_variant, variant_val_scores
+from .study_stats import _ms, bootstrap, granule_of, patch_cms, selected_variant, variant_val_scores
 
 RESULTS_BEGIN = "<!-- study tables: begin (written by hpc/study.py --results; edit the prose around them) -->"
 RESULTS_END = "<!-- study tables: end -->"
@@ -28,9 +28,11 @@ def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, l
     r0 = results[0]
     out = [f"Configuration `{preset_name}`: {json.dumps(preset)}; shards `{a.shards}` (manifest sha256 "
            f"`{r0['manifest_sha256'][:16]}…`, {r0['train_days']} training days, {r0['patch']}-px patches); "
-           f"learning rates from the validation sweep: {json.dumps(lrs)}. Test split, {boot['patches']} patches. "
-           "Macro F1: mean ± sd over seeds; 95 % CI: paired bootstrap over test patches "
-           f"({boot['n_boot']} draws) of the seed-mean; Δ vs SGMAGNet with its paired 95 % CI.", ""]
+           f"learning rates from the validation sweep: {json.dumps(lrs)}. Test split, {boot['patches']} patches from "
+           f"{boot.get('clusters', boot['patches'])} {boot.get('resampled', 'patches')}. "
+           f"Macro F1: mean ± sd over seeds; 95 % CI: paired cluster bootstrap over whole test "
+           f"{boot.get('resampled', 'patches')} ({boot['n_boot']} draws) of the seed-mean; Δ vs SGMAGNet with its "
+           f"paired 95 % CI.", ""]
     head = ("| run | seeds | macro F1 | 95 % CI | Δ vs SGMAGNet [95 % CI] | Δ vs oracle [95 % CI] | macro IoU | "
             "phase F1 | mask F1 | selected step | params | GFLOP/sample | samples/s |")
     sep = "|---" * 13 + "|"
@@ -72,7 +74,8 @@ def tables(results: list[dict], boot: dict, preset_name: str, preset: dict, a, l
                 f"The protocol's choice among SGMAGNet and its one-change variants with {len(by['sgmagnet'])} seeds: "
                 "the highest seed-mean validation macro F1 (" + ", ".join(f"{n} {v:.3f}" for n, v in
                                                                        sorted(val.items(), key=lambda x: -x[1]))
-                + "). Test Δ = baseline − selected, paired bootstrap over test patches; P(Δ ≤ 0) = share of draws "
+                + f"). Test Δ = baseline − selected, paired bootstrap over whole test {boot.get('resampled', 'patches')}; "
+                "P(Δ ≤ 0) = share of draws "
                 "in which the baseline does not beat it.", "",
                 f"| run | seeds | macro F1 | Δ vs {sel} [95 % CI] | P(Δ ≤ 0) |", "|---" * 5 + "|"]
         for n in (n for n in ("sgmagnet",) + MODELS[1:] + MATCHED if n in by):
@@ -299,8 +302,8 @@ def report(a, preset_name: str, preset: dict, lrs: dict) -> int:
     for r in results:                   # wall time from the kept log: counts every session of a resumed run
         r["train_wall_s"] = logs.wall_s(run_log(r)) or (
             r.get("train_wall_s", 0.0))
-    runs, refs = patch_cms(a.out, results)
-    boot = bootstrap(runs, refs, a.n_boot, selected=selected_variant(results))
+    runs, refs, keys = patch_cms(a.out, results, with_keys=True)
+    boot = bootstrap(runs, refs, a.n_boot, selected=selected_variant(results), clusters=[granule_of(k) for k in keys])
     index = [{k: r[k] for k in ("name", "seed", "model", "options", "lr", "steps", "selected_step", "val_macro_f1",
                                  "train_days", "patch", "parameters", "gflops_per_sample", "samples_per_s",
                                  "train_wall_s", "command")} | {"macro": r["overall"]["macro"],
