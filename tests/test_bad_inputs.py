@@ -321,6 +321,8 @@ CASES = [
      "goes backwards"),
     ("ec-before-its-l2-release", lambda w, t: ec_build(w, t, lambda p, f: f(p, times=EC_2024 + np.arange(6.0))), 0,
      "AC__TC__2B dated 2024-12-01 03:00 UTC, outside its windows"),
+    ("transfer-study-unknown-config", lambda w, t: dict(cmd=hpc("transfer_study.py", "--only", "cs-all,vis")), 2,
+     "--only: unknown configuration 'vis'"),
     ("build-no-labels", lambda w, t: dict(argv=["build", "--ahi", w["ahi"], "--out", str(t / "o")]), 2,
      "give --cloudsat DIR (2B-CLDCLASS-LIDAR) and/or --earthcare DIR"),
     # ------------------------------------------------------------ Himawari Standard Data (HSD) through satpy
