@@ -171,11 +171,12 @@ def plan(cfg: BuildConfig) -> BuildPlan:
         scenes += hs
         skipped += hskip
     if not granules:
-        why = f" ({len(skipped)} skipped: {skipped[0]['reason']})" if skipped else ""
+        why = f" ({len(skipped)} unreadable or outside their windows: {skipped[0]['reason']})" if skipped else ""
         what = " and ".join(x for x in (f"--cloudsat {cfg.cloudsat!r}" if cfg.cloudsat else "",
                                         f"--earthcare {cfg.earthcare!r}" if cfg.earthcare else "") if x)
-        raise BuildRefused(f"{what}: no readable label file in its windows (2B-CLDCLASS-LIDAR *.hdf, "
-                           f"AC__TC__2B ECA_*.h5){why}")
+        kinds = " or ".join(k for k, on in (("2B-CLDCLASS-LIDAR granule (*.hdf)", cfg.cloudsat),
+                                            ("AC__TC__2B frame (ECA_*.h5)", cfg.earthcare)) if on)
+        raise BuildRefused(f"{what}: no readable {kinds} in its product's windows{why}")
     if not scenes:
         what = ("no complete Himawari Standard Data slot (HS_H0[89]_YYYYMMDD_hhmm_Bbb_FLDK_Rjj_Skkll.DAT[.bz2])"
                 if kind == "hsd" else "no P-Tree AHI L1 file (NC_H0[89]_YYYYMMDD_hhmm_R21_FLDK.xxxxx_yyyyy.nc)")

@@ -233,7 +233,7 @@ def test_hsd_build_detects_the_format_and_records_the_grid(both_builds):
     assert man.config["ahi_format"] == "hsd" and man.counts["train"] > 0
     s = next(iter_shard(shard_paths(str(d), "train")[0]))
     assert s["meta"]["grid"] == "hsd-2km" and s["meta"]["platform"] == "H08"
-    assert s["meta"]["ahi_file"].startswith("HS_H08_20181001_")
+    assert s["meta"]["ahi_file"].startswith("HS_H08_20181010_")
     assert s["input"].shape == (16, 32, 32) and np.isfinite(s["input"]).all()
     d2, man2, _ = both_builds["ptree"]
     s2 = next(iter_shard(shard_paths(str(d2), "train")[0]))
