@@ -279,11 +279,54 @@ class HsdSlot:
                                  "grid": "hsd-2km"})
 
 
+class _MemmapView:
+    """A segment's counts on disk, as dask reads them chunk by chunk. satpy's ahi_hsd reader hands dask a numpy
+    memmap of the whole segment, and dask.array.from_array (since 2024.12, dask#11524) copies any array that has
+    a .copy() before chunking it: every load read and copied whole segments (B03: 97 MB each) although a build
+    computes a few windows. This view has no .copy(), so dask slices it lazily; its token names the file
+    region, so dask does not hash (or pickle) the data."""
+
+    def __init__(self, m: np.memmap):
+        self._m = m
+        self.shape, self.dtype, self.ndim = m.shape, m.dtype, m.ndim
+
+    def __getitem__(self, idx):
+        return np.asarray(self._m[idx])
+
+    def __dask_tokenize__(self):
+        return ("hsd-segment", str(self._m.filename), int(self._m.offset), self.shape, str(self.dtype))
+
+
+class _DaskArrayNoMemmapCopy:
+    """dask.array for satpy.readers.ahi_hsd, except that from_array takes memmaps as `_MemmapView`s."""
+
+    def __getattr__(self, name):
+        import dask.array
+
+        return getattr(dask.array, name)
+
+    @staticmethod
+    def from_array(x, *args, **kw):
+        import dask.array
+
+        return dask.array.from_array(_MemmapView(x) if isinstance(x, np.memmap) else x, *args, **kw)
+
+
+def _satpy_reads_lazily():
+    """Point satpy's ahi_hsd module at `_DaskArrayNoMemmapCopy` (once; a no-op if the module changes how it
+    imports dask)."""
+    from satpy.readers import ahi_hsd
+
+    if getattr(ahi_hsd, "da", None) is not None and not isinstance(ahi_hsd.da, _DaskArrayNoMemmapCopy):
+        ahi_hsd.da = _DaskArrayNoMemmapCopy()
+
+
 def _scene(files: list[str]):
     import warnings
 
     from satpy import Scene
 
+    _satpy_reads_lazily()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Scene(filenames=list(files), reader="ahi_hsd")
