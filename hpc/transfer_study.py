@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -103,8 +104,11 @@ def run(a, name: str, seed: int, shards: dict, lr: float) -> dict:
            "train_wall_s": round(wall, 1), "command": "sgmagnet train --resume " + " ".join(over), "scores": {}}
     os.makedirs(keep, exist_ok=True)
     for k in ("ec", "cs") if on == "cs" else ("ec",):
-        ev = evaluate_checkpoint(best, shards[k], "test", out=os.path.join(keep, f"eval_{k}"), curtains=0,
-                                 log=lambda m: None)
+        ev_dir = os.path.join(rdir, f"eval_{k}")
+        ev = evaluate_checkpoint(best, shards[k], "test", out=ev_dir, curtains=0, log=lambda m: None)
+        os.makedirs(os.path.join(keep, f"eval_{k}"), exist_ok=True)
+        for f in ("eval_test.json", "eval_test.md", "eval_test_patches.npz", "confusion_test.png"):   # for git
+            shutil.copy(os.path.join(ev_dir, f), os.path.join(keep, f"eval_{k}"))
         out["scores"][k] = {"overall": ev["metrics"]["overall"]["macro"], "daynight": {
             s: v["macro"] for s, v in ev["metrics"]["strata"]["daynight"].items()},
             "samples": ev["samples"], "manifest_sha256": ev["manifest_sha256"]}
