@@ -347,12 +347,13 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
     base.update(attrs or {})
     n_valid = n_outside = 0
     rng = _training_range(trained_on)
+    sun_blind = (trained_on or {}).get("bands") == "ir"          # an infrared model: nothing is outside its range
     nc = None
     nc_path = out if fmt == "netcdf" else out + ".nc"
     try:
         nc = src.create(nc_path, tile, probabilities, base)
         if rng is not None:
-            _range_flag(nc, src, tile, rng, trained_on)
+            _range_flag(nc, src, tile, rng, trained_on, sun_blind)
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not log, mininterval=2)
         for rs, (rlo, rhi) in zip(rows, rcore):
             x, geom, ok = src.strip(rs, min(rs + tile, H))
@@ -391,7 +392,7 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
             if rng is not None:
                 soz = geom[0, rlo - rs:rhi - rs, :W]
                 inside = (soz >= rng[0]) & (soz <= rng[1])            # NaN (unknown sun): outside
-                out_r = ~inside & ~mask if rng[1] >= rng[0] else np.zeros(soz.shape, bool)
+                out_r = np.zeros(soz.shape, bool) if sun_blind else ~inside & ~mask
                 flag = np.where(mask, np.int8(-1), out_r.astype(np.int8))
                 nc["outside_training_range"][0, rows_out, :] = flag[order]
                 n_outside += int(out_r.sum())
@@ -419,20 +420,17 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
             src.close()
     return {"out": out, "shape": [N_LEVELS, H, W], "tiles": len(rows) * len(cols), "valid_pixels": n_valid,
             "grid": src.kind, "outside_training_range": n_outside if rng is not None else None,
-            "training_range": list(rng) if rng is not None else None}
+            "training_range": list(rng) if rng is not None else None, "sun_blind": sun_blind}
 
 
 def _training_range(trained_on: dict | None):
-    """(lo, hi) solar zenith range to flag outside of; (1, 0) (flag nothing) for an infrared model; None when
-    the checkpoint does not record its training range (written before this record existed)."""
-    t = trained_on or {}
-    if t.get("bands") == "ir":
-        return (1.0, 0.0)
-    z = t.get("solar_zenith")
+    """(lo, hi): the solar zenith range of the checkpoint's training split; None when the checkpoint does not
+    record it (written before this record existed)."""
+    z = (trained_on or {}).get("solar_zenith")
     return (float(z[0]), float(z[1])) if z else None
 
 
-def _range_flag(nc, src, tile: int, rng, trained_on: dict):
+def _range_flag(nc, src, tile: int, rng, trained_on: dict, sun_blind: bool):
     ydim, xdim = ("y", "x") if src.kind == "hsd" else ("latitude", "longitude")
     v = nc.createVariable("outside_training_range", "i1", ("time", ydim, xdim), zlib=True, complevel=4,
                           chunksizes=(1, min(tile, src.H), min(tile, src.W)), fill_value=np.int8(-1))
@@ -440,7 +438,7 @@ def _range_flag(nc, src, tile: int, rng, trained_on: dict):
     v.flag_values = np.array([0, 1], np.int8)
     v.flag_meanings = "inside_training_range outside_training_range"
     v.valid_range = np.array([0, 1], np.int8)
-    if rng[1] >= rng[0]:
+    if not sun_blind:
         v.comment = (f"1 where the solar zenith angle lies outside [{rng[0]:.1f}, {rng[1]:.1f}] degrees, the range of "
                      f"the labelled pixels of the model's training split (band set {trained_on.get('bands', 'all')}): "
                      f"its prediction there is an extrapolation (night, for a daytime-trained all-band model); "
@@ -499,7 +497,7 @@ def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int
         if rng is None:
             log("note: the checkpoint records no training solar zenith range (written before it was recorded): "
                 "no outside_training_range flag")
-        elif rng[1] >= rng[0]:
+        elif not r["sun_blind"]:
             log(f"outside_training_range: {r['outside_training_range']} of {r['valid_pixels']} valid pixels have a "
                 f"solar zenith outside [{rng[0]:.1f}, {rng[1]:.1f}] deg, the training split's (flagged, not hidden)")
         else:

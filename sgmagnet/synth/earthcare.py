@@ -203,7 +203,7 @@ def classify(world: World, t, lat, lon, n_bins: int = N_JSG, rng=None):
     q = np.where(seen, np.where(radar, 2, 3), q)
     # radar only (below the lidar's limit)
     ro = in_cloud & ~lidar & radar
-    melt0 = col.temperature(H) > 273.15
+    melt0 = temp > 273.15                                                          # below the 0 C level
     cls = np.where(ro & ice, np.where(u < 0.3, 13, 14), cls)
     cls = np.where(ro & mixed, np.where(u < 0.4, 15, 13), cls)
     cls = np.where(ro & liquid, 9, cls)
