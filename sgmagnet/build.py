@@ -375,7 +375,7 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
         rec.update(status="skipped")
         rec["skipped"].append({"file": e.path, "reason": e.problem})
         return rec
-    rec["product"] = prof.product
+    rec["product"], rec["key"] = prof.product, prof.key     # key: the granule / orbit+frame id in sample keys
     rec["provenance"] = {s: {} for s in SPLITS}
     rec["solar_zenith"] = {}
     gm = collocate(prof, scenes, cfg.window_min)
@@ -476,12 +476,27 @@ def run_rank(cfg: BuildConfig, p: BuildPlan, my: list[int], log=print, progress:
 
 
 def merge_manifest(cfg: BuildConfig, p: BuildPlan) -> Manifest:
-    recs = []
+    """The manifest from every granule's record; two records for one granule (two label files of one name,
+    or two files of one granule id, e.g. two releases of it side by side) are refused: their samples would
+    share keys and be counted twice."""
+    recs, names, ids = [], {}, {}
     for g in p.granules:
+        stem = _stem(g.path)
+        if stem in names:
+            raise BuildRefused(f"{g.path}: a second label file named {stem} (the first is {names[stem]}); both would "
+                               f"write the record _records/{stem}.json: keep one and build again")
+        names[stem] = g.path
         rp = record_path(cfg, g.path)
         if os.path.exists(rp):
             with open(rp) as f:
-                recs.append(json.load(f))
+                r = json.load(f)
+            gid = (r.get("product"), r.get("key"))
+            if gid[1] and gid in ids:
+                raise BuildRefused(f"{g.path}: two records for {gid[0]} granule {gid[1]} ({ids[gid]} and "
+                                   f"{os.path.basename(g.path)}): their samples would share keys; keep one of the "
+                                   f"files, remove the other's record and shards (or --overwrite), and merge again")
+            ids[gid] = os.path.basename(g.path)
+            recs.append(r)
     counts = {s: 0 for s in SPLITS}
     hist = {s: np.zeros(4, np.int64) for s in SPLITS}
     bs, bq, bc = np.zeros(N_BANDS), np.zeros(N_BANDS), np.zeros(N_BANDS, np.int64)
@@ -581,11 +596,16 @@ def build(cfg: BuildConfig, log=print, overwrite: bool = False, progress: bool =
     errors = [r["error"] for r in ranks if "error" in r]
     if errors:
         raise BuildFailed(errors[0] + (f" (and {len(errors) - 1} more rank(s) failed)" if len(errors) > 1 else ""))
-    man = None
+    man, refused = None, None
     if rank == 0:
-        man = merge_manifest(cfg, p)
-        write_json(f"{cfg.out}/build_stats.json", {"ranks": ranks})    # timing only; not part of the manifest
-    total = _bcast(comm, sum(man.counts.values()) if rank == 0 else None)
+        try:
+            man = merge_manifest(cfg, p)
+            write_json(f"{cfg.out}/build_stats.json", {"ranks": ranks})    # timing only; not part of the manifest
+        except BuildRefused as e:
+            refused = str(e)
+    total, refused = _bcast(comm, [sum(man.counts.values()) if man else None, refused])
+    if refused:
+        raise BuildRefused(refused)
     if total == 0:
         first = man.skipped[:1] if man else []
         why = f"; first skipped input: {first[0].get('file')}: {first[0].get('reason')}" if first and first[0] else ""

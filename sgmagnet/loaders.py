@@ -9,6 +9,9 @@
     loader("bench", urls, norm, batch_size=8, workers=2)         one pass, as evaluation but never strict (with a
                                                                  dali runtime: one pass of DALI's reader)
 
+    StreamShare({v: loader("train", ..., rank=v, world=V)}, k, j)   a rank's share of the run's V data streams
+        (train.state.DataLayout): whole batches of several streams in turn, or slice j of k of one stream's
+
 Which loader kind a run uses is decided once (runtime.Runtime.loader); the pipeline stages themselves
 (decode, normalise, collate, shard splitting) are in data.py. Also here: how DataLoader workers end.
 """
@@ -157,6 +160,70 @@ def make_loader(urls, norm, cfg: LoaderConfig, *, train: bool, seed: int = 0, ep
     # batches are made in the workers (batch_size=None); a private generator keeps the global RNG untouched
     return Loader(pipe, batch_size=None, num_workers=cfg.workers,
                   generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def slice_batch(b: dict, j: int, k: int) -> dict:
+    """Samples [j n/k, (j+1) n/k) of a batch (n/k rounded up), with their labelled pixels re-indexed. A slice
+    with no sample (a short last batch of an epoch) is one blank sample without labels: the rank still runs
+    its forward and backward (DDP and ZeRO need every rank), and the step's loss and gradient are unchanged
+    (no labelled column; the models normalise per sample)."""
+    n = len(b["keys"])
+    size = -(-n // k)
+    lo, hi = min(n, j * size), min(n, (j + 1) * size)
+    blank = hi <= lo
+    sel = (b["index"][:, 0] >= lo) & (b["index"][:, 0] < hi)
+    out = {name: v[sel] for name, v in b.items() if isinstance(v, torch.Tensor) and len(v) == len(b["index"])}
+    out["index"] = b["index"][sel].clone()
+    out["index"][:, 0] -= lo
+    if blank:
+        out.update(x=torch.zeros_like(b["x"][:1]), geom=torch.zeros_like(b["geom"][:1]), keys=[])
+    else:
+        out.update(x=b["x"][lo:hi], geom=b["geom"][lo:hi], keys=b["keys"][lo:hi])
+    return out
+
+
+class StreamShare:
+    """One rank's share of a run's data streams: the streams {v: stream} in turn, a whole batch each (a rank
+    reading V/W streams accumulates one micro-batch per stream), or with k > 1 slice j of k of every batch
+    of its one stream (W = k V ranks). The position is each stream's own (epoch, batch)."""
+
+    def __init__(self, streams: dict, k: int = 1, j: int = 0):
+        self.streams, self.k, self.j = dict(streams), k, j
+        self.order = sorted(self.streams)
+        self._its = {}
+
+    @property
+    def epoch(self) -> int:
+        return min(getattr(s, "epoch", 0) for s in self.streams.values())
+
+    def state_dict(self) -> dict:
+        return {"streams": {v: s.state_dict() for v, s in self.streams.items()}}
+
+    def load_state_dict(self, d: dict):
+        pos = {int(v): p for v, p in d["streams"].items()}
+        for v, s in self.streams.items():
+            if v not in pos:
+                raise ValueError(f"the checkpoint holds no position for data stream {v} (it has {sorted(pos)})")
+            s.load_state_dict(pos[v])
+
+    def __iter__(self):
+        self._its = {v: iter(self.streams[v]) for v in self.order}
+        try:
+            i = 0
+            while True:
+                b = next(self._its[self.order[i % len(self.order)]])
+                i += 1
+                yield b if self.k == 1 else slice_batch(b, self.j, self.k)
+        finally:
+            for it in self._its.values():
+                it.close()                     # GeneratorExit in each stream: its workers end
+            self._its = {}
+
+    def close(self):
+        for s in self.streams.values():
+            close = getattr(s, "close", None)
+            if close is not None:
+                close()
 
 
 class EpochStream:

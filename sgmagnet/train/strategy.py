@@ -102,12 +102,16 @@ class DDP(Plain):
 class DeepSpeed(Plain):
     name = "DeepSpeed"
 
-    def __init__(self, model, opt, sched, cfg: Config, rt, world_size: int):
+    def __init__(self, model, opt, sched, cfg: Config, rt, world_size: int, universal: bool = False):
         import deepspeed
 
         super().__init__(model, opt, sched, cfg, rt, world_size)
+        ds = deepspeed_config(cfg, world_size)
+        self.universal = universal
+        if universal:                 # resume on another world size: DeepSpeed reshards its universal checkpoint
+            ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
         self.engine, self.opt, _, self.sched = deepspeed.initialize(
-            model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(cfg, world_size))
+            model=model, optimizer=opt, lr_scheduler=sched, config=ds)
         self.module = self.engine
 
     def describe(self) -> str:
@@ -137,19 +141,59 @@ class DeepSpeed(Plain):
         return {}                 # the engine writes its own files (save_extra)
 
     def load(self, folder: str, common: dict, check):
-        self.engine.load_checkpoint(os.path.dirname(folder), tag=os.path.basename(folder))
+        """Same world size: the engine's own files. Another world size: DeepSpeed's universal checkpoint of
+        `folder` (made once by rank 0 with deepspeed.checkpoint.ds_to_universal into folder/universal, then
+        loaded by every rank, which takes its new ZeRO partition of the optimizer state from it)."""
+        if not self.universal:
+            self.engine.load_checkpoint(os.path.dirname(folder), tag=os.path.basename(folder))
+            return
+        from .. import dist as hdist
+
+        if torch.distributed.get_rank() == 0:          # DeepSpeed always runs in a process group
+            to_universal(folder)
+        hdist.barrier()
+        self.engine.load_checkpoint(folder, tag="universal", load_module_strict=True)
 
     def save_extra(self, folder: str, tag: str):
         self.engine.save_checkpoint(folder, tag=tag, save_latest=False)
 
 
-def build(model, opt, sched, cfg: Config, rt, env) -> Plain:
-    """train.deepspeed set: DeepSpeed; else DDP across ranks; else Plain."""
+def build(model, opt, sched, cfg: Config, rt, env, resharded: bool = False) -> Plain:
+    """train.deepspeed set: DeepSpeed; else DDP across ranks; else Plain. resharded: the run resumes a
+    checkpoint written by another number of ranks (DeepSpeed then loads it as a universal checkpoint; the
+    plain/DDP optimizer state is replicated on every rank, so any world size loads it as it is)."""
     if cfg.train.deepspeed:
-        return DeepSpeed(model, opt, sched, cfg, rt, env.world_size)
+        return DeepSpeed(model, opt, sched, cfg, rt, env.world_size, universal=resharded)
     if env.distributed:
         return DDP(model, opt, sched, cfg, rt, env.world_size)
     return Plain(model, opt, sched, cfg, rt, env.world_size)
+
+
+def to_universal(folder: str) -> str:
+    """DeepSpeed's universal form of the ZeRO checkpoint in `folder` -> folder/universal (once: written beside
+    and renamed, so an interrupted conversion is redone). DeepSpeed's own converter; its UNIVERSAL_CHECKPOINT_INFO
+    is injected (a plain model needs no tensor/pipeline-parallel metadata)."""
+    import contextlib
+    import io
+    import shutil
+    import sys
+
+    out = os.path.join(folder, "universal")
+    if os.path.isdir(out):
+        return out
+    from deepspeed.checkpoint import ds_to_universal
+
+    part = out + ".partial"
+    shutil.rmtree(part, ignore_errors=True)
+    argv, sys.argv = sys.argv, ["ds_to_universal", "--input_folder", folder, "--output_folder", part,
+                                "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ds_to_universal.main(ds_to_universal.parse_arguments())     # the converter's own options and defaults
+    finally:
+        sys.argv = argv
+    os.replace(part, out)
+    return out
 
 
 def deepspeed_config(cfg: Config, world: int) -> dict:

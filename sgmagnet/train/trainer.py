@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from .. import dist as hdist
-from ..checkpoint import Checkpointer, load_common, load_weights, model_label
+from ..checkpoint import Checkpointer, latest_in, load_common, load_weights, model_label
 from ..config import Config, ConfigError, dump, to_dict, validate
 from ..data import Normaliser
 from ..evaluate import evaluate_batches
 from ..io import write_json, write_text
-from ..loaders import iterate, loader
+from ..loaders import StreamShare, iterate, loader
 from ..losses import pool_profiles
 from ..grid import N_BANDS, N_GEOM
 from ..models import n_parameters
@@ -35,7 +35,7 @@ from ..shards import Manifest, read_manifest, shard_paths, split_urls
 from . import components, run_dir, strategy
 from .logger import Logger, run_header
 from .preemption import EXIT_PREEMPTED, Preempted, Preemption
-from .state import RunState
+from .state import DataLayout, RunState, config_changes
 
 
 def validation_shards(cfg: Config, manifest: Manifest) -> list[str]:
@@ -93,12 +93,22 @@ class Trainer:
                          f"model (train.init_from takes weights of the same model, size and options)",
                          model_label(init.get("config")))
         self.model = model.to(self.rt.device)
+        self.resume_from, self.changes, common = None, {}, None
+        layout = DataLayout.fresh(cfg, env.world_size)
+        if resume:             # checked before anything is built: a refused resume changes nothing
+            self.resume_from = latest_in(os.path.join(t.run_dir, "checkpoints"))
+        if self.resume_from is not None:
+            common, where = load_common(self.resume_from), f"--resume {self.resume_from}"
+            layout = DataLayout.of_checkpoint(common)
+            layout.check(env.world_size, cfg.data.batch_size, cfg.optim.accum, where)
+            self.changes = config_changes(common, cfg, env.world_size, where)
         opt = components.build_optimizer(cfg, self.model)
         sched = components.build_scheduler(cfg, opt)
         self.weights = components.resolve_loss_weights(cfg, self.manifest)
         self.loss_fn = components.make_loss(cfg, self.weights, self.rt)
-        self.strategy = strategy.build(self.model, opt, sched, cfg, self.rt, self.env)
-        self.stream = data if data is not None else self._make_stream()
+        resharded = common is not None and int(common["world_size"]) != env.world_size
+        self.strategy = strategy.build(self.model, opt, sched, cfg, self.rt, self.env, resharded=resharded)
+        self.stream = data if data is not None else self._make_stream(layout)
         self.val_urls = validation_shards(cfg, self.manifest)
         if self.env.is_main:
             run_dir.prepare(t.run_dir, resume=resume, overwrite=overwrite)
@@ -108,19 +118,23 @@ class Trainer:
         trained_on = {"bands": cfg.model.bands,   # what predict's out-of-range flag compares a scene with
                       "solar_zenith": self.manifest.solar_zenith.get(cfg.data.train_split)}
         self.state = RunState(cfg, self.env, self.model, self.strategy, self.stream, self.weights, self.norm,
-                              trained_on)
+                              trained_on, layout)
         self.best = self.ckpt.best_info() if resume else {}
-        if resume:
-            path = self.ckpt.latest()
-            if path is None:
-                self.log(f"--resume: no checkpoint in {self.ckpt.folder}, starting from step 0")
-            else:
-                self.state.restore(path)
-                self.log(f"resumed from {path} at step {self.step}")
+        if resume and self.resume_from is None:
+            self.log(f"--resume: no checkpoint in {self.ckpt.folder}, starting from step 0")
+        elif resume:
+            self.state.restore(self.resume_from, common)
+            self.log(f"resumed from {self.resume_from} at step {self.step}"
+                     + (f"; changed: {', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in self.changes.items())}"
+                        if self.changes else ""))
         if self.env.is_main:
             write_text(os.path.join(t.run_dir, "config.yaml"), dump(cfg))
             self.logger = Logger(t.run_dir)
             self.logger.log(run_header(cfg, self.step, self.env.world_size))
+            if self.resume_from is not None:
+                self.logger.log({"kind": "resume", "step": self.step, "from": self.resume_from,
+                                 "changes": self.changes, "data_layout": {"streams": layout.streams, "stream_batch": layout.stream_batch,
+                                  "per_step": layout.per_step}, "time": time.time()})
 
     @property
     def step(self) -> int:
@@ -149,13 +163,18 @@ class Trainer:
             self.lock.release()
             self.lock = None
 
-    def _make_stream(self):
-        c, e = self.cfg.data, self.env
-        resample = c.resample or e.distributed
-        epoch_batches = c.epoch_batches or max(1, self.manifest.counts[c.train_split] // (c.batch_size * e.world_size))
-        return loader("train", split_urls(c.shards, c.train_split), self.norm, batch_size=c.batch_size,
-                      workers=c.workers, rt=self.rt, seed=self.cfg.train.seed, rank=e.rank, world=e.world_size,
-                      shuffle_buffer=c.shuffle_buffer, resample=resample, epoch_batches=epoch_batches)
+    def _make_stream(self, layout: DataLayout):
+        """This rank's share of the run's data streams (state.DataLayout): stream v is the loader of rank v of
+        V, with the stream batch size the run started with."""
+        c, e, L = self.cfg.data, self.env, layout
+        resample = c.resample or L.streams > 1
+        epoch_batches = c.epoch_batches or max(1, self.manifest.counts[c.train_split] // (L.stream_batch * L.streams))
+        mine, k, j = L.share(e.rank, e.world_size)
+        urls = split_urls(c.shards, c.train_split)
+        return StreamShare({v: loader("train", urls, self.norm, batch_size=L.stream_batch, workers=c.workers,
+                                      rt=self.rt, seed=self.cfg.train.seed, rank=v, world=L.streams,
+                                      shuffle_buffer=c.shuffle_buffer, resample=resample,
+                                      epoch_batches=epoch_batches) for v in mine}, k, j)
 
     def save(self) -> str:
         return self.ckpt.save(self.step, self.state.common() if self.env.is_main else {}, self.state.per_rank(),
