@@ -554,6 +554,10 @@ def parser() -> Parser:
     st = ssub.add_parser("train", help="a (multi-node) training job; preemption-safe (requeues and resumes)")
     st.add_argument("--config", help="YAML run config")
     st.add_argument("--deepspeed", metavar="DS.json", help="DeepSpeed config for the job")
+    st.add_argument("--resume", action="store_true",
+                    help="continue the run folder's latest checkpoint, on this job's number of tasks (nodes x "
+                         "tasks per node) if it differs: same global batch (data.batch_size x optim.accum x "
+                         "tasks), checked before anything is queued")
     add_common(st)
     st.add_argument("overrides", nargs="*", metavar="section.key=value",
                     help="config overrides, as for `sgmagnet train` (e.g. train.steps=20000)")

@@ -143,6 +143,22 @@ def run_with_checkpoints(w, tmp):
     return r
 
 
+def run_missing_rank_file(w, tmp):
+    r = run_with_checkpoints(w, tmp)
+    for f in glob.glob(str(r / "checkpoints" / "step_*" / "rank_00000.pt")):
+        os.remove(f)
+    return r
+
+
+def granule_twice(w, tmp):
+    """The CloudSat folder with one granule also present under the name of another release (R04)."""
+    d = tmp / "cs_twice"
+    shutil.copytree(w["cs"], d)
+    first = sorted(glob.glob(str(d / "**" / "*.hdf"), recursive=True))[0]
+    shutil.copy(first, first.replace("_R05_", "_R04_"))
+    return str(d)
+
+
 def junk_checkpoint(w, tmp):
     d = tmp / "ck"
     d.mkdir()
@@ -503,6 +519,20 @@ CASES = [
     ("train-resume-other-size", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4", "model.name=unet",
                                                                   "model.size=demo") + ["--resume"],
                                                   protect=[run_with_checkpoints(w, t)]), 2, "of another shape"),
+    # ------------------------------------------------- round 5: resume on another world size, merges (issue 31)
+    ("train-resume-other-optimizer", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4", "model.name=unet",
+                                                                       "optim.lr=0.01") + ["--resume"],
+                                                       protect=[run_with_checkpoints(w, t)]), 2,
+     "optim.lr was 0.003 in the checkpoint and is 0.01"),
+    ("train-resume-other-global-batch", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4", "model.name=unet",
+                                                                          "data.batch_size=4") + ["--resume"],
+                                                          protect=[run_with_checkpoints(w, t)]), 2,
+     "global batch 2 (data.batch_size=2 x optim.accum=1 x 1 ranks) but this run's is 4"),
+    ("train-resume-rank-file-missing", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4", "model.name=unet")
+                                                         + ["--resume"], protect=[run_missing_rank_file(w, t)]), 2,
+     "rank_00000.pt: missing"),
+    ("build-merge-two-records-of-one-granule", lambda w, t: dict(argv=build_argv(w, t / "o", cs=granule_twice(w, t))),
+     2, "two records for 2B-CLDCLASS-LIDAR granule"),
     ("train-init-from-other-model", lambda w, t: dict(argv=train_argv(w, t, f"train.init_from={w['run']}"),
                                                       protect=[w["run"]]), 2, "train.init_from"),
     ("train-init-from-other-size", lambda w, t: dict(argv=train_argv(w, t, f"train.init_from={w['run']}",

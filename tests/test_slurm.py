@@ -65,6 +65,27 @@ def test_two_task_job_runs_distributed(slurm, tiny_shards, tmp_path):
     assert os.path.exists(run / "checkpoints" / "step_0000006" / "rank_00001.pt")
 
 
+def test_resubmission_on_fewer_tasks_continues_the_run(slurm, tiny_shards, tmp_path, capsys):
+    """A 2-task run, resubmitted with --resume on 1 task (accumulation 2: the same global batch): the run
+    continues from its checkpoint; a resubmission that would change the global batch is refused before it is
+    queued (exit 2, one line)."""
+    root, _ = tiny_shards
+    run = tmp_path / "resized"
+    over = [f"data.shards={root}", f"train.run_dir={run}", "train.steps=4", "train.val_every=0", "model.name=unet"]
+    assert cli.main(submit(tmp_path, "--tasks-per-node", "2", "--wait", *over)) == 0
+    assert cli.main(submit(tmp_path, "--resume", "--tasks-per-node", "1", *over[:-3], "train.steps=6",
+                           "train.val_every=0", "model.name=unet")) == 2
+    assert "global batch 4" in capsys.readouterr().err
+    assert cli.main(submit(tmp_path, "--resume", "--tasks-per-node", "1", "--wait", *over[:-3], "train.steps=6",
+                           "train.val_every=0", "model.name=unet", "optim.accum=2")) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["world_size"] == 1 and s["steps"] == 6
+    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    resumed = [r for r in recs if r["kind"] == "resume"]
+    assert resumed and resumed[-1]["step"] == 4 and resumed[-1]["changes"]["world_size"] == [2, 1]
+    assert [r["step"] for r in recs if r["kind"] == "train"][-1] == 6
+
+
 def _release_requeued(job_id: str, timeout: float = 90):
     """Slurm holds a requeued job ~2 min before it may start again; let it start now (saves CI time) -- but
     only once the node has finished cleaning up the previous run (started earlier, the new run is killed:

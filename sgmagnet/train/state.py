@@ -31,7 +31,7 @@ from ..config import Config, ConfigError, to_dict
 # config keys that must not change across a resume (the model is checked by load_weights with its own message)
 FIXED = ("optim.name", "optim.lr", "optim.betas", "optim.weight_decay", "optim.schedule", "optim.warmup_steps",
          "optim.min_lr_ratio", "train.seed", "data.train_split", "data.shuffle_buffer", "data.resample",
-         "data.epoch_batches", "train.deepspeed")
+         "data.epoch_batches")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,11 @@ def config_changes(common: dict, cfg: Config, world: int, where: str) -> dict:
             raise ConfigError(f"{where}: {k} was {a!r} in the checkpoint and is {b!r} in this run: a resume keeps the "
                               f"optimizer, its schedule and the data order (undo the override, or start a new "
                               f"train.run_dir with train.init_from={common.get('folder', where)})")
+    if "train.deepspeed" in changes and bool(changes["train.deepspeed"][0]) != bool(changes["train.deepspeed"][1]):
+        a, b = changes["train.deepspeed"]
+        raise ConfigError(f"{where}: train.deepspeed was {a!r} in the checkpoint and is {b!r} in this run: the "
+                          f"optimizer state of a DeepSpeed run and of a plain/DDP run are stored differently; resume "
+                          f"with the same backend (or start a new train.run_dir with train.init_from)")
     if int(common["world_size"]) != world:
         changes["world_size"] = [int(common["world_size"]), world]
     return changes
