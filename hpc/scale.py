@@ -24,7 +24,9 @@ import sys
 import time
 
 START = dt.date(2018, 10, 10)
-SPANS = (7, 30, 91, 365)
+SPANS = (7, 30, 91, 365)            # synthesis pieces end here; builds also at 45 days (the study archive's length)
+BUILDS = (7, 30, 45, 91, 365)
+CORRUPT_DAY = 200                    # a granule of this day is made permanently unreadable (half its bytes)
 BUILD_OPTS = ["--patch-size", "64", "--min-labelled", "32", "--split-anchor", START.isoformat(), "--quiet"]
 
 
@@ -146,7 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--region", default="125,145,-60,60")
     ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--steps", default="synth,spans", help="comma list of synth, spans")
+    ap.add_argument("--steps", default="synth,corrupt,spans,overheads,slurm",
+                    help="comma list of synth, corrupt, spans, overheads, slurm")
+    ap.add_argument("--tasks", type=int, default=8, help="array tasks of the Slurm build (8)")
     a = ap.parse_args(argv)
     os.makedirs(os.path.join(a.work, "raw"), exist_ok=True)
     st = load_state(a.work)
@@ -161,15 +165,162 @@ def main(argv=None) -> int:
                 st[key] = synth_piece(a.work, lo, hi, a.ranks, a.region)
                 save_state(a.work, st)
                 print(f"  {st[key]['wall_s']} s", flush=True)
+    if "corrupt" in steps and "corrupt" not in st and a.days > CORRUPT_DAY:
+        st["corrupt"] = corrupt_granule(a.work)
+        save_state(a.work, st)
     if "spans" in steps:
-        for n in [s for s in SPANS if s <= a.days]:
+        for n in [s for s in BUILDS if s <= a.days]:
             key = f"build_{n:03d}"
             if key not in st:
                 print(f"build {n} days ...", flush=True)
                 st[key] = build_span(a.work, n, a.ranks)
                 save_state(a.work, st)
                 print(f"  {st[key]['build_wall_s']} s, {st[key]['granules']} granules", flush=True)
+    if "overheads" in steps:
+        for n in [s for s in BUILDS if s <= a.days]:
+            key = f"overheads_{n:03d}"
+            if key not in st and f"build_{n:03d}" in st:
+                st[key] = overheads(a.work, n)
+                save_state(a.work, st)
+                print(f"overheads {n} days: {st[key]}", flush=True)
+    if "slurm" in steps and "slurm" not in st:
+        st["slurm"] = slurm_build(a.work, a.days, a.tasks, st)
+        save_state(a.work, st)
     return 0
+
+
+def build_config(work: str, days: int, out: str):
+    from sgmagnet.build import BuildConfig
+
+    src = span_archive(work, days)
+    return BuildConfig(ahi=src, cloudsat=src, out=out, patch_size=64, min_labelled=32, split_anchor=START.isoformat())
+
+
+def corrupt_granule(work: str) -> dict:
+    """The first granule of day CORRUPT_DAY loses the second half of its bytes: permanently unreadable, in
+    every build of the year (a recorded skip)."""
+    day = START + dt.timedelta(CORRUPT_DAY)
+    links = dict(day_folders(work))[day]
+    folder = [t for rel, t in links if rel.startswith("cloudsat")][0]
+    f = os.path.join(folder, sorted(os.listdir(folder))[0])
+    size = os.path.getsize(f)
+    with open(f, "r+b") as fh:
+        fh.truncate(size // 2)
+    return {"file": os.path.basename(f), "day": day.isoformat(), "bytes_before": size, "bytes_after": size // 2}
+
+
+def overheads(work: str, days: int) -> dict:
+    """The steps that see the whole archive at once: planning (every file listed and its header read),
+    the manifest merge (every record), reading the manifest and listing the shards (a trainer's start-up)."""
+    from sgmagnet.build import merge_manifest, plan
+    from sgmagnet.shards import read_manifest, split_urls
+
+    out = os.path.join(work, f"shards{days:03d}")
+    cfg = build_config(work, days, out)
+    t0 = time.perf_counter()
+    p = plan(cfg)
+    t1 = time.perf_counter()
+    merge_manifest(cfg, p)
+    t2 = time.perf_counter()
+    m = read_manifest(out)
+    t3 = time.perf_counter()
+    urls = split_urls(out, "train")
+    t4 = time.perf_counter()
+    return {"plan_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2), "read_manifest_s": round(t3 - t2, 3),
+            "list_shards_s": round(t4 - t3, 3), "granules": len(p.granules), "scenes": len(p.scenes),
+            "shards": len(m.shards), "train_shards": len(urls)}
+
+
+def slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
+    """The year through `sgmagnet submit build --array` on the local Slurm, with faults injected while it runs:
+    scancel one task mid-chunk, SIGKILL another's Python process, drain the node while tasks wait and resume
+    it; the unreadable granule (corrupt_granule) is in the archive. Then the operator's recovery -- the same
+    submission again -- and the shards' sha256 list against the fault-free mpirun build of the same days."""
+    import re
+    import shutil
+
+    from hpc import slurm_faults as sf
+    from hpc.mpi_build import chunk_of
+    from sgmagnet.build import plan, record_path
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = os.path.join(work, "slurm")
+    r = subprocess.run(["bash", os.path.join(root, "slurm", "local", "up.sh")], env={**os.environ, "BASE": base},
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"scale: the local Slurm did not start: {r.stdout[-500:]} {r.stderr[-500:]}")
+    os.environ["SLURM_CONF"] = os.path.join(base, "etc", "slurm.conf")
+    out = os.path.join(work, f"shards{days:03d}_slurm")
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = build_config(work, days, out)
+    p = plan(cfg)
+    chunks = [[record_path(cfg, p.granules[i].path) for i in chunk_of(len(p.granules), t, ntasks)]
+              for t in range(ntasks)]
+
+    def done(t):
+        return sum(os.path.exists(f) for f in chunks[t])
+
+    src = span_archive(work, days)
+    argv = sgmagnet() + ["submit", "build", "--ahi", src, "--cloudsat", src, "--out", out, *BUILD_OPTS[:-1],
+                         "--array", str(ntasks), "--partition", "debug", "--time", "02:00:00", "--cluster", "slurm",
+                         "--folder", os.path.join(work, "slurm_logs")]
+    t0 = time.perf_counter()
+    sub = subprocess.run(argv, capture_output=True, text=True)
+    m = re.search(r"submitted array (\d+) .* merge job (\d+)", sub.stdout)
+    if not m:
+        raise SystemExit(f"scale: submit failed: {sub.stdout[-500:]} {sub.stderr[-500:]}")
+    job, merge_job = m.group(1), m.group(2)
+    faults = []
+
+    def running_mid(exclude=()):
+        for t, s in sf.tasks(job).items():
+            if s == "RUNNING" and t not in exclude and 1 <= done(t) < len(chunks[t]):
+                return t
+        return None
+
+    print(f"array {job}, merge {merge_job}", flush=True)
+    sf.wait(lambda: running_mid() is not None, 1800, "a task mid-chunk")
+    t = running_mid()
+    n = done(t)
+    sf.cancel(job, t)
+    faults.append({"fault": "scancel", "task": t, "granules_done": n, "chunk": len(chunks[t])})
+    print(faults[-1], flush=True)
+    sf.wait(lambda: running_mid(exclude=(t,)) is not None, 1800, "another task mid-chunk")
+    t2 = running_mid(exclude=(t,))
+    n = done(t2)
+    pids = sf.kill_python(job, t2)
+    faults.append({"fault": "SIGKILL", "task": t2, "pids": pids, "granules_done": n, "chunk": len(chunks[t2])})
+    print(faults[-1], flush=True)
+    node = sf.node()
+    sf.wait(lambda: "PENDING" in sf.tasks(job).values(), 600, "a pending task")
+    before = sf.tasks(job)
+    sf.drain(node)
+    time.sleep(45)
+    during = sf.tasks(job)
+    started = sorted(t for t, s in during.items() if before.get(t) == "PENDING" and s != "PENDING")
+    drained_state = sf.node_state()
+    sf.resume(node)
+    faults.append({"fault": "drain", "node": node, "seconds": 45, "node_state": drained_state,
+                   "pending_before": sorted(t for t, s in before.items() if s == "PENDING"),
+                   "started_while_drained": started})
+    print(faults[-1], flush=True)
+    sf.wait(lambda: sf.finished(sf.tasks(job)), 7200, "the array to finish")
+    first = sf.tasks(job)
+    merge_state = sf.job_state(merge_job)
+    sf.cancel_job(merge_job)
+    t_first = time.perf_counter() - t0
+    print(f"array done in {t_first:.0f} s: {first}; merge job {merge_state}", flush=True)
+    sub2 = subprocess.run(argv + ["--wait"], capture_output=True, text=True)
+    if sub2.returncode:
+        raise SystemExit(f"scale: the re-submission failed: {sub2.stdout[-800:]} {sub2.stderr[-800:]}")
+    wall = time.perf_counter() - t0
+    got, ref = shard_digest(out), st.get(f"build_{days:03d}", {})
+    with open(os.path.join(out, "manifest.json")) as f:
+        skipped = [s for s in json.load(f)["skipped"] if st.get("corrupt", {}).get("file", "?") in s["file"]]
+    return {"days": days, "tasks": ntasks, "faults": faults, "first_states": {str(k): v for k, v in first.items()},
+            "first_merge_job": merge_state, "first_wall_s": round(t_first, 1), "wall_s": round(wall, 1),
+            "unreadable_granule_skip": skipped, **got,
+            "equal_to_mpirun": bool(ref) and got["shard_list_sha256"] == ref.get("shard_list_sha256")}
 
 
 if __name__ == "__main__":

@@ -206,6 +206,58 @@ def test_build_array_and_merge_equal_local_build(slurm, tiny_archive, tiny_shard
         assert got[k] == getattr(local, k), k
 
 
+def test_build_array_survives_faults_and_equals_the_mpirun_build(slurm, tiny_archive, tmp_path, capsys):
+    """The array build of a short span with the faults of a year's run (docs/scale.md): one task SIGKILLed, one
+    scancelled, the node drained while a task waits and resumed, one granule permanently unreadable. The
+    first array ends with failed tasks and its merge job never runs; the same submission again finishes the
+    missing granules and merges. Its shards' sha256 list equals a fault-free `mpirun -n 2` build's."""
+    import glob
+    import re
+    import sys
+
+    from helpers import have_mpirun
+    from hpc import slurm_faults as sf
+
+    require(have_mpirun(), "mpirun + mpi4py")
+    archive = tmp_path / "archive"
+    shutil.copytree(tiny_archive[0], archive)
+    bad = sorted(glob.glob(str(archive / "cloudsat" / "**" / "*.hdf"), recursive=True))[-1]
+    with open(bad, "r+b") as f:
+        f.truncate(os.path.getsize(bad) // 2)
+    ref = tmp_path / "ref"
+    r = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", sys.executable, "-m",
+                        "sgmagnet.cli", "build"] + build_argv(archive, ref, tmp_path)[2:-9] + ["--quiet"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = tmp_path / "shards"
+    argv = [a for a in build_argv(archive, out, tmp_path, "--array", "3") if a != "--wait"]
+    assert cli.main(argv) == 0
+    job, merge = re.search(r"submitted array (\d+) .* merge job (\d+)", capsys.readouterr().out).groups()
+    sf.wait(lambda: sf.tasks(job).get(0) == "RUNNING" and sf.task_pids(job, 0) and sf.tasks(job).get(1) == "RUNNING",
+            120, "tasks 0 and 1 to run")
+    waiting = sf.tasks(job).get(2) == "PENDING"         # on 2 cores (1 per task) task 2 waits for a free one
+    node = sf.node()
+    sf.drain(node)
+    assert sf.kill_python(job, 0)
+    sf.cancel(job, 1)
+    time.sleep(4)
+    if waiting:
+        assert sf.tasks(job).get(2) == "PENDING", "a task started on a drained node"
+    sf.resume(node)
+    sf.wait(lambda: sf.finished(sf.tasks(job)), 300, "the array to finish")
+    states = sf.tasks(job)
+    assert states[0] == "FAILED" and states[1] == "CANCELLED", states
+    assert not (out / "manifest.json").exists()
+    assert sf.job_state(merge) == "PENDING"            # afterok can no longer be met
+    sf.cancel_job(merge)
+    assert cli.main(argv + ["--wait"]) == 0             # the operator's recovery: the same submission again
+    got, want = (json.loads((d / "manifest.json").read_text()) for d in (out, ref))
+    assert [(x["path"], x["sha256"]) for x in got["shards"]] == [(x["path"], x["sha256"]) for x in want["shards"]]
+    assert got["counts"] == want["counts"] and sum(got["counts"].values()) > 0
+    assert any(os.path.basename(bad) in x["file"] for x in got["skipped"]), got["skipped"]
+    assert got["skipped"] == want["skipped"]
+
+
 def test_mpi_build_job_equals_local_build(slurm, tiny_archive, tiny_shards, tmp_path):
     root, local = tiny_shards
     out = tmp_path / "mpi"
