@@ -3,7 +3,7 @@ fitted on the small spans and checked on the year, and the year built again thro
 faults injected (hpc/scale_faults.py), whose shards must equal the fault-free build's.
 
     python hpc/scale.py --work /path/scale_out [--region 125,145,-60,60] [--days 365] [--ranks 2]
-    python hpc/scale.py --work ... --report            # docs/scale/*.json + docs/scale.md figures only
+    python hpc/scale.py --work ... --report [--docs docs]   # docs/scale/*.json records, the cost model, the figure
 
 Resumable: every finished step is recorded in <work>/state.json and skipped on a re-run (a session that ends
 mid-way loses at most the step in flight). The archive is written in pieces -- [0, 7), [7, 30), [30, 91),
@@ -151,7 +151,12 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default="synth,corrupt,spans,overheads,slurm",
                     help="comma list of synth, corrupt, spans, overheads, slurm")
     ap.add_argument("--tasks", type=int, default=8, help="array tasks of the Slurm build (8)")
+    ap.add_argument("--report", action="store_true", help="only write the records, the cost model and the figure")
+    ap.add_argument("--docs", default="docs", help="where docs/scale/ and docs/img/scale.png go (docs)")
     a = ap.parse_args(argv)
+    if a.report:
+        report(load_state(a.work), a.docs)
+        return 0
     os.makedirs(os.path.join(a.work, "raw"), exist_ok=True)
     st = load_state(a.work)
     st.setdefault("config", {"start": START.isoformat(), "days": a.days, "region": a.region, "ranks": a.ranks,
@@ -321,6 +326,102 @@ def slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
             "first_merge_job": merge_state, "first_wall_s": round(t_first, 1), "wall_s": round(wall, 1),
             "unreadable_granule_skip": skipped, **got,
             "equal_to_mpirun": bool(ref) and got["shard_list_sha256"] == ref.get("shard_list_sha256")}
+
+
+def synth_wall(st: dict, days: int) -> float | None:
+    """Synthesis wall seconds of the first `days` days: the pieces up to there (None between piece ends)."""
+    total = 0.0
+    for k in sorted(x for x in st if x.startswith("synth_")):
+        lo, hi = st[k]["days"]
+        if hi > days:
+            break
+        total += st[k]["wall_s"]
+        if hi == days:
+            return total
+    return None
+
+
+def fit_line(xs, ys) -> tuple[float, float]:
+    """Least-squares a + b x."""
+    import numpy as np
+
+    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(a), float(b)
+
+
+def cost_model(st: dict) -> dict:
+    """Wall time = a + b days, fitted on the spans shorter than the longest and checked on the longest."""
+    spans = sorted(int(k[6:]) for k in st if k.startswith("build_"))
+    longest, small = spans[-1], spans[:-1]
+    out = {"fitted_on_days": small, "checked_on_days": longest}
+    for what, get in (("build", lambda d: st[f"build_{d:03d}"]["build_wall_s"]), ("synth", lambda d: synth_wall(st, d))):
+        pts = [(d, get(d)) for d in small if get(d) is not None]
+        if len(pts) < 2 or get(longest) is None:
+            continue
+        a, b = fit_line(*zip(*pts))
+        pred, meas = a + b * longest, get(longest)
+        out[what] = {"a_s": round(a, 2), "b_s_per_day": round(b, 3), "predicted_s": round(pred, 1),
+                     "measured_s": round(meas, 1), "error": round(pred / meas - 1, 3)}
+    g = {d: st[f"build_{d:03d}"] for d in spans}
+    ranks = st["config"]["ranks"]
+    out["core_s_per_granule"] = {d: round(g[d]["build_wall_s"] * ranks / max(1, g[d]["granules"]), 3) for d in spans}
+    return out
+
+
+def report(st: dict, docs: str):
+    """One JSON record per measured build under docs/scale/, the cost model (docs/scale/cost_model.json) and
+    the figure docs/img/scale.png (wall time and cost per day against archive length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.join(docs, "scale"), exist_ok=True)
+    cfg = st["config"]
+    spans = sorted(int(k[6:]) for k in st if k.startswith("build_"))
+    for d in spans:
+        b = dict(st[f"build_{d:03d}"])
+        rec = {"days": d, "start": cfg["start"], "region": cfg["region"], "res_deg": cfg["res"],
+               "track_corridor_px": cfg["track_corridor"], "build_options": cfg["build"],
+               "launcher": f"mpirun -n {b.pop('ranks')}", "faults": [], "synth_wall_s": synth_wall(st, d),
+               **b, "overheads": st.get(f"overheads_{d:03d}")}
+        if d == cfg["days"] and "corrupt" in st:
+            rec["faults"] = [{"fault": "unreadable granule", **st["corrupt"], "outcome": "recorded skip"}]
+        with open(os.path.join(docs, "scale", f"build_{d:03d}d_mpirun.json"), "w") as f:
+            json.dump(rec, f, indent=1)
+    if "slurm" in st:
+        s = st["slurm"]
+        rec = {"start": cfg["start"], "region": cfg["region"], "res_deg": cfg["res"], "build_options": cfg["build"],
+               "launcher": f"sgmagnet submit build --array {s['tasks']} (local Slurm, 2 cores)",
+               **s, "faults": s["faults"] + ([{"fault": "unreadable granule", **st["corrupt"],
+                                               "outcome": s["unreadable_granule_skip"]}] if "corrupt" in st else [])}
+        with open(os.path.join(docs, "scale", f"build_{s['days']:03d}d_slurm_faults.json"), "w") as f:
+            json.dump(rec, f, indent=1)
+    cm = cost_model(st)
+    with open(os.path.join(docs, "scale", "cost_model.json"), "w") as f:
+        json.dump(cm, f, indent=1)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    bw = [st[f"build_{d:03d}"]["build_wall_s"] for d in spans]
+    sw = [(d, synth_wall(st, d)) for d in spans if synth_wall(st, d) is not None]
+    ax[0].plot(spans, bw, "o-", label=f"build (mpirun -n {cfg['ranks']})")
+    ax[0].plot(*zip(*sw), "s-", label=f"synthesis ({cfg['ranks']} processes)")
+    if "build" in cm:
+        xs = [0, spans[-1]]
+        ax[0].plot(xs, [cm["build"]["a_s"] + cm["build"]["b_s_per_day"] * x for x in xs], "k:", lw=1,
+                   label=f"build model from {cm['fitted_on_days']} d")
+    if "slurm" in st:
+        ax[0].plot([st["slurm"]["days"]], [st["slurm"]["wall_s"]], "r*", ms=10, label="Slurm array with faults")
+    ax[0].set(xlabel="archive length (days)", ylabel="wall time (s)", title="wall time")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(spans, [w / d for w, d in zip(bw, spans)], "o-", label="build")
+    ax[1].plot([d for d, _ in sw], [w / d for d, w in sw], "s-", label="synthesis")
+    ax[1].set(xlabel="archive length (days)", ylabel="wall seconds per day", title="cost per day", ylim=(0, None))
+    ax[1].legend(fontsize=7)
+    fig.suptitle(f"a year of synthetic archive, {cfg['region']} at {cfg['res']} deg, 2 cores", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.join(docs, "img"), exist_ok=True)
+    fig.savefig(os.path.join(docs, "img", "scale.png"), dpi=110)
+    print(json.dumps(cm, indent=1))
 
 
 if __name__ == "__main__":
