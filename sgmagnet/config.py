@@ -89,7 +89,7 @@ class TrainConfig:
     device: str = rule("auto", choices=("auto", "cpu", "cuda"))
     progress: bool = True
     deepspeed: str = ""               # DeepSpeed JSON (configs/deepspeed/); empty = plain loop (DDP across ranks)
-    init_from: str = ""               # start from these weights only (e.g. after changing the world size)
+    init_from: str = ""               # start a new run from these weights only (e.g. another model setup)
 
 
 @dataclass
