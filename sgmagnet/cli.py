@@ -478,7 +478,10 @@ def parser() -> Parser:
     t = sub.add_parser("train", help="train a model (SGMAGNet or a baseline) on benchmark shards",
                        description="Train from a YAML config; any key can be overridden as section.key=value.")
     t.add_argument("--config", help="YAML config (see configs/); omitted keys take the defaults of sgmagnet/config.py")
-    t.add_argument("--resume", action="store_true", help="continue exactly from the run folder's latest checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue exactly from the run folder's latest checkpoint, also on another number of ranks "
+                        "with the same global batch (data.batch_size x optim.accum x ranks): the same samples "
+                        "follow, none repeated or skipped")
     t.add_argument("--deepspeed", metavar="DS.json", help="wrap the model with deepspeed.initialize using this "
                    "DeepSpeed config (configs/deepspeed/); same as train.deepspeed=DS.json")
     t.add_argument("--overwrite", action="store_true", help="start again in a run folder that already holds "
