@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--region", default="125,145,-60,60")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--steps", default="synth,corrupt,spans,overheads,slurm",
-                    help="comma list of synth, corrupt, spans, overheads, slurm")
+                    help="comma list of synth, corrupt, spans, overheads, slurm, factors (factors: not by default)")
     ap.add_argument("--tasks", type=int, default=8, help="array tasks of the Slurm build (8)")
     ap.add_argument("--report", action="store_true", help="only write the records, the cost model and the figure")
     ap.add_argument("--docs", default="docs", help="where docs/scale/ and docs/img/scale.png go (docs)")
@@ -188,10 +188,37 @@ def main(argv=None) -> int:
                 st[key] = overheads(a.work, n)
                 save_state(a.work, st)
                 print(f"overheads {n} days: {st[key]}", flush=True)
+    if "factors" in steps and "factors" not in st:
+        st["factors"] = factors(a.work)
+        save_state(a.work, st)
     if "slurm" in steps and "slurm" not in st:
         st["slurm"] = slurm_build(a.work, a.days, a.tasks, st)
         save_state(a.work, st)
     return 0
+
+
+FACTOR_CASES = (("125,145,-60,60", "0.05"), ("100,160,-60,60", "0.05"), ("125,145,-60,60", "0.02"))
+
+
+def factors(work: str, days: int = 2) -> dict:
+    """What the extrapolation to the paper's region and grid rests on, measured: `days` days synthesized and
+    built (1 process each) for this study's band at 0.05 deg, the paper's 100-160E at 0.05 deg, and this band
+    at the paper's 0.02 deg."""
+    out = {}
+    for region, res in FACTOR_CASES:
+        name = f"{region.split(',')[0]}_{region.split(',')[1]}_{res}"
+        raw, shards = os.path.join(work, "factors", name), os.path.join(work, "factors", name + "_shards")
+        log = os.path.join(work, "factors.log")
+        os.makedirs(os.path.dirname(raw), exist_ok=True)
+        ts = run(sgmagnet() + ["synth", "--out", raw, "--start", START.isoformat(), "--days", str(days), "--region",
+                               region, "--res", res, "--track-corridor", "64", "--quiet"], log)
+        tb = run(sgmagnet() + ["build", "--ahi", raw, "--cloudsat", raw, "--out", shards, "--overwrite"] + BUILD_OPTS,
+                 log)
+        d = shard_digest(shards)
+        out[name] = {"region": region, "res": float(res), "days": days, "synth_s": round(ts, 1), "build_s": round(tb, 1),
+                     "granules": d["granules"], "samples": sum(d["counts"].values()), "profiles": d["profiles"]}
+        print(name, out[name], flush=True)
+    return out
 
 
 def build_config(work: str, days: int, out: str):
