@@ -303,6 +303,7 @@ def slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
         raise SystemExit(f"scale: submit failed: {sub.stdout[-500:]} {sub.stderr[-500:]}")
     job, merge_job = m.group(1), m.group(2)
     faults = []
+    st["slurm_job"] = job
 
     def running_mid(exclude=()):
         for t, s in sf.tasks(job).items():
@@ -337,7 +338,10 @@ def slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
                    "started_while_drained": started})
     print(faults[-1], flush=True)
     sf.wait(lambda: sf.finished(sf.tasks(job)), 7200, "the array to finish")
-    first = sf.tasks(job)
+    first = sf.tasks(job)          # tasks that ended more than MinJobAge (300 s) ago are gone from this list
+    for f in faults:
+        if "task" in f:
+            f["outcome"] = sf.task_log_evidence(os.path.join(work, "slurm_logs"), job, f["task"])
     merge_state = sf.job_state(merge_job)
     sf.cancel_job(merge_job)
     t_first = time.perf_counter() - t0

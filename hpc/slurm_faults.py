@@ -110,6 +110,18 @@ def resume(name: str):
     _run("scontrol", "update", f"NodeName={name}", "State=RESUME")
 
 
+def task_log_evidence(folder: str, job: str, task: int) -> list[str]:
+    """The scheduler's lines about task `task` of array `job` in its submitit log (srun's 'Killed', 'Job step
+    aborted', ...): what happened to it, also after slurmctld has forgotten the task (MinJobAge)."""
+    import glob
+
+    lines = []
+    for f in sorted(glob.glob(os.path.join(folder, f"{job}_{task}", "*_log.err"))):
+        with open(f, errors="replace") as fh:
+            lines += [x.strip() for x in fh if x.startswith(("srun:", "slurmstepd:"))]
+    return lines
+
+
 def finished(states: dict[int, str]) -> bool:
     return bool(states) and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
                                 for s in states.values())
