@@ -1,5 +1,5 @@
-"""Benchmark `sgmagnet build`: granules/s and profiles/s with 1 vs 2 MPI ranks, measured in one run,
-plus an estimate of a 5-year archive's build time on 64 cores from the measured per-profile cost.
+"""Benchmark `sgmagnet build`: granules/s and profiles/s with 1 vs 2 MPI ranks, measured in one run
+(archive-scale figures -- a year built, the cost model, faults -- are measured by hpc/scale.py: docs/scale.md).
 
     python hpc/bench/build.py [--workdir bench_out] [--days 4] [--ranks 1,2]
     python hpc/bench/build.py --ahi-format hsd [--days 1] [--patch-size 64]
@@ -128,15 +128,7 @@ def main():
     for n, wall, work, g, p, s, loads in rows:
         print(f"{n:>5} {wall:7.1f} {work:7.1f} {g / wall:11.3f} {p / wall:11.0f} {s:>8} {base / wall:13.2f}x "
               f"{base_w / work:13.2f}x  {loads}")
-    n, wall, work, g, p, s, _ = rows[-1]
-    per_prof_core = work * n / p                 # core-seconds per profile of granule work at the widest run
-    # 5-year archive, paper region (100-160E, 60S-60N): ~4.5 sunlit passes/day cross it, ~12,300 profiles each
-    profiles_5y = 5 * 365 * 4.5 * 12_300
-    eff = (base_w / work) / n if len(rows) > 1 else 1.0
-    est_h = profiles_5y * per_prof_core / (64 * eff) / 3600
-    print(f"estimate: 5-year archive ~{profiles_5y / 1e6:.0f} M profiles x {per_prof_core * 1e3:.2f} core-ms/profile "
-          f"/ (64 cores x {eff:.2f} parallel efficiency) = {est_h:.1f} h "
-          f"(scales with the AHI grid: a 0.02 deg grid reads ~6x more pixels per patch)")
+    print("a year's build, its cost model and the extrapolation to 5 years: docs/scale.md (python hpc/scale.py)")
 
 
 if __name__ == "__main__":

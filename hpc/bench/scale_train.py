@@ -9,7 +9,8 @@ start-up   wall seconds from nothing to the first training batch: the manifest r
            batch (DataLoader workers started, shards opened, the shuffle buffer filled)
 loader     samples/s of the training stream (data.workers DataLoader workers, batch 8) over --batches batches
            after the first
-validation samples/s of one pass of the validation loader over the first --batches batches of the split
+validation samples/s of the validation loader over the same number of batches on both archives (the smaller
+           split's, at most --batches): shards opened, decoded, batched
 Rounds alternate small/large; the best of each is reported, and the ratio large/small (goal >= 0.9, start-up
 < 10 s). --resume-check: 12 steps on the large archive with a checkpoint at step 6, then the same run rewound
 to step 6 and resumed: the final weights must be bit-identical (exit 1 when not).
@@ -38,7 +39,7 @@ def cfg_for(shards: str, run: str, workers: int, *over):
                         "data.batch_size=8", "data.shuffle_buffer=64", f"data.val_split={VAL_SPLIT[0]}", *over])
 
 
-def measure(shards: str, batches: int, workers: int) -> dict:
+def measure(shards: str, batches: int, workers: int, val_batches: int) -> dict:
     import itertools
 
     from sgmagnet.loaders import iterate, loader
@@ -66,7 +67,7 @@ def measure(shards: str, batches: int, workers: int) -> dict:
     val = split_urls(shards, VAL_SPLIT[0])
     t5 = time.perf_counter()
     with iterate(loader("validation", val, tr.norm, batch_size=8, workers=workers)) as vb:
-        nv = sum(len(b["keys"]) for b in itertools.islice(vb, batches))
+        nv = sum(len(b["keys"]) for b in itertools.islice(vb, val_batches))
     out.update(val_shards=len(val), val_samples_per_s=nv / (time.perf_counter() - t5))
     return out
 
@@ -116,10 +117,12 @@ def main(argv=None) -> int:
 
     for s in (a.small, a.large):
         read_manifest(s)              # a folder that is not a shard set: one line, exit 2
+    # the same validation work on both: as many batches as the smaller validation split holds
+    val_batches = min([a.batches] + [-(-read_manifest(s).counts.get(VAL_SPLIT[0], 0) // 8) for s in (a.small, a.large)])
     best: dict[str, dict] = {}
     for r in range(a.rounds):
         for name, shards in (("small", a.small), ("large", a.large)):
-            m = measure(shards, a.batches, a.workers)
+            m = measure(shards, a.batches, a.workers, max(1, val_batches))
             print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                         for k, v in m.items()), flush=True)
             b = best.setdefault(name, dict(m))
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
         best["resume_bit_identical"] = ok
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"best": best, "ratio": ratio, "workers": a.workers, "batches": a.batches,
+            json.dump({"best": best, "ratio": ratio, "workers": a.workers, "batches": a.batches, "val_batches": val_batches,
                        "cpus": os.cpu_count()}, f, indent=1)
     return 0 if ok else 1
 
