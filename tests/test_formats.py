@@ -95,6 +95,21 @@ def test_ahi_grid_checked_against_name(tmp_path):
         ahi_fmt.read_ahi(p)
 
 
+def test_ahi_float32_fine_grid_is_regular_and_a_gap_is_not(tmp_path):
+    """P-Tree's 0.02 deg files store float32 coordinates up to 205E, rounded by up to 1.5e-5 deg: still a
+    regular grid (found building the 0.02 deg archive of docs/scale.md); a missing column is not."""
+    p = make_scene(tmp_path, T, lat0=59.0, lon0=199.0, step=0.02, nlat=5, nlon=300)
+    g = ahi_fmt.read_grid(p)
+    assert abs(g.dlon - 0.02) < 1e-6 and abs(g.lon0 - 199.0) < 1e-4
+    lat, lon = 10.0 - 0.02 * np.arange(5), 130.0 + 0.02 * np.delete(np.arange(301), 150)
+    fields = {b: np.full((5, 300), 280.0) for b in BAND_VARS + ("SOZ", "SOA", "SAZ", "SAA", "Hour")}
+    q = os.path.join(str(tmp_path), "gap", ahi_fmt.ahi_filename(T, 300, 5))
+    os.makedirs(os.path.dirname(q))
+    ahi_fmt.write_ahi(q, lat, lon, fields, T)
+    with pytest.raises(FormatError, match="not a regular grid"):
+        ahi_fmt.read_grid(q)
+
+
 def test_ahi_bad_name_and_corrupt_file(tmp_path):
     with pytest.raises(FormatError, match="not a P-Tree"):
         ahi_fmt.parse_name(tmp_path / "foo.nc")

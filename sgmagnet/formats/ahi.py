@@ -211,9 +211,12 @@ def read_grid(path) -> AhiGrid:
                           f"{name.nlon}x{name.nlat}")
     if lat.size < 2 or lon.size < 2:
         raise FormatError(path, "grid has fewer than 2 rows or columns")
+    # regular within 1 % of a step: float32 coordinates (P-Tree's) are rounded by up to 1.5e-5 deg near 200E,
+    # 0.08 % of the 0.02 deg grid's step, so a tighter test refused real 0.02 deg files; a grid with a missing
+    # column or another spacing is still refused
     dlat, dlon = np.diff(lat), np.diff(lon)
     slat, slon = float(np.median(dlat)), float(np.median(dlon))
-    if not (np.allclose(dlat, slat, atol=1e-4 * abs(slat) + 1e-5) and np.allclose(dlon, slon, atol=1e-4 * abs(slon) + 1e-5)):
+    if not (np.allclose(dlat, slat, rtol=0, atol=0.01 * abs(slat)) and np.allclose(dlon, slon, rtol=0, atol=0.01 * abs(slon))):
         raise FormatError(path, "latitude/longitude are not a regular grid")
     # anchor on the first value, refined by a least-squares fit of all centres (float32 coordinates)
     k = np.arange(lat.size)
