@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -209,6 +210,8 @@ def factors(work: str, days: int = 2) -> dict:
         name = f"{region.split(',')[0]}_{region.split(',')[1]}_{res}"
         raw, shards = os.path.join(work, "factors", name), os.path.join(work, "factors", name + "_shards")
         log = os.path.join(work, "factors.log")
+        for d in (raw, shards):                # measured from scratch (a build would resume from its records)
+            shutil.rmtree(d, ignore_errors=True)
         os.makedirs(os.path.dirname(raw), exist_ok=True)
         ts = run(sgmagnet() + ["synth", "--out", raw, "--start", START.isoformat(), "--days", str(days), "--region",
                                region, "--res", res, "--track-corridor", "64", "--quiet"], log)
@@ -269,7 +272,6 @@ def slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
     it; the unreadable granule (corrupt_granule) is in the archive. Then the operator's recovery -- the same
     submission again -- and the shards' sha256 list against the fault-free mpirun build of the same days."""
     import re
-    import shutil
 
     from hpc import slurm_faults as sf
     from hpc.mpi_build import chunk_of
