@@ -72,7 +72,7 @@ def measure(shards: str, batches: int, workers: int, val_batches: int) -> dict:
     return out
 
 
-def resume_check(shards: str, folder: str) -> bool:
+def resume_check(shards: str, folder: str, workers: int = 2) -> bool:
     import torch
 
     from sgmagnet.train import run_training
@@ -83,7 +83,7 @@ def resume_check(shards: str, folder: str) -> bool:
     for d in (full, part):
         shutil.rmtree(d, ignore_errors=True)
     t0 = time.perf_counter()
-    run_training(cfg_for(shards, full, 2, *over), log=lambda m: None)
+    run_training(cfg_for(shards, full, workers, *over), log=lambda m: None)
     t_full = time.perf_counter() - t0
     shutil.copytree(full, part)
     ck = os.path.join(part, "checkpoints")
@@ -91,7 +91,7 @@ def resume_check(shards: str, folder: str) -> bool:
     with open(os.path.join(ck, "latest"), "w") as f:
         f.write("step_0000006\n")
     t0 = time.perf_counter()
-    run_training(cfg_for(shards, part, 2, *over), resume=True, log=lambda m: None)
+    run_training(cfg_for(shards, part, workers, *over), resume=True, log=lambda m: None)
     t_res = time.perf_counter() - t0
     a = torch.load(os.path.join(full, "checkpoints", "step_0000012", "state.pt"), weights_only=True)["model"]
     b = torch.load(os.path.join(ck, "step_0000012", "state.pt"), weights_only=True)["model"]
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
           f"{ratio['val_samples_per_s']:.2f}; start-up of the large archive {g['startup_s']:.2f} s (goal < 10 s)")
     ok = True
     if a.resume_check:
-        ok = resume_check(a.large, a.resume_check)
+        ok = resume_check(a.large, a.resume_check, a.workers)
         best["resume_bit_identical"] = ok
     if a.json:
         with open(a.json, "w") as f:
