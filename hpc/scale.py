@@ -433,6 +433,9 @@ def report(st: dict, docs: str):
     cm = cost_model(st)
     with open(os.path.join(docs, "scale", "cost_model.json"), "w") as f:
         json.dump(cm, f, indent=1)
+    if "factors" in st:
+        with open(os.path.join(docs, "scale", "factors.json"), "w") as f:
+            json.dump(st["factors"], f, indent=1)
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     bw = [st[f"build_{d:03d}"]["build_wall_s"] for d in spans]
     sw = [(d, synth_wall(st, d)) for d in spans if synth_wall(st, d) is not None]
