@@ -528,6 +528,10 @@ CASES = [
                                                                           "data.batch_size=4") + ["--resume"],
                                                           protect=[run_with_checkpoints(w, t)]), 2,
      "global batch 2 (data.batch_size=2 x optim.accum=1 x 1 ranks) but this run's is 4"),
+    ("train-resume-other-band-set", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4", "model.name=unet",
+                                                                      "model.bands=ir") + ["--resume"],
+                                                      protect=[run_with_checkpoints(w, t)]), 2,
+     "model.bands was 'all' in the checkpoint and is 'ir'"),
     ("train-resume-rank-file-missing", lambda w, t: dict(argv=train_argv(w, t, "train.steps=4", "model.name=unet")
                                                          + ["--resume"], protect=[run_missing_rank_file(w, t)]), 2,
      "rank_00000.pt: missing"),

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass
 from ..checkpoint import CKPT_FORMAT, load, load_weights, model_label, rng_state, set_rng_state
 from ..config import Config, ConfigError, to_dict
 
-# config keys that must not change across a resume (the model is checked by load_weights with its own message)
-FIXED = ("optim.name", "optim.lr", "optim.betas", "optim.weight_decay", "optim.schedule", "optim.warmup_steps",
+# config keys that must not change across a resume (the model's name, size and options are checked by
+# load_weights with its own message; the band set is not visible in the weights' shapes)
+FIXED = ("model.bands", "optim.name", "optim.lr", "optim.betas", "optim.weight_decay", "optim.schedule", "optim.warmup_steps",
          "optim.min_lr_ratio", "train.seed", "data.train_split", "data.shuffle_buffer", "data.resample",
          "data.epoch_batches")
 
@@ -103,8 +104,7 @@ def config_changes(common: dict, cfg: Config, world: int, where: str) -> dict:
     """{key: [checkpoint value, this run's value]} of the config keys that differ (and the world size);
     a change of a FIXED key is a ConfigError naming it and both values."""
     old, new = flat(common.get("config") or {}), flat(to_dict(cfg))
-    changes = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not k.startswith("model.")}
+    changes = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     for k in FIXED:
         if k in changes and k in old:
             a, b = changes[k]

@@ -133,8 +133,7 @@ class Trainer:
             self.logger.log(run_header(cfg, self.step, self.env.world_size))
             if self.resume_from is not None:
                 self.logger.log({"kind": "resume", "step": self.step, "from": self.resume_from,
-                                 "changes": self.changes, "data_layout": {"streams": layout.streams, "stream_batch": layout.stream_batch,
-                                  "per_step": layout.per_step}, "time": time.time()})
+                                 "changes": self.changes, "data_layout": vars(layout), "time": time.time()})
 
     @property
     def step(self) -> int:
