@@ -144,19 +144,28 @@ def build_span(work: str, days: int, ranks: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from hpc.bench import benchcli
+
+    ap = benchcli.parser("scale.py", __doc__, raw=True)
     ap.add_argument("--work", required=True, help="scratch folder (tens of GB for a year; kept)")
-    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument("--days", type=benchcli.positive, default=365)
     ap.add_argument("--region", default="125,145,-60,60")
-    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--ranks", type=benchcli.positive, default=2)
     ap.add_argument("--steps", default="synth,corrupt,spans,overheads,slurm",
                     help="comma list of synth, corrupt, spans, overheads, slurm, factors (factors: not by default)")
-    ap.add_argument("--tasks", type=int, default=8, help="array tasks of the Slurm build (8)")
+    ap.add_argument("--tasks", type=benchcli.positive, default=8, help="array tasks of the Slurm build (8)")
     ap.add_argument("--report", action="store_true", help="only write the records, the cost model and the figure")
     ap.add_argument("--docs", default="docs", help="where docs/scale/ and docs/img/scale.png go (docs)")
     a = ap.parse_args(argv)
+    unknown = set(a.steps.split(",")) - {"synth", "corrupt", "spans", "overheads", "slurm", "factors"}
+    if unknown:
+        raise ValueError(f"--steps: unknown step(s) {sorted(unknown)} (synth, corrupt, spans, overheads, slurm, "
+                         f"factors)")
     if a.report:
-        report(load_state(a.work), a.docs)
+        st = load_state(a.work)
+        if not any(k.startswith("build_") for k in st):
+            raise ValueError(f"{a.work}/state.json: no measured build to report (run the steps first)")
+        report(st, a.docs)
         return 0
     os.makedirs(os.path.join(a.work, "raw"), exist_ok=True)
     st = load_state(a.work)
@@ -271,12 +280,6 @@ def slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
     scancel one task mid-chunk, SIGKILL another's Python process, drain the node while tasks wait and resume
     it; the unreadable granule (corrupt_granule) is in the archive. Then the operator's recovery -- the same
     submission again -- and the shards' sha256 list against the fault-free mpirun build of the same days."""
-    import re
-
-    from hpc import slurm_faults as sf
-    from hpc.mpi_build import chunk_of
-    from sgmagnet.build import plan, record_path
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     base = os.path.join(work, "slurm")
     r = subprocess.run(["bash", os.path.join(root, "slurm", "local", "up.sh")], env={**os.environ, "BASE": base},
@@ -284,6 +287,20 @@ def slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
     if r.returncode:
         raise SystemExit(f"scale: the local Slurm did not start: {r.stdout[-500:]} {r.stderr[-500:]}")
     os.environ["SLURM_CONF"] = os.path.join(base, "etc", "slurm.conf")
+    try:
+        return _slurm_build(work, days, ntasks, st)
+    finally:            # the cluster's daemons hold Slurm's ports: a test suite's own cluster could not start
+        subprocess.run(["bash", os.path.join(root, "slurm", "local", "down.sh")], env={**os.environ, "BASE": base},
+                       capture_output=True)
+
+
+def _slurm_build(work: str, days: int, ntasks: int, st: dict) -> dict:
+    import re
+
+    from hpc import slurm_faults as sf
+    from hpc.mpi_build import chunk_of
+    from sgmagnet.build import plan, record_path
+
     out = os.path.join(work, f"shards{days:03d}_slurm")
     shutil.rmtree(out, ignore_errors=True)
     cfg = build_config(work, days, out)
@@ -461,4 +478,6 @@ def report(st: dict, docs: str):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hpc.bench import benchcli
+
+    sys.exit(benchcli.run(main, "scale.py"))
