@@ -248,7 +248,9 @@ def submit_train(a) -> int:
     if getattr(a, "resume", False):
         if a.deepspeed:
             cfg.train.deepspeed = os.path.abspath(a.deepspeed)
-        check_resume(cfg, a.nodes * (a.tasks_per_node or a.gpus_per_node or 1))
+        from sgmagnet.train.state import check_resume
+
+        check_resume(cfg.train.run_dir, cfg, a.nodes * (a.tasks_per_node or a.gpus_per_node or 1))
     job = TrainJob(a.config and os.path.abspath(a.config), a.overrides, a.deepspeed and os.path.abspath(a.deepspeed),
                    resume=getattr(a, "resume", False))
     ex = make_executor(a, a.name or f"sgmagnet-{cfg.model.name}", cpus_per_task=cpus, requeue=True)
@@ -261,20 +263,6 @@ def submit_train(a) -> int:
     if a.wait:
         print(j.results()[0])   # rank 0's summary (every task returns one)
     return 0
-
-
-def check_resume(cfg, world: int):
-    """A resubmission with --resume, checked before it is queued: the run folder's latest checkpoint must
-    resume on `world` tasks with this config (the trainer's own checks, train/state.py)."""
-    from sgmagnet.checkpoint import latest_in, load_common
-    from sgmagnet.train.state import DataLayout, config_changes
-
-    path = latest_in(os.path.join(cfg.train.run_dir, "checkpoints"))
-    if path is None:
-        return
-    common, where = load_common(path), f"--resume {path}"
-    DataLayout.of_checkpoint(common).check(world, cfg.data.batch_size, cfg.optim.accum, where)
-    config_changes(common, cfg, world, where)
 
 
 def submit_build(a, cfg) -> int:

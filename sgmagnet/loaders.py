@@ -10,7 +10,7 @@
                                                                  dali runtime: one pass of DALI's reader)
 
     StreamShare({v: loader("train", ..., rank=v, world=V)}, k, j)   a rank's share of the run's V data streams
-        (train.state.DataLayout): whole batches of several streams in turn, or slice j of k of one stream's
+        (train.state.DataLayout): whole batches of several streams in turn, or slice j of k of one stream's batches
 
 Which loader kind a run uses is decided once (runtime.Runtime.loader); the pipeline stages themselves
 (decode, normalise, collate, shard splitting) are in data.py. Also here: how DataLoader workers end.

@@ -121,6 +121,22 @@ def config_changes(common: dict, cfg: Config, world: int, where: str) -> dict:
     return changes
 
 
+def check_resume(run_dir: str, cfg: Config, world: int):
+    """What `--resume` on `world` ranks would continue -- (checkpoint folder, its common state, its data layout,
+    the allowed config changes) -- or None when the run folder has no checkpoint; a resume that cannot be
+    made is a ConfigError (DataLayout.check, config_changes). Used by the trainer, and by `submit train
+    --resume` before anything is queued."""
+    from ..checkpoint import latest_in, load_common
+
+    path = latest_in(os.path.join(run_dir, "checkpoints"))
+    if path is None:
+        return None
+    common, where = load_common(path), f"--resume {path}"
+    layout = DataLayout.of_checkpoint(common)
+    layout.check(world, cfg.data.batch_size, cfg.optim.accum, where)
+    return path, common, layout, config_changes(common, cfg, world, where)
+
+
 class RunState:
     def __init__(self, cfg: Config, env, model, strategy, stream, weights, norm, trained_on: dict | None = None,
                  layout: DataLayout | None = None):

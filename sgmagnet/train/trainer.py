@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import dist as hdist
-from ..checkpoint import Checkpointer, latest_in, load_common, load_weights, model_label
+from ..checkpoint import Checkpointer, load_common, load_weights, model_label
 from ..config import Config, ConfigError, dump, to_dict, validate
 from ..data import Normaliser
 from ..evaluate import evaluate_batches
@@ -35,7 +35,7 @@ from ..shards import Manifest, read_manifest, shard_paths, split_urls
 from . import components, run_dir, strategy
 from .logger import Logger, run_header
 from .preemption import EXIT_PREEMPTED, Preempted, Preemption
-from .state import DataLayout, RunState, config_changes
+from .state import DataLayout, RunState, check_resume
 
 
 def validation_shards(cfg: Config, manifest: Manifest) -> list[str]:
@@ -93,15 +93,9 @@ class Trainer:
                          f"model (train.init_from takes weights of the same model, size and options)",
                          model_label(init.get("config")))
         self.model = model.to(self.rt.device)
-        self.resume_from, self.changes, common = None, {}, None
-        layout = DataLayout.fresh(cfg, env.world_size)
-        if resume:             # checked before anything is built: a refused resume changes nothing
-            self.resume_from = latest_in(os.path.join(t.run_dir, "checkpoints"))
-        if self.resume_from is not None:
-            common, where = load_common(self.resume_from), f"--resume {self.resume_from}"
-            layout = DataLayout.of_checkpoint(common)
-            layout.check(env.world_size, cfg.data.batch_size, cfg.optim.accum, where)
-            self.changes = config_changes(common, cfg, env.world_size, where)
+        # checked before anything is built: a refused resume changes nothing
+        found = check_resume(t.run_dir, cfg, env.world_size) if resume else None
+        self.resume_from, common, layout, self.changes = found or (None, None, DataLayout.fresh(cfg, env.world_size), {})
         opt = components.build_optimizer(cfg, self.model)
         sched = components.build_scheduler(cfg, opt)
         self.weights = components.resolve_loss_weights(cfg, self.manifest)
