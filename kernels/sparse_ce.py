@@ -1,5 +1,10 @@
 """Fused class-weighted sparse cross-entropy of the phase-gated softmax (Triton): kernels, launcher, autograd.
 
+The forward and backward kernels are two torch.library custom ops (`triton_op`: sgmagnet::gated_sparse_ce_fwd,
+sgmagnet::gated_sparse_ce_bwd) with the autograd formula registered on the forward op, so torch.compile
+(fullgraph) traces through them and a CUDA graph captures them (tests/test_kernels.py runs both on CUDA;
+the Triton interpreter used on CPU cannot be traced, so CPU tests call them eagerly).
+
     loss = gated_sparse_ce(logits, index, profiles, weights, denominator=None, unique_index=False, invalid=None)
 
 logits [B, 4, L, H, W] (fp32/bf16/fp16, any strides: only the labelled columns are read, through the
@@ -41,6 +46,7 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from . import IGNORE
 from .common import softmax3
@@ -177,46 +183,59 @@ def coalesce(index: torch.Tensor, sgrad: torch.Tensor, L: int, shape):
     return rep, acc, prof
 
 
-class GatedSparseCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, index, profiles, weights, denominator, unique_index=False, invalid=None):
-        dev = logits.device
-        N, L = profiles.shape
-        B, _, _, H, W = logits.shape
-        n_elem = N * L
-        index = index.to(device=dev, dtype=torch.int64).contiguous()
-        profiles = profiles.to(dev).contiguous()
-        weights = weights.to(device=dev, dtype=torch.float32).contiguous()
-        grid = (max(1, triton.cdiv(n_elem, BLOCK)),)
-        part = torch.zeros(grid[0], 3, dtype=torch.float32, device=dev)
-        sgrad = torch.empty(N, 4, L, dtype=torch.float32, device=dev)
-        claim = torch.zeros(B * H * W if unique_index and n_elem else 1, dtype=torch.int32, device=dev)
-        if n_elem:
-            with _on(dev):
-                _gsce_fwd_kernel[grid](logits, index, profiles, weights, sgrad, part, claim, n_elem, L, B, H, W,
-                                       *logits.stride(), BLOCK=BLOCK, IGNORE=IGNORE, UNIQUE=bool(unique_index))
-        tot = part.sum(0)
-        settle_invalid(tot[2], invalid, logits.shape, index, profiles, unique_index)
-        den = tot[1] if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=dev).reshape(())
-        den = torch.where(den > 0, den, torch.ones_like(den))
-        ctx.save_for_backward(index, profiles, sgrad, den)
-        ctx.shape, ctx.dtype, ctx.grid, ctx.unique = logits.shape, logits.dtype, grid, unique_index
-        return tot[0] / den
+# -- the two kernels as torch.library custom ops (triton_op): torch.compile traces through them (Inductor sees the
+#    Triton kernels) and CUDA graphs capture them like any other op; eager calls run the same code.
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        index, profiles, sgrad, den = ctx.saved_tensors
-        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=sgrad.device)   # a fresh tensor, never the input
-        N, L = profiles.shape
-        B, _, _, H, W = ctx.shape
-        if N * L:
-            scale = (grad_out.float() / den).reshape(1)
-            if not ctx.unique:           # one writer per voxel: sum the rows of duplicate pixels first
-                index, sgrad, profiles = coalesce(index, sgrad, L, ctx.shape)
-            with _on(grad.device):
-                _gsce_bwd_kernel[ctx.grid](grad, index, profiles, sgrad, scale, N * L, L, B, H, W, *grad.stride(),
-                                           BLOCK=BLOCK, IGNORE=IGNORE)
-        return grad, None, None, None, None, None, None
+@triton_op("sgmagnet::gated_sparse_ce_fwd", mutates_args=())
+def _ce_fwd(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor, weights: torch.Tensor,
+            unique_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(totals [3] = (sum w*nll, sum w, invalid count), unnormalised sparse gradient [N, 4, L] fp32)."""
+    N, L = profiles.shape
+    B, _, _, H, W = logits.shape
+    n_elem = N * L
+    grid = (max(1, triton.cdiv(n_elem, BLOCK)),)
+    part = torch.zeros(grid[0], 3, dtype=torch.float32, device=logits.device)
+    sgrad = torch.empty(N, 4, L, dtype=torch.float32, device=logits.device)
+    claim = torch.zeros(B * H * W if unique_index and n_elem else 1, dtype=torch.int32, device=logits.device)
+    if n_elem:
+        with _on(logits.device):
+            wrap_triton(_gsce_fwd_kernel)[grid](logits, index, profiles, weights, sgrad, part, claim, n_elem, L, B,
+                                                H, W, *logits.stride(), BLOCK=BLOCK, IGNORE=IGNORE,
+                                                UNIQUE=unique_index)
+    return part.sum(0), sgrad
+
+
+@triton_op("sgmagnet::gated_sparse_ce_bwd", mutates_args=())
+def _ce_bwd(sgrad: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor, scale: torch.Tensor,
+            shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """The gradient of sum w*nll w.r.t. logits of `shape`: a fresh zero tensor (never the input) with scale x the
+    sparse gradient written at the labelled voxels (index rows distinct: the caller coalesces duplicates)."""
+    grad = torch.zeros(shape, dtype=dtype, device=sgrad.device)
+    N, L = profiles.shape
+    B, _, _, H, W = shape
+    if N * L:
+        with _on(grad.device):
+            wrap_triton(_gsce_bwd_kernel)[(max(1, triton.cdiv(N * L, BLOCK)),)](
+                grad, index, profiles, sgrad, scale, N * L, L, B, H, W, *grad.stride(), BLOCK=BLOCK, IGNORE=IGNORE)
+    return grad
+
+
+def _ce_setup(ctx, inputs, output):
+    logits, index, profiles, _, unique = inputs
+    ctx.save_for_backward(index, profiles, output[1])
+    ctx.shape, ctx.dtype, ctx.unique = list(logits.shape), logits.dtype, unique
+
+
+def _ce_backward(ctx, grad_totals, grad_sgrad):
+    """Only the first total (sum w*nll) depends on the logits; the weight sum and the count do not."""
+    index, profiles, sgrad = ctx.saved_tensors
+    if not ctx.unique and index.shape[0]:               # one writer per voxel: sum the rows of duplicate pixels first
+        index, sgrad, profiles = coalesce(index, sgrad, profiles.shape[1], ctx.shape)
+    scale = grad_totals[:1].float().contiguous()
+    return _ce_bwd(sgrad, index, profiles, scale, ctx.shape, ctx.dtype), None, None, None, None
+
+
+torch.library.register_autograd("sgmagnet::gated_sparse_ce_fwd", _ce_backward, setup_context=_ce_setup)
 
 
 def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.Tensor,
@@ -232,4 +251,11 @@ def gated_sparse_ce(logits: torch.Tensor, index: torch.Tensor, profiles: torch.T
     if weights is None:
         weights = torch.ones(4, device=logits.device)
     _check(logits, index, profiles, weights)
-    return GatedSparseCE.apply(logits, index, profiles, weights, denominator, bool(unique_index), invalid)
+    dev = logits.device
+    index = index.to(device=dev, dtype=torch.int64).contiguous()
+    profiles = profiles.to(dev).contiguous()
+    totals, _ = _ce_fwd(logits, index, profiles, weights.to(device=dev, dtype=torch.float32).contiguous(),
+                        bool(unique_index))
+    settle_invalid(totals[2], invalid, logits.shape, index, profiles, unique_index)
+    den = totals[1] if denominator is None else torch.as_tensor(denominator, dtype=torch.float32, device=dev).reshape(())
+    return totals[0] / torch.where(den > 0, den, torch.ones_like(den))
