@@ -79,6 +79,8 @@ class TrainConfig:
     steps: int = rule(200, ge=1)
     seed: int = rule(0, ge=0)
     bf16: bool = False                # autocast to bfloat16
+    compile: str = rule("none", choices=("none", "default", "graphs"))   # column-path step: torch.compile; graphs = + CUDA graphs (train/compiled.py)
+    static_columns: int = rule(0, ge=0)   # compiled step: columns per patch the index is padded to (0 = 2 x patch side)
     columns: bool = True              # decode only the labelled columns (model(..., columns=index)); false = dense volume, then gather
     log_every: int = rule(10, ge=1)
     val_every: int = rule(100, ge=0)  # 0 = only at the end

@@ -30,6 +30,9 @@ class Preemption:
         self.previous = {}
 
     def requested(self, device) -> bool:
+        """Whether any rank got the signal: one process reads its flag (no host sync); ranks all-reduce it."""
+        if not (hdist.initialized() and torch.distributed.get_world_size() > 1):
+            return self.flag
         return bool(hdist.all_reduce(torch.tensor([int(self.flag)], device=device), "max").item())
 
 

@@ -61,10 +61,11 @@ class Plain:
     def backward(self, loss: torch.Tensor, n_micro: int):
         (loss * self.world).backward()
 
-    def step(self) -> float:
-        """Clip (optim.clip > 0), optimizer step, LR step; the gradient norm before clipping."""
+    def step(self) -> torch.Tensor | float:
+        """Clip (optim.clip > 0), optimizer step, LR step; the gradient norm before clipping (a device tensor:
+        no host sync; the trainer reads it when it logs)."""
         clip = self.cfg.optim.clip
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf")))
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         self.opt.step()
         self.sched.step()
         return gnorm

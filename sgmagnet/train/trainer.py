@@ -5,6 +5,7 @@
     model       runtime.model_from_config(cfg)
     components  optimizer, LR schedule, loss and its class weights (components.py)
     strategy    Plain | DDP | DeepSpeed: forward, backward, step, optimizer state (strategy.py)
+    compiled    train.compile: the column path's forward + loss through torch.compile / CUDA graphs (compiled.py)
     state       what a checkpoint holds (state.py); checkpoint.Checkpointer writes it atomically
     run folder  lock, refuse/clear (run_dir.py); logger: JSONL + TensorBoard (logger.py)
     preemption  SIGUSR2/SIGTERM -> checkpoint at the step boundary, exit 3 (preemption.py)
@@ -32,7 +33,7 @@ from ..grid import N_BANDS, N_GEOM
 from ..models import n_parameters
 from ..runtime import Runtime, model_from_config, seed_everything
 from ..shards import Manifest, read_manifest, shard_paths, split_urls
-from . import components, run_dir, strategy
+from . import compiled, components, run_dir, strategy
 from .logger import Logger, run_header
 from .preemption import EXIT_PREEMPTED, Preempted, Preemption
 from .state import DataLayout, RunState, check_resume
@@ -66,6 +67,7 @@ class Trainer:
             raise RuntimeError(f"Trainer: {env.world_size} rank(s) ({env.launcher}{', DeepSpeed' if t.deepspeed else ''}) "
                                f"but no process group: build the run with run_training(cfg), which starts it")
         self.lock = self.logger = self.preemption = self._batches = self.stream = None
+        self._pending, self._last = [], (float("nan"), float("nan"))   # steps whose device results are unread
         if not env.rank:                        # rank 0 holds the run folder's lock before anything changes in it
             self.lock = run_dir.RunLock(t.run_dir, log)
         try:
@@ -102,6 +104,7 @@ class Trainer:
         self.loss_fn = components.make_loss(cfg, self.weights, self.rt)
         resharded = common is not None and int(common["world_size"]) != env.world_size
         self.strategy = strategy.build(self.model, opt, sched, cfg, self.rt, self.env, resharded=resharded)
+        self.compiled = compiled.build(cfg, self.rt, self.strategy, self.loss_fn, self.manifest.patch_size, self.log)
         self.stream = data if data is not None else self._make_stream(layout)
         self.val_urls = validation_shards(cfg, self.manifest)
         if self.env.is_main:
@@ -170,6 +173,7 @@ class Trainer:
                                       epoch_batches=epoch_batches) for v in mine}, k, j)
 
     def save(self) -> str:
+        self.settle()                     # never a checkpoint of a step whose loss was not finite
         return self.ckpt.save(self.step, self.state.common() if self.env.is_main else {}, self.state.per_rank(),
                               extra=self.strategy.save_extra)
 
@@ -196,6 +200,8 @@ class Trainer:
         """The loss of micro-batch i: the sparse CE of the full-resolution logits, plus loss.aux_weight x the
         mean over coarse scales of the same loss on their logits and pooled labels. `invalid` counts the
         labelled voxels that could not be scored (kernels/sparse_ce.py), without a host sync."""
+        if self.compiled is not None:
+            return self.compiled(batch, idx, prof, den, invalid)
         if not aux_targets:
             return self.loss_fn(self.forward(batch, idx if self.cfg.train.columns else None), idx, prof,
                                 denominator=den, invalid=invalid)
@@ -205,11 +211,14 @@ class Trainer:
                     for a, (pooled, d) in zip(aux_logits, aux_targets))
         return loss + self.cfg.loss.aux_weight * extra / len(aux_targets)
 
-    def train_step(self, micro: list[dict]) -> tuple[float, float]:
+    def train_step(self, micro: list[dict]) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
         """Gradient = that of sum(w * nll) / (global sum of w) over all micro-batches of all ranks, i.e. the
         single-process gradient on the same global batch (the strategy scales the loss to undo the averaging
-        its backend does)."""
+        its backend does). Returns device tensors (loss, gradient norm, voxels that could not be scored)
+        without a host sync: `settle` reads and checks them when the loop logs, validates or saves."""
         d = self.rt.device
+        if self.compiled is not None:
+            micro = [self.compiled.pad(b) for b in micro]        # static shapes, checked on the host
         profs = [b["prof"].to(d) for b in micro]
         den = hdist.all_reduce(sum(self.loss_fn.weight_sum(p) for p in profs).float().reshape(1))[0]
         aux = self.aux_targets(profs) if self.cfg.loss.aux_weight > 0 else []
@@ -222,13 +231,30 @@ class Trainer:
                 total += loss.detach()
                 self.strategy.backward(loss, len(micro))
         gnorm = self.strategy.step()
-        red = hdist.all_reduce(torch.stack([total, invalid]))     # the one sync of the step
-        if red[1] > 0:
-            raise ValueError(f"step {self.step + 1}: {int(red[1])} labelled voxel(s) of the batch (first keys "
-                             f"{micro[0]['keys'][:3]}) could not be scored: an index row outside the patch or a "
-                             f"label outside {{0..3, 255}} (kernels/sparse_ce.py); the shards are damaged -- "
-                             f"`sgmagnet inspect --verify` them")
-        return float(red[0]), gnorm
+        red = hdist.all_reduce(torch.stack([total, invalid]))     # a collective, not a host sync
+        return red[0], gnorm, red[1]
+
+    def settle(self) -> tuple[float, float]:
+        """Read the results of the steps run since the last call (one host sync per log interval, not one per
+        step) and check them: a labelled voxel that could not be scored, or a loss that is not finite, stops
+        the run naming its step. Returns the last step's (loss, gradient norm)."""
+        if not self._pending:
+            return self._last
+        d = self.rt.device
+        vals = torch.stack([torch.stack([loss.float().reshape(()), torch.as_tensor(g, dtype=torch.float32, device=d)
+                                         .reshape(()), bad.float().reshape(())])
+                            for _, loss, g, bad, _ in self._pending]).cpu()
+        pending, self._pending = self._pending, []
+        for (step, _, _, _, keys), (loss, _, bad) in zip(pending, vals.tolist()):
+            if bad > 0:
+                raise ValueError(f"step {step + 1}: {int(bad)} labelled voxel(s) of the batch (first keys "
+                                 f"{keys}) could not be scored: an index row outside the patch or a "
+                                 f"label outside {{0..3, 255}} (kernels/sparse_ce.py); the shards are damaged -- "
+                                 f"`sgmagnet inspect --verify` them")
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step} (batch {keys}...)")
+        self._last = (float(vals[-1, 0]), float(vals[-1, 1]))
+        return self._last
 
     def validate(self) -> dict | None:
         """Every rank scores its share of the validation shards; all ranks run the same number of batches
@@ -287,7 +313,7 @@ class Trainer:
 
         self.log(f"model {self.cfg.model.name}/{self.cfg.model.size}: {n_parameters(self.model):,} parameters; "
                  f"device {self.rt.device}; {self.env.world_size} rank(s) ({self.env.launcher}); "
-                 f"{self.strategy.describe()}; "
+                 f"{self.strategy.describe()}{'; ' + self.compiled.describe() if self.compiled else ''}; "
                  f"global batch {self.cfg.data.batch_size}x{accum}x{self.env.world_size}; "
                  f"loss weights {[round(w, 3) for w in self.weights]}")
         self.log(f"run folder {t.run_dir} (log.jsonl, checkpoints/, config.yaml); TensorBoard: "
@@ -299,13 +325,13 @@ class Trainer:
         last_val, tick, seen = None, time.time(), 0
         while self.step < t.steps:
             micro = [next(it) for _ in range(accum)]
-            loss, gnorm = self.train_step(micro)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {self.step} (batch {micro[0]['keys'][:3]}...)")
+            self._pending.append((self.step, *self.train_step(micro), micro[0]["keys"][:3]))
             self.step += 1
             seen += sum(len(b["keys"]) for b in micro) * self.env.world_size
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                loss, gnorm = self.settle()
+                bar.set_postfix(loss=f"{loss:.4f}")
             if self.logger and (self.step % t.log_every == 0 or self.step == t.steps):
                 now = time.time()
                 self.logger.log({"kind": "train", "step": self.step, "loss": loss, "grad_norm": gnorm,
@@ -314,6 +340,7 @@ class Trainer:
                                  "samples_per_s": seen / max(now - tick, 1e-9), "time": now})
                 tick, seen = now, 0
             if t.val_every and self.step % t.val_every == 0 and self.step < t.steps:
+                self.settle()
                 last_val = self.validate()
                 self.keep_best(last_val)
                 if last_val:
