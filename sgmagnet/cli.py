@@ -273,6 +273,8 @@ def cmd_train(a):
         cfg = load_config(a.config, a.overrides)
         if a.no_progress:
             cfg.train.progress = False
+        if a.profile:
+            cfg.train.profile = a.profile
         if a.deepspeed:
             if not os.path.isfile(a.deepspeed):
                 raise ConfigError(f"--deepspeed {a.deepspeed!r} is not a file")
@@ -487,6 +489,10 @@ def parser() -> Parser:
     t.add_argument("--overwrite", action="store_true", help="start again in a run folder that already holds "
                    "checkpoints (they and the run's logs are deleted); without it such a folder is refused")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    t.add_argument("--profile", metavar="START:STEPS", help="profile training steps START..START+STEPS-1 "
+                   "(torch.profiler): RUN_DIR/profile/trace.json (Chrome trace) and summary.txt (per-kernel time and "
+                   "count, launches per step, host vs device time, device-busy fraction); same as "
+                   "train.profile=START:STEPS")
     t.add_argument("--print-config", action="store_true", help="print the resolved config (YAML, after the "
                    "overrides and checks) and exit without training")
     t.add_argument("overrides", nargs="*", metavar="section.key=value",

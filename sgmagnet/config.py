@@ -80,6 +80,7 @@ class TrainConfig:
     seed: int = rule(0, ge=0)
     bf16: bool = False                # autocast to bfloat16
     compile: str = rule("none", choices=("none", "default", "graphs"))   # column-path step: torch.compile; graphs = + CUDA graphs (train/compiled.py)
+    profile: str = ""                 # START:STEPS: torch.profiler trace + summary of those steps in run_dir/profile/
     static_columns: int = rule(0, ge=0)   # compiled step: columns per patch the index is padded to (0 = 2 x patch side)
     columns: bool = True              # decode only the labelled columns (model(..., columns=index)); false = dense volume, then gather
     log_every: int = rule(10, ge=1)
@@ -172,6 +173,9 @@ def validate(cfg: "Config") -> "Config":
 def check_combinations(cfg: "Config", where: str = "config") -> "Config":
     """The checks that involve more than one value."""
     opts = cfg.model.options
+    prof = cfg.train.profile
+    if prof and not (len(prof.split(":")) == 2 and all(v.isdigit() and int(v) >= 1 for v in prof.split(":"))):
+        raise ConfigError(f"{where}: train.profile: expected START:STEPS with both >= 1 (e.g. 10:5), got {prof!r}")
     if cfg.loss.aux_weight > 0:
         if cfg.model.name != "sgmagnet":
             raise ConfigError(f"{where}: loss.aux_weight: auxiliary losses need model.name=sgmagnet, got {cfg.model.name}")

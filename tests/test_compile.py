@@ -93,3 +93,27 @@ def test_compiled_training_matches_eager(tiny_shards, tmp_path):
             assert any("compiled (default" in n for n in notes), notes
     assert len(got["none"]) == len(got["default"]) == 20
     torch.testing.assert_close(torch.tensor(got["default"]), torch.tensor(got["none"]), rtol=2e-4, atol=1e-5)
+
+
+def test_profile_writes_trace_and_summary(tiny_shards, tmp_path, capsys):
+    """`sgmagnet train --profile 2:2`: a Chrome trace and a summary of steps 2-3 in the run folder (CPU: host
+    operators; on a GPU also kernels, launches per step and the busy fraction); a bad spec is exit 2, one line."""
+    from sgmagnet import cli
+
+    root, _ = tiny_shards
+    run = tmp_path / "run"
+    code = cli.main(["train", "--config", TINY, f"data.shards={root}", f"train.run_dir={run}", "train.steps=4",
+                     "train.val_every=0", "--no-progress", "--profile", "2:2"])
+    assert code == 0
+    trace = json.loads((run / "profile" / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert {"forward", "loss", "backward", "optimizer"} <= names
+    s = json.loads((run / "profile" / "summary.json").read_text())
+    assert s["steps"] == 2 and s["wall_ms_per_step"] > 0 and s["host_ops_per_step"] > 0 and s["top"]
+    assert set(s["host_ms_per_step"]) == {"forward", "loss", "backward", "optimizer"}
+    assert "host operators per step" in (run / "profile" / "summary.txt").read_text()
+    capsys.readouterr()
+    assert cli.main(["train", "--config", TINY, f"data.shards={root}", f"train.run_dir={tmp_path / 'b'}",
+                     "--profile", "0:2"]) == 2
+    err = capsys.readouterr().err
+    assert "train.profile" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()

@@ -1,6 +1,6 @@
 """The compiled training step of the column path (train.compile = none | default | graphs).
 
-    step = compiled.build(cfg, rt, strategy, loss_fn, log)   # None: run eagerly (train.compile=none, or a fallback)
+    step = compiled.build(cfg, rt, strategy.forward, loss_fn, patch, log)   # None: run eagerly (train.compile=none, or a fallback)
     batch = step.pad(batch)                                  # the index padded to a fixed N (static shapes)
     loss = step(batch, profiles, denominator, invalid)       # forward + loss through the compiled graph
 
@@ -84,8 +84,9 @@ def pad_columns(index: torch.Tensor, profiles: torch.Tensor, n_static: int, shap
 class CompiledStep:
     """Forward + loss of one micro-batch through torch.compile (the module docstring)."""
 
-    def __init__(self, strategy, loss_fn, mode: str, per_patch: int, device: torch.device, log=print):
-        self.strategy, self.loss_fn, self.mode, self.per_patch, self.log = strategy, loss_fn, mode, per_patch, log
+    def __init__(self, forward, loss_fn, mode: str, per_patch: int, device: torch.device, log=print):
+        """forward(x, geom, columns=index) -> logits [N, 4, L] (the strategy's, with its autocast)."""
+        self.forward, self.loss_fn, self.mode, self.per_patch, self.log = forward, loss_fn, mode, per_patch, log
         if device.type == "cpu":
             # Inductor's vectorised C++ kernels (AVX2 and AVX-512 alike) corrupted the heap in SGMAGNet's
             # backward (torch 2.13, Xeon with AVX-512; "free(): corrupted unsorted chunks"); its scalar C++
@@ -102,7 +103,7 @@ class CompiledStep:
 
     def _forward_loss(self, x, geom, index, profiles, denominator):
         invalid = torch.zeros((), device=x.device)
-        out = self.strategy.forward(x, geom, columns=index)
+        out = self.forward(x, geom, columns=index)
         return self.loss_fn(out, None, profiles, denominator=denominator, invalid=invalid), invalid
 
     def pad(self, batch: dict) -> dict:
@@ -128,10 +129,10 @@ class CompiledStep:
         return loss
 
 
-def build(cfg, rt, strategy, loss_fn, patch: int, log=print) -> CompiledStep | None:
+def build(cfg, rt, forward, loss_fn, patch: int, log=print) -> CompiledStep | None:
     mode, note = resolve(cfg, rt)
     if note:
         log(note)
     if mode == "none":
         return None
-    return CompiledStep(strategy, loss_fn, mode, static_columns(cfg, patch), rt.device, log)
+    return CompiledStep(forward, loss_fn, mode, static_columns(cfg, patch), rt.device, log)

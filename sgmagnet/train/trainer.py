@@ -33,7 +33,8 @@ from ..grid import N_BANDS, N_GEOM
 from ..models import n_parameters
 from ..runtime import Runtime, model_from_config, seed_everything
 from ..shards import Manifest, read_manifest, shard_paths, split_urls
-from . import compiled, components, run_dir, strategy
+from . import compiled, components, profiling, run_dir, strategy
+from torch.profiler import record_function
 from .logger import Logger, run_header
 from .preemption import EXIT_PREEMPTED, Preempted, Preemption
 from .state import DataLayout, RunState, check_resume
@@ -66,7 +67,7 @@ class Trainer:
         if (env.distributed or t.deepspeed) and not hdist.initialized():
             raise RuntimeError(f"Trainer: {env.world_size} rank(s) ({env.launcher}{', DeepSpeed' if t.deepspeed else ''}) "
                                f"but no process group: build the run with run_training(cfg), which starts it")
-        self.lock = self.logger = self.preemption = self._batches = self.stream = None
+        self.lock = self.logger = self.preemption = self._batches = self.stream = self.profiler = None
         self._pending, self._last = [], (float("nan"), float("nan"))   # steps whose device results are unread
         if not env.rank:                        # rank 0 holds the run folder's lock before anything changes in it
             self.lock = run_dir.RunLock(t.run_dir, log)
@@ -104,7 +105,7 @@ class Trainer:
         self.loss_fn = components.make_loss(cfg, self.weights, self.rt)
         resharded = common is not None and int(common["world_size"]) != env.world_size
         self.strategy = strategy.build(self.model, opt, sched, cfg, self.rt, self.env, resharded=resharded)
-        self.compiled = compiled.build(cfg, self.rt, self.strategy, self.loss_fn, self.manifest.patch_size, self.log)
+        self.compiled = compiled.build(cfg, self.rt, self.strategy.forward, self.loss_fn, self.manifest.patch_size, self.log)
         self.stream = data if data is not None else self._make_stream(layout)
         self.val_urls = validation_shards(cfg, self.manifest)
         if self.env.is_main:
@@ -144,6 +145,8 @@ class Trainer:
         """However a run ends (finished, preempted, failed, interrupted): the training stream's loader workers
         are shut down (loaders.close_iterator: politely, SIGKILL as the last resort), the logs closed and the
         signal handlers put back. Idempotent; run_training calls it in a finally."""
+        if self.profiler is not None:
+            self.profiler.close()
         if self._batches is not None:
             self._batches.close()          # GeneratorExit in EpochStream.__iter__: its `iterate` block ends the workers
             self._batches = None
@@ -201,14 +204,19 @@ class Trainer:
         mean over coarse scales of the same loss on their logits and pooled labels. `invalid` counts the
         labelled voxels that could not be scored (kernels/sparse_ce.py), without a host sync."""
         if self.compiled is not None:
-            return self.compiled(batch, idx, prof, den, invalid)
+            with record_function("forward+loss"):
+                return self.compiled(batch, idx, prof, den, invalid)
         if not aux_targets:
-            return self.loss_fn(self.forward(batch, idx if self.cfg.train.columns else None), idx, prof,
-                                denominator=den, invalid=invalid)
-        out, aux_logits = self.forward(batch, idx, aux=True)
-        loss = self.loss_fn(out, idx, prof, denominator=den, invalid=invalid)
-        extra = sum(self.loss_fn(a, None, pooled[i], denominator=d, invalid=invalid)
-                    for a, (pooled, d) in zip(aux_logits, aux_targets))
+            with record_function("forward"):
+                out = self.forward(batch, idx if self.cfg.train.columns else None)
+            with record_function("loss"):
+                return self.loss_fn(out, idx, prof, denominator=den, invalid=invalid)
+        with record_function("forward"):
+            out, aux_logits = self.forward(batch, idx, aux=True)
+        with record_function("loss"):
+            loss = self.loss_fn(out, idx, prof, denominator=den, invalid=invalid)
+            extra = sum(self.loss_fn(a, None, pooled[i], denominator=d, invalid=invalid)
+                        for a, (pooled, d) in zip(aux_logits, aux_targets))
         return loss + self.cfg.loss.aux_weight * extra / len(aux_targets)
 
     def train_step(self, micro: list[dict]) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
@@ -229,8 +237,10 @@ class Trainer:
             with self.strategy.accumulating(i, len(micro)):
                 loss = self.micro_loss(b, b["index"].to(d), prof, den, aux, i, invalid)
                 total += loss.detach()
-                self.strategy.backward(loss, len(micro))
-        gnorm = self.strategy.step()
+                with record_function("backward"):
+                    self.strategy.backward(loss, len(micro))
+        with record_function("optimizer"):
+            gnorm = self.strategy.step()
         red = hdist.all_reduce(torch.stack([total, invalid]))     # a collective, not a host sync
         return red[0], gnorm, red[1]
 
@@ -319,14 +329,20 @@ class Trainer:
         self.log(f"run folder {t.run_dir} (log.jsonl, checkpoints/, config.yaml); TensorBoard: "
                  f"tensorboard --logdir {os.path.join(t.run_dir, 'tb')}")
         self.preemption = Preemption()
+        if t.profile:
+            self.profiler = profiling.StepProfiler(t.profile, t.run_dir, self.rt.device, self.log)
         bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.env.is_main), mininterval=2,
                    desc="train", dynamic_ncols=True)
         it = self._batches = iter(self.stream)
         last_val, tick, seen = None, time.time(), 0
         while self.step < t.steps:
             micro = [next(it) for _ in range(accum)]
+            if self.profiler:
+                self.profiler.before(self.step + 1)
             self._pending.append((self.step, *self.train_step(micro), micro[0]["keys"][:3]))
             self.step += 1
+            if self.profiler:
+                self.profiler.after(self.step)
             seen += sum(len(b["keys"]) for b in micro) * self.env.world_size
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == t.steps:
