@@ -5,15 +5,23 @@ Classes: 0 clear, 1 ice, 2 mixed, 3 liquid; 255 = no label.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from kernels import IGNORE  # noqa: F401  (255 = no label: defined once, beside the kernels that skip it)
 
 N_LEVELS = 38
 LEVEL_DZ_KM = 0.5
-LEVEL_BOTTOM_KM = LEVEL_DZ_KM * np.arange(N_LEVELS)
-LEVEL_TOP_KM = LEVEL_BOTTOM_KM + LEVEL_DZ_KM
-LEVEL_CENTRE_KM = LEVEL_BOTTOM_KM + LEVEL_DZ_KM / 2
+
+
+def __getattr__(name):
+    """LEVEL_BOTTOM_KM, LEVEL_TOP_KM, LEVEL_CENTRE_KM: numpy arrays, made on first use (the benchmarks import
+    this module on the lent GPU machine, whose python has torch and triton only)."""
+    if name not in ("LEVEL_BOTTOM_KM", "LEVEL_TOP_KM", "LEVEL_CENTRE_KM"):
+        raise AttributeError(name)
+    import numpy as np
+
+    bottom = LEVEL_DZ_KM * np.arange(N_LEVELS)
+    arrays = {"LEVEL_BOTTOM_KM": bottom, "LEVEL_TOP_KM": bottom + LEVEL_DZ_KM, "LEVEL_CENTRE_KM": bottom + LEVEL_DZ_KM / 2}
+    globals().update(arrays)
+    return arrays[name]
 
 CLEAR, ICE, MIXED, LIQUID = 0, 1, 2, 3
 N_CLASSES = 4

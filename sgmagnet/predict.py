@@ -301,13 +301,19 @@ def _create(out: str, src, tile: int, probabilities: bool, attrs: dict):
 @torch.no_grad()
 def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32, batch: int = 4,
                   probabilities: bool = False, rt: Runtime | None = None, attrs: dict | None = None, log=print,
-                  form: str = "gated", fmt: str = "netcdf", trained_on: dict | None = None) -> dict:
+                  form: str = "gated", fmt: str = "netcdf", trained_on: dict | None = None,
+                  writer_thread: bool = True) -> dict:
     """Run `model` over an AHI scene (tiled, streamed) and write the CF cube `out` (atomically) as NetCDF or
     (fmt="zarr") Zarr, on the runtime `rt` (default: CPU, float32, the reference argmax). `ahi`: a P-Tree file,
     or an HSD slot (a folder holding one, or any of its segment files). trained_on (the checkpoint's record:
     band set, solar zenith range of its training split): the cube gains the flag `outside_training_range`
     (1 where the pixel's solar zenith lies outside that range; all 0 for an infrared-only model, which does not
-    see the sun); the prediction itself is written everywhere."""
+    see the sun); the prediction itself is written everywhere.
+
+    Overlap: each strip's rows are written by a writer thread (`StripWriter`, the only user of the open file
+    once the loop starts) while the next strip is read and computed; on CUDA the int8 classes of a batch are
+    copied to pinned host memory asynchronously and collected after the next batch is launched.
+    writer_thread=False writes in the loop (the benchmark's baseline, hpc/bench/predict_writer.py)."""
     from tqdm import tqdm
 
     rt = rt or Runtime(torch.device("cpu"))
@@ -355,6 +361,7 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
         if rng is not None:
             _range_flag(nc, src, tile, rng, trained_on, sun_blind)
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not log, mininterval=2)
+        writer = StripWriter(nc, threaded=writer_thread)
         for rs, (rlo, rhi) in zip(rows, rcore):
             x, geom, ok = src.strip(rs, min(rs + tile, H))
             xn = norm(x)
@@ -365,37 +372,59 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                 geom = np.pad(geom, pad, constant_values=np.nan)
             phase = np.full((N_LEVELS, rhi - rlo, W), -1, np.int8)
             probs = np.full((4, N_LEVELS, rhi - rlo, W), PROB_FILL, np.int8) if probabilities else None
+            pending = None
+
+            def collect(p):                 # the classes of a batch, once its copy to the host is done
+                done, cls, pr, group = p
+                if done is not None:
+                    done.synchronize()
+                cls = cls.numpy()
+                for j, (cs, (clo, chi)) in enumerate(group):
+                    rr, cc = slice(rlo - rs, rhi - rs), slice(clo - cs, chi - cs)
+                    phase[:, :, clo:chi] = cls[j][:, rr, cc]
+                    if probabilities:
+                        probs[:, :, :, clo:chi] = pr[j][:, :, rr, cc]
+
             for k in range(0, len(cols), batch):
                 group = list(zip(cols, ccore))[k:k + batch]
                 xb = torch.from_numpy(np.stack([xn[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
                 gb = torch.from_numpy(np.stack([geom[:, :tile, cs:cs + tile] for cs, _ in group])).to(device)
                 with rt.autocast():
                     logits = model(xb, gb)
-                cls = argmax(logits, rt.fused, form).to(torch.int8).cpu().numpy()        # [b, L, t, t]
+                cls_dev = argmax(logits, rt.fused, form).to(torch.int8)                  # [b, L, t, t]
+                done = None
+                if cls_dev.is_cuda:         # async device-to-host copy into pinned memory
+                    cls = torch.empty(cls_dev.shape, dtype=torch.int8, pin_memory=True)
+                    cls.copy_(cls_dev, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                else:
+                    cls = cls_dev
                 pr = ((log_probs(logits, form).exp() * PROB_SCALE).round().to(torch.int8).cpu().numpy()
                       if probabilities else None)
-                for j, (cs, (clo, chi)) in enumerate(group):
-                    rr, cc = slice(rlo - rs, rhi - rs), slice(clo - cs, chi - cs)
-                    phase[:, :, clo:chi] = cls[j][:, rr, cc]
-                    if probabilities:
-                        probs[:, :, :, clo:chi] = pr[j][:, :, rr, cc]
+                if pending is not None:
+                    collect(pending)
+                pending = (done, cls, pr, group)
                 bar.update(len(group))
+            if pending is not None:
+                collect(pending)
             mask = ~ok[rlo - rs:rhi - rs]
             phase[:, mask] = -1
             rows_out, order = src.rows_out(rlo, rhi)
-            nc["cloud_phase"][0, :, rows_out, :] = phase[:, order]
+            writer.put("cloud_phase", (0, slice(None), rows_out, slice(None)), phase[:, order])
             if probabilities:
                 probs[:, :, mask] = PROB_FILL
                 for c, name in enumerate(CLASS_NAMES):
-                    nc[f"p_{name}"][0, :, rows_out, :] = probs[c][:, order]
+                    writer.put(f"p_{name}", (0, slice(None), rows_out, slice(None)), probs[c][:, order])
             n_valid += int((~mask).sum())
             if rng is not None:
                 soz = geom[0, rlo - rs:rhi - rs, :W]
                 inside = (soz >= rng[0]) & (soz <= rng[1])            # NaN (unknown sun): outside
                 out_r = np.zeros(soz.shape, bool) if sun_blind else ~inside & ~mask
                 flag = np.where(mask, np.int8(-1), out_r.astype(np.int8))
-                nc["outside_training_range"][0, rows_out, :] = flag[order]
+                writer.put("outside_training_range", (0, rows_out, slice(None)), flag[order])
                 n_outside += int(out_r.sum())
+        writer.finish()
         bar.close()
         nc.close()
         nc = None
@@ -404,6 +433,8 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
         else:
             os.replace(out + ".partial", out)
     except BaseException:    # a failed write leaves no .partial and never touches an existing `out`
+        if "writer" in locals():
+            writer.abandon()
         if nc is not None:
             try:
                 nc.close()
@@ -421,6 +452,62 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
     return {"out": out, "shape": [N_LEVELS, H, W], "tiles": len(rows) * len(cols), "valid_pixels": n_valid,
             "grid": src.kind, "outside_training_range": n_outside if rng is not None else None,
             "training_range": list(rng) if rng is not None else None, "sun_blind": sun_blind}
+
+
+class StripWriter:
+    """Writes (variable, index, array) items into an open netCDF4 Dataset on one thread of its own (the only
+    thread touching the file while it runs), so that writing a strip overlaps reading and computing the next.
+    The queue holds at most 2 strips (bounded memory); an error in the writer is raised in the caller at the
+    next put or at finish. threaded=False writes at once (the baseline)."""
+
+    def __init__(self, nc, threaded: bool = True):
+        import queue
+        import threading
+
+        self.nc, self.error = nc, None
+        self.q = queue.Queue(maxsize=2) if threaded else None
+        if threaded:
+            self.thread = threading.Thread(target=self._run, name="cube-writer", daemon=True)
+            self.thread.start()
+
+    def _run(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    name, index, data = item
+                    self.nc[name][index] = data
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    self.error = e
+
+    def _check(self):
+        if self.error is not None:
+            raise self.error
+
+    def put(self, name: str, index, data):
+        if self.q is None:
+            self.nc[name][index] = data
+            return
+        self._check()
+        self.q.put((name, index, data))
+
+    def finish(self):
+        """Wait until everything is written; raise the writer's error, if any."""
+        if self.q is not None:
+            self.q.put(None)
+            self.thread.join()
+            self.q = None
+        self._check()
+
+    def abandon(self):
+        """The run failed: stop the thread (what it had not written is dropped with the partial file)."""
+        if self.q is not None:
+            self.error = self.error or RuntimeError("abandoned")
+            self.q.put(None)
+            self.thread.join()
+            self.q = None
 
 
 def _training_range(trained_on: dict | None):

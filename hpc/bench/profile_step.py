@@ -4,12 +4,18 @@ prediction (no autograd, what `sgmagnet predict` runs), printing the top operato
     python hpc/bench/profile_step.py [--model sgmagnet] [--size demo] [--patch 128] [--batch 8]
                                      [--mode train-dense,train-columns,predict] [--bf16] [--cudnn-benchmark]
                                      [--dense-chunk N] [--device auto] [--top 12] [--trace DIR]
+                                     [--compile none|default|graphs] [--summary DIR]
 
 Each mode prints its samples/s (3 timed steps after 2 warm-ups, outside the profiler) and the profiler table
 (sorted by self device time: CUDA on a GPU, CPU otherwise). --trace DIR also writes a Chrome trace per mode.
+--compile: the column-path training step through sgmagnet/train/compiled.py (train-columns only), as
+`train.compile` runs it. --summary DIR: the summary `sgmagnet train --profile` writes (sgmagnet/train/profiling.py:
+wall time, device-busy fraction, launches per step, per-kernel table) of 3 profiled steps, per mode, as
+DIR/<model>_<mode>[_<compile>].txt and .json: the same numbers on a machine without shards or PyYAML.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -24,7 +30,7 @@ from hpc.bench.train_step import memory_batch, train_step_fn  # noqa: E402
 from sgmagnet.models import MODELS, build_model  # noqa: E402
 
 
-def make_step(model, mode, batch, device, bf16):
+def make_step(model, mode, batch, device, bf16, compile_mode="none"):
     if mode == "predict":
         x, geom = batch[:2]
 
@@ -34,7 +40,8 @@ def make_step(model, mode, batch, device, bf16):
                 model(x, geom)
         return predict
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    return train_step_fn(model, opt, batch, "columns" if mode == "train-columns" else "dense", bf16)
+    path = "columns" if mode == "train-columns" else "dense"
+    return train_step_fn(model, opt, batch, path, bf16, compile_mode=compile_mode if path == "columns" else "none")
 
 
 def sync(device):
@@ -57,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     ap.add_argument("--top", type=benchcli.positive, default=12, help="operators shown per mode (default: 12)")
     ap.add_argument("--trace", default=None, help="folder for Chrome traces (default: none written)")
+    ap.add_argument("--compile", default="none", choices=("none", "default", "graphs"),
+                    help="train-columns through torch.compile / CUDA graphs (default: none)")
+    ap.add_argument("--summary", default=None, help="folder for the step summaries (default: none written)")
     a = ap.parse_args(argv)
     modes = a.mode.split(",")
     bad = [m for m in modes if m not in ("train-dense", "train-columns", "predict")]
@@ -78,8 +88,8 @@ def main(argv=None) -> int:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for mode in modes:
-        step = make_step(model, mode, batch, device, a.bf16)
-        for _ in range(2):
+        step = make_step(model, mode, batch, device, a.bf16, a.compile)
+        for _ in range(2 if a.compile == "none" else 4):
             step()
         sync(device)
         t0 = time.perf_counter()
@@ -87,10 +97,27 @@ def main(argv=None) -> int:
             step()
         sync(device)
         rate = 3 * a.batch / (time.perf_counter() - t0)
+        sync(device)
+        t0 = time.perf_counter()
         with profile(activities=acts) as prof:
-            step()
+            for _ in range(3 if a.summary else 1):
+                step()
             sync(device)
-        print(f"\n== {mode}: {rate:.1f} samples/s")
+        wall = time.perf_counter() - t0
+        print(f"\n== {mode}{'' if a.compile == 'none' or mode != 'train-columns' else ' ' + a.compile}: "
+              f"{rate:.1f} samples/s")
+        if a.summary:
+            from sgmagnet.train.profiling import format_summary, summarize
+
+            s = summarize(prof, 3, wall, device)
+            name = f"{a.model}_{mode}" + (f"_{a.compile}" if a.compile != "none" and mode == "train-columns" else "")
+            os.makedirs(a.summary, exist_ok=True)
+            with open(os.path.join(a.summary, name + ".json"), "w") as f:
+                json.dump(s, f, indent=1)
+            text = format_summary(s)
+            with open(os.path.join(a.summary, name + ".txt"), "w") as f:
+                f.write(text)
+            print(text)
         print(prof.key_averages().table(sort_by=key, row_limit=a.top, max_name_column_width=60))
         if a.trace:
             os.makedirs(a.trace, exist_ok=True)

@@ -3,6 +3,7 @@ AdamW), for the dense path and the label-sparse column path, side by side in one
 
     python hpc/bench/train_step.py [--models sgmagnet,unet,...] [--size demo] [--patch 64,128] [--batch 8]
                                    [--paths dense,columns] [--steps 3] [--warmup 1] [--device auto] [--bf16]
+    python hpc/bench/train_step.py --models sgmagnet --paths columns --compile none,default,graphs [--batch-sweep 8,16,32]
     python hpc/bench/train_step.py --loader real --shards demo_out/shards [--models unet] [--workers 2]
 
 --loader memory (default): synthetic batches held in memory (random bands, one diagonal CloudSat-like track
@@ -13,6 +14,12 @@ optimiser. Paths: `dense` decodes the whole [B, 4, 38, H, W] volume and the loss
 (torch.utils.flop_counter), samples/s, the column path's speed-up over the dense path, and peak memory:
 on CUDA max_memory_allocated, on CPU the peak resident set of a fresh process that runs only that
 measurement (each row is run in its own spawned process, so rows do not inherit each other's peaks).
+--compile: the column path's step eagerly (none), through torch.compile (default) and as CUDA graphs (graphs,
+CUDA only: on CPU that row is skipped), the index padded to 2 x patch columns per patch as training does
+(sgmagnet/train/compiled.py); compile time is excluded (--warmup steps, at least 3 when compiled). Rows per mode
+side by side, with the speed-up over eager. --batch-sweep B1,B2,...: the same for each batch size, stopping at the
+first that does not fit (CUDA out of memory), so the table shows throughput against batch size and the largest
+batch that fits.
 --loader real: the same training step fed by the real WebDataset loader (DataLoader workers) over the
 shards, against the same batches pre-loaded into memory, in one run: the ratio is the input-pipeline
 overhead seen by training (target >= 95 %).
@@ -42,12 +49,31 @@ def memory_batch(b: int, s: int, device):
     return [t.to(device) for t in (x, geom, idx, prof)]
 
 
-def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=sparse_ce):
+def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=sparse_ce, compile_mode: str = "none"):
     """One full training step (forward on the dense or column path, sparse loss, backward, optimiser) on the
-    in-memory batch `data` = (x, geom, index, profiles), as a closure (shared with profile_step.py)."""
+    in-memory batch `data` = (x, geom, index, profiles), as a closure (shared with profile_step.py).
+    compile_mode default|graphs (column path): forward + loss through sgmagnet/train/compiled.py, as training."""
     x, geom, idx, prof = data
     device = x.device
     bad = torch.zeros((), device=device)
+    if compile_mode != "none":
+        from sgmagnet.train.compiled import CompiledStep
+
+        def forward(x, geom, columns):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                return model(x, geom, columns=columns)
+        patch = x.shape[-1]
+        cs = CompiledStep(forward, loss_fn, compile_mode, 2 * patch, device, log=lambda m: None)
+        b = cs.pad({"x": x, "geom": geom, "index": idx.cpu(), "prof": prof.cpu()})
+        pidx, pprof = b["index"].to(device), b["prof"].to(device)
+        den = loss_fn.weight_sum(pprof).float()
+
+        def compiled_step():
+            loss = cs(b, pidx, pprof, den, bad)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return compiled_step
 
     def step():
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -62,16 +88,20 @@ def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=sparse_ce):
     return step
 
 
-def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl="torch", path="dense"):
-    """One (model, patch, path) measurement in this process."""
+def bench_model(name, size, patch, batch, steps, warmup, device, bf16, loss_impl="torch", path="dense",
+                compile_mode="none"):
+    """One (model, patch, path, compile mode) measurement in this process."""
     torch.manual_seed(0)
     loss_fn = SparseLoss(fused=Runtime.resolve(device.type, loss_impl=loss_impl).fused).to(device)   # runtime decides
     m = build_model(name, size).to(device)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    # the optimizer training uses (train/components.py): fused AdamW on CUDA
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, **({"fused": True} if device.type == "cuda" else {}))
     data = memory_batch(batch, patch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step = train_step_fn(m, opt, data, path, bf16, loss_fn)
+    step = train_step_fn(m, opt, data, path, bf16, loss_fn, compile_mode)
+    if compile_mode != "none":
+        warmup = max(warmup, 3)          # compilation (and CUDA-graph recording) happens in the first calls
 
     for _ in range(warmup):
         step()
@@ -177,6 +207,50 @@ def real_vs_memory(a, device):
     return 0
 
 
+def compile_sweep(a, device, patches, models, modes, batches) -> int:
+    """Column path: eager / compiled / CUDA-graph rows per batch size, side by side in one run."""
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    rows, failed = [], 0
+    for patch in patches:
+        print(f"\nsize {a.size}, patch {patch}, column path, {a.steps} timed steps, {where}, "
+              f"{'bf16' if a.bf16 else 'fp32'}, loss {a.loss}")
+        print(f"{'model':<13}{'batch':>6}{'compile':>9}{'samples/s':>11}{'vs eager':>10}{'peak MiB':>10}   (peak: CUDA allocated; on CPU the process RSS so far)")
+        for name in models:
+            for batch in batches:
+                eager, oom = None, False
+                for mode in modes:
+                    if mode == "graphs" and device.type != "cuda":
+                        print(f"{name:<13}{batch:>6}{mode:>9}  skipped: CUDA graphs need a CUDA device", flush=True)
+                        continue
+                    kw = dict(name=name, size=a.size, patch=patch, batch=batch, steps=a.steps, warmup=a.warmup,
+                              device=device, bf16=a.bf16, loss_impl=a.loss, path="columns", compile_mode=mode)
+                    try:
+                        r = bench_model(**kw)
+                    except torch.OutOfMemoryError:
+                        print(f"{name:<13}{batch:>6}{mode:>9}  does not fit (CUDA out of memory)", flush=True)
+                        torch.cuda.empty_cache()
+                        oom = True
+                        break
+                    except Exception as e:  # noqa: BLE001 - reported as the row's error, the other rows go on
+                        print(f"{name:<13}{batch:>6}{mode:>9}  failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        failed += 1
+                        continue
+                    eager = r["samples_per_s"] if mode == "none" else eager
+                    ratio = f"{r['samples_per_s'] / eager:>9.2f}x" if eager and mode != "none" else f"{'':>10}"
+                    rows.append({**r, "size": a.size, "patch": patch, "batch": batch, "bf16": a.bf16, "loss": a.loss,
+                                 "compile": mode})
+                    print(f"{name:<13}{batch:>6}{mode:>9}{r['samples_per_s']:>11.2f}{ratio}{r['peak_mib']:>10.0f}",
+                          flush=True)
+                    torch._dynamo.reset()
+                if oom:
+                    break
+    if a.csv and rows:
+        append_csv(a.csv, rows)
+    if failed:
+        sys.stderr.write(f"train_step.py: error: {failed} measurement(s) failed (see the table)\n")
+    return 1 if failed else 0
+
+
 def main(argv=None):
     p = benchcli.parser("train_step.py", __doc__)
     p.add_argument("--models", default=",".join(MODELS))
@@ -193,6 +267,10 @@ def main(argv=None):
     p.add_argument("--workers", type=benchcli.count0, default=2, help="DataLoader workers with --loader real")
     p.add_argument("--loss", choices=("torch", "triton"), default="torch",
                    help="loss implementation: the PyTorch reference or the fused Triton kernel (CUDA)")
+    p.add_argument("--compile", default="none", help="compile modes, comma-separated: none, default, graphs "
+                   "(column path; graphs needs CUDA) (default none)")
+    p.add_argument("--batch-sweep", default="", help="batch sizes, comma-separated, instead of --batch: stops at the "
+                   "first that does not fit")
     p.add_argument("--csv", help="append one row per model and path to this CSV")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -206,8 +284,14 @@ def main(argv=None):
         assert paths and set(paths) <= {"dense", "columns"}
         models = a.models.split(",")
         assert set(models) <= set(MODELS)
+        modes = a.compile.split(",")
+        assert modes and set(modes) <= {"none", "default", "graphs"}
+        batches = benchcli.int_list(a.batch_sweep) if a.batch_sweep else [a.batch]
     except (ValueError, AssertionError, argparse.ArgumentTypeError):
-        p.error(f"--patch must be integers, --paths dense and/or columns, --models among {', '.join(MODELS)}")
+        p.error(f"--patch and --batch-sweep must be integers, --paths dense and/or columns, --compile among none, "
+                f"default, graphs, --models among {', '.join(MODELS)}")
+    if modes != ["none"] or a.batch_sweep:
+        return compile_sweep(a, device, patches, models, modes, batches)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     mem = "peak MiB (CUDA allocated)" if device.type == "cuda" else "peak MiB (process RSS)"
     rows, failed = [], 0

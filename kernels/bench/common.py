@@ -10,8 +10,9 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.csv")
-FIELDS = ["date", "commit", "gpu", "torch", "triton", "op", "impl", "phase", "batch", "levels", "size",
-          "label_density", "dtype", "ms", "gbps", "pct_hbm", "peak_extra_mib", "logits_mib"]
+FIELDS = ["date", "commit", "gpu", "torch", "triton", "op", "impl", "layout", "phase", "batch", "levels", "size",
+          "label_density", "dtype", "ms", "ms_cudagraph", "iters", "gbps", "pct_hbm", "peak_extra_mib", "logits_mib",
+          "must_mib"]
 # nominal HBM bandwidth (GB/s) by device-name substring (vendor data sheets)
 HBM_GBPS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H100": 3350.0,
             "A100-SXM4-80GB": 2039.0, "A100-SXM4-40GB": 1555.0, "A100": 1555.0, "L40S": 864.0}
@@ -29,18 +30,43 @@ def hbm_gbps(name: str) -> float | None:
 
 
 def git_commit() -> str:
+    """`git describe --always --dirty`: a row measured on uncommitted code says so."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                               cwd=os.path.dirname(RESULTS)).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
 
 
-def bench_ms(fn, warmup=10, rep=50) -> float:
-    """Median milliseconds: triton.testing.do_bench on CUDA (L2 flushed between runs)."""
+MIN_ITERS = 50
+
+
+def _rep_ms(fn, rep: float) -> float:
+    """do_bench's `rep` is a time budget in ms: make it cover at least MIN_ITERS timed calls."""
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    est = float(triton.testing.do_bench(fn, warmup=1, rep=5, return_mode="median"))
+    return max(rep, 1.2 * MIN_ITERS * est)
+
+
+def bench_ms(fn, warmup=10, rep=50) -> float:
+    """Median milliseconds over >= MIN_ITERS calls: triton.testing.do_bench on CUDA (L2 flushed between runs;
+    includes the host's launch overhead whenever the GPU waits for it)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=_rep_ms(fn, rep), return_mode="median"))
+
+
+def bench_ms_cudagraph(fn, rep=50) -> float | None:
+    """The same calls replayed from a CUDA graph (triton.testing.do_bench_cudagraph): the GPU floor without
+    host launch overhead. None where fn cannot be captured (a host sync inside)."""
+    import triton.testing
+
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=_rep_ms(fn, rep), return_mode="median"))
+    except Exception:  # noqa: BLE001 - capture refused: reported as n/a
+        torch.cuda.synchronize()
+        return None
 
 
 def peak_extra_mib(fn) -> float:
