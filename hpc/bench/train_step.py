@@ -33,6 +33,7 @@ import time
 from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the benchmarks)
 
 import torch
+from torch.profiler import record_function
 
 from sgmagnet.grid import N_BANDS, N_CLASSES, N_GEOM, N_LEVELS
 from sgmagnet.losses import SparseLoss, compact_view, sparse_ce
@@ -63,28 +64,36 @@ def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=sparse_ce, co
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 return model(x, geom, columns=columns)
         patch = x.shape[-1]
+        if not isinstance(loss_fn, SparseLoss):          # the plain reference function: its module form
+            loss_fn = SparseLoss().to(device)
         cs = CompiledStep(forward, loss_fn, compile_mode, 2 * patch, device, log=lambda m: None)
         b = cs.pad({"x": x, "geom": geom, "index": idx.cpu(), "prof": prof.cpu()})
         pidx, pprof = b["index"].to(device), b["prof"].to(device)
         den = loss_fn.weight_sum(pprof).float()
 
         def compiled_step():
-            loss = cs(b, pidx, pprof, den, bad)
+            with record_function("forward+loss"):
+                loss = cs(b, pidx, pprof, den, bad)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with record_function("backward"):
+                loss.backward()
+            with record_function("optimizer"):
+                opt.step()
         return compiled_step
 
     def step():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        with record_function("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             if path == "columns":
                 y, index = compact_view(model(x, geom, columns=idx))
             else:
                 y, index = model(x, geom), idx
-        loss = loss_fn(y, index, prof, invalid=bad)      # as the trainer: counted on the device, no sync
+        with record_function("loss"):
+            loss = loss_fn(y, index, prof, invalid=bad)      # as the trainer: counted on the device, no sync
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimizer"):
+            opt.step()
     return step
 
 
