@@ -372,6 +372,10 @@ def _bbox(s):
     return v
 
 
+def _batch_or_auto(s: str):
+    return s if s == "auto" else _positive_int(s)
+
+
 def cmd_predict(a):
     from .formats import FormatError
     from .predict import predict_checkpoint
@@ -383,7 +387,7 @@ def cmd_predict(a):
         return 2
     try:
         predict_checkpoint(a.checkpoint, a.ahi, a.out, bbox=a.bbox, tile=a.tile, overlap=a.overlap, batch=a.batch_size,
-                           probabilities=a.probabilities, device=a.device, fmt=a.fmt)
+                           probabilities=a.probabilities, device=a.device, fmt=a.fmt, bf16=a.bf16)
     except (FormatError, ValueError, FileNotFoundError) as e:
         return _fail("predict", e)
     return 0
@@ -533,8 +537,11 @@ def parser() -> Parser:
                     help="netcdf (default) or zarr: the same dataset as a Zarr store chunked per tile")
     pr.add_argument("--tile", type=_positive_int, default=128, help="tile size in pixels (128)")
     pr.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels, even (32)")
-    pr.add_argument("--batch-size", "--batch", dest="batch_size", type=_positive_int, default=4,
-                    help="tiles per forward pass (4)")
+    pr.add_argument("--batch-size", "--batch", dest="batch_size", type=_batch_or_auto, default=4,
+                    help="tiles per forward pass (4), or auto: on CUDA the largest power of two that fits (at most a "
+                         "strip of tiles), elsewhere 4")
+    pr.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast (the GPU's fast path; "
+                    "the class argmax is taken in fp32 from the bf16 logits)")
     pr.add_argument("--probabilities", action="store_true", help="also write p_clear .. p_liquid")
     pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="where to run the model (auto: a GPU when there is one)")

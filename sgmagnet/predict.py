@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import threading
 
 import numpy as np
 import torch
@@ -80,6 +81,25 @@ def clip_bbox(grid, bbox, name: str = "the file"):
         raise ValueError(f"--bbox {','.join(f'{v:g}' for v in bbox)} is outside {name}: its grid covers "
                          f"longitude {glon0:g}..{glon1:g}, latitude {glat0:g}..{glat1:g}")
     return c, c != (lo0, lo1, la0, la1)
+
+
+def largest_batch(model, tile: int, rt: Runtime, limit: int) -> int:
+    """--batch-size auto: on CUDA the largest power of two <= limit whose forward pass fits in memory (tried with
+    zeros, under the runtime's autocast); elsewhere min(4, limit)."""
+    if rt.device.type != "cuda":
+        return max(1, min(4, limit))
+    best, b = 1, 1
+    while b <= limit:
+        try:
+            with torch.no_grad(), rt.autocast():
+                model(torch.zeros(b, N_BANDS, tile, tile, device=rt.device),
+                      torch.zeros(b, N_GEOM, tile, tile, device=rt.device))
+            best, b = b, 2 * b
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    return best
 
 
 def check_tile(model, tile: int, device) -> None:
@@ -299,7 +319,7 @@ def _create(out: str, src, tile: int, probabilities: bool, attrs: dict):
 
 
 @torch.no_grad()
-def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32, batch: int = 4,
+def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32, batch: int | str = 4,
                   probabilities: bool = False, rt: Runtime | None = None, attrs: dict | None = None, log=print,
                   form: str = "gated", fmt: str = "netcdf", trained_on: dict | None = None,
                   writer_thread: bool = True) -> dict:
@@ -338,6 +358,10 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
     H, W = src.H, src.W
     rows, cols = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     rcore, ccore = cores(rows, tile, H), cores(cols, tile, W)
+    if batch == "auto":
+        batch = largest_batch(model, tile, rt, len(cols))
+        if log:
+            log(f"--batch-size auto: {batch} tiles per forward pass on {device}")
     from . import __version__
 
     base = {"Conventions": "CF-1.8", "title": "3D cloud phase reconstructed from Himawari AHI",
@@ -348,7 +372,8 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
                             if src.kind == "hsd" else
                             "latitude ascending (south to north), longitude ascending (west to east)"),
             "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} sgmagnet predict",
-            "tiling": f"tile {tile}, overlap {overlap}, centre-crop stitching", "grid_row0": src.r0,
+            "tiling": f"tile {tile}, overlap {overlap}, centre-crop stitching, {batch} tiles per batch",
+            "precision": "bf16 autocast" if rt.bf16 else "float32", "grid_row0": src.r0,
             "grid_col0": src.c0}
     base.update(attrs or {})
     n_valid = n_outside = 0
@@ -363,7 +388,8 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not log, mininterval=2)
         writer = StripWriter(nc, threaded=writer_thread)
         for rs, (rlo, rhi) in zip(rows, rcore):
-            x, geom, ok = src.strip(rs, min(rs + tile, H))
+            with HDF5_LOCK:
+                x, geom, ok = src.strip(rs, min(rs + tile, H))
             xn = norm(x)
             h = x.shape[1]
             if h < tile or W < tile:  # pad a small scene with missing data
@@ -454,15 +480,21 @@ def predict_scene(model, norm, ahi: str, out: str, bbox=None, tile: int = 128, o
             "training_range": list(rng) if rng is not None else None, "sun_blind": sun_blind}
 
 
+#: the HDF5 library underneath netCDF4 and h5py is not thread-safe as built in the wheels: the writer thread's
+#: writes and the loop's reads of the input take turns through this lock (model compute, which releases the
+#: GIL, is what overlaps the writes)
+HDF5_LOCK = threading.Lock()
+
+
 class StripWriter:
     """Writes (variable, index, array) items into an open netCDF4 Dataset on one thread of its own (the only
-    thread touching the file while it runs), so that writing a strip overlaps reading and computing the next.
+    thread writing the file while it runs), so that writing a strip overlaps computing the next one (reads of
+    the input and the writes take turns: HDF5_LOCK).
     The queue holds at most 2 strips (bounded memory); an error in the writer is raised in the caller at the
     next put or at finish. threaded=False writes at once (the baseline)."""
 
     def __init__(self, nc, threaded: bool = True):
         import queue
-        import threading
 
         self.nc, self.error = nc, None
         self.q = queue.Queue(maxsize=2) if threaded else None
@@ -478,7 +510,8 @@ class StripWriter:
             if self.error is None:
                 try:
                     name, index, data = item
-                    self.nc[name][index] = data
+                    with HDF5_LOCK:
+                        self.nc[name][index] = data
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     self.error = e
 
@@ -563,12 +596,12 @@ def _to_zarr(nc_tmp: str, out: str, tile: int):
 
 
 def predict_checkpoint(checkpoint: str, ahi: str, out: str, bbox=None, tile: int = 128, overlap: int = 32,
-                       batch: int = 4, probabilities: bool = False, device: str = "auto", log=print,
-                       fmt: str = "netcdf") -> dict:
+                       batch: int | str = 4, probabilities: bool = False, device: str = "auto", log=print,
+                       fmt: str = "netcdf", bf16: bool = False) -> dict:
     from .data import Normaliser
     from .runtime import load_model_from_checkpoint
 
-    rt = Runtime.resolve(device)                 # float32 (bf16 off); the fused argmax where the kernels run
+    rt = Runtime.resolve(device, bf16=bf16)      # the fused argmax where the kernels run
     model, ck = load_model_from_checkpoint(checkpoint, rt.device)
     norm = Normaliser.from_checkpoint(ck)
     state = os.path.join(ck.folder, "state.pt")

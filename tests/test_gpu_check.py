@@ -61,3 +61,26 @@ def test_kernel_runner_without_pytest_or_yaml(tmp_path):
     r = run_without(tmp_path, "yaml,pytest,matplotlib,netCDF4", "scripts/kernel_tests.py", "-k", "custom_op",
                     interpret=True)
     assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_kernel_benchmarks_gpu_path_on_cpu(tmp_path):
+    """--device cpu runs the benchmarks' whole GPU path (layouts, implementations, rows, stamps) through the
+    Triton interpreter on a tiny shape, so gpu-check's scripts are tested before a GPU runs them; then the
+    roofline figure is drawn from the rows they appended."""
+    csv_path = tmp_path / "kernels.csv"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for argv in (["kernels/bench/bench_gated_loss.py", "--batches", "1", "--densities", "0.05", "--size", "16",
+                  "--levels", "8"],
+                 ["kernels/bench/bench_gated_softmax.py", "--batches", "1", "--size", "8", "--levels", "4"]):
+        r = subprocess.run([sys.executable, *argv, "--device", "cpu", "--csv", str(csv_path)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import csv
+
+    rows = list(csv.DictReader(open(csv_path)))
+    assert {r["layout"] for r in rows if r["op"] == "gated_sparse_ce"} == {"compact", "permuted", "dense"}
+    assert {r["impl"] for r in rows if r["layout"] == "compact"} == {"triton", "tri-uniq", "eager", "compile"}
+    assert all(r["commit"] and r["torch"] and r["triton"] and r["iters"] == ">=50" for r in rows)
+    r = subprocess.run([sys.executable, "kernels/bench/roofline.py", str(csv_path), "--out", str(tmp_path / "r.png")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (tmp_path / "r.png").stat().st_size > 1000, r.stderr

@@ -302,3 +302,47 @@ def test_checkpoint_records_what_it_was_trained_on(tiny_run, tiny_shards):
     assert ck.trained_on["bands"] == "all" and ck.trained_on["solar_zenith"] == man.solar_zenith["train"]
     lo, hi = man.solar_zenith["train"]
     assert 0.0 <= lo <= hi < 90.0                # CloudSat (daylight only): the training split holds no night
+
+
+def test_writer_thread_writes_the_same_cube_and_raises_its_errors(tmp_path, monkeypatch):
+    """The writer thread (StripWriter) gives the cube the loop gives, byte for byte; an error inside it (the disk
+    refusing a strip) reaches the caller, and neither a partial file nor a changed old cube is left."""
+    import netCDF4
+
+    from sgmagnet import predict as pred
+
+    ahi = scene(tmp_path, n=40)
+    for threaded in (True, False):
+        predict_scene(Local3x3(), NORM, ahi, str(tmp_path / f"c{threaded}.nc"), tile=16, overlap=4, log=None,
+                      probabilities=True, writer_thread=threaded)
+    with xr.open_dataset(tmp_path / "cTrue.nc") as a, xr.open_dataset(tmp_path / "cFalse.nc") as b:
+        for v in ("cloud_phase", "p_ice"):
+            assert np.array_equal(a[v].values, b[v].values, equal_nan=True)
+    out = tmp_path / "cube.nc"
+    out.write_bytes(b"an earlier cube")
+    real = pred.StripWriter._run
+
+    def failing(self):
+        item = self.q.get()
+        self.error = OSError(28, "No space left on device")
+        while item is not None:                       # drain as the real one does after an error
+            item = self.q.get()
+    monkeypatch.setattr(pred.StripWriter, "_run", failing)
+    with pytest.raises(OSError, match="No space"):
+        predict_scene(Local3x3(), NORM, ahi, str(out), tile=16, overlap=4, log=None)
+    monkeypatch.setattr(pred.StripWriter, "_run", real)
+    assert out.read_bytes() == b"an earlier cube" and not os.path.exists(str(out) + ".partial")
+    assert netCDF4 is not None
+
+
+def test_predict_bf16_and_auto_batch(tmp_path):
+    """--bf16 runs under bf16 autocast (recorded in the cube); --batch-size auto takes min(4, tiles per strip)
+    off CUDA (on CUDA the largest power of two that fits)."""
+    ahi = scene(tmp_path, n=40)
+    logs = []
+    predict_scene(Local3x3(), NORM, ahi, str(tmp_path / "b.nc"), tile=16, overlap=4, batch="auto", log=logs.append,
+                  rt=__import__("sgmagnet.runtime", fromlist=["Runtime"]).Runtime.resolve("cpu", bf16=True))
+    assert any("--batch-size auto: 3 tiles" in m for m in logs), logs   # min(4, 3 tiles per strip)
+    with xr.open_dataset(tmp_path / "b.nc") as c:
+        assert c.attrs["precision"] == "bf16 autocast" and "3 tiles per batch" in c.attrs["tiling"]
+        assert set(np.unique(c["cloud_phase"].values[~np.isnan(c["cloud_phase"].values)])) <= {0, 1, 2, 3}

@@ -52,43 +52,42 @@ def memory_batch(b: int, s: int, device):
 
 def train_step_fn(model, opt, data, path: str, bf16: bool, loss_fn=sparse_ce, compile_mode: str = "none"):
     """One full training step (forward on the dense or column path, sparse loss, backward, optimiser) on the
-    in-memory batch `data` = (x, geom, index, profiles), as a closure (shared with profile_step.py).
-    compile_mode default|graphs (column path): forward + loss through sgmagnet/train/compiled.py, as training."""
+    in-memory batch `data` = (x, geom, index, profiles), as a closure (shared with profile_step.py), with the
+    trainer's record_function ranges. compile_mode default|graphs (column path): forward + loss through
+    sgmagnet/train/compiled.py, the index padded as training pads it."""
     x, geom, idx, prof = data
     device = x.device
-    bad = torch.zeros((), device=device)
+    bad = torch.zeros((), device=device)     # as the trainer: unscorable voxels counted on the device, no sync
+
     if compile_mode != "none":
         from sgmagnet.train.compiled import CompiledStep
 
         def forward(x, geom, columns):
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 return model(x, geom, columns=columns)
-        patch = x.shape[-1]
         if not isinstance(loss_fn, SparseLoss):          # the plain reference function: its module form
             loss_fn = SparseLoss().to(device)
-        cs = CompiledStep(forward, loss_fn, compile_mode, 2 * patch, device, log=lambda m: None)
+        cs = CompiledStep(forward, loss_fn, compile_mode, 2 * x.shape[-1], device, log=lambda m: None)
         b = cs.pad({"x": x, "geom": geom, "index": idx.cpu(), "prof": prof.cpu()})
         pidx, pprof = b["index"].to(device), b["prof"].to(device)
         den = loss_fn.weight_sum(pprof).float()
 
-        def compiled_step():
+        def forward_loss():
             with record_function("forward+loss"):
-                loss = cs(b, pidx, pprof, den, bad)
-            opt.zero_grad(set_to_none=True)
-            with record_function("backward"):
-                loss.backward()
-            with record_function("optimizer"):
-                opt.step()
-        return compiled_step
+                return cs(b, pidx, pprof, den, bad)
+    else:
+        def forward_loss():
+            with record_function("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                                            enabled=bf16):
+                if path == "columns":
+                    y, index = compact_view(model(x, geom, columns=idx))
+                else:
+                    y, index = model(x, geom), idx
+            with record_function("loss"):
+                return loss_fn(y, index, prof, invalid=bad)
 
     def step():
-        with record_function("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            if path == "columns":
-                y, index = compact_view(model(x, geom, columns=idx))
-            else:
-                y, index = model(x, geom), idx
-        with record_function("loss"):
-            loss = loss_fn(y, index, prof, invalid=bad)      # as the trainer: counted on the device, no sync
+        loss = forward_loss()
         opt.zero_grad(set_to_none=True)
         with record_function("backward"):
             loss.backward()
@@ -218,12 +217,17 @@ def real_vs_memory(a, device):
 
 def compile_sweep(a, device, patches, models, modes, batches) -> int:
     """Column path: eager / compiled / CUDA-graph rows per batch size, side by side in one run."""
+    from kernels.bench.common import peak_tflops
+
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    rows, failed = [], 0
+    peak = peak_tflops(where, "bf16" if a.bf16 else "fp32") if device.type == "cuda" else None
+    rows, failed, largest = [], 0, {}
     for patch in patches:
         print(f"\nsize {a.size}, patch {patch}, column path, {a.steps} timed steps, {where}, "
-              f"{'bf16' if a.bf16 else 'fp32'}, loss {a.loss}")
-        print(f"{'model':<13}{'batch':>6}{'compile':>9}{'samples/s':>11}{'vs eager':>10}{'peak MiB':>10}   (peak: CUDA allocated; on CPU the process RSS so far)")
+              f"{'bf16' if a.bf16 else 'fp32'}, loss {a.loss}; MFU = 3 x forward FLOPs x samples/s / "
+              f"{'device peak ' + str(peak) + ' TFLOP/s' if peak else 'device peak (unknown here)'}")
+        print(f"{'model':<13}{'batch':>6}{'compile':>9}{'samples/s':>11}{'vs eager':>10}{'MFU':>7}{'peak MiB':>10}"
+              f"   (peak: CUDA allocated; on CPU the process RSS so far)")
         for name in models:
             for batch in batches:
                 eager, oom = None, False
@@ -246,13 +250,18 @@ def compile_sweep(a, device, patches, models, modes, batches) -> int:
                         continue
                     eager = r["samples_per_s"] if mode == "none" else eager
                     ratio = f"{r['samples_per_s'] / eager:>9.2f}x" if eager and mode != "none" else f"{'':>10}"
+                    mfu = 3 * r["gflops"] * 1e9 * r["samples_per_s"] / (peak * 1e12) if peak else None
                     rows.append({**r, "size": a.size, "patch": patch, "batch": batch, "bf16": a.bf16, "loss": a.loss,
-                                 "compile": mode})
-                    print(f"{name:<13}{batch:>6}{mode:>9}{r['samples_per_s']:>11.2f}{ratio}{r['peak_mib']:>10.0f}",
+                                 "compile": mode, "mfu": "" if mfu is None else round(mfu, 5)})
+                    largest[(name, patch)] = batch
+                    mf = f"{mfu:>7.2%}" if mfu is not None else f"{'-':>7}"
+                    print(f"{name:<13}{batch:>6}{mode:>9}{r['samples_per_s']:>11.2f}{ratio}{mf}{r['peak_mib']:>10.0f}",
                           flush=True)
                     torch._dynamo.reset()
                 if oom:
                     break
+    for (name, patch), b in largest.items():
+        print(f"{name} at {patch} px: largest batch measured that fits: {b}")
     if a.csv and rows:
         append_csv(a.csv, rows)
     if failed:
@@ -279,7 +288,7 @@ def main(argv=None):
     p.add_argument("--compile", default="none", help="compile modes, comma-separated: none, default, graphs "
                    "(column path; graphs needs CUDA) (default none)")
     p.add_argument("--batch-sweep", default="", help="batch sizes, comma-separated, instead of --batch: stops at the "
-                   "first that does not fit")
+                   "first that does not fit; auto = 8, 16, 32, ... up to 4096 on CUDA (8, 16 on CPU)")
     p.add_argument("--csv", help="append one row per model and path to this CSV")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -295,7 +304,8 @@ def main(argv=None):
         assert set(models) <= set(MODELS)
         modes = a.compile.split(",")
         assert modes and set(modes) <= {"none", "default", "graphs"}
-        batches = benchcli.int_list(a.batch_sweep) if a.batch_sweep else [a.batch]
+        batches = ([8 * 2 ** k for k in range(10)] if device.type == "cuda" else [8, 16]) if a.batch_sweep == "auto" \
+            else benchcli.int_list(a.batch_sweep) if a.batch_sweep else [a.batch]
     except (ValueError, AssertionError, argparse.ArgumentTypeError):
         p.error(f"--patch and --batch-sweep must be integers, --paths dense and/or columns, --compile among none, "
                 f"default, graphs, --models among {', '.join(MODELS)}")

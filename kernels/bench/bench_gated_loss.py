@@ -90,7 +90,10 @@ def main(argv=None):
     layouts = a.layouts.split(",")
     if not layouts or not set(layouts) <= set(LAYOUTS):
         p.error(f"--layouts: choose among {', '.join(LAYOUTS)}, got {a.layouts!r}")
-    if not torch.cuda.is_available():
+    import common
+
+    dev = common.smoke_device(a)
+    if dev is None:
         return cpu_check()
     import kernels
     from common import append_rows, bench_ms, bench_ms_cudagraph, compile_reference, gpu_name, hbm_gbps, peak_extra_mib
@@ -98,7 +101,7 @@ def main(argv=None):
     from kernels.reference import reference_sparse_ce as ref
 
     compiled = compile_reference(ref)
-    dtype, dev = DTYPES[a.dtype], "cuda"
+    dtype = DTYPES[a.dtype]
     peak_bw = hbm_gbps(gpu_name())
     # tri-uniq: the distinct-rows fast path (unique_index=True: no duplicate-row coalescing in the backward), what
     # training on the column path uses; the pixels here are distinct (randperm), so both Triton rows are exact

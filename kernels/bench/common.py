@@ -18,8 +18,35 @@ HBM_GBPS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 80GB HBM3": 3350.0, "H100 
             "A100-SXM4-80GB": 2039.0, "A100-SXM4-40GB": 1555.0, "A100": 1555.0, "L40S": 864.0}
 
 
+# nominal dense tensor-core peaks (TFLOP/s) by device-name substring (vendor data sheets): bf16, and tf32 -- what
+# fp32 convolutions run at by default (torch.backends.cudnn.allow_tf32 is True)
+PEAK_TFLOPS = {"H200": {"bf16": 989.4, "fp32": 494.7}, "H100 SXM": {"bf16": 989.4, "fp32": 494.7},
+               "H100 80GB HBM3": {"bf16": 989.4, "fp32": 494.7}, "H100 PCIe": {"bf16": 756.0, "fp32": 378.0},
+               "H100": {"bf16": 989.4, "fp32": 494.7}, "A100": {"bf16": 312.0, "fp32": 156.0}}
+
+
+def peak_tflops(name: str, dtype: str) -> float | None:
+    for k, v in PEAK_TFLOPS.items():
+        if k in name:
+            return v[dtype]
+    return None
+
+
 def gpu_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (triton interpreter)"
+    return torch.cuda.get_device_name() if torch.cuda.is_available() and not SMOKE else "cpu (triton interpreter)"
+
+
+def smoke_device(a) -> str | None:
+    """The device a benchmark runs on: 'cuda', 'cpu' (SMOKE: interpreter, set before triton is imported), or None
+    = no CUDA and not asked for cpu (the caller runs its small correctness check instead)."""
+    global SMOKE
+    if a.device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+        SMOKE = True
+        return "cpu"
+    if a.device == "cuda" or torch.cuda.is_available():
+        return "cuda"
+    return None
 
 
 def hbm_gbps(name: str) -> float | None:
@@ -39,6 +66,9 @@ def git_commit() -> str:
 
 
 MIN_ITERS = 50
+#: --device cpu: the GPU code path run through the Triton interpreter on a tiny case, to test the script itself;
+#: times are wall-clock medians of 2 calls and mean nothing
+SMOKE = False
 
 
 def _rep_ms(fn, rep: float) -> float:
@@ -52,6 +82,16 @@ def _rep_ms(fn, rep: float) -> float:
 def bench_ms(fn, warmup=10, rep=50) -> float:
     """Median milliseconds over >= MIN_ITERS calls: triton.testing.do_bench on CUDA (L2 flushed between runs;
     includes the host's launch overhead whenever the GPU waits for it)."""
+    if SMOKE:
+        import statistics
+        import time
+
+        ts = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(ts)
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=_rep_ms(fn, rep), return_mode="median"))
@@ -59,7 +99,9 @@ def bench_ms(fn, warmup=10, rep=50) -> float:
 
 def bench_ms_cudagraph(fn, rep=50) -> float | None:
     """The same calls replayed from a CUDA graph (triton.testing.do_bench_cudagraph): the GPU floor without
-    host launch overhead. None where fn cannot be captured (a host sync inside)."""
+    host launch overhead. None where fn cannot be captured (a host sync inside), and with SMOKE."""
+    if SMOKE:
+        return None
     import triton.testing
 
     try:
@@ -70,7 +112,9 @@ def bench_ms_cudagraph(fn, rep=50) -> float | None:
 
 
 def peak_extra_mib(fn) -> float:
-    """Peak CUDA memory allocated by fn() above what was allocated before it."""
+    """Peak CUDA memory allocated by fn() above what was allocated before it (nan with SMOKE)."""
+    if SMOKE:
+        return float("nan")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -101,7 +145,7 @@ def compile_reference(fn):
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
-    return torch.compile(fn)
+    return torch.compile(fn, backend="eager" if SMOKE else "inductor")   # SMOKE: the path, not Inductor's time
 
 
 def bench_parser(doc: str, densities: bool = False):
@@ -117,5 +161,8 @@ def bench_parser(doc: str, densities: bool = False):
     p.add_argument("--levels", type=int, default=38, help="levels L (default: 38)")
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES), help="logits dtype (default: bf16)")
     p.add_argument("--no-csv", action="store_true", help="print only, append no CSV rows")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="auto: cuda, else an interpreter correctness check; cpu: the whole benchmark path through the "
+                        "Triton interpreter on whatever shape is given (tests the script; times mean nothing)")
     p.add_argument("--csv", default=None, help="append the rows to this CSV (default: kernels/bench/results.csv)")
     return p
