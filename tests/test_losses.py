@@ -131,3 +131,20 @@ def test_pool_profiles_majority_ties_and_empty_bins():
     x = torch.randn(1, 1, 38)
     ref = torch.nn.functional.adaptive_avg_pool1d(x, 10)[0, 0]
     assert torch.allclose(torch.stack([x[0, 0, a:b].mean() for a, b in bins]), ref)
+
+
+def test_first_max_is_torch_argmax_with_ties_and_nans():
+    """losses.first_max (the CPU argmax of prediction and evaluation) equals torch.argmax: the first maximum
+    wins a tie, a NaN counts as the largest (the first NaN wins), along any dim."""
+    from sgmagnet.losses import argmax, first_max
+    from kernels.reference import reference_argmax
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, 7)
+    x[0, :, 0] = 1.0
+    x[1, 2, 1, 2, 3] = x[1, 3, 1, 2, 3] = float("nan")
+    x[2, 0, 2, 2] = float("nan")
+    for d in (1, 2, 4):
+        assert torch.equal(first_max(x, d), x.argmax(d)), d
+    assert torch.equal(argmax(x), reference_argmax(x))
+    assert torch.equal(argmax(x, form="softmax"), x.argmax(1))
