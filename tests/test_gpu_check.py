@@ -63,6 +63,7 @@ def test_kernel_runner_without_pytest_or_yaml(tmp_path):
     assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_kernel_benchmarks_gpu_path_on_cpu(tmp_path):
     """--device cpu runs the benchmarks' whole GPU path (layouts, implementations, rows, stamps) through the
     Triton interpreter on a tiny shape, so gpu-check's scripts are tested before a GPU runs them; then the
