@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest -v --durations=15 tests
+	$(PY) -m pytest -v --durations=30 tests
 
 # The developer's lane after each change: everything but the tests marked slow, mpi, slurm or dali
 # (pyproject.toml declares the markers; `make test` and CI run them all).
