@@ -48,7 +48,8 @@ def test_gpu_check_names_only_existing_scripts():
 
 def test_gpu_scripts_run_without_numpy_or_yaml(tmp_path):
     runs = [["hpc/bench/train_step.py", "--device", "cpu", "--models", "sgmagnet", "--size", "tiny", "--patch", "16",
-             "--paths", "columns", "--compile", "none", "--batch-sweep", "2", "--steps", "1", "--warmup", "0"],
+             "--paths", "columns", "--compile", "none", "--batch-sweep", "2", "--steps", "1", "--warmup", "0",
+             "--csv", str(tmp_path / "train_step.csv")],
             ["hpc/bench/profile_step.py", "--device", "cpu", "--model", "sgmagnet", "--size", "tiny", "--patch", "16",
              "--batch", "2", "--mode", "train-columns", "--top", "3", "--summary", str(tmp_path / "summary")],
             ["kernels/bench/bench_gated_loss.py", "--help"],
@@ -57,6 +58,8 @@ def test_gpu_scripts_run_without_numpy_or_yaml(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "summary" / "sgmagnet_train-columns.txt").exists()
     assert "sgmagnet at 16 px: largest batch measured that fits: 2" in r.stdout
+    header = (tmp_path / "train_step.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["date", "commit", "device"] and "mfu" in header
 
 
 def test_kernel_runner_without_pytest_or_yaml(tmp_path):

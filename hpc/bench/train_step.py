@@ -156,15 +156,18 @@ def isolated(**kw) -> dict:
 
 
 def append_csv(path: str, rows: list[dict]):
-    """Rows with the device, versions and date (for `make gpu-check` and comparisons across machines)."""
+    """Rows with the date, `git describe --always --dirty`, the device and versions (for `make gpu-check` and
+    comparisons across machines)."""
     import csv
     import datetime as dt
     import os
 
     import triton
 
+    from kernels.bench.common import git_commit
+
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    base = {"date": dt.date.today().isoformat(), "device": where, "torch": torch.__version__,
+    base = {"date": dt.date.today().isoformat(), "commit": git_commit(), "device": where, "torch": torch.__version__,
             "triton": triton.__version__}
     fields = list(base) + list(rows[0])
     new = not os.path.exists(path)
