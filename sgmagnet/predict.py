@@ -85,10 +85,10 @@ def clip_bbox(grid, bbox, name: str = "the file"):
 
 def largest_batch(model, tile: int, rt: Runtime, limit: int) -> int:
     """--batch-size auto: on CUDA the largest power of two <= limit whose forward pass fits in memory (tried with
-    zeros, under the runtime's autocast); elsewhere min(4, limit)."""
+    zeros, under the runtime's autocast; check_tile has run one tile); elsewhere min(4, limit)."""
     if rt.device.type != "cuda":
         return max(1, min(4, limit))
-    best, b = 1, 1
+    best, b = 1, 2
     while b <= limit:
         try:
             with torch.no_grad(), rt.autocast():

@@ -22,25 +22,33 @@ from hpc.bench import benchcli  # noqa: E402  (one bad-input convention for the 
 import numpy as np
 
 
-def full_disk(path: str):
+def random_scene(path: str, lat: np.ndarray, lon: np.ndarray, saz: np.ndarray) -> str:
+    """A P-Tree file of random bands (reflectances 0-1, brightness temperatures 200-300 K) on the grid lat x lon
+    with satellite zenith `saz` (NaN = off disk), written once into `path` (timing does not depend on the values;
+    also used by predict_writer.py)."""
     from sgmagnet.formats.ahi import ahi_filename, write_ahi
     from sgmagnet.grid import BAND_VARS
 
+    shape = (len(lat), len(lon))
+    rng = np.random.default_rng(0)
+    f = {b: (rng.uniform(0, 1, shape) if k < 6 else rng.uniform(200, 300, shape)).astype(np.float32)
+         for k, b in enumerate(BAND_VARS)}
+    f.update(SOZ=np.full(shape, 40.0, np.float32), SOA=np.zeros(shape, np.float32),
+             SAZ=saz.astype(np.float32), SAA=np.zeros(shape, np.float32), Hour=np.full(shape, 3.1, np.float32))
+    t = dt.datetime(2018, 10, 1, 3, 0)
+    out = os.path.join(path, ahi_filename(t, *shape))
+    if not os.path.exists(out):
+        write_ahi(out, lat, lon, f, t)
+    return out
+
+
+def full_disk(path: str):
     lat = 60.0 - 0.05 * np.arange(2401)
     lon = 80.0 + 0.05 * np.arange(2401)
     la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon - 140.7), indexing="ij")
     arc = np.rad2deg(np.arccos(np.clip(np.cos(la) * np.cos(lo), -1, 1)))
-    saz = np.where(arc < 81.3, arc * 1.1, np.nan).astype(np.float32)
-    rng = np.random.default_rng(0)
-    f = {b: (rng.uniform(0, 1, (2401, 2401)) if k < 6 else rng.uniform(200, 300, (2401, 2401))).astype(np.float32)
-         for k, b in enumerate(BAND_VARS)}
-    f.update(SOZ=np.full((2401, 2401), 40.0, np.float32), SOA=np.zeros((2401, 2401), np.float32),
-             SAZ=saz, SAA=np.zeros((2401, 2401), np.float32), Hour=np.full((2401, 2401), 3.1, np.float32))
-    t = dt.datetime(2018, 10, 1, 3, 0)
-    out = os.path.join(path, ahi_filename(t, 2401, 2401))
-    if not os.path.exists(out):
-        write_ahi(out, lat, lon, f, t)
-    return out, int(np.isfinite(saz).sum())
+    saz = np.where(arc < 81.3, arc * 1.1, np.nan)
+    return random_scene(path, lat, lon, saz), int(np.isfinite(saz).sum())
 
 
 def main(argv=None):

@@ -11,7 +11,6 @@ memory (both ways). The cubes of both ways must be identical; the script checks 
 """
 from __future__ import annotations
 
-import datetime as dt
 import os
 import statistics
 import sys
@@ -24,22 +23,9 @@ import torch
 
 
 def scene(path: str, n: int) -> str:
-    from sgmagnet.formats.ahi import ahi_filename, write_ahi
-    from sgmagnet.grid import BAND_VARS
+    from hpc.bench.predict_memory import random_scene
 
-    lat = 30.0 - 0.05 * np.arange(n)
-    lon = 120.0 + 0.05 * np.arange(n)
-    rng = np.random.default_rng(0)
-    f = {b: (rng.uniform(0, 1, (n, n)) if k < 6 else rng.uniform(200, 300, (n, n))).astype(np.float32)
-         for k, b in enumerate(BAND_VARS)}
-    f.update(SOZ=np.full((n, n), 40.0, np.float32), SOA=np.zeros((n, n), np.float32),
-             SAZ=np.full((n, n), 30.0, np.float32), SAA=np.zeros((n, n), np.float32),
-             Hour=np.full((n, n), 3.1, np.float32))
-    t = dt.datetime(2018, 10, 1, 3, 0)
-    out = os.path.join(path, ahi_filename(t, n, n))
-    if not os.path.exists(out):
-        write_ahi(out, lat, lon, f, t)
-    return out
+    return random_scene(path, 30.0 - 0.05 * np.arange(n), 120.0 + 0.05 * np.arange(n), np.full((n, n), 30.0))
 
 
 def main(argv=None) -> int:

@@ -345,10 +345,11 @@ class Trainer:
                 self.profiler.after(self.step)
             seen += sum(len(b["keys"]) for b in micro) * self.env.world_size
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
+            log_now = self.step % t.log_every == 0 or self.step == t.steps
+            if log_now:                   # the steps' device results are read (and checked) here
                 loss, gnorm = self.settle()
                 bar.set_postfix(loss=f"{loss:.4f}")
-            if self.logger and (self.step % t.log_every == 0 or self.step == t.steps):
+            if self.logger and log_now:
                 now = time.time()
                 self.logger.log({"kind": "train", "step": self.step, "loss": loss, "grad_norm": gnorm,
                                  "lr": self.strategy.lr(),
