@@ -157,7 +157,7 @@ def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float =
                 continue
             r0, r1 = int(i[near].min()), int(i[near].max()) + 1
             c0, c1 = int(j[near].min()), int(j[near].max()) + 1
-            ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1))
+            ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1), angles=False)
         except FormatError as e:
             out.skipped.append((e.path, e.problem))
             continue

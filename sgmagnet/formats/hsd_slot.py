@@ -97,8 +97,6 @@ class HsdSlot:
         self._headers: dict[str, hsd.SegmentHeader] = {}
         self._local: dict[str, str] = {}
         self._tmp = None
-        self._scene = None
-        self._scene_files: frozenset = frozenset()
         self._grid = None
         self._cache = None
         self.keep_files = keep_files          # False: drop the decompressed copies once a region is computed
@@ -122,8 +120,7 @@ class HsdSlot:
             name = hsd.parse_name(path)
             self._headers[path] = hsd.check_header(path, data, name)
         except FormatError as e:
-            self._bad.add(path)
-            self.skipped.append((e.path, e.problem + " (its pixels get no sample)"))
+            self._skip(e.path, e.problem)
             return None
         if not name.compressed:
             self._local[path] = path
@@ -151,17 +148,12 @@ class HsdSlot:
         f = self.files.get(band, {}).get(seg)
         if f is None:
             name = hsd.hsd_filename(self.platform, self.timeline, band, seg)
-            key = os.path.join(os.path.dirname(self.sid), name)
-            if key not in self._bad:
-                self._bad.add(key)
-                self.skipped.append((key, "missing segment (its pixels get no sample)"))
+            self._skip(os.path.join(os.path.dirname(self.sid), name), "missing segment")
             return None
         return self._open(f)
 
     def _release(self):
-        """Drop the satpy scene and the decompressed copies (headers and the computed region stay)."""
-        self._scene = None
-        self._scene_files = frozenset()
+        """Drop the decompressed copies (headers and the computed region stay)."""
         if self._tmp:
             self._rm()
             self._tmp = None
@@ -210,9 +202,10 @@ class HsdSlot:
         return out
 
     # ------------------------------------------------------------------- window
-    def read_window(self, rows: slice, cols: slice) -> xr.Dataset:
+    def read_window(self, rows: slice, cols: slice, angles: bool = True) -> xr.Dataset:
         """The 16 bands on 2 km rows x cols of the full disk (the P-Tree reader's layout: albedo_XX as a
-        fraction, tbb_XX in K, SOZ, SAZ, obs_time, valid; latitude/longitude as 2-D coordinates).
+        fraction, tbb_XX in K, SOZ, SAZ, obs_time, valid; latitude/longitude as 2-D coordinates). The solar
+        and satellite zenith angles are computed for the window asked for, and only with `angles`.
 
         The region computed last (the window plus CACHE_MARGIN pixels around it) is kept: the collocation
         reads a track's bounding box first, and the patches along the track are cut from it."""
@@ -230,53 +223,85 @@ class HsdSlot:
         y0, x0 = r0 - c.attrs["row0"], c0 - c.attrs["col0"]
         out = c.isel(y=slice(y0, y0 + r1 - r0), x=slice(x0, x0 + c1 - c0)).copy()
         out.attrs.update(row0=r0, col0=c0)
+        if angles:      # from the float64 longitudes/latitudes of the region (the coordinates are float32)
+            lon, lat = (v[y0:y0 + r1 - r0, x0:x0 + c1 - c0] for v in self._lonlat)
+            soz, saz = _angles(out.obs_time.values, lon, lat, self._sat)
+            out["SOZ"] = (("y", "x"), soz.astype(np.float32))
+            out["SAZ"] = (("y", "x"), saz.astype(np.float32))
         return out
 
     def _compute(self, r0: int, r1: int, c0: int, c1: int) -> xr.Dataset:
         grid = self.grid()
         segs = range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
         self._prefetch([self.files[b][s] for b in self.files for s in segs if s in self.files[b]])
-        local = {b: [p for p in (self._segment(b, s) for s in segs) if p] for b in range(1, 17)}
-        files = frozenset(p for ps in local.values() for p in ps)
-        if not files <= self._scene_files or self._scene is None:
-            files = files | self._scene_files
-            self._scene = _scene(sorted(files)) if files else None
-            self._scene_files = files
-            if self._scene is not None:
-                have = sorted({f"B{hsd.parse_name(p).band:02d}" for p in files})
-                import dask
-
-                with dask.config.set({"array.chunk-size": DASK_CHUNK}):   # small chunks: windows read little
-                    self._scene.load(have, pad_data=True)
+        local = {b: [(s, p) for s, p in ((s, self._segment(b, s)) for s in segs) if p] for b in range(1, 17)}
         shape = (r1 - r0, c1 - c0)
-        out = {}
-        for b, var in zip(range(1, 17), BAND_VARS):
-            name = f"B{b:02d}"
-            if not local[b] or self._scene is None or name not in self._scene:
-                out[var] = np.full(shape, np.nan, np.float32)
-                continue
-            f = hsd.FACTOR[hsd.BAND_RES[b]]
-            a = self._scene[name][r0 * f:r1 * f, c0 * f:c1 * f].values.astype(np.float32)
-            if f > 1:
-                a = a.reshape(shape[0], f, shape[1], f).mean(axis=(1, 3))
-            out[var] = a / 100.0 if b <= 6 else a
+        out = {var: np.full(shape, np.nan, np.float32) for var in BAND_VARS}
+        pieces = self._window_pieces(local, r0, r1, c0, c1)
+        if pieces:
+            import dask
+
+            values = dask.compute(*[x for _, _, x in pieces])
+            for (b, y, _), a in zip(pieces, values):
+                f = hsd.FACTOR[hsd.BAND_RES[b]]
+                a = np.asarray(a, np.float32)
+                if f > 1:     # block means to the 2 km grid (a pixel with any sub-pixel missing is missing)
+                    a = a.reshape(a.shape[0] // f, f, a.shape[1] // f, f).mean(axis=(1, 3))
+                out[BAND_VARS[b - 1]][y:y + a.shape[0]] = a / 100.0 if b <= 6 else a
         lon, lat = grid.area[r0:r1, c0:c1].get_lonlats()
         lon = np.where(np.isfinite(lon) & (np.abs(lon) <= 360), lon, np.nan)
         lat = np.where(np.isfinite(lat) & (np.abs(lat) <= 90), lat, np.nan)
+        self._lonlat = (lon, lat)
         t_row = self.line_times(np.arange(r0, r1))
         t = np.broadcast_to(t_row[:, None], shape)
-        soz, saz = _angles(t, lon, lat, self._sat)
         on = np.isfinite(lat)
         valid = on & ~np.isnat(t) & np.all(np.isfinite(np.stack([out[v] for v in BAND_VARS])), axis=0)
         dims = ("y", "x")
         data = {k: (dims, np.where(on, v, np.nan).astype(np.float32)) for k, v in out.items()}
-        data.update(SOZ=(dims, soz.astype(np.float32)), SAZ=(dims, saz.astype(np.float32)),
-                    obs_time=(dims, np.where(on, t, np.datetime64("NaT"))), valid=(dims, valid))
+        data.update(obs_time=(dims, np.where(on, t, np.datetime64("NaT"))), valid=(dims, valid))
         return xr.Dataset(data, coords={"latitude": (dims, lat.astype(np.float32)),
                                         "longitude": (dims, lon.astype(np.float32))},
                           attrs={"file": os.path.basename(self.sid), "satellite": self.platform,
                                  "timeline": str(self.timeline), "row0": r0, "col0": c0, "has_pixel_time": 1,
                                  "grid": "hsd-2km"})
+
+
+    def _window_pieces(self, local: dict, r0: int, r1: int, c0: int, c1: int) -> list:
+        """[(band, first 2 km row in the window, lazy calibrated array)] for each segment file the window
+        crosses: satpy's ahi_hsd file handler per segment (its calibration and masking of error and
+        outside-scan counts), sliced to the window before anything is computed. The handlers come without
+        satpy's space mask (computed from the area for every chunk, 10x the window's cost) and without the
+        Scene's padding of every band to the full disk (a dask graph over 5500-22000 rows per band): the
+        window's off-disk pixels are masked from the same area's longitudes/latitudes in `_compute`."""
+        paths = [p for ps in local.values() for _, p in ps]
+        if not paths:
+            return []
+        import dask
+
+        reader = _reader(paths)
+        handlers = {os.path.abspath(fh.filename): fh for fhs in reader.file_handlers.values() for fh in fhs}
+        pieces = []
+        for b, segs in local.items():
+            f = hsd.FACTOR[hsd.BAND_RES[b]]
+            nl = SEG2 * f                              # a segment's lines at this band's resolution
+            for s, p in segs:
+                fh = handlers.get(os.path.abspath(p))
+                if fh is None:                         # satpy did not take the file (name pattern): no pixels
+                    self._skip(p, "satpy's ahi_hsd reader does not recognise the file name")
+                    continue
+                key, info = _dataset(reader, b)
+                with dask.config.set({"array.chunk-size": DASK_CHUNK}):   # small chunks: a window reads little
+                    x = fh.get_dataset(key, info)
+                ya, yb = max(r0 * f, (s - 1) * nl), min(r1 * f, s * nl)
+                if ya < yb:
+                    pieces.append((b, (ya - r0 * f) // f, x.data[ya - (s - 1) * nl:yb - (s - 1) * nl,
+                                                                 c0 * f:c1 * f]))
+        return pieces
+
+    def _skip(self, path: str, problem: str):
+        if path not in self._bad:
+            self._bad.add(path)
+            self.skipped.append((path, problem + " (its pixels get no sample)"))
 
 
 class _MemmapView:
@@ -319,6 +344,31 @@ def _satpy_reads_lazily():
 
     if getattr(ahi_hsd, "da", None) is not None and not isinstance(ahi_hsd.da, _DaskArrayNoMemmapCopy):
         ahi_hsd.da = _DaskArrayNoMemmapCopy()
+
+
+_DATASETS: dict = {}
+
+
+def _reader(files: list[str]):
+    """satpy's ahi_hsd reader over `files` (their file handlers read headers only), without the space mask."""
+    import warnings
+
+    from satpy.readers.core.loading import load_readers
+
+    _satpy_reads_lazily()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_readers(filenames=list(files), reader="ahi_hsd", reader_kwargs={"mask_space": False})["ahi_hsd"]
+
+
+def _dataset(reader, band: int):
+    """satpy's (DataID, dataset info) of a band in the calibration a Scene loads by default: reflectance for
+    B01-B06, brightness temperature for B07-B16."""
+    if band not in _DATASETS:
+        cal = "reflectance" if band <= 6 else "brightness_temperature"
+        key = reader.get_dataset_key(f"B{band:02d}", calibration=cal)
+        _DATASETS[band] = (key, reader.all_ids[key])
+    return _DATASETS[band]
 
 
 def _scene(files: list[str]):
