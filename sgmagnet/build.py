@@ -378,7 +378,7 @@ def process_granule(cfg: BuildConfig, g: dict, scenes: list[Scene], anchor: dt.d
     rec["product"], rec["key"] = prof.product, prof.key     # key: the granule / orbit+frame id in sample keys
     rec["provenance"] = {s: {} for s in SPLITS}
     rec["solar_zenith"] = {}
-    gm = collocate(prof, scenes, cfg.window_min)
+    gm = collocate(prof, scenes, cfg.window_min, patch_size=cfg.patch_size)
     rec["profiles"], rec["valid_profiles"], rec["matched_profiles"] = gm.n_profiles, gm.n_valid, gm.n_matched
     rec["skipped"] += [{"file": f, "reason": r} for f, r in gm.skipped]
     if gm.n_valid == 0:

@@ -121,9 +121,11 @@ def valid_profiles(g: xr.Dataset, cutoff: np.datetime64 | None = None, quality_m
 
 
 def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float = 5.0, cutoff=None,
-              quality_mask: int = 0xFF) -> GranuleMatch:
+              quality_mask: int = 0xFF, patch_size: int | None = None) -> GranuleMatch:
     """Match the profiles of `g` (a CloudSat granule from formats.cloudsat.read_granule, or any `Profiles`;
-    cutoff and quality_mask apply to a granule) with the scenes."""
+    cutoff and quality_mask apply to a granule) with the scenes. patch_size: of the patches cut next
+    (make_patches); a reader keeps half of it around the track's window, which holds every patch centred on
+    the track."""
     p = g if isinstance(g, Profiles) else cloudsat_profiles(g, cutoff, quality_mask)
     out = GranuleMatch(n_profiles=p.n)
     ok = p.valid
@@ -157,7 +159,8 @@ def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float =
                 continue
             r0, r1 = int(i[near].min()), int(i[near].max()) + 1
             c0, c1 = int(j[near].min()), int(j[near].max()) + 1
-            ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1), angles=False)
+            ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1), angles=False,
+                                    keep_px=None if patch_size is None else patch_size // 2)
         except FormatError as e:
             out.skipped.append((e.path, e.problem))
             continue

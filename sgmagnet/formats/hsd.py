@@ -362,6 +362,7 @@ class SegmentHeader:
     timeline: str                # hhmm
     line_numbers: np.ndarray     # block 9: full-disk line numbers ...
     line_times: np.ndarray       # ... and their observation times (datetime64[ns])
+    projection: bytes = b""      # block 3 as written (the area of every slot with the same bytes is the same)
 
 
 def check_header(path, data: bytes, name: HsdName) -> SegmentHeader:
@@ -443,7 +444,8 @@ def check_header(path, data: bytes, name: HsdName) -> SegmentHeader:
     if n9 and lines.max() <= nlines and first > 1:      # some files count lines within the segment
         lines = lines + first - 1
     ok = np.isfinite(items["observation_time"]) & (items["observation_time"] > 0)
-    return SegmentHeader(plat, band, nlines, ncols, first, tl, lines[ok], from_mjd(items["observation_time"][ok]))
+    return SegmentHeader(plat, band, nlines, ncols, first, tl, lines[ok], from_mjd(items["observation_time"][ok]),
+                         bytes(data[blocks[3]:blocks[4]]))
 
 
 def read_segment_bytes(path) -> bytes:

@@ -37,7 +37,7 @@ SEG2 = N2 // hsd.N_SEGMENTS
 # what a process decompressed: the benchmark shows that a build decodes a few segments, not whole slots
 STATS = {"segments_decompressed": 0, "bytes_decompressed": 0}
 _STATS_LOCK = threading.Lock()
-CACHE_MARGIN = 128        # pixels kept around the last window read (patches up to 256 px along a track)
+CACHE_MARGIN = 128        # pixels kept around a window read without a margin (patches up to 256 px)
 DASK_CHUNK = "4MiB"       # satpy's chunks (B03: 1100 x 1100 pixels): a 128 px window computes a few of them
 
 
@@ -165,18 +165,26 @@ class HsdSlot:
 
     # --------------------------------------------------------------------- grid
     def grid(self) -> NativeGrid:
-        """The 2 km full-disk area from the first readable 2 km segment's header (satpy pads the others)."""
+        """The 2 km full-disk area from the first readable 2 km segment (satpy pads the others), and the
+        satellite's position in this slot. The area is satpy's, built once per process for each projection
+        block (header block 3) and segment: slots of one satellite share it."""
         if self._grid is None:
             for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6):
                 for seg in sorted(self.files.get(band, {})):
                     local = self._segment(band, seg)
                     if local is None:
                         continue
-                    scn = _scene([local])
-                    name = f"B{band:02d}"
-                    scn.load([name], pad_data=True)
-                    self._grid = NativeGrid(scn[name].attrs["area"])
-                    self._sat = scn[name].attrs["orbital_parameters"]
+                    reader = _reader([local])
+                    fh = next(fh for fhs in reader.file_handlers.values() for fh in fhs)
+                    x = fh.get_dataset(*_dataset(reader, band))            # lazy: nothing is computed
+                    self._sat = x.attrs["orbital_parameters"]
+                    key = (self._headers[self.files[band][seg]].projection, band, seg)
+                    if key not in _GRIDS:
+                        scn = _scene([local])
+                        name = f"B{band:02d}"
+                        scn.load([name], pad_data=True)
+                        _GRIDS[key] = NativeGrid(scn[name].attrs["area"])
+                    self._grid = _GRIDS[key]
                     return self._grid
             raise FormatError(self.sid, "no readable 2 km segment (B05-B16) to take the grid from")
         return self._grid
@@ -202,20 +210,22 @@ class HsdSlot:
         return out
 
     # ------------------------------------------------------------------- window
-    def read_window(self, rows: slice, cols: slice, angles: bool = True) -> xr.Dataset:
+    def read_window(self, rows: slice, cols: slice, angles: bool = True, margin: int | None = None) -> xr.Dataset:
         """The 16 bands on 2 km rows x cols of the full disk (the P-Tree reader's layout: albedo_XX as a
         fraction, tbb_XX in K, SOZ, SAZ, obs_time, valid; latitude/longitude as 2-D coordinates). The solar
         and satellite zenith angles are computed for the window asked for, and only with `angles`.
 
-        The region computed last (the window plus CACHE_MARGIN pixels around it) is kept: the collocation
-        reads a track's bounding box first, and the patches along the track are cut from it."""
+        The region computed last (the window plus `margin` pixels around it, default `cache_margin`) is kept:
+        the collocation reads a track's bounding box first, with half the patch side as margin, and the
+        patches along the track are cut from it. A margin that crosses into another segment costs that
+        segment's 16 files, so it is no larger than the patches need."""
         grid = self.grid()
         r0, r1, _ = rows.indices(grid.shape[0])
         c0, c1, _ = cols.indices(grid.shape[1])
         c = self._cache
         if c is None or not (c.attrs["row0"] <= r0 and r1 <= c.attrs["row0"] + c.sizes["y"]
                              and c.attrs["col0"] <= c0 and c1 <= c.attrs["col0"] + c.sizes["x"]):
-            m = self.cache_margin
+            m = self.cache_margin if margin is None else margin
             c = self._cache = self._compute(max(0, r0 - m), min(grid.shape[0], r1 + m),
                                             max(0, c0 - m), min(grid.shape[1], c1 + m))
             if not self.keep_files:   # the region is in memory: the decompressed files go until a window leaves it
@@ -347,6 +357,7 @@ def _satpy_reads_lazily():
 
 
 _DATASETS: dict = {}
+_GRIDS: dict = {}
 
 
 def _reader(files: list[str]):

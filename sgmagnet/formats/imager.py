@@ -29,11 +29,12 @@ def pixel_times(scene: str, rows, cols):
     return ds.obs_time.values[rows - r0, cols - c0]
 
 
-def read_window(scene: str, rows: slice, cols: slice, angles: bool = True):
+def read_window(scene: str, rows: slice, cols: slice, angles: bool = True, keep_px: int | None = None):
     """Bands, SOZ, SAZ, obs_time and valid of a window (xarray.Dataset; see ahi.read_ahi). angles=False: SOZ
-    and SAZ may be left out (HSD computes them per pixel; P-Tree reads them, its valid mask needs SAZ)."""
+    and SAZ may be left out (HSD computes them per pixel; P-Tree reads them, its valid mask needs SAZ).
+    keep_px: pixels around the window that the next reads will ask for (HSD computes and keeps them)."""
     if is_hsd(scene):
-        return hsd_slot.open_slot(scene).read_window(rows, cols, angles)
+        return hsd_slot.open_slot(scene).read_window(rows, cols, angles, keep_px)
     return ahi.read_ahi(scene, rows=rows, cols=cols)
 
 
