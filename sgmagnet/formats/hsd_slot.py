@@ -1,10 +1,11 @@
 """One Himawari Standard Data slot (the 160 segment files of a 10-min full disk) read through satpy's `ahi_hsd`.
 
 satpy does the calibration (reflectance, brightness temperature), the masking of error / outside-scan
-counts and space, and the area definition; this module decides what to read. A build needs a few
-128-px windows of a slot, so only the segments those windows cross are decompressed (each once, into a
-temporary folder, where its header is checked: formats.hsd.check_header) and handed to satpy, whose dask
-arrays are then computed for the window only. Bands at 0.5 km (B03) and 1 km (B01, B02, B04) are
+counts, and the area definition; this module decides what to read. A build needs a few 128-px windows of a
+slot, so only the segments those windows cross are decompressed (each once, into a temporary folder, where
+its header is checked: formats.hsd.check_header) and handed to satpy's file handlers, whose dask arrays are
+sliced to the window before anything is computed; off-disk pixels are masked with the area's
+longitudes/latitudes. Bands at 0.5 km (B03) and 1 km (B01, B02, B04) are
 aggregated to the 2 km grid of B05-B16 by block means (4 x 4 and 2 x 2 pixels; a 2 km pixel with any
 sub-pixel missing is missing). Per-line observation times come from header block 9; solar and satellite
 zenith angles are computed with pyorbital (satpy's astronomy) at each pixel's line time.
