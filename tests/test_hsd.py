@@ -12,6 +12,7 @@ import pytest
 
 from sgmagnet.formats import FormatError, hsd
 from sgmagnet.formats.epochs import himawari_for, himawari_operational
+from sgmagnet.grid import BAND_VARS
 
 TL = dt.datetime(2018, 10, 1, 3, 0)
 
@@ -200,6 +201,25 @@ def test_satpy_reads_all_16_bands_equal_to_the_world_within_one_count(hsd_archiv
         assert np.all(np.abs(got - want)[ok] <= one[ok] + 1e-4), (b, np.abs(got - want)[ok].max())
         compared += int(ok.sum())
     assert compared > 16 * 1000
+    # the builder's window read (satpy's file handlers, sliced before computing, no padding, no space mask)
+    # equals the Scene's padded full disk cut to the same window and block-averaged, and decompresses only
+    # the segments the window crosses (and the one 2 km segment the area comes from)
+    from sgmagnet.formats import hsd_slot
+
+    r0, c0 = int(np.median(rr)) - 16, int(np.median(cc)) - 16
+    before = hsd_slot.STATS["segments_decompressed"]
+    reader = hsd_slot.HsdSlot(hsd_slot.slot_id(files[0]))
+    ds = reader.read_window(slice(r0, r0 + 32), slice(c0, c0 + 32), margin=0)
+    crossed = len({r // hsd_slot.SEG2 for r in range(r0, r0 + 32)})
+    assert 16 * crossed <= hsd_slot.STATS["segments_decompressed"] - before <= 16 * crossed + 1
+    for b, var in zip(range(1, 17), BAND_VARS):
+        f = hsd.FACTOR[hsd.BAND_RES[b]]
+        ref = scn[names[b - 1]][r0 * f:(r0 + 32) * f, c0 * f:(c0 + 32) * f].values.astype(np.float32)
+        ref = ref.reshape(32, f, 32, f).mean(axis=(1, 3))
+        ref = ref / 100.0 if b <= 6 else ref
+        assert np.isfinite(ref).mean() > 0.9, b
+        np.testing.assert_allclose(ds[var].values, ref, rtol=1e-6, equal_nan=True, err_msg=var)
+    reader.close()
     # block 9: our reading of the per-line times equals satpy's own parsing of the block
     fh = scn._readers["ahi_hsd"].file_handlers["hsd_b13"][0]
     satpy_lines = [(int(x["line_number"][0]), float(x["observation_time"][0]))
