@@ -1,4 +1,5 @@
-"""The bad-input contract, one row per case, through the real command line (a subprocess each):
+"""The bad-input contract, one row per case, through the real command line (a process each: forked from a
+server that imported the CLI's modules once, tests/cli_server.py, or a subprocess of its own):
 
     a bad input exits with code 2 (an environment failure or a failed verification with 1) and writes ONE line
     to stderr naming the file or option and the problem -- no traceback -- and everything written before
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from ci import ROOT, TINY
 
-pytestmark = pytest.mark.slow   # one CLI subprocess per row (~3 min)
+pytestmark = pytest.mark.slow   # one CLI process per row
 
 ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
 
@@ -36,6 +37,17 @@ def snapshot(paths) -> dict:
             if os.path.isfile(f):
                 out[f] = hashlib.sha256(open(f, "rb").read()).hexdigest()
     return out
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """`python -m sgmagnet.cli ARGV` as a process forked from one that imported the heavy modules once
+    (tests/cli_server.py): the same command, exit code and output, without 140 cold starts."""
+    from cli_server import Client
+
+    c = Client(ENV, ROOT)
+    yield c
+    c.close()
 
 
 @pytest.fixture(scope="module")
@@ -626,12 +638,14 @@ def test_there_are_enough_rows():
 
 
 @pytest.mark.parametrize("name,make,code,text", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(w, tmp_path, name, make, code, text):
+def test_bad_input(cli, w, tmp_path, name, make, code, text):
     case = make(w, tmp_path)
     protect = case.get("protect", [])
     before = snapshot(protect)
-    cmd = case.get("cmd") or [sys.executable, "-m", "sgmagnet.cli", *map(str, case["argv"])]
-    r = subprocess.run(cmd, env=ENV, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    if case.get("cmd"):       # another program (hpc/ tools) or the CLI under limits: a subprocess of its own
+        r = subprocess.run(case["cmd"], env=ENV, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    else:
+        r = cli.run(case["argv"], tmp_path, timeout=300)
     err = r.stderr.strip()
     assert r.returncode == code, f"exit {r.returncode}, expected {code}\nstdout: {r.stdout[-1500:]}\nstderr: {err[-1500:]}"
     assert "Traceback" not in r.stderr + r.stdout, err[-3000:]
@@ -655,7 +669,7 @@ def test_bad_input(w, tmp_path, name, make, code, text):
     assert not glob.glob(str(tmp_path / "**" / "*.partial"), recursive=True), "a .partial file was left behind"
 
 
-def test_environment_failure_stops_the_build_and_a_rerun_retries(w, tmp_path):
+def test_environment_failure_stops_the_build_and_a_rerun_retries(cli, w, tmp_path):
     """A write that fails for a reason that is not the input (here: a folder sits where a shard must go) stops
     the build with exit 1 and one line; the granule gets no record (not a permanent skip), the old manifest is
     kept, and the same command after the cause is removed completes with the shards of a clean build."""
@@ -667,25 +681,23 @@ def test_environment_failure_stops_the_build_and_a_rerun_retries(w, tmp_path):
     os.remove(victim)
     os.remove(shard)
     shard.mkdir()                                   # the shard cannot be written or cleaned: an OSError, not input
-    argv = [sys.executable, "-m", "sgmagnet.cli", *build_argv(w, out)]
-    r = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    argv = build_argv(w, out)
+    r = cli.run(argv, tmp_path, timeout=300)
     assert r.returncode == 1, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
     assert victim.name[:-5] in r.stderr and "re-run retries it" in r.stderr, r.stderr
     assert not victim.exists() and (out / "manifest.json").read_bytes() == man_before
     shard.rmdir()
-    r = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    r = cli.run(argv, tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     got = json.load(open(out / "manifest.json"))
     want = json.load(open(w["shards"] / "manifest.json"))
     assert got["shards"] == want["shards"] and got["counts"] == want["counts"] and got["skipped"] == want["skipped"]
 
 
-def test_overwrite_rebuilds_an_out_of_another_configuration(w, tmp_path):
+def test_overwrite_rebuilds_an_out_of_another_configuration(cli, w, tmp_path):
     out = shard_copy(w, tmp_path)
-    r = subprocess.run([sys.executable, "-m", "sgmagnet.cli", *build_argv(w, out, "--patch-size", "24",
-                                                                          "--overwrite")],
-                       env=ENV, capture_output=True, text=True, timeout=300)
+    r = cli.run(build_argv(w, out, "--patch-size", "24", "--overwrite"), tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     m = json.load(open(out / "manifest.json"))
     assert m["config"]["patch_size"] == 24
