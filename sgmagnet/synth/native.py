@@ -163,46 +163,74 @@ def write_slot(world: World, slot: np.datetime64, root: str, pixels: np.ndarray,
         err_px[s] = (int(rng.integers(1, 17)), er, ec)
     end = sl + dt.timedelta(minutes=10)
     paths = []
-    for band in range(1, 17):
-        res = hsd.BAND_RES[band]
-        f = hsd.FACTOR[res]
-        n = hsd.RESOLUTIONS[res][0]
-        nl = n // hsd.N_SEGMENTS
-        cal = hsd.calibration(band)
-        for seg in range(1, hsd.N_SEGMENTS + 1):
-            first = (seg - 1) * nl + 1
-            l9 = [first + k * nl // 4 for k in range(4)] + [first + nl - 1]
-            l9_2km = [(ln - 1) // f + 1 for ln in l9]
-            times = [sl + dt.timedelta(seconds=float(s)) for s in line_seconds(np.array(l9_2km, np.float64))]
-            start = sl + dt.timedelta(seconds=float(line_seconds(np.array([1.0]))[0]))
-            path = os.path.join(sub, hsd.hsd_filename(platform, sl, band, seg))
-            s = seg - 1
-            if s not in segs:
-                header = hsd.header_bytes(platform, sl, band, seg, list(zip(l9, times)), [], start, end,
-                                          end + dt.timedelta(minutes=2), cal)
-                hsd.write_segment(path, header, None, fill_stream=_fill_stream(res))
-                paths.append(path)
-                continue
-            counts = np.full((nl, n), hsd.ERROR_COUNT, np.uint16)
-            for r, (cs, vals) in rendered.items():
-                if r // SEG_LINES != s:
+    writer = _Writer()           # bz2 on all cores, a few segments in flight
+    try:
+        for band in range(1, 17):
+            res = hsd.BAND_RES[band]
+            f = hsd.FACTOR[res]
+            n = hsd.RESOLUTIONS[res][0]
+            nl = n // hsd.N_SEGMENTS
+            cal = hsd.calibration(band)
+            for seg in range(1, hsd.N_SEGMENTS + 1):
+                first = (seg - 1) * nl + 1
+                l9 = [first + k * nl // 4 for k in range(4)] + [first + nl - 1]
+                l9_2km = [(ln - 1) // f + 1 for ln in l9]
+                times = [sl + dt.timedelta(seconds=float(x)) for x in line_seconds(np.array(l9_2km, np.float64))]
+                start = sl + dt.timedelta(seconds=float(line_seconds(np.array([1.0]))[0]))
+                path = os.path.join(sub, hsd.hsd_filename(platform, sl, band, seg))
+                s = seg - 1
+                if s not in segs:
+                    header = hsd.header_bytes(platform, sl, band, seg, list(zip(l9, times)), [], start, end,
+                                              end + dt.timedelta(minutes=2), cal)
+                    writer.submit(path, header, None, _fill_stream(res))
+                    paths.append(path)
                     continue
-                v = vals[band - 1]
-                c = hsd.to_counts(band, v, cal)
-                c = np.where(np.isfinite(v), c, hsd.OUTSIDE_COUNT).astype(np.uint16)
-                lr = (r - s * SEG_LINES) * f
-                for dy in range(f):
-                    for dx in range(f):
-                        counts[lr + dy, cs * f + dx] = c
-            errors_b10 = []
-            eb, er, ec = err_px[s]
-            if eb == band:
-                lines = (er - s * SEG_LINES) * f
-                counts[lines, ec * f] = hsd.ERROR_COUNT
-                ln, k = np.unique(first + lines, return_counts=True)
-                errors_b10 = list(zip(ln.tolist(), k.tolist()))
-            header = hsd.header_bytes(platform, sl, band, seg, list(zip(l9, times)), errors_b10, start, end,
-                                      end + dt.timedelta(minutes=2), cal)
-            hsd.write_segment(path, header, counts)
-            paths.append(path)
+                counts = np.full((nl, n), hsd.ERROR_COUNT, np.uint16)
+                for r, (cs, vals) in rendered.items():
+                    if r // SEG_LINES != s:
+                        continue
+                    v = vals[band - 1]
+                    c = hsd.to_counts(band, v, cal)
+                    c = np.where(np.isfinite(v), c, hsd.OUTSIDE_COUNT).astype(np.uint16)
+                    lr = (r - s * SEG_LINES) * f
+                    for dy in range(f):
+                        for dx in range(f):
+                            counts[lr + dy, cs * f + dx] = c
+                errors_b10 = []
+                eb, er, ec = err_px[s]
+                if eb == band:
+                    lines = (er - s * SEG_LINES) * f
+                    counts[lines, ec * f] = hsd.ERROR_COUNT
+                    ln, k = np.unique(first + lines, return_counts=True)
+                    errors_b10 = list(zip(ln.tolist(), k.tolist()))
+                header = hsd.header_bytes(platform, sl, band, seg, list(zip(l9, times)), errors_b10, start,
+                                          end, end + dt.timedelta(minutes=2), cal)
+                writer.submit(path, header, counts)
+                paths.append(path)
+    finally:
+        writer.close()
     return paths
+
+
+class _Writer:
+    """hsd.write_segment on a thread pool (bz2 releases the GIL), at most one segment per core waiting, so
+    the counts of a whole slot (GBs) are never held at once. close() waits and raises the first error."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.n = len(os.sched_getaffinity(0))
+        self.ex = ThreadPoolExecutor(self.n)
+        self.pending = []
+
+    def submit(self, path, header, counts, fill_stream=None):
+        while len(self.pending) >= 2 * self.n:
+            self.pending.pop(0).result()
+        self.pending.append(self.ex.submit(hsd.write_segment, path, header, counts, fill_stream))
+
+    def close(self):
+        try:
+            for f in self.pending:
+                f.result()
+        finally:
+            self.ex.shutdown(wait=True, cancel_futures=True)
