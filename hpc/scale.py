@@ -76,7 +76,7 @@ def synth_piece(work: str, a: int, b: int, ranks: int, region: str) -> dict:
         out = os.path.join(work, "raw", f"d{lo:03d}_{hi:03d}")
         cmd = sgmagnet() + ["synth", "--out", out, "--start", (START + dt.timedelta(lo)).isoformat(),
                             "--days", str(hi - lo), "--epoch", START.isoformat(), "--region", region,
-                            "--track-corridor", "64", "--quiet"]
+                            "--track-corridor", "64", "--workers", "1", "--quiet"]
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"}), out))
     for p, out in procs:

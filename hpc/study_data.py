@@ -181,7 +181,8 @@ def run(argv=None) -> int:
         day0 = start + dt.timedelta(days=first)
         raw = os.path.join(a.out, "raw", f"chunk_{k:03d}")
         synth = sg + ["synth", "--out", raw, "--start", day0.isoformat(), "--days", str(n), "--region", a.region,
-                      "--res", a.res, "--seed", str(a.seed), "--epoch", start.isoformat(), *corridor, "--quiet"]
+                      "--res", a.res, "--seed", str(a.seed), "--epoch", start.isoformat(), *corridor, "--quiet",
+                      *(["--workers", "1"] if a.jobs > 1 else [])]
         chunks.append((k, n, day0, raw, synth, os.path.join(a.out, "logs", f"chunk_{k:03d}.log")))
     todo = [c for c in chunks if not os.path.exists(os.path.join(c[3], "done"))]
     for c in chunks:

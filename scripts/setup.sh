@@ -31,7 +31,7 @@ python -c "import deepspeed" 2>/dev/null || pip install -q --no-build-isolation 
 pip install -q torch==2.13.0 webdataset==1.0.2 mpi4py xarray h5netcdf netCDF4 h5py pyhdf==0.11.7 \
     submitit nvidia-dali-cuda130==2.4.0 pyyaml matplotlib tensorboard tqdm pytest pytest-timeout
 # Himawari Standard Data is read with satpy's ahi_hsd reader; pyresample gives the geostationary area.
-pip install -q torch==2.13.0 satpy==0.60.0 pyresample zarr
+pip install -q torch==2.13.0 satpy==0.60.0 pyresample zarr threadpoolctl
 # ccplot (CloudSat/CALIPSO HDF-EOS client) is used by tests to open our synthetic swaths like real ones.
 python -c "import ccplot" 2>/dev/null || { pip install -q cython && pip install -q --no-build-isolation ccplot; } || echo "setup: WARNING ccplot did not build" >&2
 pip install -q --no-deps -e .

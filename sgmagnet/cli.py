@@ -194,7 +194,8 @@ def cmd_synth(a):
     for d in starts:      # several spans: one world (the same epoch), each span's statistics in its own file
         cfg = SynthConfig(out=a.out, start=d, days=a.days, region=a.region, res=a.res, seed=a.seed,
                           orbit_mode=a.orbit, epoch=epoch if len(starts) > 1 or a.epoch else None,
-                          track_corridor=a.track_corridor, ahi_format=a.ahi_format, labels=a.labels)
+                          track_corridor=a.track_corridor, ahi_format=a.ahi_format, labels=a.labels,
+                          workers=a.workers)
         stats = synthesize(cfg, log=(lambda m: None) if a.quiet else print, progress=not a.quiet,
                            stats_name="synth_stats.json" if len(starts) == 1 else f"synth_stats_{d}.json")
         if len(starts) > 1:
@@ -467,6 +468,8 @@ def parser() -> Parser:
                    help="ptree: JAXA P-Tree gridded NetCDF (ahi/, default); hsd: Himawari Standard Data, the 160 "
                         "segment files per slot on the native grid (ahi_hsd/; needs --track-corridor, P in native "
                         "2 km pixels); both: the same world written both ways")
+    s.add_argument("--workers", type=_count0, default=0,
+                   help="processes writing the AHI slots, 0 = one per core (any number writes the same files)")
     s.add_argument("--quiet", action="store_true", help="no progress bar; print only the final statistics")
     s.set_defaults(func=cmd_synth)
 

@@ -138,34 +138,23 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False, stats_name: 
     lat_c = 0.5 * (cfg.region[2] + cfg.region[3])
     lon_c = 0.5 * (cfg.region[0] + cfg.region[1])
     hsd_slots = []
-    for slot in tqdm(sorted(slots), desc="AHI scenes", unit="scene", disable=not progress, mininterval=2,
-                     dynamic_ncols=True):
-        if cfg.ahi_format in ("hsd", "both"):
-            pixels = native.corridor_pixels(cfg, slot, tracks, CORRIDOR_WINDOW_MIN)
-            if pixels is not None:
-                sl = slot.astype("datetime64[s]").astype(dt.datetime)
-                paths = native.write_slot(world, slot, cfg.out, pixels, scene_errors(world, slot)[1],
-                                          cfg.satellite or himawari_for(sl))
-                hsd_slots.append(os.path.relpath(os.path.dirname(paths[0]), cfg.out))
-        if cfg.ahi_format == "hsd":
+    for r in _map_slots(world, cfg, tracks, sorted(slots), progress):
+        if r["hsd"] is not None:
+            hsd_slots.append(os.path.relpath(r["hsd"], cfg.out))
+        if r["no_profile"]:
+            no_profile += 1
+        if r["scene"] is None:
             continue
-        keep = None
-        if cfg.track_corridor is not None:
-            keep = corridor_mask(cfg, slot, tracks)
-            if keep is None:            # no profile within CORRIDOR_WINDOW_MIN of this slot's scan
-                no_profile += 1
-                continue
-        written_px += scene_px if keep is None else int(keep.sum())
-        path = write_scene(world, slot, cfg.out, keep)
-        scenes.append(os.path.relpath(path, cfg.out))
-        soz, _ = orbit.solar_angles(np.array([slot]), np.array([lat_c]), np.array([lon_c]))
+        written_px += scene_px if r["kept_px"] is None else r["kept_px"]
+        scenes.append(os.path.relpath(r["scene"], cfg.out))
+        soz, _ = orbit.solar_angles(np.array([r["slot"]]), np.array([lat_c]), np.array([lon_c]))
         day_scenes += int(soz[0] < 85)
         if not progress:
-            log(f"scene {os.path.basename(path)}")
+            log(f"scene {os.path.basename(r['scene'])}")
     tot = max(int(hist.sum()), 1)
     cl = max(int(hist[1:].sum()), 1)
     stats = {
-        "config": {k: v for k, v in asdict(cfg).items() if k != "stats"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("stats", "workers")},
         "granules": len(granules), "earthcare_frames": len(frames), "earthcare_profiles_in_region": ec_prof,
         "earthcare_day_profiles": ec_day, "scenes": len(scenes), "day_scenes": day_scenes,
         "night_scenes": len(scenes) - day_scenes, "profiles_in_region": prof,
@@ -184,6 +173,68 @@ def synthesize(cfg: SynthConfig, log=print, progress: bool = False, stats_name: 
     with open(os.path.join(cfg.out, stats_name), "w") as f:
         json.dump(stats, f, indent=1, default=float)
     return stats
+
+
+_SLOT_JOB: tuple = ()      # (world, cfg, tracks) for the slot workers (forked: nothing is pickled)
+
+
+def _slot_files(slot: np.datetime64) -> dict:
+    """Write one slot's AHI files (HSD segments and/or the P-Tree scene); what the statistics need."""
+    world, cfg, tracks = _SLOT_JOB
+    out = {"slot": slot, "hsd": None, "scene": None, "kept_px": None, "no_profile": False}
+    if cfg.ahi_format in ("hsd", "both"):
+        pixels = native.corridor_pixels(cfg, slot, tracks, CORRIDOR_WINDOW_MIN)
+        if pixels is not None:
+            sl = slot.astype("datetime64[s]").astype(dt.datetime)
+            paths = native.write_slot(world, slot, cfg.out, pixels, scene_errors(world, slot)[1],
+                                      cfg.satellite or himawari_for(sl))
+            out["hsd"] = os.path.dirname(paths[0])
+    if cfg.ahi_format == "hsd":
+        return out
+    keep = None
+    if cfg.track_corridor is not None:
+        keep = corridor_mask(cfg, slot, tracks)
+        if keep is None:            # no profile within CORRIDOR_WINDOW_MIN of this slot's scan
+            out["no_profile"] = True
+            return out
+        out["kept_px"] = int(keep.sum())
+    out["scene"] = write_scene(world, slot, cfg.out, keep)
+    return out
+
+
+def _one_thread():
+    """In a slot worker: the processes share the cores, so no threads within them (ours, and BLAS's: a
+    forked OpenBLAS pool per process, 2 threads each, made 2 workers barely faster than 1)."""
+    from threadpoolctl import threadpool_limits
+
+    from . import fields, native as nat
+
+    fields.THREADS = nat.THREADS = 1
+    threadpool_limits(1)
+
+
+def _map_slots(world, cfg: SynthConfig, tracks, slots: list, progress: bool):
+    """_slot_files over the slots in order, on `cfg.workers` processes (0: one per core). Every slot's files
+    depend only on the world and the slot, so the archive is the same for any number of workers."""
+    from tqdm import tqdm
+
+    global _SLOT_JOB
+    _SLOT_JOB = (world, cfg, tracks)
+    workers = min(cfg.workers or len(os.sched_getaffinity(0)), len(slots))
+    bar = dict(total=len(slots), desc="AHI scenes", unit="scene", disable=not progress, mininterval=2,
+               dynamic_ncols=True)
+    try:
+        if workers < 2:
+            yield from tqdm(map(_slot_files, slots), **bar)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_one_thread) as ex:
+            yield from tqdm(ex.map(_slot_files, slots), **bar)
+    finally:
+        _SLOT_JOB = ()
 
 
 def wants(cfg: SynthConfig, product: str, t) -> bool:

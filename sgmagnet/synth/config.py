@@ -23,4 +23,6 @@ class SynthConfig:
     labels: str = "epochs"              # which label products: "epochs" (each where it held labels, as in
                                         # formats.epochs), "cloudsat", "earthcare" or "both" (whatever the date)
     bad_profile_fraction: float = 0.003
+    workers: int = 0                    # processes writing AHI slots (0: one per core); any number writes the
+                                        # same files
     stats: dict = field(default_factory=dict)

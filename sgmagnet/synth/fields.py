@@ -12,6 +12,7 @@ import numpy as np
 
 DEG_PER_S_PER_MS = 1.0 / 111_000.0
 PARALLEL_POINTS = 20_000     # points from which `points` evaluates the fields on several threads
+THREADS: int | None = None   # threads for that (None: one per core; synth's slot workers set 1)
 
 
 class FieldBank:
@@ -51,7 +52,7 @@ class FieldBank:
             kx, ky, c, phi, amp = self.params[name]
             return np.cos(kx * lon + ky * lat - c * t + phi) @ amp
 
-        workers = min(len(self.names), len(os.sched_getaffinity(0)))
+        workers = min(len(self.names), THREADS or len(os.sched_getaffinity(0)))
         if workers < 2 or lon.shape[0] < PARALLEL_POINTS:
             return {name: one(name) for name in self.names}
         from concurrent.futures import ThreadPoolExecutor

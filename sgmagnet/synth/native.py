@@ -132,6 +132,7 @@ def render(world: World, slot: np.datetime64, need: np.ndarray, origin: tuple, e
 
 
 _FILL_STREAMS: dict = {}
+THREADS: int | None = None     # threads compressing segments (None: one per core; slot workers set 1)
 
 
 def _fill_stream(res: str) -> bytes:
@@ -219,7 +220,7 @@ class _Writer:
     def __init__(self):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.n = len(os.sched_getaffinity(0))
+        self.n = THREADS or len(os.sched_getaffinity(0))
         self.ex = ThreadPoolExecutor(self.n)
         self.pending = []
 
