@@ -590,6 +590,8 @@ CASES = [
      "year 9999"),
     ("synth-corridor-zero", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--track-corridor", "0"]), 2,
      "--track-corridor"),
+    ("synth-workers-negative", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--workers", "-1"]), 2,
+     "--workers"),
     ("synth-corridor-text", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--track-corridor", "wide"]), 2,
      "--track-corridor"),
     # ------------------------------------------------------------------------ hpc/study.py, study_data.py
