@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     for mode in ("whole", "corridor"):
         raw, shards = os.path.join(a.workdir, f"raw_{mode}"), os.path.join(a.workdir, f"shards_{mode}")
         synth = cli + ["synth", "--out", raw, "--start", a.start, "--days", a.days, "--region", a.region,
-                       "--res", a.res, "--seed", "0", "--quiet"]
+                       "--res", a.res, "--seed", "0", "--workers", "1", "--quiet"]   # one process: as measured
         if mode == "corridor":
             synth += ["--track-corridor", str(a.patch_size)]
         build = cli + ["build", "--ahi", raw, "--cloudsat", raw, "--out", shards, "--patch-size", str(a.patch_size),
