@@ -7,7 +7,7 @@ request it forks a child that does what the interpreter does for `python -m sgma
 into files, the exit code of SystemExit (or 1 and a traceback for an uncaught exception), the atexit
 handlers, flushed streams. Each command is still its own process: nothing it changes reaches the next.
 
-The real cold start stays tested elsewhere (test_readme, test_exit, test_cli_help run `sgmagnet` itself).
+The real cold start stays tested elsewhere (test_readme, test_exit, test_build and others run `sgmagnet` itself).
 
 Protocol (one JSON object per line): request {"argv": [...], "cwd": DIR, "out": FILE, "err": FILE};
 replies {"pid": PID} when the child starts and {"code": EXIT} when it ends (negative: killed by a signal).
