@@ -167,8 +167,8 @@ class HsdSlot:
     # --------------------------------------------------------------------- grid
     def grid(self) -> NativeGrid:
         """The 2 km full-disk area from the first readable 2 km segment (satpy pads the others), and the
-        satellite's position in this slot. The area is satpy's, built once per process for each projection
-        block (header block 3) and segment: slots of one satellite share it."""
+        satellite's position in this slot. The area is satpy's, built once per process for each platform,
+        projection block (header block 3) and segment: slots of one satellite share it."""
         if self._grid is None:
             for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6):
                 for seg in sorted(self.files.get(band, {})):
@@ -179,7 +179,7 @@ class HsdSlot:
                     fh = next(fh for fhs in reader.file_handlers.values() for fh in fhs)
                     x = fh.get_dataset(*_dataset(reader, band))            # lazy: nothing is computed
                     self._sat = x.attrs["orbital_parameters"]
-                    key = (self._headers[self.files[band][seg]].projection, band, seg)
+                    key = (self.platform, self._headers[self.files[band][seg]].projection, band, seg)
                     if key not in _GRIDS:
                         scn = _scene([local])
                         name = f"B{band:02d}"
