@@ -276,7 +276,6 @@ class HsdSlot:
                                  "timeline": str(self.timeline), "row0": r0, "col0": c0, "has_pixel_time": 1,
                                  "grid": "hsd-2km"})
 
-
     def _window_pieces(self, local: dict, r0: int, r1: int, c0: int, c1: int) -> list:
         """[(band, first 2 km row in the window, lazy calibrated array)] for each segment file the window
         crosses: satpy's ahi_hsd file handler per segment (its calibration and masking of error and
@@ -292,21 +291,20 @@ class HsdSlot:
         reader = _reader(paths)
         handlers = {os.path.abspath(fh.filename): fh for fhs in reader.file_handlers.values() for fh in fhs}
         pieces = []
-        for b, segs in local.items():
-            f = hsd.FACTOR[hsd.BAND_RES[b]]
-            nl = SEG2 * f                              # a segment's lines at this band's resolution
-            for s, p in segs:
-                fh = handlers.get(os.path.abspath(p))
-                if fh is None:                         # satpy did not take the file (name pattern): no pixels
-                    self._skip(p, "satpy's ahi_hsd reader does not recognise the file name")
-                    continue
-                key, info = _dataset(reader, b)
-                with dask.config.set({"array.chunk-size": DASK_CHUNK}):   # small chunks: a window reads little
-                    x = fh.get_dataset(key, info)
-                ya, yb = max(r0 * f, (s - 1) * nl), min(r1 * f, s * nl)
-                if ya < yb:
-                    pieces.append((b, (ya - r0 * f) // f, x.data[ya - (s - 1) * nl:yb - (s - 1) * nl,
-                                                                 c0 * f:c1 * f]))
+        with dask.config.set({"array.chunk-size": DASK_CHUNK}):       # small chunks: a window reads little
+            for b, segs in local.items():
+                f = hsd.FACTOR[hsd.BAND_RES[b]]
+                nl = SEG2 * f                          # a segment's lines at this band's resolution
+                for s, p in segs:
+                    fh = handlers.get(os.path.abspath(p))
+                    if fh is None:                     # satpy did not take the file (name pattern): no pixels
+                        self._skip(p, "satpy's ahi_hsd reader does not recognise the file name")
+                        continue
+                    x = fh.get_dataset(*_dataset(reader, b))
+                    ya, yb = max(r0 * f, (s - 1) * nl), min(r1 * f, s * nl)
+                    if ya < yb:
+                        pieces.append((b, (ya - r0 * f) // f, x.data[ya - (s - 1) * nl:yb - (s - 1) * nl,
+                                                                     c0 * f:c1 * f]))
         return pieces
 
     def _skip(self, path: str, problem: str):

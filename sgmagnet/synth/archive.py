@@ -80,8 +80,6 @@ def needed_slots(t_min: np.datetime64, t_max: np.datetime64) -> list[np.datetime
 def synthesize(cfg: SynthConfig, log=print, progress: bool = False, stats_name: str = "synth_stats.json") -> dict:
     """Write the archive; return (and write to <out>/synth_stats.json) its statistics. progress: a tqdm bar
     with ETA over the AHI scenes (the slow part) instead of one log line per scene."""
-    from tqdm import tqdm
-
     if cfg.ahi_format not in ("ptree", "hsd", "both"):
         raise ValueError(f"ahi_format {cfg.ahi_format!r}: expected ptree, hsd or both")
     if cfg.labels not in ("epochs", "cloudsat", "earthcare", "both"):
@@ -207,9 +205,9 @@ def _one_thread():
     forked OpenBLAS pool per process, 2 threads each, made 2 workers barely faster than 1)."""
     from threadpoolctl import threadpool_limits
 
-    from . import fields, native as nat
+    from . import fields
 
-    fields.THREADS = nat.THREADS = 1
+    fields.THREADS = 1
     threadpool_limits(1)
 
 

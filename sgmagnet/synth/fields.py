@@ -12,7 +12,7 @@ import numpy as np
 
 DEG_PER_S_PER_MS = 1.0 / 111_000.0
 PARALLEL_POINTS = 20_000     # points from which `points` evaluates the fields on several threads
-THREADS: int | None = None   # threads for that (None: one per core; synth's slot workers set 1)
+THREADS: int | None = None   # threads synthesis may use in a process (None: one per core; slot workers set 1)
 
 
 class FieldBank:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..formats import hsd
 from ..grid import BAND_VARS
-from . import orbit
+from . import fields, orbit
 from .config import SynthConfig
 from .instrument import PARALLAX_MAX_KM, blur, dilate, parallax_offset_px, scan_offset_s
 from .radiance import forward
@@ -132,7 +132,6 @@ def render(world: World, slot: np.datetime64, need: np.ndarray, origin: tuple, e
 
 
 _FILL_STREAMS: dict = {}
-THREADS: int | None = None     # threads compressing segments (None: one per core; slot workers set 1)
 
 
 def _fill_stream(res: str) -> bytes:
@@ -220,7 +219,7 @@ class _Writer:
     def __init__(self):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.n = THREADS or len(os.sched_getaffinity(0))
+        self.n = fields.THREADS or len(os.sched_getaffinity(0))
         self.ex = ThreadPoolExecutor(self.n)
         self.pending = []
 
