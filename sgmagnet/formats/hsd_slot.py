@@ -280,7 +280,7 @@ class HsdSlot:
         """[(band, first 2 km row in the window, lazy calibrated array)] for each segment file the window
         crosses: satpy's ahi_hsd file handler per segment (its calibration and masking of error and
         outside-scan counts), sliced to the window before anything is computed. The handlers come without
-        satpy's space mask (computed from the area for every chunk, 10x the window's cost) and without the
+        satpy's space mask (computed from the area for every chunk, 9x the window's cost) and without the
         Scene's padding of every band to the full disk (a dask graph over 5500-22000 rows per band): the
         window's off-disk pixels are masked from the same area's longitudes/latitudes in `_compute`."""
         paths = [p for ps in local.values() for _, p in ps]
