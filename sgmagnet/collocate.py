@@ -143,22 +143,31 @@ def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float =
     best_sc = np.full(idx.size, -1, np.int64)
     best_ij = np.full((idx.size, 2), -1, np.int64)
     grids = {}
+    # first where each scene scans the track within the window (cheap: its grid, and one variable or header
+    # block 9 for the scan times), then the bands of those windows, scene after scene: an HSD slot's segment
+    # files are decompressed in the background while the scene before it is computed
+    plans = {}
     for si, sc in enumerate(cands):
         try:
-            grid = imager.read_grid(sc.path)
-            i, j, inside = grid.nearest(lat, lon)
-            if not inside.any():
-                continue
-            # the scan times first (cheap: one variable, or header block 9): only the part of the track the
-            # scene scans within the window is read
-            tp0 = np.full(idx.size, np.datetime64("NaT"), "datetime64[ns]")
-            tp0[inside] = imager.pixel_times(sc.path, i[inside], j[inside])
-            near = inside & ~np.isnat(tp0)
-            near[near] = np.abs((t[near] - tp0[near]).astype("timedelta64[ns]").astype(np.int64)) <= win.astype(np.int64)
-            if not near.any():        # the scene scans the track outside the window: nothing can match
-                continue
-            r0, r1 = int(i[near].min()), int(i[near].max()) + 1
-            c0, c1 = int(j[near].min()), int(j[near].max()) + 1
+            plan = _scan_window(sc, lat, lon, t, win)
+        except FormatError as e:
+            out.skipped.append((e.path, e.problem))
+            plan = None
+        finally:
+            out.skipped += [x for x in imager.skipped(sc.path) if x not in out.skipped]
+        if plan is None:
+            imager.set_aside(sc.path)         # the scenes with a window stay open until they are read
+            continue
+        plans[si] = plan
+        if len(plans) == 1:
+            _prefetch(sc, plan, patch_size)
+    order = sorted(plans)
+    for k, si in enumerate(order):
+        sc = cands[si]
+        try:
+            if k + 1 < len(order):
+                _prefetch(cands[order[k + 1]], plans[order[k + 1]], patch_size)
+            grid, i, j, near, (r0, r1, c0, c1) = plans[si]
             ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1), angles=False,
                                     keep_px=None if patch_size is None else patch_size // 2)
         except FormatError as e:
@@ -209,6 +218,32 @@ def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float =
                                  np.bincount(inv, minlength=uniq.size), ttype[m][order[first]], p.product, p.source,
                                  p.key))
     return out
+
+
+def _scan_window(sc: Scene, lat, lon, t, win):
+    """(grid, rows, cols, near, (r0, r1, c0, c1)): the track's nearest pixels in the scene, those it scans within
+    `win` of the profile times (`near`), and their bounding window; None where there are none."""
+    grid = imager.read_grid(sc.path)
+    i, j, inside = grid.nearest(lat, lon)
+    if not inside.any():
+        return None
+    # only the part of the track the scene scans within the window is read
+    tp0 = np.full(i.shape, np.datetime64("NaT"), "datetime64[ns]")
+    tp0[inside] = imager.pixel_times(sc.path, i[inside], j[inside])
+    near = inside & ~np.isnat(tp0)
+    near[near] = np.abs((t[near] - tp0[near]).astype("timedelta64[ns]").astype(np.int64)) <= win.astype(np.int64)
+    if not near.any():        # the scene scans the track outside the window: nothing can match
+        return None
+    return grid, i, j, near, (int(i[near].min()), int(i[near].max()) + 1, int(j[near].min()), int(j[near].max()) + 1)
+
+
+def _prefetch(sc: Scene, plan, patch_size):
+    r0, r1, c0, c1 = plan[4]
+    try:
+        imager.prefetch_window(sc.path, slice(r0, r1), slice(c0, c1),
+                               keep_px=None if patch_size is None else patch_size // 2)
+    except FormatError:
+        pass                  # read_window meets it again and records it
 
 
 def patch_windows(rows: np.ndarray, cols: np.ndarray, t_first: np.ndarray, shape: tuple, size: int) -> list:

@@ -98,6 +98,8 @@ class HsdSlot:
         self._headers: dict[str, hsd.SegmentHeader] = {}
         self._local: dict[str, str] = {}
         self._tmp = None
+        self._lock = threading.Lock()         # _load runs on the prefetch threads
+        self._pending: dict = {}              # path -> Future of _load, while it runs in the background
         self._grid = None
         self._cache = None
         self.keep_files = keep_files          # False: drop the decompressed copies once a region is computed
@@ -108,42 +110,67 @@ class HsdSlot:
         return [b for b in range(1, 17) if b not in self.files]
 
     def _open(self, path: str) -> str | None:
-        """Decompressed, checked local copy of a segment file, or None (recorded in `skipped`)."""
-        if path in self._local:
-            return self._local[path]
-        if path in self._bad:
-            return None
+        """Decompressed, checked local copy of a segment file, or None (recorded in `skipped`); waits for it
+        when a background decompression (`prefetch`) has it in hand."""
+        with self._lock:
+            if path in self._local:
+                return self._local[path]
+            if path in self._bad:
+                return None
+            fut = self._pending.get(path)
+        return fut.result() if fut is not None else self._load(path)
+
+    def _load(self, path: str) -> str | None:
         try:
             data = hsd.read_segment_bytes(path)
-            with _STATS_LOCK:                   # _open runs on several threads (_prefetch)
+            with _STATS_LOCK:                   # _load runs on several threads (prefetch)
                 STATS["segments_decompressed"] += 1
                 STATS["bytes_decompressed"] += len(data)
             name = hsd.parse_name(path)
-            self._headers[path] = hsd.check_header(path, data, name)
+            header = hsd.check_header(path, data, name)
         except FormatError as e:
-            self._skip(e.path, e.problem)
+            with self._lock:
+                self._skip(e.path, e.problem)
             return None
         if not name.compressed:
-            self._local[path] = path
-            return path
-        if self._tmp is None:
-            self._tmp = tempfile.mkdtemp(prefix="sgmagnet-hsd-", dir=os.environ.get("SGMAGNET_HSD_TMP") or None)
-            # removed when released or closed, when the slot is garbage, and at exit, whichever comes first
-            self._rm = weakref.finalize(self, shutil.rmtree, self._tmp, True)
-        local = os.path.join(self._tmp, os.path.basename(path)[:-4])
-        with open(local, "wb") as f:
-            f.write(data)
-        self._local[path] = local
+            local = path
+        else:
+            with self._lock:
+                if self._tmp is None:
+                    self._tmp = tempfile.mkdtemp(prefix="sgmagnet-hsd-",
+                                                 dir=os.environ.get("SGMAGNET_HSD_TMP") or None)
+                    # removed when released or closed, when the slot is garbage, and at exit, whichever is first
+                    self._rm = weakref.finalize(self, shutil.rmtree, self._tmp, True)
+                local = os.path.join(self._tmp, os.path.basename(path)[:-4])
+            with open(local, "wb") as f:
+                f.write(data)
+        with self._lock:
+            self._headers[path] = header
+            self._local[path] = local
         return local
 
-    def _prefetch(self, paths: list[str]):
-        """Decompress and check segment files on all cores (bz2 releases the GIL)."""
-        todo = [p for p in paths if p not in self._local and p not in self._bad]
-        if len(todo) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+    def prefetch(self, paths: list[str]) -> list:
+        """Start decompressing and checking segment files in the background, on all cores (bz2 releases the
+        GIL): the collocation asks for the next slot's window while it computes this one. [futures]."""
+        futs = []
+        with self._lock:
+            for p in paths:
+                if p in self._local or p in self._bad:
+                    continue
+                if p not in self._pending:
+                    self._pending[p] = _executor().submit(self._load, p)
+                futs.append(self._pending[p])
+        return futs
 
-            with ThreadPoolExecutor(max_workers=min(len(todo), len(os.sched_getaffinity(0)))) as ex:
-                list(ex.map(self._open, todo))
+    def prefetch_window(self, rows: slice, cols: slice, margin: int | None = None):
+        """`prefetch` the segment files that `read_window(rows, cols, margin=margin)` will read."""
+        region = self._window(rows, cols, margin)[1]
+        if region is not None:
+            self.prefetch(self._region_files(*region[:2]))
+
+    def _prefetch(self, paths: list[str]):
+        for f in self.prefetch(paths):
+            f.result()
 
     def _segment(self, band: int, seg: int) -> str | None:
         f = self.files.get(band, {}).get(seg)
@@ -154,11 +181,18 @@ class HsdSlot:
         return self._open(f)
 
     def _release(self):
-        """Drop the decompressed copies (headers and the computed region stay)."""
-        if self._tmp:
-            self._rm()
-            self._tmp = None
-        self._local.clear()
+        """Drop the decompressed copies (headers and the computed region stay), once the background
+        decompressions of this slot have finished (or been cancelled before they started)."""
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for f in pending:
+            if not f.cancel():
+                f.result()
+        with self._lock:
+            if self._tmp:
+                self._rm()
+                self._tmp = None
+            self._local.clear()
 
     def close(self):
         self._release()
@@ -220,17 +254,12 @@ class HsdSlot:
         the collocation reads a track's bounding box first, with half the patch side as margin, and the
         patches along the track are cut from it. A margin that crosses into another segment costs that
         segment's 16 files, so it is no larger than the patches need."""
-        grid = self.grid()
-        r0, r1, _ = rows.indices(grid.shape[0])
-        c0, c1, _ = cols.indices(grid.shape[1])
-        c = self._cache
-        if c is None or not (c.attrs["row0"] <= r0 and r1 <= c.attrs["row0"] + c.sizes["y"]
-                             and c.attrs["col0"] <= c0 and c1 <= c.attrs["col0"] + c.sizes["x"]):
-            m = self.cache_margin if margin is None else margin
-            c = self._cache = self._compute(max(0, r0 - m), min(grid.shape[0], r1 + m),
-                                            max(0, c0 - m), min(grid.shape[1], c1 + m))
+        (r0, r1, c0, c1), region = self._window(rows, cols, margin)
+        if region is not None:
+            self._cache = self._compute(*region)
             if not self.keep_files:   # the region is in memory: the decompressed files go until a window leaves it
                 self._release()
+        c = self._cache
         y0, x0 = r0 - c.attrs["row0"], c0 - c.attrs["col0"]
         out = c.isel(y=slice(y0, y0 + r1 - r0), x=slice(x0, x0 + c1 - c0)).copy()
         out.attrs.update(row0=r0, col0=c0)
@@ -241,10 +270,29 @@ class HsdSlot:
             out["SAZ"] = (("y", "x"), saz.astype(np.float32))
         return out
 
+    def _window(self, rows: slice, cols: slice, margin: int | None):
+        """(r0, r1, c0, c1) of the window, and the region to compute for it (the window and `margin` pixels
+        around it, default `cache_margin`), or None where the region computed last holds the window."""
+        grid = self.grid()
+        r0, r1, _ = rows.indices(grid.shape[0])
+        c0, c1, _ = cols.indices(grid.shape[1])
+        c = self._cache
+        if c is not None and (c.attrs["row0"] <= r0 and r1 <= c.attrs["row0"] + c.sizes["y"]
+                              and c.attrs["col0"] <= c0 and c1 <= c.attrs["col0"] + c.sizes["x"]):
+            return (r0, r1, c0, c1), None
+        m = self.cache_margin if margin is None else margin
+        return (r0, r1, c0, c1), (max(0, r0 - m), min(grid.shape[0], r1 + m),
+                                  max(0, c0 - m), min(grid.shape[1], c1 + m))
+
+    def _region_files(self, r0: int, r1: int) -> list[str]:
+        """The segment files holding 2 km rows r0:r1, all bands."""
+        segs = range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
+        return [self.files[b][s] for b in self.files for s in segs if s in self.files[b]]
+
     def _compute(self, r0: int, r1: int, c0: int, c1: int) -> xr.Dataset:
         grid = self.grid()
         segs = range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
-        self._prefetch([self.files[b][s] for b in self.files for s in segs if s in self.files[b]])
+        self._prefetch(self._region_files(r0, r1))
         local = {b: [(s, p) for s, p in ((s, self._segment(b, s)) for s in segs) if p] for b in range(1, 17)}
         shape = (r1 - r0, c1 - c0)
         out = {var: np.full(shape, np.nan, np.float32) for var in BAND_VARS}
@@ -300,11 +348,10 @@ class HsdSlot:
                     if fh is None:                     # satpy did not take the file (name pattern): no pixels
                         self._skip(p, "satpy's ahi_hsd reader does not recognise the file name")
                         continue
-                    x = fh.get_dataset(*_dataset(reader, b))
                     ya, yb = max(r0 * f, (s - 1) * nl), min(r1 * f, s * nl)
                     if ya < yb:
-                        pieces.append((b, (ya - r0 * f) // f, x.data[ya - (s - 1) * nl:yb - (s - 1) * nl,
-                                                                     c0 * f:c1 * f]))
+                        pieces.append((b, (ya - r0 * f) // f, _read_cut(
+                            fh, reader, b, slice(ya - (s - 1) * nl, yb - (s - 1) * nl), slice(c0 * f, c1 * f))))
         return pieces
 
     def _skip(self, path: str, problem: str):
@@ -314,7 +361,7 @@ class HsdSlot:
 
 
 class _MemmapView:
-    """A segment's counts on disk, as dask reads them chunk by chunk. satpy's ahi_hsd reader hands dask a numpy
+    """A segment's counts on disk, as dask reads them chunk by chunk (satpy's lazy path). satpy's ahi_hsd reader hands dask a numpy
     memmap of the whole segment, and dask.array.from_array (since 2024.12, dask#11524) copies any array that has
     a .copy() before chunking it: every load read and copied whole segments (B03: 97 MB each) although a build
     computes a few windows. This view has no .copy(), so dask slices it lazily; its token names the file
@@ -331,32 +378,92 @@ class _MemmapView:
         return ("hsd-segment", str(self._m.filename), int(self._m.offset), self.shape, str(self.dtype))
 
 
-class _DaskArrayNoMemmapCopy:
-    """dask.array for satpy.readers.ahi_hsd, except that from_array takes memmaps as `_MemmapView`s."""
+_CUT = threading.local()      # .cut: the (rows, cols) of a segment that this thread's satpy read is cut to
+
+
+class _SatpyArrays:
+    """What satpy's ahi_hsd module calls `da`: dask.array, with two changes.
+
+    - from_array takes memmaps as `_MemmapView`s (no copy of the segment).
+    - Inside `_cut_to(rows, cols)` (this thread only), from_array cuts the segment's counts to that window and
+      the array functions are numpy's: satpy's own masking and calibration (the element-wise operations dask
+      would run chunk by chunk) run on the window at once, without a dask graph over the whole segment. A
+      build reads ~40 windows per slot, and the graphs (about 16 operations per band, optimised and run in
+      4 MiB chunks) cost more than the arithmetic."""
 
     def __getattr__(self, name):
+        if getattr(_CUT, "cut", None) is not None:
+            return getattr(np, name)
         import dask.array
 
         return getattr(dask.array, name)
 
     @staticmethod
     def from_array(x, *args, **kw):
+        cut = getattr(_CUT, "cut", None)
+        if cut is not None and isinstance(x, np.memmap):
+            return np.array(x[cut])
         import dask.array
 
         return dask.array.from_array(_MemmapView(x) if isinstance(x, np.memmap) else x, *args, **kw)
 
 
+class _cut_to:
+    def __init__(self, rows: slice, cols: slice):
+        self.cut = (rows, cols)
+
+    def __enter__(self):
+        _CUT.cut = self.cut
+
+    def __exit__(self, *exc):
+        _CUT.cut = None
+
+
 def _satpy_reads_lazily():
-    """Point satpy's ahi_hsd module at `_DaskArrayNoMemmapCopy` (once; a no-op if the module changes how it
-    imports dask)."""
+    """Point satpy's ahi_hsd module at `_SatpyArrays` (once; a no-op if the module changes how it imports dask)."""
     from satpy.readers import ahi_hsd
 
-    if getattr(ahi_hsd, "da", None) is not None and not isinstance(ahi_hsd.da, _DaskArrayNoMemmapCopy):
-        ahi_hsd.da = _DaskArrayNoMemmapCopy()
+    if getattr(ahi_hsd, "da", None) is not None and not isinstance(ahi_hsd.da, _SatpyArrays):
+        ahi_hsd.da = _SatpyArrays()
+
+
+def _read_cut(fh, reader, band: int, rows: slice, cols: slice):
+    """Band `band` of segment file handler `fh`, calibrated by satpy, on rows x cols of the segment: numpy,
+    computed inside `_cut_to`; where satpy's module did not take that path (another satpy's internals), the
+    lazy dask array sliced to the window."""
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    try:
+        with _cut_to(rows, cols):
+            x = fh.get_dataset(*_dataset(reader, band)).data
+        if isinstance(x, np.ndarray) and x.shape == shape:
+            return x
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return fh.get_dataset(*_dataset(reader, band)).data[rows, cols]
 
 
 _DATASETS: dict = {}
 _GRIDS: dict = {}
+_EXECUTOR = None
+
+
+def _executor():
+    """The threads that decompress segment files, one per core, shared by the slots of a process (a forked
+    child starts its own)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _EXECUTOR = ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="hsd-bz2")
+    return _EXECUTOR
+
+
+def _forget_executor():
+    global _EXECUTOR
+    _EXECUTOR = None
+
+
+os.register_at_fork(after_in_child=_forget_executor)
 
 
 def _reader(files: list[str]):
@@ -426,6 +533,12 @@ def open_slot(sid: str) -> HsdSlot:
     while len(_OPEN) > KEEP_OPEN:
         _OPEN.popitem(last=False)[1].close()
     return s
+
+
+def set_aside(sid: str):
+    """Make an open slot the first to close when a slot is opened beyond KEEP_OPEN."""
+    if sid in _OPEN:
+        _OPEN.move_to_end(sid, last=False)
 
 
 def close_all():

@@ -38,6 +38,20 @@ def read_window(scene: str, rows: slice, cols: slice, angles: bool = True, keep_
     return ahi.read_ahi(scene, rows=rows, cols=cols)
 
 
+def prefetch_window(scene: str, rows: slice, cols: slice, keep_px: int | None = None):
+    """Start reading what `read_window(scene, rows, cols, keep_px=keep_px)` will need, in the background (HSD:
+    decompress its segment files while the caller computes another scene; P-Tree: nothing to do)."""
+    if is_hsd(scene):
+        hsd_slot.open_slot(scene).prefetch_window(rows, cols, keep_px)
+
+
+def set_aside(scene: str):
+    """The caller needs nothing more of this scene for now: an HSD slot is the first to close when the open
+    slots are too many (P-Tree keeps nothing open)."""
+    if is_hsd(scene):
+        hsd_slot.set_aside(scene)
+
+
 def skipped(scene: str) -> list[tuple[str, str]]:
     """Parts of the scene that could not be read so far (HSD segments), as (file, reason)."""
     return hsd_slot.skipped(scene) if is_hsd(scene) else []
