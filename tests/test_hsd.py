@@ -107,6 +107,18 @@ def test_header_checks_satpy_leaves_out(tmp_path):
     h = hsd.check_header(good, hsd.read_segment_bytes(good), name)
     assert (h.platform, h.band, h.nlines, h.ncols, h.first_line) == ("08", 13, 550, 5500, 2201)
     assert h.line_numbers.tolist() == [2201, 2750]
+    # the header alone (the first bz2 block; what the line times and the grid need) gives the same header; a
+    # file whose data are cut off still has a readable header, and fails the whole file's check
+    head = hsd.read_segment_head(good)
+    assert len(head) == int(np.frombuffer(head, hsd.BLOCK1, 1)[0]["total_header_length"]) < 20000
+    hh = hsd.check_header(good, head, name, whole=False)
+    assert (hh.line_numbers.tolist(), hh.line_times.tolist(), hh.projection) == \
+        (h.line_numbers.tolist(), h.line_times.tolist(), h.projection)
+    cut = write_fill_segment(tmp_path)
+    rewrite(cut, lambda d: d.__delitem__(slice(len(head) + 100, None)))
+    assert hsd.check_header(cut, hsd.read_segment_head(cut), name, whole=False).line_numbers.tolist() == [2201, 2750]
+    with pytest.raises(FormatError, match="file holds"):
+        hsd.check_header(cut, hsd.read_segment_bytes(cut), name)
     def at(block_start, dtype, field, value: bytes):
         o = block_start + dtype.fields[field][1]
         return lambda d: d.__setitem__(slice(o, o + len(value)), value)
@@ -258,8 +270,9 @@ def test_satpy_reads_all_16_bands_equal_to_the_world_within_one_count(hsd_archiv
         rows, cols = slice(max(r - 16, 0) * f, (r + 16) * f), slice((c - 16) * f, (c + 16) * f)
         rd = hsd_slot._reader([slot._segment(b, seg)])
         fh = next(h for hs in rd.file_handlers.values() for h in hs)
-        cut = hsd_slot._read_cut(fh, rd, b, rows, cols)
+        cut, attrs = hsd_slot._read_cut(fh, rd, b, rows, cols)
         assert isinstance(cut, np.ndarray), type(cut)                      # not the lazy fallback
+        assert "satellite_actual_longitude" in attrs["orbital_parameters"]
         lazy = fh.get_dataset(*hsd_slot._dataset(rd, b)).data[rows, cols].compute()
         assert cut.dtype == lazy.dtype and np.isfinite(cut).mean() > 0.5, b
         np.testing.assert_array_equal(cut, lazy, err_msg=f"B{b:02d}")

@@ -365,9 +365,10 @@ class SegmentHeader:
     projection: bytes = b""      # block 3 as written (the area of every slot with the same bytes is the same)
 
 
-def check_header(path, data: bytes, name: HsdName) -> SegmentHeader:
+def check_header(path, data: bytes, name: HsdName, whole: bool = True) -> SegmentHeader:
     """Walk the 11 blocks of a decompressed segment by their own lengths and check them against the file
-    (see the module docstring); raise FormatError naming the file and the problem."""
+    (see the module docstring); raise FormatError naming the file and the problem. whole=False: `data` is
+    the header only (read_segment_head), so the file's length is not checked against it."""
     def rec(dtype, off):
         if off + dtype.itemsize > len(data):
             raise FormatError(path, f"header block at byte {off} runs past the end of the file ({len(data)} B)")
@@ -399,7 +400,7 @@ def check_header(path, data: bytes, name: HsdName) -> SegmentHeader:
     if nlines * ncols * 2 != data_len:
         raise FormatError(path, f"block 2 gives {nlines} x {ncols} pixels ({nlines * ncols * 2} B) but block 1 says "
                                 f"total_data_length = {data_len} B")
-    if hdr_len + data_len != len(data):
+    if whole and hdr_len + data_len != len(data):
         raise FormatError(path, f"header ({hdr_len} B) + data ({data_len} B) = {hdr_len + data_len} B but the "
                                 f"(decompressed) file holds {len(data)} B")
     want_cols = RESOLUTIONS[name.res][0]
@@ -446,6 +447,21 @@ def check_header(path, data: bytes, name: HsdName) -> SegmentHeader:
     ok = np.isfinite(items["observation_time"]) & (items["observation_time"] > 0)
     return SegmentHeader(plat, band, nlines, ncols, first, tl, lines[ok], from_mjd(items["observation_time"][ok]),
                          bytes(data[blocks[3]:blocks[4]]))
+
+
+def read_segment_head(path) -> bytes:
+    """The first bytes of a segment file, through its header (block 1's total_header_length): only the bz2
+    blocks that hold them are decompressed (check_header(..., whole=False) reads them)."""
+    path = str(path)
+    try:
+        with (bz2.open(path, "rb") if path.endswith(".bz2") else open(path, "rb")) as f:
+            head = f.read(BLOCK1.itemsize)
+            if len(head) == BLOCK1.itemsize and head[0] == 1:
+                total = int(np.frombuffer(head, BLOCK1, 1)[0]["total_header_length"])
+                head += f.read(max(0, min(total, 1 << 24) - len(head)))
+            return head
+    except (OSError, EOFError, ValueError) as e:
+        raise FormatError(path, f"cannot decompress/read ({' '.join(str(e).split()) or type(e).__name__})") from e
 
 
 def read_segment_bytes(path) -> bytes:

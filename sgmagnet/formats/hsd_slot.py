@@ -101,6 +101,7 @@ class HsdSlot:
         self._lock = threading.Lock()         # _load runs on the prefetch threads
         self._pending: dict = {}              # path -> Future of _load, while it runs in the background
         self._grid = None
+        self._sat = None                      # the satellite's position (satpy's orbital_parameters)
         self._cache = None
         self.keep_files = keep_files          # False: drop the decompressed copies once a region is computed
         self.cache_margin = CACHE_MARGIN
@@ -180,6 +181,25 @@ class HsdSlot:
             return None
         return self._open(f)
 
+    def _head(self, band: int, seg: int) -> hsd.SegmentHeader | None:
+        """The checked header of a segment file (decompressing only its first bz2 block, unless the whole file
+        is already in hand), or None (recorded in `skipped`). The file's length is checked when it is read."""
+        f = self.files.get(band, {}).get(seg)
+        if f is None:
+            self._segment(band, seg)               # records the missing segment
+            return None
+        with self._lock:
+            if f in self._headers or f in self._bad:
+                return self._headers.get(f)
+        try:
+            h = hsd.check_header(f, hsd.read_segment_head(f), hsd.parse_name(f), whole=False)
+        except FormatError as e:
+            with self._lock:
+                self._skip(e.path, e.problem)
+            return None
+        with self._lock:
+            return self._headers.setdefault(f, h)
+
     def _release(self):
         """Drop the decompressed copies (headers and the computed region stay), once the background
         decompressions of this slot have finished (or been cancelled before they started)."""
@@ -200,21 +220,20 @@ class HsdSlot:
 
     # --------------------------------------------------------------------- grid
     def grid(self) -> NativeGrid:
-        """The 2 km full-disk area from the first readable 2 km segment (satpy pads the others), and the
-        satellite's position in this slot. The area is satpy's, built once per process for each platform,
-        projection block (header block 3) and segment: slots of one satellite share it."""
+        """The 2 km full-disk area. satpy's, built once per process for each platform, projection block (header
+        block 3) and segment from the first 2 km segment whose header reads (satpy pads the others): slots of
+        one satellite share it, and a slot that finds it built reads one header for it, not a whole file."""
         if self._grid is None:
             for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6):
                 for seg in sorted(self.files.get(band, {})):
-                    local = self._segment(band, seg)
-                    if local is None:
+                    h = self._head(band, seg)
+                    if h is None:
                         continue
-                    reader = _reader([local])
-                    fh = next(fh for fhs in reader.file_handlers.values() for fh in fhs)
-                    x = fh.get_dataset(*_dataset(reader, band))            # lazy: nothing is computed
-                    self._sat = x.attrs["orbital_parameters"]
-                    key = (self.platform, self._headers[self.files[band][seg]].projection, band, seg)
+                    key = (self.platform, h.projection, band, seg)
                     if key not in _GRIDS:
+                        local = self._segment(band, seg)
+                        if local is None:
+                            continue
                         scn = _scene([local])
                         name = f"B{band:02d}"
                         scn.load([name], pad_data=True)
@@ -232,11 +251,8 @@ class HsdSlot:
         for s in np.unique(rows // SEG2):
             sel = rows // SEG2 == s
             for band in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6, 1, 2, 4, 3):
-                path = self.files.get(band, {}).get(int(s) + 1)
-                if path not in self._headers and self._segment(band, int(s) + 1) is None:
-                    continue
-                h = self._headers[path]
-                if h.line_numbers.size == 0:
+                h = self._head(band, int(s) + 1)
+                if h is None or h.line_numbers.size == 0:
                     continue
                 x = (h.line_numbers - 1) / hsd.FACTOR[hsd.BAND_RES[band]]   # 0-based 2 km row (fractional finer)
                 y = h.line_times.astype(np.int64).astype(np.float64)
@@ -338,7 +354,7 @@ class HsdSlot:
 
         reader = _reader(paths)
         handlers = {os.path.abspath(fh.filename): fh for fhs in reader.file_handlers.values() for fh in fhs}
-        pieces = []
+        pieces, sat = [], {}
         with dask.config.set({"array.chunk-size": DASK_CHUNK}):       # small chunks: a window reads little
             for b, segs in local.items():
                 f = hsd.FACTOR[hsd.BAND_RES[b]]
@@ -350,8 +366,13 @@ class HsdSlot:
                         continue
                     ya, yb = max(r0 * f, (s - 1) * nl), min(r1 * f, s * nl)
                     if ya < yb:
-                        pieces.append((b, (ya - r0 * f) // f, _read_cut(
-                            fh, reader, b, slice(ya - (s - 1) * nl, yb - (s - 1) * nl), slice(c0 * f, c1 * f))))
+                        x, attrs = _read_cut(fh, reader, b, slice(ya - (s - 1) * nl, yb - (s - 1) * nl),
+                                             slice(c0 * f, c1 * f))
+                        pieces.append((b, (ya - r0 * f) // f, x))
+                        sat.setdefault(b, attrs["orbital_parameters"])
+        # the satellite's position for the zenith angles: a 2 km band's, as satpy reads it from the header
+        self._sat = next((sat[b] for b in (13, 14, 15, 16, 7, 8, 9, 10, 11, 12, 5, 6, 1, 2, 4, 3) if b in sat),
+                         self._sat)
         return pieces
 
     def _skip(self, path: str, problem: str):
@@ -428,18 +449,19 @@ def _satpy_reads_lazily():
 
 
 def _read_cut(fh, reader, band: int, rows: slice, cols: slice):
-    """Band `band` of segment file handler `fh`, calibrated by satpy, on rows x cols of the segment: numpy,
-    computed inside `_cut_to`; where satpy's module did not take that path (another satpy's internals), the
-    lazy dask array sliced to the window."""
+    """Band `band` of segment file handler `fh`, calibrated by satpy, on rows x cols of the segment, and its
+    attributes: numpy, computed inside `_cut_to`; where satpy's module did not take that path (another
+    satpy's internals), the lazy dask array sliced to the window."""
     shape = (rows.stop - rows.start, cols.stop - cols.start)
     try:
         with _cut_to(rows, cols):
-            x = fh.get_dataset(*_dataset(reader, band)).data
-        if isinstance(x, np.ndarray) and x.shape == shape:
-            return x
+            x = fh.get_dataset(*_dataset(reader, band))
+        if isinstance(x.data, np.ndarray) and x.shape == shape:
+            return x.data, x.attrs
     except (AttributeError, TypeError, ValueError):
         pass
-    return fh.get_dataset(*_dataset(reader, band)).data[rows, cols]
+    x = fh.get_dataset(*_dataset(reader, band))
+    return x.data[rows, cols], x.attrs
 
 
 _DATASETS: dict = {}
@@ -499,15 +521,16 @@ def _scene(files: list[str]):
         return Scene(filenames=list(files), reader="ahi_hsd")
 
 
-def _angles(t, lon, lat, sat: dict):
-    """Solar and satellite zenith angles (degrees) with pyorbital, NaN off the disk."""
+def _angles(t, lon, lat, sat: dict | None):
+    """Solar and satellite zenith angles (degrees) with pyorbital, NaN off the disk (and everywhere when no
+    segment of the window could be read: `sat` None)."""
     from pyorbital.astronomy import sun_zenith_angle
     from pyorbital.orbital import get_observer_look
 
     on = np.isfinite(lat) & ~np.isnat(t)
     soz = np.full(lat.shape, np.nan)
     saz = np.full(lat.shape, np.nan)
-    if on.any():
+    if on.any() and sat is not None:
         tt, lo, la = t[on], lon[on], lat[on]
         soz[on] = sun_zenith_angle(tt, lo, la)
         _, elev = get_observer_look(np.full(tt.shape, sat["satellite_actual_longitude"]),
