@@ -2,10 +2,11 @@
 
 satpy does the calibration (reflectance, brightness temperature), the masking of error / outside-scan
 counts, and the area definition; this module decides what to read. A build needs a few 128-px windows of a
-slot, so only the segments those windows cross are decompressed (each once, into a temporary folder, where
-its header is checked: formats.hsd.check_header) and handed to satpy's file handlers, whose dask arrays are
-sliced to the window before anything is computed; off-disk pixels are masked with the area's
-longitudes/latitudes. Bands at 0.5 km (B03) and 1 km (B01, B02, B04) are
+slot, so only the segments those windows cross are decompressed (each once, on worker threads, into a
+temporary folder, where its header is checked: formats.hsd.check_header; `prefetch` starts the next slot's
+while this one is computed) and handed to satpy's file handlers, which mask and calibrate the segment's counts
+cut to the window (`_SatpyArrays`); off-disk pixels are masked with the area's longitudes/latitudes. Planning
+(the grid, the line times) reads headers only: each file's first bz2 block. Bands at 0.5 km (B03) and 1 km (B01, B02, B04) are
 aggregated to the 2 km grid of B05-B16 by block means (4 x 4 and 2 x 2 pixels; a 2 km pixel with any
 sub-pixel missing is missing). Per-line observation times come from header block 9; solar and satellite
 zenith angles are computed with pyorbital (satpy's astronomy) at each pixel's line time.
@@ -341,9 +342,9 @@ class HsdSlot:
                                  "grid": "hsd-2km"})
 
     def _window_pieces(self, local: dict, r0: int, r1: int, c0: int, c1: int) -> list:
-        """[(band, first 2 km row in the window, lazy calibrated array)] for each segment file the window
-        crosses: satpy's ahi_hsd file handler per segment (its calibration and masking of error and
-        outside-scan counts), sliced to the window before anything is computed. The handlers come without
+        """[(band, first 2 km row in the window, calibrated array)] for each segment file the window crosses:
+        satpy's ahi_hsd file handler per segment (its calibration and masking of error and outside-scan
+        counts) on the segment's counts cut to the window (`_read_cut`). The handlers come without
         satpy's space mask (computed from the area for every chunk, 9x the window's cost) and without the
         Scene's padding of every band to the full disk (a dask graph over 5500-22000 rows per band): the
         window's off-disk pixels are masked from the same area's longitudes/latitudes in `_compute`."""
