@@ -171,6 +171,38 @@ def test_background_decompression_waits_and_releases(tmp_path, monkeypatch):
     slot.close()
 
 
+def test_copy_of_a_region_holds_its_pixels_and_a_larger_region_decompresses_again(tmp_path):
+    """A segment decompressed for a region is copied as its header plus that region's pixels (a sparse file of
+    the full length); a read of a larger region decompresses it again, one inside it does not; a slot that
+    keeps its files (prediction) copies them whole."""
+    from sgmagnet.formats import hsd_slot
+
+    counts = np.random.default_rng(0).integers(1, 4000, (550, 5500)).astype(np.uint16)
+    path = write_fill_segment(tmp_path, band=13, seg=5, counts=counts)
+    hdr = len(hsd.read_segment_bytes(path)) - counts.nbytes
+
+    def pixels(local):
+        assert os.path.getsize(local) == hdr + counts.nbytes
+        return np.fromfile(local, "<u2", offset=hdr).reshape(counts.shape)
+
+    slot = hsd_slot.HsdSlot(hsd_slot.slot_id(path))
+    n0 = hsd_slot.STATS["segments_decompressed"]
+    small = (2210, 2220, 100, 130)                      # 2 km rows 2210:2220 = the segment's lines 10:20
+    got = pixels(slot._open(path, small))
+    want = np.zeros_like(counts)
+    want[10:20, 100:130] = counts[10:20, 100:130]
+    assert np.array_equal(got, want)
+    assert slot._open(path, (2212, 2215, 101, 129)) and hsd_slot.STATS["segments_decompressed"] == n0 + 1
+    got = pixels(slot._open(path, (2205, 2230, 90, 140)))
+    assert hsd_slot.STATS["segments_decompressed"] == n0 + 2
+    assert np.array_equal(got[5:30, 90:140], counts[5:30, 90:140]) and not got[:5].any()
+    assert np.array_equal(pixels(slot._open(path)), counts) and hsd_slot.STATS["segments_decompressed"] == n0 + 3
+    slot.close()
+    kept = hsd_slot.HsdSlot(hsd_slot.slot_id(path), keep_files=True)
+    assert np.array_equal(pixels(kept._segment(13, 5, small)), counts)
+    kept.close()
+
+
 def test_platform_windows():
     assert himawari_for(dt.datetime(2018, 10, 1)) == "08"
     assert himawari_for(dt.datetime(2023, 6, 1)) == "09"

@@ -100,7 +100,7 @@ class HsdSlot:
         self._local: dict[str, str] = {}
         self._tmp = None
         self._lock = threading.Lock()         # _load runs on the prefetch threads
-        self._pending: dict = {}              # path -> Future of _load, while it runs in the background
+        self._pending: dict = {}              # path -> (Future of _load, its cover), while it runs in the background
         self._grid = None
         self._sat = None                      # the satellite's position (satpy's orbital_parameters)
         self._cache = None
@@ -111,18 +111,26 @@ class HsdSlot:
     def missing_bands(self) -> list[int]:
         return [b for b in range(1, 17) if b not in self.files]
 
-    def _open(self, path: str) -> str | None:
+    def _open(self, path: str, cover: tuple | None = None) -> str | None:
         """Decompressed, checked local copy of a segment file, or None (recorded in `skipped`); waits for it
-        when a background decompression (`prefetch`) has it in hand."""
+        when a background decompression (`prefetch`) has it in hand. cover: the 2 km region (r0, r1, c0, c1)
+        the caller reads; the copy holds at least those pixels (None: the whole file)."""
         with self._lock:
-            if path in self._local:
-                return self._local[path]
+            if path in self._local and _covers(self._local[path][1], cover):
+                return self._local[path][0]
             if path in self._bad:
                 return None
-            fut = self._pending.get(path)
-        return fut.result() if fut is not None else self._load(path)
+            job = self._pending.get(path)
+        if job is not None:
+            local = job[0].result()
+            if _covers(job[1], cover):
+                return local
+        return self._load(path, cover)          # (over a copy of a smaller region: decompressed again)
 
-    def _load(self, path: str) -> str | None:
+    def _load(self, path: str, cover: tuple | None = None) -> str | None:
+        """Decompress and check a segment file, and write the local copy satpy reads: the header and, with a
+        `cover`, only the pixels of that region (the rest of the file is a hole, never read: read_window cuts
+        every band to the region it was decompressed for, and a read beyond it decompresses again)."""
         try:
             data = hsd.read_segment_bytes(path)
             with _STATS_LOCK:                   # _load runs on several threads (prefetch)
@@ -135,7 +143,7 @@ class HsdSlot:
                 self._skip(e.path, e.problem)
             return None
         if not name.compressed:
-            local = path
+            local, cover = path, None
         else:
             with self._lock:
                 if self._tmp is None:
@@ -144,43 +152,44 @@ class HsdSlot:
                     # removed when released or closed, when the slot is garbage, and at exit, whichever is first
                     self._rm = weakref.finalize(self, shutil.rmtree, self._tmp, True)
                 local = os.path.join(self._tmp, os.path.basename(path)[:-4])
-            with open(local, "wb") as f:
-                f.write(data)
+            _write_copy(local, data, header, name, cover)
         with self._lock:
             self._headers[path] = header
-            self._local[path] = local
+            self._local[path] = (local, cover)
         return local
 
-    def prefetch(self, paths: list[str]) -> list:
+    def prefetch(self, paths: list[str], cover: tuple | None = None) -> list:
         """Start decompressing and checking segment files in the background, on all cores (bz2 releases the
-        GIL): the collocation asks for the next slot's window while it computes this one. [futures]."""
+        GIL): the collocation asks for the next slot's window while it computes this one. cover: as `_open`'s
+        (a slot that keeps its files, as prediction's, copies them whole). [futures]."""
+        cover = None if self.keep_files else cover
         futs = []
         with self._lock:
             for p in paths:
-                if p in self._local or p in self._bad:
+                if p in self._bad or (p in self._local and _covers(self._local[p][1], cover)):
                     continue
-                if p not in self._pending:
-                    self._pending[p] = _executor().submit(self._load, p)
-                futs.append(self._pending[p])
+                if p not in self._pending:     # (one job per file: _open redoes a copy too small for it)
+                    self._pending[p] = (_executor().submit(self._load, p, cover), cover)
+                futs.append(self._pending[p][0])
         return futs
 
     def prefetch_window(self, rows: slice, cols: slice, margin: int | None = None):
         """`prefetch` the segment files that `read_window(rows, cols, margin=margin)` will read."""
         region = self._window(rows, cols, margin)[1]
         if region is not None:
-            self.prefetch(self._region_files(*region[:2]))
+            self.prefetch(self._region_files(*region[:2]), region)
 
-    def _prefetch(self, paths: list[str]):
-        for f in self.prefetch(paths):
+    def _prefetch(self, paths: list[str], cover: tuple | None = None):
+        for f in self.prefetch(paths, cover):
             f.result()
 
-    def _segment(self, band: int, seg: int) -> str | None:
+    def _segment(self, band: int, seg: int, cover: tuple | None = None) -> str | None:
         f = self.files.get(band, {}).get(seg)
         if f is None:
             name = hsd.hsd_filename(self.platform, self.timeline, band, seg)
             self._skip(os.path.join(os.path.dirname(self.sid), name), "missing segment")
             return None
-        return self._open(f)
+        return self._open(f, None if self.keep_files else cover)
 
     def _head(self, band: int, seg: int) -> hsd.SegmentHeader | None:
         """The checked header of a segment file (decompressing only its first bz2 block, unless the whole file
@@ -205,7 +214,7 @@ class HsdSlot:
         """Drop the decompressed copies (headers and the computed region stay), once the background
         decompressions of this slot have finished (or been cancelled before they started)."""
         with self._lock:
-            pending, self._pending = list(self._pending.values()), {}
+            pending, self._pending = [f for f, _ in self._pending.values()], {}
         for f in pending:
             if not f.cancel():
                 f.result()
@@ -309,8 +318,10 @@ class HsdSlot:
     def _compute(self, r0: int, r1: int, c0: int, c1: int) -> xr.Dataset:
         grid = self.grid()
         segs = range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
-        self._prefetch(self._region_files(r0, r1))
-        local = {b: [(s, p) for s, p in ((s, self._segment(b, s)) for s in segs) if p] for b in range(1, 17)}
+        region = (r0, r1, c0, c1)
+        self._prefetch(self._region_files(r0, r1), region)
+        local = {b: [(s, p) for s, p in ((s, self._segment(b, s, region)) for s in segs) if p]
+                 for b in range(1, 17)}
         shape = (r1 - r0, c1 - c0)
         out = {var: np.full(shape, np.nan, np.float32) for var in BAND_VARS}
         pieces = self._window_pieces(local, r0, r1, c0, c1)
@@ -380,6 +391,34 @@ class HsdSlot:
         if path not in self._bad:
             self._bad.add(path)
             self.skipped.append((path, problem + " (its pixels get no sample)"))
+
+
+def _covers(have: tuple | None, want: tuple | None) -> bool:
+    """Does a copy of region `have` (None: the whole file) hold region `want`?"""
+    return have is None or (want is not None and have[0] <= want[0] and want[1] <= have[1]
+                            and have[2] <= want[2] and want[3] <= have[3])
+
+
+def _write_copy(local: str, data: bytes, header: hsd.SegmentHeader, name: hsd.HsdName, cover: tuple | None):
+    """The decompressed segment as the file satpy opens: all of it, or (cover = 2 km rows r0:r1, columns c0:c1)
+    its header and those pixels in a sparse file of the full length (a track's window is a few hundred of
+    5500 columns: the rest is never written)."""
+    if cover is None:
+        with open(local, "wb") as f:
+            f.write(data)
+        return
+    f = hsd.FACTOR[hsd.BAND_RES[header.band]]
+    hdr = len(data) - header.nlines * header.ncols * 2
+    first = (name.segment - 1) * header.nlines               # the segment's first line at this resolution
+    ya, yb = max(cover[0] * f - first, 0), min(cover[1] * f - first, header.nlines)
+    with open(local, "wb") as out:
+        out.write(memoryview(data)[:hdr])
+        out.truncate(len(data))
+    if ya < yb:
+        src = np.frombuffer(data, "<u2", header.nlines * header.ncols, hdr).reshape(header.nlines, header.ncols)
+        dst = np.memmap(local, "<u2", "r+", hdr, (header.nlines, header.ncols))
+        dst[ya:yb, cover[2] * f:cover[3] * f] = src[ya:yb, cover[2] * f:cover[3] * f]
+        del dst
 
 
 class _MemmapView:
