@@ -38,6 +38,7 @@ from .formats import ahi as ahi_fmt
 from .formats import cloudsat as cs_fmt
 from .formats import earthcare as ec_fmt
 from .formats import hsd as hsd_fmt
+from .formats import hsd_slot
 from .formats.epochs import (LABEL_WINDOWS, himawari_operational, himawari_window_text, label_operational,
                              label_window_text)
 from .grid import BAND_VARS, CLASS_NAMES, IGNORE, LEVEL_BOTTOM_KM, LEVEL_DZ_KM, N_BANDS, N_LEVELS
@@ -160,6 +161,11 @@ def plan(cfg: BuildConfig) -> BuildPlan:
     granules = kept
     nc_files, hsd_files = ahi_files(cfg.ahi)    # one walk of the archive for both kinds
     kind = cfg.ahi_format = ahi_kind(cfg, nc_files, hsd_files)   # resolved once; the plan carries it to every rank
+    if kind == "hsd":
+        try:
+            hsd_slot.copy_folder()
+        except ValueError as e:
+            raise BuildRefused(str(e)) from None
     if kind == "ptree":
         for p, n in named(nc_files, ahi_fmt.parse_name, skipped):
             if not himawari_operational(n.satellite, n.timeline):

@@ -235,6 +235,7 @@ def scene_source(ahi: str, bbox=None, log=print):
         sid = hsd_slot.slot_id(ahi)
     else:
         return LatLonSource(ahi, bbox, log)
+    hsd_slot.copy_folder()
     slot = hsd_slot.HsdSlot(sid, keep_files=True)
     if slot.missing_bands():
         raise ValueError(f"--ahi {ahi!r}: slot {os.path.basename(sid)} has no file of band(s) "

@@ -382,6 +382,14 @@ CASES = [
     ("predict-hsd-band-missing", lambda w, t: dict(argv=predict_argv(
         w, t, out=t / "c.nc", ahi=hsd_copy(w, t, lambda f: [os.remove(p) for p in glob.glob(str(f[0] / "*_B07_*"))])
         + "/slot0")), 2, "has no file of band(s) B07"),
+    ("hsd-copy-folder-not-writable", lambda w, t: dict(argv=build_argv(w, t / "o", ahi=hsd_copy(w, t, lambda f: None),
+                                                                     cs=w["hsd_cs"]),
+                                                      env={"SGMAGNET_HSD_TMP": str(t / "no-such-folder")}), 2,
+     "SGMAGNET_HSD_TMP="),
+    ("predict-hsd-copy-folder-not-writable", lambda w, t: dict(argv=predict_argv(w, t, out=t / "c.nc",
+                                                                                ahi=w["hsd_slots"][0]),
+                                                              env={"SGMAGNET_HSD_TMP": str(w["junk"])}), 2,
+     "is not a writable directory"),
     ("predict-hsd-file-missing", lambda w, t: dict(argv=predict_argv(
         w, t, out=t / "c.nc", ahi=str(t / "HS_H08_20181010_0350_B13_FLDK_R20_S0510.DAT.bz2"))), 2, "does not exist"),
     ("synth-hsd-without-corridor", lambda w, t: dict(argv=["synth", "--out", str(t / "a"), "--ahi-format", "hsd"]), 2,
@@ -644,8 +652,11 @@ def test_bad_input(cli, w, tmp_path, name, make, code, text):
     case = make(w, tmp_path)
     protect = case.get("protect", [])
     before = snapshot(protect)
+    if case.get("env"):       # the CLI under other environment variables: a subprocess of its own
+        case.setdefault("cmd", [sys.executable, "-m", "sgmagnet.cli", *case["argv"]])
     if case.get("cmd"):       # another program (hpc/ tools) or the CLI under limits: a subprocess of its own
-        r = subprocess.run(case["cmd"], env=ENV, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+        r = subprocess.run(case["cmd"], env={**ENV, **case.get("env", {})}, cwd=str(tmp_path), capture_output=True,
+                           text=True, timeout=300)
     else:
         r = cli.run(case["argv"], tmp_path, timeout=300)
     err = r.stderr.strip()

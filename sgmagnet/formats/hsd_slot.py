@@ -43,6 +43,16 @@ CACHE_MARGIN = 128        # pixels kept around a window read without a margin (p
 DASK_CHUNK = "4MiB"       # satpy's chunks (B03: 1100 x 1100 pixels): a 128 px window computes a few of them
 
 
+def copy_folder() -> str | None:
+    """Where the decompressed copies of segment files go: $SGMAGNET_HSD_TMP, else the system's temporary folder
+    (None). A setting that is not a writable folder is a ValueError naming it (build and predict check it
+    before they start)."""
+    d = os.environ.get("SGMAGNET_HSD_TMP") or None
+    if d is not None and not (os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)):
+        raise ValueError(f"SGMAGNET_HSD_TMP={d!r} is not a writable directory (decompressed HSD segments go there)")
+    return d
+
+
 def slot_id(path) -> str:
     """The id of the slot a segment file belongs to: <folder>/HS_Hpp_YYYYMMDD_hhmm."""
     n = hsd.parse_name(path)
@@ -147,8 +157,7 @@ class HsdSlot:
         else:
             with self._lock:
                 if self._tmp is None:
-                    self._tmp = tempfile.mkdtemp(prefix="sgmagnet-hsd-",
-                                                 dir=os.environ.get("SGMAGNET_HSD_TMP") or None)
+                    self._tmp = tempfile.mkdtemp(prefix="sgmagnet-hsd-", dir=copy_folder())
                     # removed when released or closed, when the slot is garbage, and at exit, whichever is first
                     self._rm = weakref.finalize(self, shutil.rmtree, self._tmp, True)
                 local = os.path.join(self._tmp, os.path.basename(path)[:-4])
@@ -217,7 +226,7 @@ class HsdSlot:
             pending, self._pending = [f for f, _ in self._pending.values()], {}
         for f in pending:
             if not f.cancel():
-                f.result()
+                f.exception()       # waits; a job's error (disk full, ...) was raised to the read that needed it
         with self._lock:
             if self._tmp:
                 self._rm()
