@@ -6,9 +6,9 @@ slot, so only the segments those windows cross are decompressed (each once, on w
 temporary folder, where its header is checked: formats.hsd.check_header; `prefetch` starts the next slot's
 while this one is computed) and handed to satpy's file handlers, which mask and calibrate the segment's counts
 cut to the window (`_SatpyArrays`); off-disk pixels are masked with the area's longitudes/latitudes. Planning
-(the grid, the line times) reads headers only: each file's first bz2 block. Bands at 0.5 km (B03) and 1 km (B01, B02, B04) are
-aggregated to the 2 km grid of B05-B16 by block means (4 x 4 and 2 x 2 pixels; a 2 km pixel with any
-sub-pixel missing is missing). Per-line observation times come from header block 9; solar and satellite
+(the grid, the line times) reads headers only: each file's first bz2 block. Bands at 0.5 km (B03) and 1 km
+(B01, B02, B04) are aggregated to the 2 km grid of B05-B16 by block means (4 x 4 and 2 x 2 pixels; a 2 km
+pixel with any sub-pixel missing is missing). Per-line observation times come from header block 9; solar and satellite
 zenith angles are computed with pyorbital (satpy's astronomy) at each pixel's line time.
 
 A segment that is missing or unreadable (truncated bz2, a header whose lengths disagree with the file,
@@ -133,7 +133,7 @@ class HsdSlot:
             job = self._pending.get(path)
         if job is not None:
             local = job[0].result()
-            if _covers(job[1], cover):
+            if local is None or _covers(job[1], cover):      # (None: unreadable, recorded in `skipped`)
                 return local
         return self._load(path, cover)          # (over a copy of a smaller region: decompressed again)
 
@@ -431,11 +431,11 @@ def _write_copy(local: str, data: bytes, header: hsd.SegmentHeader, name: hsd.Hs
 
 
 class _MemmapView:
-    """A segment's counts on disk, as dask reads them chunk by chunk (satpy's lazy path). satpy's ahi_hsd reader hands dask a numpy
-    memmap of the whole segment, and dask.array.from_array (since 2024.12, dask#11524) copies any array that has
-    a .copy() before chunking it: every load read and copied whole segments (B03: 97 MB each) although a build
-    computes a few windows. This view has no .copy(), so dask slices it lazily; its token names the file
-    region, so dask does not hash (or pickle) the data."""
+    """A segment's counts on disk, as dask reads them chunk by chunk (satpy's lazy path). satpy's ahi_hsd reader
+    hands dask a numpy memmap of the whole segment, and dask.array.from_array (since 2024.12, dask#11524)
+    copies any array that has a .copy() before chunking it: every load read and copied whole segments (B03:
+    97 MB each) although a build computes a few windows. This view has no .copy(), so dask slices it lazily;
+    its token names the file region, so dask does not hash (or pickle) the data."""
 
     def __init__(self, m: np.memmap):
         self._m = m
