@@ -143,6 +143,7 @@ def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float =
     best_sc = np.full(idx.size, -1, np.int64)
     best_ij = np.full((idx.size, 2), -1, np.int64)
     grids = {}
+    keep_px = None if patch_size is None else patch_size // 2
     # first where each scene scans the track within the window (cheap: its grid, and one variable or header
     # block 9 for the scan times), then the bands of those windows, scene after scene: an HSD slot's segment
     # files are decompressed in the background while the scene before it is computed
@@ -160,16 +161,15 @@ def collocate(g: xr.Dataset | Profiles, scenes: list[Scene], window_min: float =
             continue
         plans[si] = plan
         if len(plans) == 1:
-            _prefetch(sc, plan, patch_size)
+            _prefetch(sc, plan, keep_px)
     order = sorted(plans)
     for k, si in enumerate(order):
         sc = cands[si]
         try:
             if k + 1 < len(order):
-                _prefetch(cands[order[k + 1]], plans[order[k + 1]], patch_size)
+                _prefetch(cands[order[k + 1]], plans[order[k + 1]], keep_px)
             grid, i, j, near, (r0, r1, c0, c1) = plans[si]
-            ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1), angles=False,
-                                    keep_px=None if patch_size is None else patch_size // 2)
+            ds = imager.read_window(sc.path, slice(r0, r1), slice(c0, c1), angles=False, keep_px=keep_px)
         except FormatError as e:
             out.skipped.append((e.path, e.problem))
             continue
@@ -237,11 +237,10 @@ def _scan_window(sc: Scene, lat, lon, t, win):
     return grid, i, j, near, (int(i[near].min()), int(i[near].max()) + 1, int(j[near].min()), int(j[near].max()) + 1)
 
 
-def _prefetch(sc: Scene, plan, patch_size):
+def _prefetch(sc: Scene, plan, keep_px):
     r0, r1, c0, c1 = plan[4]
     try:
-        imager.prefetch_window(sc.path, slice(r0, r1), slice(c0, c1),
-                               keep_px=None if patch_size is None else patch_size // 2)
+        imager.prefetch_window(sc.path, slice(r0, r1), slice(c0, c1), keep_px=keep_px)
     except FormatError:
         pass                  # read_window meets it again and records it
 

@@ -107,7 +107,7 @@ class HsdSlot:
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[str] = set()
         self._headers: dict[str, hsd.SegmentHeader] = {}
-        self._local: dict[str, str] = {}
+        self._local: dict[str, tuple] = {}   # path -> (local copy, the region it holds: None = whole file)
         self._tmp = None
         self._lock = threading.Lock()         # _load runs on the prefetch threads
         self._pending: dict = {}              # path -> (Future of _load, its cover), while it runs in the background
@@ -169,9 +169,9 @@ class HsdSlot:
 
     def prefetch(self, paths: list[str], cover: tuple | None = None) -> list:
         """Start decompressing and checking segment files in the background, on all cores (bz2 releases the
-        GIL): the collocation asks for the next slot's window while it computes this one. cover: as `_open`'s
-        (a slot that keeps its files, as prediction's, copies them whole). [futures]."""
-        cover = None if self.keep_files else cover
+        GIL): the collocation asks for the next slot's window while it computes this one. cover: as `_open`'s.
+        [futures]."""
+        cover = self._cover(cover)
         futs = []
         with self._lock:
             for p in paths:
@@ -192,13 +192,18 @@ class HsdSlot:
         for f in self.prefetch(paths, cover):
             f.result()
 
+    def _cover(self, region: tuple | None) -> tuple | None:
+        """What a copy decompressed for `region` holds: the region, or the whole file (None) for a slot that
+        keeps its files for many windows (prediction's)."""
+        return None if self.keep_files else region
+
     def _segment(self, band: int, seg: int, cover: tuple | None = None) -> str | None:
         f = self.files.get(band, {}).get(seg)
         if f is None:
             name = hsd.hsd_filename(self.platform, self.timeline, band, seg)
             self._skip(os.path.join(os.path.dirname(self.sid), name), "missing segment")
             return None
-        return self._open(f, None if self.keep_files else cover)
+        return self._open(f, self._cover(cover))
 
     def _head(self, band: int, seg: int) -> hsd.SegmentHeader | None:
         """The checked header of a segment file (decompressing only its first bz2 block, unless the whole file
@@ -312,8 +317,8 @@ class HsdSlot:
         r0, r1, _ = rows.indices(grid.shape[0])
         c0, c1, _ = cols.indices(grid.shape[1])
         c = self._cache
-        if c is not None and (c.attrs["row0"] <= r0 and r1 <= c.attrs["row0"] + c.sizes["y"]
-                              and c.attrs["col0"] <= c0 and c1 <= c.attrs["col0"] + c.sizes["x"]):
+        if c is not None and _covers((c.attrs["row0"], c.attrs["row0"] + c.sizes["y"],
+                                      c.attrs["col0"], c.attrs["col0"] + c.sizes["x"]), (r0, r1, c0, c1)):
             return (r0, r1, c0, c1), None
         m = self.cache_margin if margin is None else margin
         return (r0, r1, c0, c1), (max(0, r0 - m), min(grid.shape[0], r1 + m),
@@ -321,15 +326,13 @@ class HsdSlot:
 
     def _region_files(self, r0: int, r1: int) -> list[str]:
         """The segment files holding 2 km rows r0:r1, all bands."""
-        segs = range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
-        return [self.files[b][s] for b in self.files for s in segs if s in self.files[b]]
+        return [self.files[b][s] for b in self.files for s in _segments(r0, r1) if s in self.files[b]]
 
     def _compute(self, r0: int, r1: int, c0: int, c1: int) -> xr.Dataset:
         grid = self.grid()
-        segs = range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
         region = (r0, r1, c0, c1)
         self._prefetch(self._region_files(r0, r1), region)
-        local = {b: [(s, p) for s, p in ((s, self._segment(b, s, region)) for s in segs) if p]
+        local = {b: [(s, p) for s, p in ((s, self._segment(b, s, region)) for s in _segments(r0, r1)) if p]
                  for b in range(1, 17)}
         shape = (r1 - r0, c1 - c0)
         out = {var: np.full(shape, np.nan, np.float32) for var in BAND_VARS}
@@ -402,8 +405,13 @@ class HsdSlot:
             self.skipped.append((path, problem + " (its pixels get no sample)"))
 
 
+def _segments(r0: int, r1: int) -> range:
+    """The (1-based) segment numbers holding 2 km rows r0:r1."""
+    return range(r0 // SEG2 + 1, (r1 - 1) // SEG2 + 2)
+
+
 def _covers(have: tuple | None, want: tuple | None) -> bool:
-    """Does a copy of region `have` (None: the whole file) hold region `want`?"""
+    """Does region `have` (r0, r1, c0, c1; None: the whole file) hold region `want`?"""
     return have is None or (want is not None and have[0] <= want[0] and want[1] <= have[1]
                             and have[2] <= want[2] and want[3] <= have[3])
 
